@@ -1,0 +1,77 @@
+"""``taskgraph-scheduler``: run the cluster's scheduler in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import psutil
+from taskgraph.scheduler.server import SchedulerServer
+from tornado.ioloop import PeriodicCallback
+
+from taskgraph import config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="taskgraph-scheduler", description="Run a taskgraph scheduler in the foreground."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8786, help="TCP port (0: any free port)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help=f"cluster token peers must prove ({config.TOKEN_ENV} by default; new one if unset)",
+    )
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-record", action="store_true", help="do not record for init('auto')")
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    token = args.token or os.environ.get(config.TOKEN_ENV) or config.new_token()
+    server = SchedulerServer(config.token_bytes(token), cluster_id=os.urandom(6).hex())
+    server.listen(args.port, args.host)
+    port = next(iter(server._sockets.values())).getsockname()[1]
+    address = f"tcp://{args.host}:{port}"
+    if not args.no_record:
+        config.record_cluster(address, token, os.getpid(), "scheduler")
+    print(f"taskgraph-scheduler listening at {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if args.parent_pid:
+
+        def check_parent() -> None:
+            if not psutil.pid_exists(args.parent_pid):
+                stop.set()
+
+        PeriodicCallback(check_parent, 500).start()
+    await stop.wait()
+    server.shutdown_cluster()
+    server.stop()
+    if not args.no_record:
+        (config.state_dir() / f"scheduler-{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    args = parse_args(argv)
+    try:
+        asyncio.run(serve(args))
+    except OSError as exc:
+        print(
+            f"taskgraph-scheduler: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()

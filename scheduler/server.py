@@ -1,0 +1,122 @@
+"""The scheduler's IO shell: Tornado streams in, ``SchedulerState`` decides, streams out.
+
+Holds the state object as ``self.state`` and never decides anything itself:
+each decoded batch becomes one event, and the returned ``Send`` instructions
+become one frame per destination. One coroutine per connection, none per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from taskgraph.scheduler.state import (
+    ClientJoined,
+    ClientLeft,
+    ClientSent,
+    Event,
+    SchedulerState,
+    Send,
+    Tick,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerSent,
+)
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpserver import TCPServer
+
+from taskgraph import _wire as w
+from taskgraph._transport import accept_handshake, read_batch, write_batch
+from taskgraph.exceptions import AuthenticationError, ProtocolError
+
+log = logging.getLogger("taskgraph.scheduler")
+
+
+class SchedulerServer(TCPServer):
+    def __init__(self, token: bytes, cluster_id: str) -> None:
+        super().__init__()
+        self.token = token
+        self.state = SchedulerState(cluster_id)
+        self.client_streams: dict[bytes, IOStream] = {}
+        self.worker_streams: dict[str, IOStream] = {}
+        self.rejected = 0
+
+    def handle(self, *events: Event) -> None:
+        try:
+            sends = self.state.handle(Tick(time.time()), *events)
+        except Exception:
+            log.exception("scheduler state machine failed on %r", events)
+            raise
+        self._deliver(sends)
+
+    def _deliver(self, sends: list[Send]) -> None:
+        for send in sends:
+            if send.to == "client":
+                stream = self.client_streams.get(send.id)
+            else:
+                stream = self.worker_streams.get(send.id)
+            if stream is not None:
+                write_batch(stream, send.messages)
+
+    def _welcome(self) -> w.Welcome:
+        workers = [r.info for r in self.state.workers.values()]
+        return w.Welcome(b"", self.state.cluster_id, workers)
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        stream.set_nodelay(True)
+        try:
+            hello = await accept_handshake(stream, self.token, self._welcome())
+        except AuthenticationError as exc:
+            self.rejected += 1
+            log.warning("rejected a connection from %s: %s", address, exc)
+            return
+        try:
+            if hello.role == "worker":
+                await self._serve_worker(stream)
+            else:
+                await self._serve_client(stream, hello)
+        except StreamClosedError:
+            pass
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", address, exc)
+            stream.close()
+
+    async def _serve_client(self, stream: IOStream, hello: w.Hello) -> None:
+        client_id = hello.client_id
+        self.client_streams[client_id] = stream
+        self.handle(ClientJoined(client_id, None, hello.namespace))
+        try:
+            while True:
+                msgs = await read_batch(stream)
+                self.handle(ClientSent(client_id, msgs))
+                if any(isinstance(m, w.Goodbye) for m in msgs):
+                    break
+        finally:
+            self.client_streams.pop(client_id, None)
+            self.handle(ClientLeft(client_id))
+            stream.close()
+
+    async def _serve_worker(self, stream: IOStream) -> None:
+        first = await read_batch(stream)
+        if not first or not isinstance(first[0], w.RegisterWorker):
+            raise ProtocolError("a worker must register first")
+        info = first[0].info
+        worker_id = info.worker_id
+        self.worker_streams[worker_id] = stream
+        log.info("worker %s joined from %s with %s", worker_id, info.host, info.resources)
+        self.handle(WorkerJoined(info), WorkerSent(worker_id, first[1:]))
+        try:
+            while True:
+                msgs = await read_batch(stream)
+                self.handle(WorkerSent(worker_id, msgs))
+        finally:
+            self.worker_streams.pop(worker_id, None)
+            log.info("worker %s left", worker_id)
+            self.handle(WorkerLeft(worker_id))
+            stream.close()
+
+    def shutdown_cluster(self) -> None:
+        """Ask every worker to exit; used by ``taskgraph stop`` and local shutdown."""
+        for stream in list(self.worker_streams.values()):
+            write_batch(stream, [w.Shutdown("the scheduler is stopping")])

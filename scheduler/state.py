@@ -1,0 +1,864 @@
+"""The scheduler's decisions: a pure state machine over tasks, objects, workers, clients.
+
+Rules of this module (everything that decides lives here, nothing else does):
+- It changes only through ``handle(*events) -> list[Send]``. No sockets,
+  asyncio, threads, clock or randomness: time arrives in events.
+- Task state changes go through ``_transition``, which consults
+  ``TRANSITIONS``; a pair missing from the table is a bug and raises.
+- ``validate()`` recomputes every invariant from scratch; tests call it after
+  every step.
+
+Task states::
+
+    waiting ──▶ ready ──▶ processing ──▶ memory
+       │          │  ▲        │ │
+       │          │  └─retry──┘ └──▶ erred / cancelled
+       └──────────┴──▶ erred / cancelled
+
+Objects are the task's return values and ``put`` values. Each counts its
+holders: clients holding a ref, unfinished tasks that take it as an argument,
+and stored objects that contain it. At zero holders a finished object is
+freed (and its segment on a worker deleted).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskgraph.scheduler import placement
+
+from taskgraph import _wire as w
+from taskgraph.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    TaskCancelledError,
+    TaskgraphError,
+    WorkerCrashedError,
+)
+
+# -- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientJoined:
+    client_id: bytes
+    via_worker: str | None = None
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeft:
+    client_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSent:
+    client_id: bytes
+    messages: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJoined:
+    info: w.WorkerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLeft:
+    worker_id: str
+    reason: str = "connection lost"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSent:
+    worker_id: str
+    messages: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+
+
+Event = ClientJoined | ClientLeft | ClientSent | WorkerJoined | WorkerLeft | WorkerSent | Tick
+
+
+@dataclass(slots=True)
+class Send:
+    """Instruction: deliver these messages to a client or a worker."""
+
+    to: str  # "client" | "worker"
+    id: Any
+    messages: list[Any]
+
+
+# -- records -----------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    spec: w.TaskSpec
+    owner: bytes
+    state: str = "new"
+    need: dict[str, float] = field(default_factory=dict)
+    shape: tuple[Any, ...] = ()
+    waiting_on: set[bytes] = field(default_factory=set)
+    worker: str | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    retries_left: int = 0
+    blocked: bool = False
+    cancel_requested: bool = False
+
+    @property
+    def id(self) -> bytes:
+        return self.spec.task_id
+
+
+@dataclass(slots=True, eq=False)
+class Obj:
+    id: bytes
+    task: bytes | None  # the task that makes it; None for put
+    state: str = "pending"  # pending | ready | error
+    data: bytes | None = None
+    location: w.Location | None = None
+    error: bytes | None = None
+    refs: int = 0
+    contains: list[bytes] = field(default_factory=list)
+    waiters: set[bytes] = field(default_factory=set)
+    dependents: list[Task] = field(default_factory=list)
+
+    def as_value(self) -> w.Value:
+        return w.Value(self.id, data=self.data, location=self.location, error=self.error)
+
+
+@dataclass(slots=True, eq=False)
+class WorkerRec:
+    worker_id: str
+    info: w.WorkerInfo
+    total: dict[str, float]
+    available: dict[str, float]
+    gpu_free: list[float]
+    running: set[bytes] = field(default_factory=set)
+    functions: set[bytes] = field(default_factory=set)
+    segments: dict[bytes, str] = field(default_factory=dict)  # object id -> segment
+    executors: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class ClientRec:
+    client_id: bytes
+    via_worker: str | None
+    namespace: str
+    held: set[bytes] = field(default_factory=set)
+    warned_shapes: set[tuple[Any, ...]] = field(default_factory=set)
+
+
+def return_ids(task_id: bytes, count: int) -> list[bytes]:
+    """Object ids of a task's returns: the task id with index 1..count."""
+    base = task_id[:12]
+    return [base + (i + 1).to_bytes(4, "little") for i in range(count)]
+
+
+def error_bytes(exc: TaskgraphError) -> bytes:
+    return pickle.dumps(exc)
+
+
+# -- the state machine -------------------------------------------------------
+
+
+class SchedulerState:
+    """Everything the scheduler knows, changed only by ``handle``."""
+
+    TRANSITIONS: dict[tuple[str, str], str] = {
+        ("new", "waiting"): "_to_waiting",
+        ("new", "ready"): "_to_ready",
+        ("new", "erred"): "_to_erred",
+        ("waiting", "ready"): "_to_ready",
+        ("waiting", "erred"): "_to_erred",
+        ("waiting", "cancelled"): "_to_cancelled",
+        ("ready", "processing"): "_to_processing",
+        ("ready", "erred"): "_to_erred",
+        ("ready", "cancelled"): "_to_cancelled",
+        ("processing", "memory"): "_to_memory",
+        ("processing", "ready"): "_to_ready",
+        ("processing", "erred"): "_to_erred",
+        ("processing", "cancelled"): "_to_cancelled",
+    }
+
+    def __init__(self, cluster_id: str = "") -> None:
+        self.cluster_id = cluster_id
+        self.now = 0.0
+        self.tasks: dict[bytes, Task] = {}
+        self.objects: dict[bytes, Obj] = {}
+        self.workers: dict[str, WorkerRec] = {}
+        self.clients: dict[bytes, ClientRec] = {}
+        self.functions: dict[bytes, bytes] = {}
+        self.children: dict[bytes, set[bytes]] = {}  # parent task -> submitted tasks
+        self.queues: dict[tuple[Any, ...], deque[Task]] = {}
+        self.transition_count = 0
+        self.tasks_finished = 0
+        self._out: dict[tuple[str, Any], list[Any]] = {}
+        self._assignments: dict[str, list[w.Assignment]] = {}
+        self._dirty = False  # capacity or ready tasks changed: try to place
+        self._failing: deque[tuple[Task, bytes | None]] = deque()
+
+    # -- entry point -----------------------------------------------------
+
+    def handle(self, *events: Event) -> list[Send]:
+        for event in events:
+            self._dispatch_event(event)
+            while self._failing:
+                task, error = self._failing.popleft()
+                if task.state in ("waiting", "ready"):
+                    self._transition(task, "erred", error)
+        if self._dirty:
+            self._schedule()
+        return self._drain()
+
+    def _dispatch_event(self, event: Event) -> None:
+        if isinstance(event, ClientSent):
+            client = self.clients.get(event.client_id)
+            if client is None:
+                return  # a relayed executor's first messages register it implicitly
+            for msg in event.messages:
+                self._client_message(client, msg)
+        elif isinstance(event, WorkerSent):
+            worker = self.workers.get(event.worker_id)
+            if worker is None:
+                return
+            for msg in event.messages:
+                self._worker_message(worker, msg)
+        elif isinstance(event, ClientJoined):
+            self.clients[event.client_id] = ClientRec(
+                event.client_id, event.via_worker, event.namespace
+            )
+        elif isinstance(event, ClientLeft):
+            self._client_left(event.client_id)
+        elif isinstance(event, WorkerJoined):
+            self._worker_joined(event.info)
+        elif isinstance(event, WorkerLeft):
+            self._worker_left(event.worker_id, event.reason)
+        elif isinstance(event, Tick):
+            self.now = event.now
+        else:  # pragma: no cover - the Event union is closed
+            raise TypeError(f"unknown event {event!r}")
+
+    # -- outbox ----------------------------------------------------------
+
+    def _send_client(self, client_id: bytes, msg: Any) -> None:
+        self._out.setdefault(("client", client_id), []).append(msg)
+
+    def _send_worker(self, worker_id: str, msg: Any) -> None:
+        self._out.setdefault(("worker", worker_id), []).append(msg)
+
+    def _drain(self) -> list[Send]:
+        for worker_id, assignments in self._assignments.items():
+            self._send_worker(worker_id, w.RunTasks(assignments))
+        self._assignments = {}
+        sends: list[Send] = []
+        relayed: dict[str, list[Any]] = {}
+        for (kind, dest), msgs in self._out.items():
+            if kind == "client":
+                client = self.clients.get(dest)
+                if client is None:
+                    continue
+                if client.via_worker is not None:
+                    relayed.setdefault(client.via_worker, []).append(w.ToClient(dest, msgs))
+                    continue
+            sends.append(Send(kind, dest, msgs))
+        for worker_id, msgs in relayed.items():
+            sends.append(Send("worker", worker_id, msgs))
+        self._out = {}
+        return sends
+
+    # -- clients ---------------------------------------------------------
+
+    def _client_message(self, client: ClientRec, msg: Any) -> None:
+        handler = self._CLIENT_HANDLERS.get(type(msg))
+        if handler is None:
+            raise TypeError(f"a client may not send {type(msg).__name__}")
+        handler(self, client, msg)
+
+    def _on_export(self, client: ClientRec, msg: w.ExportFunction) -> None:
+        self.functions.setdefault(msg.function_id, msg.payload)
+
+    def _on_submit(self, client: ClientRec, msg: w.SubmitTasks) -> None:
+        for spec in msg.tasks:
+            self._submit(client, spec)
+
+    def _submit(self, client: ClientRec, spec: w.TaskSpec) -> None:
+        need = dict(spec.resources)
+        task = Task(spec=spec, owner=client.client_id, need=need, retries_left=spec.max_retries)
+        task.shape = (tuple(sorted(need.items())), spec.strategy)
+        self.tasks[spec.task_id] = task
+        if spec.parent:
+            self.children.setdefault(spec.parent, set()).add(spec.task_id)
+        for oid in return_ids(spec.task_id, spec.num_returns):
+            self.objects[oid] = Obj(oid, spec.task_id, refs=1)
+            client.held.add(oid)
+        missing = None
+        for oid in spec.deps:
+            obj = self.objects.get(oid)
+            if obj is None:
+                missing = oid
+                continue
+            obj.refs += 1
+            if obj.state == "pending":
+                task.waiting_on.add(oid)
+                obj.dependents.append(task)
+        for oid in spec.nested:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.refs += 1
+        if missing is not None:
+            err = ObjectLostError(missing.hex(), "it was freed before the task that needs it ran")
+            self._transition(task, "erred", error_bytes(err))
+            return
+        failed = next(
+            (self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None
+        )
+        if failed is not None:
+            self._transition(task, "erred", failed.error)
+        elif task.waiting_on:
+            self._transition(task, "waiting")
+        else:
+            self._transition(task, "ready")
+
+    @staticmethod
+    def _dep_failed(obj: Obj) -> bool:
+        return obj.state == "error"
+
+    def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
+        obj = Obj(msg.object_id, None, state="ready", data=msg.data, location=msg.location)
+        obj.refs = 1
+        client.held.add(msg.object_id)
+        self.objects[msg.object_id] = obj
+        if msg.location is not None:
+            worker = self.workers.get(msg.location.worker_id)
+            if worker is not None:
+                worker.segments[msg.object_id] = msg.location.segment
+        self._hold_contained(obj, msg.contains)
+
+    def _hold_contained(self, obj: Obj, contains: list[bytes]) -> None:
+        for inner in contains:
+            inner_obj = self.objects.get(inner)
+            if inner_obj is not None:
+                inner_obj.refs += 1
+                obj.contains.append(inner)
+
+    def _on_acquire(self, client: ClientRec, msg: w.AcquireRefs) -> None:
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is not None and oid not in client.held:
+                client.held.add(oid)
+                obj.refs += 1
+
+    def _on_release(self, client: ClientRec, msg: w.ReleaseRefs) -> None:
+        for oid in msg.object_ids:
+            if oid in client.held:
+                client.held.discard(oid)
+                self._decref(oid)
+
+    def _on_want(self, client: ClientRec, msg: w.WantObjects) -> None:
+        values = []
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is None:
+                err = ObjectLostError(oid.hex(), "no holder was left, so it was freed")
+                values.append(w.Value(oid, error=error_bytes(err)))
+            elif obj.state == "pending":
+                obj.waiters.add(client.client_id)
+            else:
+                values.append(obj.as_value())
+        if values:
+            self._send_client(client.client_id, w.ObjectsReady(values))
+
+    def _on_cancel(self, client: ClientRec, msg: w.CancelTasks) -> None:
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.task is not None:
+                self._cancel(obj.task, msg.force, msg.recursive)
+
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        task = self.tasks.get(task_id)
+        if recursive:
+            for child in list(self.children.get(task_id, ())):
+                self._cancel(child, force, recursive)
+        if task is None:
+            return
+        if task.state in ("waiting", "ready"):
+            err = TaskCancelledError(task.spec.name, task_id.hex())
+            self._transition(task, "cancelled", error_bytes(err))
+        elif task.state == "processing" and not task.cancel_requested:
+            task.cancel_requested = True
+            assert task.worker is not None
+            self._send_worker(task.worker, w.CancelRunning(task_id, force))
+
+    def _on_blocked(self, client: ClientRec, msg: w.TaskBlocked) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.state != "processing" or task.blocked:
+            return
+        task.blocked = True
+        assert task.worker is not None
+        worker = self.workers[task.worker]
+        worker.available["CPU"] = worker.available.get("CPU", 0.0) + task.need.get("CPU", 0.0)
+        self._dirty = True
+
+    def _on_unblocked(self, client: ClientRec, msg: w.TaskUnblocked) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.state != "processing" or not task.blocked:
+            return
+        task.blocked = False
+        assert task.worker is not None
+        worker = self.workers[task.worker]
+        # May go below zero for a moment: the task runs again at once, and no
+        # new task is placed there until the CPU is back.
+        worker.available["CPU"] = worker.available.get("CPU", 0.0) - task.need.get("CPU", 0.0)
+
+    def _on_query(self, client: ClientRec, msg: w.Query) -> None:
+        self._send_client(client.client_id, w.QueryReply(msg.request_id, self.query(msg.what)))
+
+    def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
+        self._client_left(client.client_id)
+
+    _CLIENT_HANDLERS: dict[type, Callable[..., None]] = {
+        w.ExportFunction: _on_export,
+        w.SubmitTasks: _on_submit,
+        w.PutObject: _on_put,
+        w.AcquireRefs: _on_acquire,
+        w.ReleaseRefs: _on_release,
+        w.WantObjects: _on_want,
+        w.CancelTasks: _on_cancel,
+        w.TaskBlocked: _on_blocked,
+        w.TaskUnblocked: _on_unblocked,
+        w.Query: _on_query,
+        w.Goodbye: _on_goodbye,
+    }
+
+    def _client_left(self, client_id: bytes) -> None:
+        client = self.clients.pop(client_id, None)
+        if client is None:
+            return
+        for oid in client.held:
+            self._decref(oid)
+        client.held.clear()
+        for obj in self.objects.values():
+            obj.waiters.discard(client_id)
+
+    # -- workers ---------------------------------------------------------
+
+    def _worker_joined(self, info: w.WorkerInfo) -> None:
+        total = dict(info.resources)
+        gpus = int(total.get("GPU", 0))
+        self.workers[info.worker_id] = WorkerRec(
+            info.worker_id, info, total, dict(total), [1.0] * gpus
+        )
+        self._dirty = True
+
+    def _worker_message(self, worker: WorkerRec, msg: Any) -> None:
+        if isinstance(msg, w.TasksDone):
+            for result in msg.results:
+                self._task_done(worker, result)
+        elif isinstance(msg, w.FromClient):
+            if msg.client_id not in self.clients:
+                self.clients[msg.client_id] = ClientRec(msg.client_id, worker.worker_id, "")
+            client = self.clients[msg.client_id]
+            for inner in msg.messages:
+                self._client_message(client, inner)
+        elif isinstance(msg, w.ClientGone):
+            self._client_left(msg.client_id)
+        elif isinstance(msg, w.Heartbeat):
+            worker.executors = msg.executors
+        else:
+            raise TypeError(f"a worker may not send {type(msg).__name__}")
+
+    def _worker_left(self, worker_id: str, reason: str) -> None:
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        for client_id in [c.client_id for c in self.clients.values() if c.via_worker == worker_id]:
+            self._client_left(client_id)
+        for task_id in list(worker.running):
+            task = self.tasks[task_id]
+            task.worker = None
+            task.blocked = False
+            if task.cancel_requested:
+                err: TaskgraphError = TaskCancelledError(task.spec.name, task_id.hex())
+                self._finish_failed(task, "cancelled", error_bytes(err))
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                self._transition(task, "ready")
+            else:
+                err = NodeDiedError(
+                    f"the worker {worker_id} running task '{task.spec.name}' left the "
+                    f"cluster ({reason})"
+                )
+                self._transition(task, "erred", error_bytes(err))
+        for oid in list(worker.segments):
+            obj = self.objects.get(oid)
+            if obj is None or obj.location is None or obj.location.worker_id != worker_id:
+                continue
+            lost = ObjectLostError(oid.hex(), f"the worker {worker_id} that held it left")
+            obj.location = None
+            self._object_failed(obj, error_bytes(lost))
+        self._dirty = True
+
+    def _task_done(self, worker: WorkerRec, result: w.TaskResult) -> None:
+        task = self.tasks.get(result.task_id)
+        if task is None or task.state != "processing" or task.worker != worker.worker_id:
+            return  # stale report of a task that moved on (e.g. retried elsewhere)
+        self._release_resources(worker, task)
+        if not result.failure:
+            self._transition(task, "memory", result)
+            return
+        if result.failure == "cancelled" or task.cancel_requested:
+            err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
+            self._finish_failed(task, "cancelled", err)
+        elif task.retries_left > 0 and (result.failure == "crashed" or task.spec.retry_exceptions):
+            task.retries_left -= 1
+            self._transition(task, "ready")
+        else:
+            error = result.error
+            if error is None:
+                error = error_bytes(
+                    WorkerCrashedError(f"task '{task.spec.name}' failed without an error")
+                )
+            self._transition(task, "erred", error)
+
+    def _finish_failed(self, task: Task, state: str, error: bytes | None) -> None:
+        self._transition(task, state, error)
+
+    def _release_resources(self, worker: WorkerRec, task: Task) -> None:
+        worker.running.discard(task.id)
+        for name, amount in task.need.items():
+            if name == "CPU" and task.blocked:
+                continue
+            worker.available[name] = worker.available.get(name, 0.0) + amount
+        task.blocked = False
+        share = task.need.get("GPU", 0.0)
+        for gpu in task.gpu_ids:
+            worker.gpu_free[gpu] += 1.0 if share >= 1 else share
+        task.gpu_ids = []
+        self._dirty = True
+
+    # -- transitions -----------------------------------------------------
+
+    def _transition(self, task: Task, finish: str, *args: Any) -> None:
+        method = self.TRANSITIONS.get((task.state, finish))
+        if method is None:
+            raise RuntimeError(
+                f"no transition {task.state!r} -> {finish!r} for task {task.id.hex()}"
+            )
+        self.transition_count += 1
+        getattr(self, method)(task, *args)
+
+    def _to_waiting(self, task: Task) -> None:
+        task.state = "waiting"
+
+    def _to_ready(self, task: Task) -> None:
+        task.state = "ready"
+        queue = self.queues.get(task.shape)
+        if queue is None:
+            queue = self.queues[task.shape] = deque()
+        queue.append(task)
+        self._dirty = True
+        if not placement.feasible(task.need, self.workers.values()):
+            self._warn_infeasible(task)
+
+    def _to_processing(self, task: Task, worker: WorkerRec, gpu_ids: list[int]) -> None:
+        task.state = "processing"
+        task.worker = worker.worker_id
+        task.gpu_ids = gpu_ids
+        worker.running.add(task.id)
+        for name, amount in task.need.items():
+            worker.available[name] = worker.available.get(name, 0.0) - amount
+        share = task.need.get("GPU", 0.0)
+        for gpu in gpu_ids:
+            worker.gpu_free[gpu] -= 1.0 if share >= 1 else share
+        spec = task.spec
+        function = b""
+        if spec.function_id not in worker.functions:
+            function = self.functions.get(spec.function_id, b"")
+            worker.functions.add(spec.function_id)
+        inputs = [self.objects[oid].as_value() for oid in spec.deps]
+        self._assignments.setdefault(worker.worker_id, []).append(
+            w.Assignment(spec, inputs, function, gpu_ids)
+        )
+
+    def _to_memory(self, task: Task, result: w.TaskResult) -> None:
+        task.state = "memory"
+        worker = self.workers.get(task.worker or "")
+        for ret in result.returns:
+            obj = self.objects.get(ret.object_id)
+            if obj is None:
+                continue
+            obj.state = "ready"
+            obj.data = ret.data
+            obj.location = ret.location
+            if ret.location is not None and worker is not None:
+                worker.segments[ret.object_id] = ret.location.segment
+            self._hold_contained(obj, ret.contains)
+            self._object_done(obj)
+        self._forget(task)
+
+    def _to_erred(self, task: Task, error: bytes | None) -> None:
+        task.state = "erred"
+        for oid in return_ids(task.id, task.spec.num_returns):
+            obj = self.objects.get(oid)
+            if obj is not None:
+                self._object_failed(obj, error)
+        self._forget(task)
+
+    def _to_cancelled(self, task: Task, error: bytes | None) -> None:
+        self._to_erred(task, error)
+        task.state = "cancelled"
+
+    def _forget(self, task: Task) -> None:
+        """A finished task lets go of its arguments and leaves the table."""
+        self.tasks_finished += 1
+        for oid in task.spec.deps:
+            if oid in self.objects:
+                if oid in task.waiting_on:
+                    self.objects[oid].dependents.remove(task)
+                self._decref(oid)
+        for oid in task.spec.nested:
+            if oid in self.objects:
+                self._decref(oid)
+        task.waiting_on.clear()
+        del self.tasks[task.id]
+        if task.spec.parent:
+            siblings = self.children.get(task.spec.parent)
+            if siblings is not None:
+                siblings.discard(task.id)
+                if not siblings:
+                    del self.children[task.spec.parent]
+        for oid in return_ids(task.id, task.spec.num_returns):
+            obj = self.objects.get(oid)
+            if obj is not None and obj.refs == 0:
+                self._free(obj)
+
+    # -- objects ---------------------------------------------------------
+
+    def _object_done(self, obj: Obj) -> None:
+        value = obj.as_value()
+        for client_id in obj.waiters:
+            self._send_client(client_id, w.ObjectsReady([value]))
+        obj.waiters.clear()
+        dependents, obj.dependents = obj.dependents, []
+        for task in dependents:
+            task.waiting_on.discard(obj.id)
+            if not task.waiting_on and task.state == "waiting":
+                self._transition(task, "ready")
+
+    def _object_failed(self, obj: Obj, error: bytes | None) -> None:
+        obj.state = "error"
+        obj.error = error
+        obj.data = None
+        self._object_done_failed(obj)
+
+    def _object_done_failed(self, obj: Obj) -> None:
+        value = obj.as_value()
+        for client_id in obj.waiters:
+            self._send_client(client_id, w.ObjectsReady([value]))
+        obj.waiters.clear()
+        dependents, obj.dependents = obj.dependents, []
+        for task in dependents:
+            task.waiting_on.discard(obj.id)
+            # A worklist, not recursion: a failure may cross a chain of
+            # thousands of dependent tasks.
+            self._failing.append((task, obj.error))
+
+    def _decref(self, oid: bytes) -> None:
+        obj = self.objects.get(oid)
+        if obj is None:
+            return
+        obj.refs -= 1
+        if obj.refs < 0:
+            raise RuntimeError(f"object {oid.hex()} released more often than held")
+        if obj.refs == 0 and obj.state != "pending":
+            self._free(obj)
+
+    def _free(self, obj: Obj) -> None:
+        del self.objects[obj.id]
+        if obj.location is not None:
+            worker = self.workers.get(obj.location.worker_id)
+            if worker is not None:
+                worker.segments.pop(obj.id, None)
+                self._send_worker(worker.worker_id, w.FreeObjects([obj.id], [obj.location.segment]))
+        for inner in obj.contains:
+            self._decref(inner)
+
+    # -- placement -------------------------------------------------------
+
+    def _schedule(self) -> None:
+        self._dirty = False
+        workers = list(self.workers.values())
+        if not workers:
+            return
+        for _shape, queue in self.queues.items():
+            while queue:
+                task = queue[0]
+                if task.state != "ready":
+                    queue.popleft()  # cancelled or failed while queued
+                    continue
+                local = self._local_bytes(task)
+                worker = placement.choose_worker(task.need, task.spec.strategy, workers, local)
+                if worker is None:
+                    break
+                queue.popleft()
+                gpu_ids = placement.pick_gpus(task.need.get("GPU", 0.0), worker.gpu_free) or []
+                self._transition(task, "processing", worker, gpu_ids)
+        self._dirty = False
+
+    def _local_bytes(self, task: Task) -> dict[str, int]:
+        local: dict[str, int] = {}
+        for oid in task.spec.deps:
+            loc = self.objects[oid].location
+            if loc is not None:
+                local[loc.worker_id] = local.get(loc.worker_id, 0) + loc.size
+        return local
+
+    def _warn_infeasible(self, task: Task) -> None:
+        client = self.clients.get(task.owner)
+        if client is None or task.shape in client.warned_shapes:
+            return
+        client.warned_shapes.add(task.shape)
+        need = ", ".join(f"{k}: {v:g}" for k, v in sorted(task.need.items()))
+        if self.workers:
+            best = max(
+                self.workers.values(),
+                key=lambda r: -sum(placement.shortfall(task.need, r.total).values()),
+            )
+            have = ", ".join(f"{k}: {v:g}" for k, v in sorted(best.total.items()))
+            short = ", ".join(
+                f"{k} by {v:g}"
+                for k, v in sorted(placement.shortfall(task.need, best.total).items())
+            )
+            where = f"the closest worker has {{{have}}} (short of {short})"
+        else:
+            where = "no worker has joined the cluster yet"
+        text = (
+            f"task '{task.spec.name}' ({task.id.hex()}) cannot be scheduled now: it needs "
+            f"{{{need}}} and {where}. It will run when a worker that fits joins; "
+            f"otherwise lower its resource request."
+        )
+        self._send_client(client.client_id, w.Notice("warning", text))
+
+    # -- snapshots -------------------------------------------------------
+
+    def query(self, what: str) -> Any:
+        if what == "nodes":
+            return [
+                {
+                    "node_id": r.worker_id,
+                    "alive": True,
+                    "host": r.info.host,
+                    "address": r.info.address,
+                    "pid": r.info.pid,
+                    "resources": dict(r.total),
+                    "available": {k: max(v, 0.0) for k, v in r.available.items()},
+                }
+                for r in self.workers.values()
+            ]
+        if what == "cluster_resources":
+            return _sum_resources(r.total for r in self.workers.values())
+        if what == "available_resources":
+            return _sum_resources(
+                {k: max(v, 0.0) for k, v in r.available.items()} for r in self.workers.values()
+            )
+        if what == "statistics":
+            return self.statistics()
+        raise ValueError(f"unknown query {what!r}")
+
+    def statistics(self) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        for task in self.tasks.values():
+            by_state[task.state] = by_state.get(task.state, 0) + 1
+        return {
+            "tasks": by_state,
+            "tasks_finished": self.tasks_finished,
+            "objects": len(self.objects),
+            "workers": len(self.workers),
+            "clients": len(self.clients),
+            "transitions": self.transition_count,
+        }
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<SchedulerState workers={s['workers']} clients={s['clients']} "
+            f"tasks={s['tasks']} objects={s['objects']}>"
+        )
+
+    # -- invariants ------------------------------------------------------
+
+    def validate(self) -> None:
+        """Recompute every invariant from scratch; raise AssertionError on a breach."""
+        refs: dict[bytes, int] = dict.fromkeys(self.objects, 0)
+        for client in self.clients.values():
+            for oid in client.held:
+                assert oid in self.objects, f"client holds unknown object {oid.hex()}"
+                refs[oid] += 1
+        for task in self.tasks.values():
+            assert task.state in ("waiting", "ready", "processing"), task.state
+            for oid in (*task.spec.deps, *task.spec.nested):
+                if oid in refs:
+                    refs[oid] += 1
+            if task.state == "waiting":
+                assert task.waiting_on, "waiting task waits on nothing"
+                for oid in task.waiting_on:
+                    assert self.objects[oid].state == "pending"
+                    assert task in self.objects[oid].dependents
+            if task.state == "ready":
+                assert task in self.queues.get(task.shape, ()), "ready task not queued"
+            if task.state == "processing":
+                assert task.worker in self.workers, "processing on unknown worker"
+                assert task.id in self.workers[task.worker].running
+        for obj in self.objects.values():
+            for inner in obj.contains:
+                if inner in refs:
+                    refs[inner] += 1
+            if obj.state == "pending":
+                assert obj.task in self.tasks, "pending object without its task"
+            else:
+                assert obj.refs > 0, "finished object with no holder was not freed"
+                assert not obj.waiters and not obj.dependents
+        for oid, count in refs.items():
+            assert self.objects[oid].refs == count, (
+                f"object {oid.hex()} counts {self.objects[oid].refs} holders, has {count}"
+            )
+        for worker in self.workers.values():
+            used: dict[str, float] = {}
+            for task_id in worker.running:
+                task = self.tasks[task_id]
+                assert task.state == "processing" and task.worker == worker.worker_id
+                for name, amount in task.need.items():
+                    if name == "CPU" and task.blocked:
+                        continue
+                    used[name] = used.get(name, 0.0) + amount
+            for name, total in worker.total.items():
+                expect = total - used.get(name, 0.0)
+                got = worker.available.get(name, 0.0)
+                assert abs(got - expect) < 1e-6, f"{worker.worker_id} {name}: {got} != {expect}"
+            for free in worker.gpu_free:
+                assert -1e-6 <= free <= 1 + 1e-6
+        if not self._dirty and self.workers:
+            for queue in self.queues.values():
+                for task in queue:
+                    if task.state == "ready":
+                        chosen = placement.choose_worker(
+                            task.need, task.spec.strategy, self.workers.values(), {}
+                        )
+                        assert chosen is None, "a ready task fits a worker but was not placed"
+                        break
+
+
+def _sum_resources(parts: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for part in parts:
+        for name, amount in part.items():
+            total[name] = total.get(name, 0.0) + amount
+    return total

@@ -1,0 +1,83 @@
+"""taskgraph: Ray's API for distributed Python on a Dask-style engine.
+
+import taskgraph as tg
+
+@tg.remote
+def square(x):
+    return x * x
+
+print(sum(tg.get([square.remote(i) for i in range(100)])))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskgraph import exceptions
+from taskgraph._api import (
+    ClusterContext,
+    RuntimeContext,
+    as_completed,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_gpu_ids,
+    get_runtime_context,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    shutdown,
+    wait,
+)
+from taskgraph._executor import Executor
+from taskgraph._object_ref import ObjectRef
+from taskgraph._remote_function import RemoteFunction
+
+__version__ = "0.1.0"
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function: ``@tg.remote`` or ``@tg.remote(num_cpus=2, ...)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "@remote takes either no arguments or keyword options, e.g. @remote(num_cpus=2)"
+        )
+
+    def decorator(target: Any) -> Any:
+        return _make_remote(target, options)
+
+    return decorator
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise NotImplementedError("actors (@remote on a class) are not available yet")
+    return RemoteFunction(target, options)
+
+
+__all__ = [
+    "ClusterContext",
+    "Executor",
+    "ObjectRef",
+    "RemoteFunction",
+    "RuntimeContext",
+    "as_completed",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

@@ -1,0 +1,386 @@
+"""The module-level API: ``init``, ``shutdown``, ``get``, ``put``, ``wait`` and friends.
+
+One runtime per process: a driver's (which may own a local cluster) or an
+executor's (set up by the executor before any task runs). Calls before
+``init`` initialize implicitly, as in Ray.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from taskgraph import _wire as w
+from taskgraph import config
+from taskgraph._client import Client, host_id
+from taskgraph._local_cluster import LocalCluster
+from taskgraph._object_ref import ObjectRef
+from taskgraph._transport import connect_blocking
+from taskgraph.exceptions import AuthenticationError, GetTimeoutError
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+
+
+@dataclass
+class TaskContext:
+    task_id: bytes
+    node_id: str
+    worker_id: str
+    resources: dict[str, float]
+    gpu_ids: list[int] = field(default_factory=list)
+
+
+_task_context: TaskContext | None = None
+
+
+@dataclass
+class Runtime:
+    client: Client
+    address: str
+    namespace: str
+    cluster: LocalCluster | None = None
+    in_executor: bool = False
+
+
+class ClusterContext:
+    """What ``init`` returns: where the cluster is, usable as a context manager."""
+
+    def __init__(self, address: str, namespace: str, local: bool) -> None:
+        self.address = address
+        self.namespace = namespace
+        self.local = local
+
+    def __repr__(self) -> str:
+        kind = "local cluster" if self.local else "cluster"
+        return f"ClusterContext({kind} at {self.address}, namespace={self.namespace!r})"
+
+    def __enter__(self) -> ClusterContext:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+    def disconnect(self) -> None:
+        shutdown()
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    memory: int | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    token: str | None = None,
+) -> ClusterContext:
+    """Connect to a cluster, or start one on this machine.
+
+    ``address``: None uses ``TASKGRAPH_ADDRESS`` if set, else starts a local
+    cluster; "local" always starts one; "auto" joins the cluster that
+    ``taskgraph start --head`` started on this host; "tcp://host:port" joins
+    that scheduler (with ``token``, ``TASKGRAPH_TOKEN`` or this host's record).
+    """
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            if ignore_reinit_error:
+                return ClusterContext(
+                    _runtime.address, _runtime.namespace, _runtime.cluster is not None
+                )
+            raise RuntimeError(
+                "taskgraph.init() was already called; call shutdown() first or pass "
+                "ignore_reinit_error=True"
+            )
+        if address is None:
+            address = os.environ.get(config.ADDRESS_ENV) or "local"
+        namespace = namespace if namespace is not None else os.urandom(4).hex()
+        if address == "local":
+            _runtime = _start_local(
+                num_cpus, num_gpus, resources, object_store_memory, memory, namespace
+            )
+        else:
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError(
+                    "num_cpus, num_gpus, resources and object_store_memory describe a new "
+                    "cluster; when connecting to an existing one, set them on its workers"
+                )
+            if address == "auto":
+                records = config.recorded("scheduler")
+                if not records:
+                    raise ConnectionError(
+                        "init('auto') found no taskgraph cluster started on this host; start one "
+                        "with 'taskgraph start --head', or call init() to start a local one"
+                    )
+                address = str(records[0]["address"])
+                token = token or str(records[0]["token"])
+            token = token or config.token_for(address)
+            if token is None:
+                raise AuthenticationError(
+                    f"no token for the cluster at {address}: pass init(address, token=...) "
+                    f"or set {config.TOKEN_ENV}"
+                )
+            client = _connect(address, token, namespace)
+            _runtime = Runtime(client, address, namespace)
+        atexit.register(shutdown)
+        return ClusterContext(_runtime.address, namespace, _runtime.cluster is not None)
+
+
+def _connect(address: str, token: str, namespace: str) -> Client:
+    client_id = os.urandom(8)
+    hello = w.Hello("client", b"", client_id, pid=os.getpid(), host=host_id(), namespace=namespace)
+    conn, welcome = connect_blocking(address, config.token_bytes(token), hello)
+    client = Client(conn, client_id, welcome)
+    client.on_notice = _show_notice
+    return client
+
+
+def _show_notice(level: str, text: str) -> None:
+    # Logged, not warnings.warn: this runs on the client's reader thread.
+    logging.getLogger("taskgraph").log(logging.getLevelName(level.upper()), text)
+
+
+def _start_local(
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: dict[str, float] | None,
+    object_store_memory: int | None,
+    memory: int | None,
+    namespace: str,
+) -> Runtime:
+    import json
+
+    args: list[str] = []
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    if resources:
+        args += ["--resources", json.dumps(resources)]
+    if memory is not None:
+        args += ["--memory-limit", str(memory)]
+    del object_store_memory  # the object store's cap arrives with its own issue
+    cluster = LocalCluster(args)
+    try:
+        client = _connect(cluster.address, cluster.token, namespace)
+        deadline = time.monotonic() + 60
+        while True:
+            nodes = client.query("nodes")
+            if nodes:
+                client.workers = [
+                    w.WorkerInfo(n["node_id"], n["host"], n["address"], n["resources"], n["pid"])
+                    for n in nodes
+                ]
+                break
+            cluster.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the local worker did not join the scheduler within 60 s")
+            time.sleep(0.01)
+    except BaseException:
+        cluster.close()
+        raise
+    return Runtime(client, cluster.address, namespace, cluster)
+
+
+def shutdown() -> None:
+    """Disconnect, and stop the local cluster if ``init`` started one."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+        if runtime is None or runtime.in_executor:
+            _runtime = runtime
+            return
+        try:
+            runtime.client.close()
+        finally:
+            if runtime.cluster is not None:
+                runtime.cluster.close()
+        atexit.unregister(shutdown)
+
+
+def is_initialized() -> bool:
+    return _runtime is not None
+
+
+def client() -> Client:
+    """This process's client, starting a local cluster if nothing was initialized."""
+    runtime = _runtime
+    if runtime is None:
+        init()
+        runtime = _runtime
+    assert runtime is not None
+    return runtime.client
+
+
+def current_client() -> Client | None:
+    runtime = _runtime
+    return runtime.client if runtime is not None else None
+
+
+def set_executor_client(c: Client, cluster_id: str) -> None:
+    global _runtime
+    _runtime = Runtime(c, address="", namespace="", in_executor=True)
+
+
+def set_task_context(context: TaskContext | None) -> None:
+    global _task_context
+    _task_context = context
+
+
+# -- get / put / wait ----------------------------------------------------------
+
+
+def _check_refs(refs: Any, verb: str) -> list[ObjectRef]:
+    if not isinstance(refs, list):
+        raise ValueError(
+            f"{verb}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}"
+        )
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"{verb}() was given {r!r}, which is not an ObjectRef")
+    return refs
+
+
+def get(refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The values of refs (order kept); raises the task's error, or GetTimeoutError."""
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    if isinstance(refs, ObjectRef):
+        return client().get([refs], timeout)[0]
+    return client().get(_check_refs(refs, "get"), timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the cluster once; pass the ref to many tasks."""
+    return client().put(value)
+
+
+def wait(
+    refs: list[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split refs into (ready, not ready), both in input order, once ``num_returns`` are ready."""
+    if isinstance(refs, ObjectRef):
+        raise TypeError("wait() takes a list of ObjectRefs, got a single ObjectRef; use [ref]")
+    refs = _check_refs(refs, "wait")
+    if len({r.id for r in refs}) != len(refs):
+        raise ValueError("wait() requires a list of unique ObjectRefs")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+    if num_returns > len(refs):
+        raise ValueError(
+            f"num_returns ({num_returns}) cannot be greater than the number of refs ({len(refs)})"
+        )
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    if not refs:
+        return [], []
+    arrived = client().wait_values([r.id for r in refs], num_returns, timeout) or []
+    here = set(arrived)
+    ready = [r for r in refs if r.id in here][:num_returns]
+    taken = {r.id for r in ready}
+    return ready, [r for r in refs if r.id not in taken]
+
+
+def as_completed(refs: Sequence[ObjectRef], timeout: float | None = None) -> Iterator[ObjectRef]:
+    """Yield refs as their tasks finish (successfully or not)."""
+    refs = _check_refs(list(refs), "as_completed")
+    done: queue.SimpleQueue[ObjectRef] = queue.SimpleQueue()
+    for ref in refs:
+        ref.future().add_done_callback(partial(_put_ref, done, ref))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(len(refs)):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            yield done.get(timeout=remaining)
+        except queue.Empty:
+            raise GetTimeoutError(timeout) from None
+
+
+def _put_ref(done: queue.SimpleQueue[ObjectRef], ref: ObjectRef, _future: Any) -> None:
+    done.put(ref)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Stop a task: dropped if not started; interrupted (or killed with force) if running."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    client().cancel([ref], force, recursive)
+
+
+# -- cluster information -------------------------------------------------------
+
+
+def nodes() -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = client().query("nodes")
+    return result
+
+
+def cluster_resources() -> dict[str, float]:
+    result: dict[str, float] = client().query("cluster_resources")
+    return result
+
+
+def available_resources() -> dict[str, float]:
+    result: dict[str, float] = client().query("available_resources")
+    return result
+
+
+def get_gpu_ids() -> list[int]:
+    context = _task_context
+    return list(context.gpu_ids) if context is not None else []
+
+
+class RuntimeContext:
+    """Where the calling code runs: ``tg.get_runtime_context()``."""
+
+    def __init__(self, runtime: Runtime | None, task: TaskContext | None) -> None:
+        self._runtime = runtime
+        self._task = task
+
+    def get_task_id(self) -> str | None:
+        return self._task.task_id.hex() if self._task is not None else None
+
+    def get_node_id(self) -> str | None:
+        if self._task is not None:
+            return self._task.node_id
+        if self._runtime is not None:
+            local = self._runtime.client.local_worker()
+            return local.worker_id if local is not None else None
+        return None
+
+    def get_worker_id(self) -> str:
+        if self._task is not None:
+            return self._task.worker_id
+        return f"driver/{os.getpid()}"
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        return dict(self._task.resources) if self._task is not None else {}
+
+    @property
+    def namespace(self) -> str | None:
+        return self._runtime.namespace if self._runtime is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"RuntimeContext(task={self.get_task_id()}, node={self.get_node_id()}, "
+            f"worker={self.get_worker_id()})"
+        )
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_runtime, _task_context)

@@ -1,0 +1,417 @@
+"""The client: what a driver or a task's process uses to talk to the cluster.
+
+::
+
+    user thread ──.remote()/put──▶ pending messages ──flusher thread──▶ connection
+    user thread ◀──get/wait────── values + condition ◀──reader thread── connection
+
+``.remote()`` never touches the network: it appends to ``pending`` and wakes
+the flusher, which sends everything queued as one frame (whatever piled up
+while it was busy rides in the next). A blocking call flushes first. Refs are
+counted here per id; the scheduler hears only the first acquire and the
+last release, in batches.
+
+In a task's process the connection is the executor's socket to its worker
+daemon, which relays, so submissions, releases and the task's completion
+reach the scheduler in one order.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+from taskgraph import _wire as w
+from taskgraph import serialization
+from taskgraph._object_ref import ObjectRef
+from taskgraph._transport import BlockingConnection
+from taskgraph.exceptions import GetTimeoutError, ObjectLostError, TaskgraphError
+
+INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
+
+
+def host_id() -> str:
+    """Processes with the same host id share /dev/shm."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{os.uname().nodename}/{boot}"
+
+
+class Client:
+    def __init__(
+        self,
+        conn: BlockingConnection,
+        client_id: bytes,
+        welcome: w.Welcome,
+        *,
+        send: Callable[[list[Any]], None] | None = None,
+        start_reader: bool = True,
+    ) -> None:
+        self.conn = conn
+        self.client_id = client_id
+        self.cluster_id = welcome.cluster_id
+        self.workers = list(welcome.workers)
+        self.host = host_id()
+        self._send = send or conn.send
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._send_lock = threading.Lock()
+        self._flush_cond = threading.Condition(self._lock)
+        self._ready_cond = threading.Condition(self._lock)
+        self._pending: list[Any] = []
+        self._flush_requested = False
+        self._counts: dict[bytes, int] = {}
+        self.released: collections.deque[bytes] = collections.deque()
+        self._values: dict[bytes, w.Value] = {}
+        self._wanted: set[bytes] = set()
+        self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
+        self._exported: set[bytes] = set()
+        self._queries: dict[int, concurrent.futures.Future[Any]] = {}
+        self._query_ids = itertools.count(1)
+        self.notices: list[str] = []
+        self.on_notice: Callable[[str, str], None] | None = None
+        self.broken: str | None = None
+        self.closed = False
+        self.current_task: bytes | None = None  # set in an executor while a task runs
+        self._flusher = threading.Thread(
+            target=self._flush_loop, name="taskgraph-flush", daemon=True
+        )
+        self._flusher.start()
+        self._reader: threading.Thread | None = None
+        if start_reader:
+            self._reader = threading.Thread(
+                target=self._read_loop, name="taskgraph-read", daemon=True
+            )
+            self._reader.start()
+
+    # -- ids and refs ----------------------------------------------------
+
+    def new_id(self) -> bytes:
+        """A fresh 12-byte base; objects append a 4-byte index."""
+        return self.client_id + next(self._ids).to_bytes(4, "little")
+
+    def incref(self, object_id: bytes, acquire: bool) -> None:
+        with self._lock:
+            count = self._counts.get(object_id, 0)
+            self._counts[object_id] = count + 1
+            if count == 0 and acquire:
+                self._queue(w.AcquireRefs([object_id]))
+
+    def _drain_released(self) -> None:
+        """Apply the decrements that ``ObjectRef.__del__`` queued (lock held)."""
+        released = self.released
+        gone: list[bytes] = []
+        counts = self._counts
+        while released:
+            oid = released.popleft()
+            count = counts.get(oid, 0) - 1
+            if count > 0:
+                counts[oid] = count
+            else:
+                counts.pop(oid, None)
+                self._values.pop(oid, None)
+                self._wanted.discard(oid)
+                gone.append(oid)
+        if gone:
+            self._queue(w.ReleaseRefs(gone))
+
+    # -- sending ---------------------------------------------------------
+
+    def _queue(self, msg: Any) -> None:
+        """Append a message, merging with the last one of the same kind (lock held)."""
+        pending = self._pending
+        if pending:
+            last = pending[-1]
+            if type(last) is type(msg):
+                if isinstance(msg, w.SubmitTasks):
+                    last.tasks.extend(msg.tasks)
+                    return
+                if isinstance(msg, w.AcquireRefs | w.ReleaseRefs | w.WantObjects):
+                    last.object_ids.extend(msg.object_ids)
+                    return
+        pending.append(msg)
+        if not self._flush_requested:
+            self._flush_requested = True
+            self._flush_cond.notify()
+
+    def send_soon(self, msg: Any) -> None:
+        with self._lock:
+            self._queue(msg)
+
+    def flush(self) -> None:
+        """Send everything queued, in order, before returning."""
+        with self._send_lock:
+            with self._lock:
+                self._drain_released()
+                batch, self._pending = self._pending, []
+                self._flush_requested = False
+            if batch and self.broken is None:
+                try:
+                    self._send(batch)
+                except OSError as exc:
+                    self._break(f"lost the connection to the scheduler: {exc}")
+
+    def _flush_loop(self) -> None:
+        while not self.closed:
+            with self._lock:
+                if not self._flush_requested:
+                    # Wake now and then to return refs dropped by garbage collection.
+                    self._flush_cond.wait(0.05 if self.released else 0.5)
+                if self.closed:
+                    return
+            self.flush()
+
+    # -- receiving -------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                msgs = self.conn.recv()
+            except (OSError, ConnectionError, TaskgraphError) as exc:
+                if not self.closed:
+                    self._break(f"lost the connection to the scheduler: {exc}")
+                return
+            self.on_messages(msgs)
+
+    def on_messages(self, msgs: list[Any]) -> None:
+        fire: list[Callable[[], None]] = []
+        with self._lock:
+            for msg in msgs:
+                if isinstance(msg, w.ObjectsReady):
+                    for value in msg.values:
+                        oid = value.object_id
+                        self._wanted.discard(oid)
+                        if oid in self._counts:
+                            self._values[oid] = value
+                        fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
+                    self._ready_cond.notify_all()
+                elif isinstance(msg, w.QueryReply):
+                    fut = self._queries.pop(msg.request_id, None)
+                    if fut is not None:
+                        fire.append(partial(fut.set_result, msg.result))
+                elif isinstance(msg, w.Notice):
+                    self.notices.append(msg.text)
+                    if self.on_notice is not None:
+                        fire.append(partial(self.on_notice, msg.level, msg.text))
+        # Outside the lock: callbacks may block, or call back into the client.
+        for callback in fire:
+            try:
+                callback()
+            except Exception:
+                logging.getLogger("taskgraph").exception("a ref callback failed")
+
+    def _break(self, reason: str) -> None:
+        with self._lock:
+            if self.broken is not None:
+                return
+            self.broken = reason
+            self._ready_cond.notify_all()
+            callbacks, self._callbacks = self._callbacks, {}
+            queries, self._queries = self._queries, {}
+        err = ConnectionError(reason)
+        for fut in queries.values():
+            fut.set_exception(err)
+        for oid, cbs in callbacks.items():
+            value = w.Value(oid, error=pickle.dumps(err))
+            for cb in cbs:
+                cb(value)
+
+    # -- the API's verbs -------------------------------------------------
+
+    def export(self, function_id: bytes, payload: bytes) -> None:
+        with self._lock:
+            if function_id not in self._exported:
+                self._exported.add(function_id)
+                self._queue(w.ExportFunction(function_id, payload))
+
+    def submit(self, spec: w.TaskSpec) -> None:
+        with self._lock:
+            self._queue(w.SubmitTasks([spec]))
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError(
+                "Calling put() on an ObjectRef is not allowed: the value is already in the "
+                "cluster; pass the ref itself."
+            )
+        base = self.new_id()
+        oid = base[:12] + (1).to_bytes(4, "little")
+        msg = self.encode_value(oid, value, "the value passed to put()")
+        ref = ObjectRef(oid, self)
+        with self._lock:
+            self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains))
+        return ref
+
+    def encode_value(self, oid: bytes, value: Any, what: str) -> w.ReturnValue:
+        """Serialize a value: inline when small, into a local segment when large."""
+        data, contains = serialization.dumps(value, what=what)
+        if len(data) <= INLINE_LIMIT:
+            return w.ReturnValue(oid, data=data, contains=contains)
+        worker = self.local_worker()
+        if worker is None:
+            return w.ReturnValue(oid, data=data, contains=contains)
+        from taskgraph.worker import store
+
+        name = store.segment_name(worker.worker_id, oid)
+        size, contains = store.write_value(name, value, what=what)
+        return w.ReturnValue(
+            oid, location=w.Location(worker.worker_id, name, size, self.host), contains=contains
+        )
+
+    def local_worker(self) -> w.WorkerInfo | None:
+        for info in self.workers:
+            if info.host == self.host:
+                return info
+        return None
+
+    def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
+        with self._lock:
+            self._queue(w.CancelTasks([r.id for r in refs], force, recursive))
+        self.flush()
+
+    def query(self, what: str, timeout: float = 30.0) -> Any:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            request_id = next(self._query_ids)
+            self._queries[request_id] = fut
+            self._queue(w.Query(request_id, what))
+        self.flush()
+        return fut.result(timeout)
+
+    def _want(self, oids: Sequence[bytes]) -> None:
+        """Ask for values not yet here (lock held)."""
+        missing = [o for o in oids if o not in self._values and o not in self._wanted]
+        if missing:
+            self._wanted.update(missing)
+            self._queue(w.WantObjects(missing))
+
+    def is_ready(self, oid: bytes) -> bool:
+        with self._lock:
+            if oid in self._values:
+                return True
+            self._want([oid])
+        self.flush()
+        return False
+
+    def wait_values(
+        self, oids: Sequence[bytes], count: int, timeout: float | None
+    ) -> list[bytes] | None:
+        """Block until ``count`` of ``oids`` have arrived; return the arrived ones.
+
+        Returns None when the timeout passed first. While blocked inside a
+        task, the task's CPU is lent back to its worker.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._want(oids)
+        self.flush()
+        blocked = False
+        try:
+            with self._lock:
+                while True:
+                    here = [o for o in oids if o in self._values]
+                    if len(here) >= count:
+                        return here
+                    if self.broken is not None:
+                        raise ConnectionError(self.broken)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    if not blocked and self.current_task is not None:
+                        blocked = True
+                        self._queue(w.TaskBlocked(self.current_task))
+                        self._lock.release()
+                        try:
+                            self.flush()
+                        finally:
+                            self._lock.acquire()
+                        continue
+                    self._ready_cond.wait(remaining)
+        finally:
+            if blocked and self.current_task is not None:
+                self.send_soon(w.TaskUnblocked(self.current_task))
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        oids = [r.id for r in refs]
+        unique = list(dict.fromkeys(oids))
+        if self.wait_values(unique, len(unique), timeout) is None:
+            raise GetTimeoutError(timeout, len(unique))
+        with self._lock:
+            values = [self._values[o] for o in oids]
+        return [self.decode_value(v) for v in values]
+
+    @staticmethod
+    def decode_value(value: w.Value) -> Any:
+        if value.error is not None:
+            raise serialization.loads_error(value.error)
+        if value.location is not None:
+            from taskgraph.worker import store
+
+            if value.location.host != host_id():
+                raise ObjectLostError(
+                    value.object_id.hex(),
+                    "it lives on another host and transfers between hosts are not built yet",
+                )
+            try:
+                return store.read(value.location.segment)
+            except FileNotFoundError as exc:
+                raise ObjectLostError(
+                    value.object_id.hex(), "its shared-memory segment is gone"
+                ) from exc
+        assert value.data is not None
+        return serialization.loads(value.data)
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # The future keeps the ref alive until it completes.
+        keep = ref
+
+        def done(value: w.Value) -> None:
+            del keep_alive[:]
+            try:
+                fut.set_result(self.decode_value(value))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        keep_alive = [keep]
+        with self._lock:
+            value = self._values.get(ref.id)
+            if value is None:
+                if self.broken is not None:
+                    fut.set_exception(ConnectionError(self.broken))
+                    return fut
+                self._callbacks.setdefault(ref.id, []).append(done)
+                self._want([ref.id])
+        if value is not None:
+            done(value)
+        else:
+            self.flush()
+        return fut
+
+    # -- shutdown --------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            self._queue(w.Goodbye())
+        self.flush()
+        with self._lock:
+            self.closed = True
+            self._flush_cond.notify_all()
+        self._flusher.join(timeout=5)
+        self.conn.close()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)

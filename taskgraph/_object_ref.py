@@ -1,0 +1,87 @@
+"""``ObjectRef``: a future for a value somewhere in the cluster.
+
+A ref is 16 bytes of id and a pointer to this process's client, which counts
+the live refs per id and tells the scheduler when the last one is gone.
+Pickling a ref (into a task's arguments, a ``put`` value, a return value)
+records its id so the container keeps the object alive; unpickling one in
+another process makes that process a holder too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from taskgraph import serialization
+
+if TYPE_CHECKING:
+    from taskgraph._client import Client
+
+
+class ObjectRef:
+    __slots__ = ("__weakref__", "_client", "_id")
+
+    def __init__(self, object_id: bytes, client: Client | None, *, borrowed: bool = False) -> None:
+        self._id = object_id
+        self._client = client
+        if client is not None:
+            client.incref(object_id, acquire=borrowed)
+
+    def __del__(self) -> None:
+        client = self._client
+        if client is not None:
+            # Only an append: __del__ may run in any thread, inside any lock.
+            client.released.append(self._id)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        serialization.note_ref(self._id)
+        return (_rebuild_ref, (self._id,))
+
+    @property
+    def id(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def _require_client(self) -> Client:
+        if self._client is None:
+            from taskgraph import _api
+
+            self._client = _api.client()
+            self._client.incref(self._id, acquire=True)
+        return self._client
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block for the value, like ``tg.get(ref)``."""
+        return self._require_client().get([self], timeout)[0]
+
+    def done(self) -> bool:
+        return self._require_client().is_ready(self._id)
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` that completes with the value or the error."""
+        return self._require_client().future(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild_ref(object_id: bytes) -> ObjectRef:
+    from taskgraph import _api
+
+    return ObjectRef(object_id, _api.current_client(), borrowed=True)

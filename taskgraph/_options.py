@@ -1,0 +1,96 @@
+"""Checking ``@remote(...)`` and ``.options(...)`` arguments, in the caller, with clear errors."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from taskgraph.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+TASK_OPTIONS = {
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "memory",
+    "num_returns",
+    "max_retries",
+    "retry_exceptions",
+    "scheduling_strategy",
+    "name",
+}
+DEFAULT_MAX_RETRIES = 3  # as in Ray: a crashed worker process is retried
+
+
+def _non_negative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def validate(options: dict[str, Any], allowed: set[str] = TASK_OPTIONS) -> dict[str, Any]:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}; valid options are "
+            f"{', '.join(sorted(allowed))}"
+        )
+    for key in ("num_cpus", "num_gpus", "memory"):
+        if options.get(key) is not None:
+            _non_negative(key, options[key])
+    gpus = options.get("num_gpus")
+    if gpus is not None and gpus > 1 and float(gpus) != int(gpus):
+        raise ValueError(f"num_gpus above 1 must be a whole number, got {options['num_gpus']!r}")
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict of name to amount, got {resources!r}")
+        for name, amount in resources.items():
+            if not isinstance(name, str):
+                raise TypeError(f"resource names must be strings, got {name!r}")
+            if name in ("CPU", "GPU", "memory"):
+                raise ValueError(
+                    f"use num_cpus=/num_gpus=/memory= instead of resources={{'{name}': ...}}"
+                )
+            _non_negative(f"resources[{name!r}]", amount)
+    if "num_returns" in options:
+        n = options["num_returns"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_returns must be an integer >= 0, got {n!r}")
+    if "max_retries" in options:
+        n = options["max_retries"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < -1:
+            raise ValueError(f"max_retries must be an integer >= -1 (-1: forever), got {n!r}")
+    if "retry_exceptions" in options and not isinstance(options["retry_exceptions"], bool):
+        raise TypeError(
+            f"retry_exceptions must be True or False, got {options['retry_exceptions']!r}"
+        )
+    if "scheduling_strategy" in options:
+        strategy_string(options["scheduling_strategy"])
+    if "name" in options and options["name"] is not None and not isinstance(options["name"], str):
+        raise TypeError(f"name must be a string, got {options['name']!r}")
+    return options
+
+
+def strategy_string(strategy: Any) -> str:
+    if strategy is None:
+        return "DEFAULT"
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return strategy.encode()
+    if strategy in ("DEFAULT", "SPREAD"):
+        return str(strategy)
+    raise ValueError(
+        f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a "
+        f"NodeAffinitySchedulingStrategy, got {strategy!r}"
+    )
+
+
+def task_resources(options: dict[str, Any], default_cpus: float = 1.0) -> dict[str, float]:
+    num_cpus = options.get("num_cpus")
+    resources = {"CPU": float(default_cpus if num_cpus is None else num_cpus)}
+    if options.get("num_gpus"):
+        resources["GPU"] = float(options["num_gpus"])
+    if options.get("memory"):
+        resources["memory"] = float(options["memory"])
+    for name, amount in (options.get("resources") or {}).items():
+        resources[name] = float(amount)
+    return {k: v for k, v in resources.items() if v > 0}

@@ -1,0 +1,150 @@
+"""Remote functions: ``@tg.remote`` on a function, ``.remote()``, ``.options()``, ``.bind()``.
+
+``.remote()`` checks the call against the function's signature (in the
+caller, like a normal call would), serializes the arguments, records a
+``TaskSpec`` in the client's pending graph and returns refs at once. The
+function's code is serialized once per ``RemoteFunction`` and exported once
+per client, by content hash.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from taskgraph import _api, _options, serialization
+from taskgraph import _wire as w
+from taskgraph._client import INLINE_LIMIT, Client
+from taskgraph._object_ref import ObjectRef
+
+FOREVER = 2**31 - 1
+
+
+class RemoteFunction:
+    def __init__(self, function: Any, options: dict[str, Any]) -> None:
+        if not callable(function):
+            raise TypeError(f"@remote needs a function or a class, got {function!r}")
+        self._function = function
+        self._options = _options.validate(dict(options))
+        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(function)
+        except (TypeError, ValueError):
+            self._signature = None
+        self._payload: bytes | None = None
+        self._function_id = b""
+        self.__doc__ = function.__doc__
+        self.__name__ = getattr(function, "__name__", "task")
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote function '{self._name}' cannot be called directly. "
+            f"Use '{self.__name__}.remote(...)' to run it as a task."
+        )
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {self._name}>"
+
+    def options(self, **options: Any) -> _BoundOptions:
+        merged = {**self._options, **_options.validate(dict(options))}
+        return _BoundOptions(self, merged)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from taskgraph.dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs, self._options)
+
+    def _export(self, client: Client) -> bytes:
+        if self._payload is None:
+            self._payload = serialization.dumps_function(self._function)
+            self._function_id = serialization.function_id(self._payload)
+        client.export(self._function_id, self._payload)
+        return self._function_id
+
+    def _remote(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> Any:
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"wrong arguments for task '{self._name}': {exc}") from None
+        client = _api.client()
+        function_id = self._export(client)
+        name = options.get("name") or self._name
+        data, nested, deps = encode_arguments(client, args, kwargs, name)
+        base = client.new_id()
+        task_id = base + b"\0\0\0\0"
+        num_returns = options.get("num_returns", 1)
+        retries = options.get("max_retries", _options.DEFAULT_MAX_RETRIES)
+        spec = w.TaskSpec(
+            task_id=task_id,
+            function_id=function_id,
+            name=name,
+            args=data,
+            deps=deps,
+            nested=nested,
+            num_returns=num_returns,
+            resources=_options.task_resources(options),
+            max_retries=FOREVER if retries == -1 else retries,
+            retry_exceptions=bool(options.get("retry_exceptions", False)),
+            strategy=_options.strategy_string(options.get("scheduling_strategy")),
+            parent=client.current_task or b"",
+        )
+        refs = [ObjectRef(base + (i + 1).to_bytes(4, "little"), client) for i in range(num_returns)]
+        client.submit(spec)
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+
+class _BoundOptions:
+    """``f.options(...)``: the same function with other options, for one call or many."""
+
+    def __init__(self, function: RemoteFunction, options: dict[str, Any]) -> None:
+        self._function = function
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from taskgraph.dag import FunctionNode
+
+        return FunctionNode(self._function, args, kwargs, self._options)
+
+
+def encode_arguments(
+    client: Client, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+) -> tuple[bytes, list[bytes], list[bytes]]:
+    """Serialize a call's arguments; return (data, nested ref ids, dependency ids).
+
+    Top-level refs are dependencies: the task runs when they are ready and
+    receives their values. Large plain arguments are put into the object
+    store first, so they are stored once and read without copies.
+    """
+    what = f"the arguments of task '{name}'"
+    data, contained = serialization.dumps((args, kwargs), what=what)
+    if len(data) > INLINE_LIMIT:
+        args = tuple(_put_if_large(client, a, what) for a in args)
+        kwargs = {k: _put_if_large(client, v, what) for k, v in kwargs.items()}
+        data, contained = serialization.dumps((args, kwargs), what=what)
+    deps = list(dict.fromkeys(v.id for v in (*args, *kwargs.values()) if isinstance(v, ObjectRef)))
+    top = set(deps)
+    nested = [oid for oid in contained if oid not in top]
+    return data, nested, deps
+
+
+def _put_if_large(client: Client, value: Any, what: str) -> Any:
+    if isinstance(value, ObjectRef):
+        return value
+    data, _ = serialization.dumps(value, what=what)
+    if len(data) <= INLINE_LIMIT // 4:
+        return value
+    return client.put(value)

@@ -1,0 +1,226 @@
+"""Streams that carry wire frames: a blocking socket flavour and a Tornado flavour.
+
+The blocking flavour serves clients (a driver, an executor process): one
+reader thread, writers from any thread under a lock. The Tornado flavour
+serves the scheduler and the worker daemon. Both start with the same
+handshake, before anything else crosses::
+
+    server ── Challenge(nonce) ─────────────────────▶ peer
+    server ◀─ Hello(role, HMAC-SHA256(token, nonce)) ─ peer
+    server ── Welcome | Rejected ────────────────────▶ peer
+
+The token never crosses the network, and nothing from a peer is unpickled
+before its Hello checks out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from taskgraph import _wire as w
+from taskgraph.exceptions import AuthenticationError, ProtocolError
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Address:
+    scheme: str  # "tcp" | "unix"
+    host: str
+    port: int
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        return f"tcp://{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Accept ``tcp://host:port``, ``host:port`` or ``unix:///path``."""
+    original = text
+    if text.startswith("unix://"):
+        return Address("unix", "", 0, text[len("unix://") :])
+    if text.startswith("tcp://"):
+        text = text[len("tcp://") :]
+    elif "://" in text:
+        raise ValueError(f"unsupported address {original!r}: use tcp://HOST:PORT or unix:///PATH")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"malformed address {original!r}: expected tcp://HOST:PORT")
+    return Address("tcp", host.strip("[]"), int(port))
+
+
+def digest(token: bytes, nonce: bytes) -> bytes:
+    return hmac.new(token, nonce, hashlib.sha256).digest()
+
+
+def check_hello(msgs: list[Any], token: bytes, nonce: bytes) -> w.Hello:
+    if len(msgs) != 1 or not isinstance(msgs[0], w.Hello):
+        raise AuthenticationError("the peer did not start with a Hello")
+    hello: w.Hello = msgs[0]
+    if hello.version != w.PROTOCOL_VERSION:
+        raise AuthenticationError(
+            f"protocol version {hello.version} does not match ours ({w.PROTOCOL_VERSION}): "
+            "run the same taskgraph version everywhere"
+        )
+    if not hmac.compare_digest(hello.digest, digest(token, nonce)):
+        raise AuthenticationError("the peer's token is wrong")
+    return hello
+
+
+# -- blocking flavour --------------------------------------------------------
+
+
+class BlockingConnection:
+    """A socket carrying frames; ``send`` from any thread, ``recv`` from one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._rfile = sock.makefile("rb", buffering=1 << 16)
+        self._wlock = threading.Lock()
+        self.closed = False
+
+    def send(self, messages: list[w.Msg]) -> None:
+        frame = w.encode(messages)
+        with self._wlock:
+            self.sock.sendall(frame)
+
+    def recv(self) -> list[Any]:
+        header = self._rfile.read(4)
+        if len(header) < 4:
+            raise ConnectionError("the peer closed the connection")
+        n = w.frame_length(header)
+        body = self._rfile.read(n)
+        if len(body) < n:
+            raise ConnectionError("the peer closed the connection mid-frame")
+        return w.decode(body)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._rfile.close()
+        self.sock.close()
+
+
+def open_socket(address: Address, timeout: float = 10.0) -> socket.socket:
+    if address.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address.path)
+    else:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    return sock
+
+
+def connect_blocking(
+    address: Address | str, token: bytes, hello: w.Hello
+) -> tuple[BlockingConnection, w.Welcome]:
+    """Connect and authenticate; raise ``ConnectionError``/``AuthenticationError``."""
+    if isinstance(address, str):
+        address = parse_address(address)
+    try:
+        sock = open_socket(address)
+    except OSError as exc:
+        raise ConnectionError(f"could not connect to the scheduler at {address}: {exc}") from exc
+    conn = BlockingConnection(sock)
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        challenge = conn.recv()
+        if len(challenge) != 1 or not isinstance(challenge[0], w.Challenge):
+            raise ProtocolError(f"{address} is not a taskgraph scheduler")
+        hello.digest = digest(token, challenge[0].nonce)
+        conn.send([hello])
+        reply = conn.recv()
+        sock.settimeout(None)
+    except (OSError, ConnectionError, ProtocolError) as exc:
+        conn.close()
+        if isinstance(exc, ProtocolError):
+            raise ConnectionError(f"{address} is not a taskgraph scheduler: {exc}") from exc
+        raise ConnectionError(f"the scheduler at {address} closed during the handshake") from exc
+    if reply and isinstance(reply[0], w.Rejected):
+        conn.close()
+        raise AuthenticationError(f"the scheduler at {address} refused us: {reply[0].reason}")
+    if not reply or not isinstance(reply[0], w.Welcome):
+        conn.close()
+        raise ConnectionError(f"{address} answered the handshake with {reply!r}")
+    return conn, reply[0]
+
+
+# -- Tornado flavour ---------------------------------------------------------
+
+
+async def read_batch(stream: IOStream) -> list[Any]:
+    header = await stream.read_bytes(4)
+    n = w.frame_length(header)
+    body = await stream.read_bytes(n) if n else b""
+    return w.decode(body)
+
+
+def write_batch(stream: IOStream, messages: list[w.Msg]) -> None:
+    if not stream.closed():
+        stream.write(w.encode(messages))
+
+
+async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -> w.Hello:
+    """Server side; on failure tell the peer why, close, and raise."""
+    nonce = os.urandom(32)
+    write_batch(stream, [w.Challenge(nonce)])
+    try:
+        msgs = await asyncio.wait_for(read_batch(stream), HANDSHAKE_TIMEOUT)
+        hello = check_hello(msgs, token, nonce)
+    except (AuthenticationError, ProtocolError) as exc:
+        write_batch(stream, [w.Rejected(str(exc))])
+        stream.close()
+        raise AuthenticationError(str(exc)) from exc
+    except (TimeoutError, StreamClosedError) as exc:
+        stream.close()
+        raise AuthenticationError("the peer did not complete the handshake") from exc
+    welcome.client_id = hello.client_id
+    write_batch(stream, [welcome])
+    return hello
+
+
+async def connect_tornado(
+    address: Address | str, token: bytes, hello: w.Hello
+) -> tuple[IOStream, w.Welcome]:
+    if isinstance(address, str):
+        address = parse_address(address)
+    if address.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stream = IOStream(sock)
+        await stream.connect(address.path)
+    else:
+        stream = await TCPClient().connect(address.host, address.port)
+        stream.set_nodelay(True)
+    challenge = await read_batch(stream)
+    if len(challenge) != 1 or not isinstance(challenge[0], w.Challenge):
+        stream.close()
+        raise ConnectionError(f"{address} is not a taskgraph scheduler")
+    hello.digest = digest(token, challenge[0].nonce)
+    write_batch(stream, [hello])
+    reply = await read_batch(stream)
+    if reply and isinstance(reply[0], w.Rejected):
+        stream.close()
+        raise AuthenticationError(f"{address} refused us: {reply[0].reason}")
+    if not reply or not isinstance(reply[0], w.Welcome):
+        stream.close()
+        raise ConnectionError(f"{address} answered the handshake with {reply!r}")
+    return stream, reply[0]

@@ -1,0 +1,346 @@
+"""The wire protocol: every message any two taskgraph processes exchange.
+
+Messages are typed records (msgspec structs, tagged, encoded as msgpack
+arrays) so that a peer's bad input is a clear ``ProtocolError``, never a crash
+or an unpickle. Values and code ride as opaque ``bytes`` fields that only the
+receiver that needs them unpickles, and only after the peer authenticated.
+
+A frame on any stream is ``u32 little-endian length`` + a msgpack array of
+messages: every link batches, one frame per flush, whatever the count.
+
+This module knows nothing of sockets, threads or event loops: it encodes and
+decodes. Who sends what to whom::
+
+    client ──Submit/Put/Release/Acquire/Want/Cancel/Query──▶ scheduler
+    client ◀──Welcome/ObjectsReady/Notice/QueryReply──────── scheduler
+    worker ──RegisterWorker/TasksDone/FromClient/Heartbeat──▶ scheduler
+    worker ◀──RunTasks/FreeObjects/CancelRunning/ToClient──── scheduler
+    executor ──ExecutorHello/Executed/<client messages>──▶ worker daemon
+    executor ◀──Execute/<scheduler-to-client messages>──── worker daemon
+
+Executors reach the scheduler through their worker daemon, so that a task's
+submissions and ref releases reach the scheduler in the same order as the
+task's completion (one stream, one order).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+from taskgraph.exceptions import ProtocolError
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<I")
+MAX_FRAME = 1 << 31  # 2 GiB: larger values go through the object store, not a frame
+
+
+class Msg(msgspec.Struct, tag=True, array_like=True, omit_defaults=True):
+    """Base of every message."""
+
+
+# -- handshake ---------------------------------------------------------------
+
+
+class Challenge(Msg):
+    nonce: bytes
+    version: int = PROTOCOL_VERSION
+
+
+class Hello(Msg):
+    """First message from a connecting peer: who it is and the proof of the token."""
+
+    role: str  # "client" | "worker" | "executor"
+    digest: bytes  # HMAC-SHA256(token, nonce)
+    client_id: bytes
+    version: int = PROTOCOL_VERSION
+    pid: int = 0
+    host: str = ""
+    namespace: str = ""
+
+
+class Welcome(Msg):
+    client_id: bytes
+    cluster_id: str
+    workers: list[WorkerInfo] = []
+
+
+class Rejected(Msg):
+    reason: str
+
+
+# -- shared records ----------------------------------------------------------
+
+
+class Location(Msg):
+    """Where a large object lives: a shared-memory segment on a worker daemon."""
+
+    worker_id: str
+    segment: str
+    size: int
+    host: str
+
+
+class WorkerInfo(Msg):
+    worker_id: str
+    host: str
+    address: str
+    resources: dict[str, float]
+    pid: int = 0
+
+
+class TaskSpec(Msg):
+    """One node of the task graph, as the client records it."""
+
+    task_id: bytes
+    function_id: bytes
+    name: str
+    args: bytes  # serialized (args, kwargs); top-level refs stay refs
+    deps: list[bytes]  # object ids whose values the task needs before it runs
+    nested: list[bytes] = []  # object ids inside the arguments: kept alive, not awaited
+    num_returns: int = 1
+    resources: dict[str, float] = {}
+    max_retries: int = 0
+    retry_exceptions: bool = False
+    strategy: str = "DEFAULT"  # "DEFAULT" | "SPREAD" | "node:<id>" | "node?:<id>" (soft)
+    parent: bytes = b""  # task that submitted it, for recursive cancel
+    generator: bool = False
+
+
+class Value(Msg):
+    """An object's content as the scheduler hands it out: inline, in a segment, or an error."""
+
+    object_id: bytes
+    data: bytes | None = None
+    location: Location | None = None
+    error: bytes | None = None
+
+
+class ReturnValue(Msg):
+    object_id: bytes
+    data: bytes | None = None
+    location: Location | None = None
+    contains: list[bytes] = []
+
+
+class TaskResult(Msg):
+    task_id: bytes
+    returns: list[ReturnValue] = []
+    error: bytes | None = None  # pickled exception (TaskError or a system error)
+    failure: str = ""  # "" | "task" | "crashed" | "cancelled"
+    exit_code: int = 0
+
+
+# -- client -> scheduler -----------------------------------------------------
+
+
+class ExportFunction(Msg):
+    function_id: bytes
+    payload: bytes
+
+
+class SubmitTasks(Msg):
+    tasks: list[TaskSpec]
+
+
+class PutObject(Msg):
+    object_id: bytes
+    data: bytes | None = None
+    location: Location | None = None
+    contains: list[bytes] = []
+
+
+class AcquireRefs(Msg):
+    object_ids: list[bytes]
+
+
+class ReleaseRefs(Msg):
+    object_ids: list[bytes]
+
+
+class WantObjects(Msg):
+    object_ids: list[bytes]
+
+
+class CancelTasks(Msg):
+    object_ids: list[bytes]
+    force: bool = False
+    recursive: bool = True
+
+
+class TaskBlocked(Msg):
+    task_id: bytes
+
+
+class TaskUnblocked(Msg):
+    task_id: bytes
+
+
+class Query(Msg):
+    request_id: int
+    what: str  # "nodes" | "cluster_resources" | "available_resources" | "statistics"
+    arg: str = ""
+
+
+class Goodbye(Msg):
+    """The client is shutting down on purpose; its refs are released."""
+
+
+# -- scheduler -> client -----------------------------------------------------
+
+
+class ObjectsReady(Msg):
+    values: list[Value]
+
+
+class Notice(Msg):
+    """Something the user should see once, e.g. a task no worker can ever run."""
+
+    level: str
+    text: str
+
+
+class QueryReply(Msg):
+    request_id: int
+    result: Any
+
+
+# -- worker <-> scheduler ----------------------------------------------------
+
+
+class RegisterWorker(Msg):
+    info: WorkerInfo
+
+
+class Assignment(Msg):
+    spec: TaskSpec
+    inputs: list[Value]  # values of spec.deps, in order
+    function: bytes = b""  # the function's code, the first time this worker sees it
+    gpu_ids: list[int] = []
+
+
+class RunTasks(Msg):
+    assignments: list[Assignment]
+
+
+class TasksDone(Msg):
+    results: list[TaskResult]
+
+
+class FromClient(Msg):
+    """Messages of an executor's client, relayed by its worker daemon in order."""
+
+    client_id: bytes
+    messages: list[ClientMessage]
+
+
+class ToClient(Msg):
+    client_id: bytes
+    messages: list[ToClientMessage]
+
+
+class ClientGone(Msg):
+    client_id: bytes
+
+
+class FreeObjects(Msg):
+    object_ids: list[bytes]
+    segments: list[str]
+
+
+class CancelRunning(Msg):
+    task_id: bytes
+    force: bool = False
+
+
+class Heartbeat(Msg):
+    running: int = 0
+    executors: int = 0
+
+
+class Shutdown(Msg):
+    reason: str = ""
+
+
+# -- executor <-> worker daemon ----------------------------------------------
+
+
+class ExecutorHello(Msg):
+    pid: int
+    client_id: bytes
+
+
+class Execute(Msg):
+    assignment: Assignment
+
+
+class Executed(Msg):
+    result: TaskResult
+
+
+ClientMessage = (
+    ExportFunction
+    | SubmitTasks
+    | PutObject
+    | AcquireRefs
+    | ReleaseRefs
+    | WantObjects
+    | CancelTasks
+    | TaskBlocked
+    | TaskUnblocked
+    | Query
+    | Goodbye
+)
+ToClientMessage = ObjectsReady | Notice | QueryReply
+AnyMessage = (
+    Challenge
+    | Hello
+    | Welcome
+    | Rejected
+    | ClientMessage
+    | ToClientMessage
+    | RegisterWorker
+    | RunTasks
+    | TasksDone
+    | FromClient
+    | ToClient
+    | ClientGone
+    | FreeObjects
+    | CancelRunning
+    | Heartbeat
+    | Shutdown
+    | ExecutorHello
+    | Execute
+    | Executed
+)
+
+CLIENT_MESSAGES = ClientMessage.__args__
+
+_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(list[AnyMessage])
+
+
+def encode(messages: list[Msg]) -> bytes:
+    """One frame: length prefix + msgpack array of messages."""
+    body = _encoder.encode(messages)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_body(messages: list[Msg]) -> bytes:
+    return _encoder.encode(messages)
+
+
+def decode(body: bytes | memoryview) -> list[Any]:
+    try:
+        return _batch_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"a peer sent a message that does not decode: {exc}") from exc
+
+
+def frame_length(header: bytes) -> int:
+    (n,) = HEADER.unpack(header)
+    if n > MAX_FRAME:
+        raise ProtocolError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+    return n

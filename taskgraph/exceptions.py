@@ -1,0 +1,538 @@
+"""Every error taskgraph raises on purpose, in one tree.
+
+Each error's message says what happened and what to do about it, and every
+error survives a trip through ``pickle`` or ``cloudpickle``: errors are made in
+one process (a worker, the scheduler) and raised in another (the caller).
+This module knows nothing of sockets, the scheduler or serialization formats.
+
+    TaskgraphError(Exception)
+     ├── TaskError                  a task raised; also an instance of the cause's class
+     ├── TaskCancelledError         the task was cancelled before it finished
+     ├── TaskUnschedulableError     no node can ever satisfy the task's resource request
+     ├── WorkerCrashedError         the worker process running a task died
+     ├── NodeDiedError              a node (or the worker on it) left the cluster
+     ├── ObjectLostError            an object's every copy is gone
+     ├── ObjectStoreFullError       an object does not fit in a node's object store
+     ├── OutOfMemoryError           a task was killed because its node ran out of memory
+     ├── ActorError                 an actor could not run a call
+     │    └── ActorDiedError        the actor's process is gone
+     ├── GetTimeoutError            (also TimeoutError) get() ran out of time
+     ├── AuthenticationError        (also ConnectionError) a peer failed the handshake
+     ├── ProtocolError              a peer sent a message that does not decode
+     └── SerializationError         (also TypeError) a value could not be (un)pickled
+
+A ``TaskError`` made by ``TaskError.from_exception`` is an instance of a class
+made on the fly that subclasses both ``TaskError`` and the class of the
+exception the task raised, so ``except ValueError`` in the caller catches a
+``ValueError`` raised in a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Mapping
+from typing import Any, cast
+
+__all__ = [
+    "ActorDiedError",
+    "ActorError",
+    "AuthenticationError",
+    "GetTimeoutError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "OutOfMemoryError",
+    "ProtocolError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskUnschedulableError",
+    "TaskgraphError",
+    "WorkerCrashedError",
+]
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on classes written in Python
+
+
+def _bare_instance(cls: type[BaseException]) -> Any:
+    """An instance of ``cls`` made without running any ``__init__`` or Python ``__new__``.
+
+    The ``__new__`` used is that of the nearest built-in base, which is the only
+    one CPython accepts for an exception subclass (``OSError`` subclasses may not
+    be made with ``BaseException.__new__``).
+    """
+    for base in cls.__mro__:
+        if not base.__flags__ & _HEAPTYPE:
+            return base.__new__(cls)  # type: ignore[call-overload]
+    raise TypeError(f"{cls!r} has no built-in base")  # unreachable: object is built in
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    err = _bare_instance(cls)
+    err.args = args
+    if state:
+        err.__setstate__(state)
+    return err
+
+
+class _Cause:
+    """Pickles a task's exception so that unpickling it does not call its ``__init__``.
+
+    The default pickling of an exception calls ``cls(*args)`` again, which fails
+    for the many user classes whose ``__init__`` takes something other than the
+    message. Classes that define their own pickling keep it.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        cls = type(self.exc)
+        if cls.__reduce__ is not BaseException.__reduce__ or cls.__reduce_ex__ is not (
+            object.__reduce_ex__
+        ):
+            return (_identity, (self.exc,))
+        return (_rebuild, (cls, self.exc.args, dict(getattr(self.exc, "__dict__", {}))))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class TaskgraphError(Exception):
+    """Base of every error taskgraph raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from the finished message and attributes rather than by calling
+        # __init__ again, so subclasses may take whatever arguments read best.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+# -- a task raised -----------------------------------------------------------
+
+
+def _class_name(cls: type) -> str:
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class TaskError(TaskgraphError):
+    """A task raised an exception; ``cause`` is that exception if it could be pickled.
+
+    ``remote_traceback`` is the traceback text formatted in the process that ran
+    the task and ``pid`` that process's id.
+    """
+
+    task_name: str
+    cause: BaseException | None
+    cause_class_name: str
+    cause_message: str
+    remote_traceback: str
+    pid: int
+
+    def __init__(
+        self,
+        task_name: str = "",
+        cause: BaseException | None = None,
+        *,
+        cause_class_name: str = "",
+        cause_message: str = "",
+        remote_traceback: str = "",
+        pid: int | None = None,
+    ) -> None:
+        # No super().__init__(): in a dual class the next __init__ in the MRO is
+        # the cause's own, which must not be called with our arguments.
+        self.task_name = task_name
+        self.cause = cause
+        self.cause_class_name = cause_class_name or (
+            _class_name(type(cause)) if cause is not None else "Exception"
+        )
+        self.cause_message = cause_message or (str(cause) if cause is not None else "")
+        self.remote_traceback = remote_traceback
+        self.pid = os.getpid() if pid is None else pid
+        self.args = cause.args if cause is not None else (self.cause_message,)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, task_name: str) -> TaskError:
+        """Wrap ``exc``, raised by task ``task_name`` in this process.
+
+        The result is also an instance of ``type(exc)`` when that class can be
+        subclassed; otherwise it is a plain ``TaskError``. A ``TaskError`` passed
+        in (one propagated from a dependency) is returned unchanged.
+        """
+        if isinstance(exc, TaskError):
+            return exc
+        return _make_task_error(
+            task_name=task_name,
+            cause=exc,
+            cause_class_name=_class_name(type(exc)),
+            cause_message=str(exc),
+            remote_traceback="".join(traceback.format_exception(exc)),
+            pid=os.getpid(),
+        )
+
+    def __str__(self) -> str:
+        head = f"Task {self.task_name!r} raised {self.cause_class_name} in process {self.pid}"
+        last = f"{self.cause_class_name}: {self.cause_message}"
+        if not self.remote_traceback:
+            return f"{head}.\n\n{last}"
+        body = "\n".join("  " + line for line in self.remote_traceback.rstrip().splitlines())
+        return f"{head}; its traceback there:\n{body}\n\n{last}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = ("task_name", "cause", "cause_class_name", "cause_message", "remote_traceback")
+        state = {k: v for k, v in self.__dict__.items() if k not in (*fields, "pid")}
+        return (
+            _rebuild_task_error,
+            (
+                None if self.cause is None else _Cause(self.cause),
+                self.task_name,
+                self.remote_traceback,
+                self.pid,
+                self.cause_class_name,
+                self.cause_message,
+                type(self) is not TaskError,
+                state,
+            ),
+        )
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # A cause class may define __reduce_ex__, which pickle would prefer to
+        # our __reduce__; this keeps the dual class on our path.
+        return self.__reduce__()
+
+
+_dual_classes: dict[type[BaseException], type[TaskError] | None] = {}
+_dual_classes_lock = threading.Lock()
+
+
+def _dual_class(cause_cls: type[BaseException]) -> type[TaskError] | None:
+    """``TaskError(<cause_cls>)``, made once per cause class; None if it cannot be made."""
+    try:
+        return _dual_classes[cause_cls]
+    except KeyError:
+        pass
+    with _dual_classes_lock:
+        if cause_cls in _dual_classes:
+            return _dual_classes[cause_cls]
+        dual: type[TaskError] | None = None
+        # Non-Exception causes (KeyboardInterrupt, SystemExit) stay plain TaskErrors:
+        # a caller's process should not act as if it was itself interrupted.
+        if issubclass(cause_cls, Exception):
+            name = f"TaskError({cause_cls.__name__})"
+            try:
+                made = type(name, (TaskError, cause_cls), {"__module__": __name__})
+                made.__qualname__ = name
+                _bare_instance(made)  # some layouts only fail at instance time
+                dual = cast("type[TaskError]", made)
+            except Exception:
+                dual = None
+        _dual_classes[cause_cls] = dual
+        return dual
+
+
+def _make_task_error(
+    *,
+    task_name: str,
+    cause: BaseException | None,
+    cause_class_name: str,
+    cause_message: str,
+    remote_traceback: str,
+    pid: int,
+    dual: bool = True,
+) -> TaskError:
+    dual_cls = _dual_class(type(cause)) if dual and cause is not None else None
+    err: TaskError | None = None
+    if dual_cls is not None:
+        try:
+            err = cast(TaskError, _bare_instance(dual_cls))
+            # Keep the cause's own attributes (e.g. ``errno`` set by its __init__)
+            # reachable from the caller's ``except CauseClass as e`` block.
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+            if isinstance(cause, OSError):  # these live in C slots, not __dict__
+                for slot in ("errno", "strerror", "filename", "filename2"):
+                    setattr(err, slot, getattr(cause, slot))
+        except Exception:
+            err = None
+    if err is None:
+        err = _bare_instance(TaskError)
+    TaskError.__init__(
+        err,
+        task_name,
+        cause,
+        cause_class_name=cause_class_name,
+        cause_message=cause_message,
+        remote_traceback=remote_traceback,
+        pid=pid,
+    )
+    return err
+
+
+def _rebuild_task_error(
+    cause: BaseException | None,
+    task_name: str,
+    remote_traceback: str,
+    pid: int,
+    cause_class_name: str,
+    cause_message: str = "",
+    dual: bool = True,
+    state: Mapping[str, Any] | None = None,
+) -> TaskError:
+    err = _make_task_error(
+        task_name=task_name,
+        cause=cause,
+        cause_class_name=cause_class_name,
+        cause_message=cause_message,
+        remote_traceback=remote_traceback,
+        pid=pid,
+        dual=dual,
+    )
+    err.__dict__.update(state or {})
+    return err
+
+
+# -- tasks, workers and nodes --------------------------------------------------
+
+
+class TaskCancelledError(TaskgraphError):
+    """The task was cancelled before it finished, so it has no result."""
+
+    def __init__(self, task_name: str = "", task_id: str = "") -> None:
+        self.task_name = task_name
+        self.task_id = task_id
+        which = f"Task {task_name!r}" if task_name else "A task"
+        if task_id:
+            which += f" (id {task_id})"
+        super().__init__(
+            f"{which} was cancelled before it finished, so it has no result. "
+            "Submit it again if you still need the value."
+        )
+
+
+class TaskUnschedulableError(TaskgraphError):
+    """No node in the cluster can ever satisfy the task's resource request."""
+
+    def __init__(
+        self,
+        task_name: str = "",
+        requested: Mapping[str, float] | None = None,
+        reason: str = "",
+    ) -> None:
+        self.task_name = task_name
+        self.requested = dict(requested or {})
+        self.reason = reason
+        which = f"Task {task_name!r}" if task_name else "A task"
+        asks = f" asks for {self.requested}, but" if self.requested else ""
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{which}{asks} cannot run on any node in the cluster{why}. "
+            "Lower the task's resource request or add a node that has those resources."
+        )
+
+
+def _describe_exit(exit_code: int) -> str:
+    if exit_code < 0:
+        try:
+            return f"exit code {exit_code} / {signal.Signals(-exit_code).name}"
+        except ValueError:
+            pass
+    return f"exit code {exit_code}"
+
+
+class WorkerCrashedError(TaskgraphError):
+    """The worker process running a task died before reporting a result."""
+
+    def __init__(
+        self, reason: str = "", *, task_name: str = "", exit_code: int | None = None
+    ) -> None:
+        self.reason = reason
+        self.task_name = task_name
+        self.exit_code = exit_code
+        which = f"running task {task_name!r} " if task_name else ""
+        message = f"The worker process {which}died"
+        if exit_code is not None:
+            message += f" ({_describe_exit(exit_code)})"
+        if reason:
+            message += f": {reason}"
+        super().__init__(
+            f"{message}. The worker's log tells whether the OS killed it (e.g. for memory) "
+            "or native code crashed; give the task max_retries to run it again on a fresh worker."
+        )
+
+
+class NodeDiedError(TaskgraphError):
+    """A node, or the worker on it, left the cluster, taking its tasks and objects."""
+
+    def __init__(self, reason: str = "", *, node: str = "") -> None:
+        self.reason = reason
+        self.node = node
+        which = f"Node {node}" if node else "A node"
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"{which} left the cluster{why}. Tasks running there and objects held only there "
+            "are gone; check that node's logs, then retry (or give tasks max_retries)."
+        )
+
+
+# -- objects -----------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class ObjectLostError(TaskgraphError):
+    """Every copy of an object is gone, so ``get`` cannot return it."""
+
+    def __init__(self, object_id: str = "", reason: str = "") -> None:
+        self.object_id = object_id
+        self.reason = reason
+        which = f"Object {object_id}" if object_id else "An object"
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{which} is lost{why} and cannot be fetched. "
+            "Keep a reference to objects you still need, or compute the value again."
+        )
+
+
+class ObjectStoreFullError(TaskgraphError):
+    """An object does not fit in a node's object store."""
+
+    def __init__(
+        self, needed: int = 0, used: int = 0, capacity: int = 0, *, node: str = ""
+    ) -> None:
+        self.needed = needed
+        self.used = used
+        self.capacity = capacity
+        self.node = node
+        where = f" on node {node}" if node else ""
+        super().__init__(
+            f"The object store{where} cannot fit {_size(needed)}: {_size(used)} of "
+            f"{_size(capacity)} is in use. Drop references to objects you no longer need, "
+            "or give the node a larger object store."
+        )
+
+
+class OutOfMemoryError(TaskgraphError):
+    """A task's worker was killed because its node ran out of memory."""
+
+    def __init__(
+        self, task_name: str = "", used: int = 0, total: int = 0, *, node: str = ""
+    ) -> None:
+        self.task_name = task_name
+        self.used = used
+        self.total = total
+        self.node = node
+        which = f"task {task_name!r}" if task_name else "a task"
+        where = f"node {node}" if node else "its node"
+        usage = f" ({_size(used)} of {_size(total)} in use)" if total else ""
+        super().__init__(
+            f"The worker running {which} was killed because {where} ran out of memory{usage}. "
+            "Make the task use less memory, or declare its memory need so that fewer run at once."
+        )
+
+
+# -- actors ------------------------------------------------------------------
+
+
+class ActorError(TaskgraphError):
+    """An actor could not run a method call."""
+
+    def __init__(self, actor: str = "", reason: str = "") -> None:
+        self.actor = actor
+        self.reason = reason
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        which = f"Actor {self.actor}" if self.actor else "An actor"
+        why = f": {self.reason}" if self.reason else ""
+        return f"{which} could not run the call{why}. Check the actor's log for what went wrong."
+
+
+class ActorDiedError(ActorError):
+    """The actor's process is gone, so calls on it fail."""
+
+    def _describe(self) -> str:
+        which = f"Actor {self.actor}" if self.actor else "The actor"
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"{which} died{why}, so calls on it fail. Create a new actor, "
+            "or give it max_restarts to have it restarted."
+        )
+
+
+# -- talking to the cluster --------------------------------------------------
+
+
+class GetTimeoutError(TaskgraphError, TimeoutError):
+    """``get`` returned before the objects were ready because its timeout ran out."""
+
+    def __init__(self, timeout: float | None = None, pending: int | None = None) -> None:
+        self.timeout = timeout
+        self.pending = pending
+        after = f" after {timeout:g}s" if timeout is not None else ""
+        count = f" with {pending} object(s) not ready" if pending is not None else ""
+        super().__init__(
+            f"get() timed out{after}{count}. Pass a larger timeout, "
+            "or use wait() to take the objects that are ready."
+        )
+
+
+class AuthenticationError(TaskgraphError, ConnectionError):
+    """A peer failed the connection handshake."""
+
+    def __init__(self, reason: str = "", *, peer: str = "") -> None:
+        self.reason = reason
+        self.peer = peer
+        who = f" with {peer}" if peer else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"Authentication{who} failed{why}. Check that both ends were given the same "
+            "cluster token."
+        )
+
+
+class ProtocolError(TaskgraphError):
+    """A peer sent a message that does not decode."""
+
+    def __init__(self, reason: str = "", *, peer: str = "") -> None:
+        self.reason = reason
+        self.peer = peer
+        who = f" from {peer}" if peer else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"Bad message{who}{why}. Check that every process in the cluster runs the same "
+            "taskgraph version."
+        )
+
+
+class SerializationError(TaskgraphError, TypeError):
+    """A value could not be pickled (or unpickled) to cross a process boundary."""
+
+    def __init__(
+        self, what: str = "a value", reason: str = "", *, deserializing: bool = False
+    ) -> None:
+        self.what = what
+        self.reason = reason
+        self.deserializing = deserializing
+        why = f": {reason}" if reason else ""
+        if deserializing:
+            advice = (
+                "The receiving process must be able to import every module the value refers to."
+            )
+            super().__init__(f"Could not deserialize {what}{why}. {advice}")
+        else:
+            advice = (
+                "Pass only values that can be pickled; create locks, sockets, open files "
+                "and the like inside the task instead."
+            )
+            super().__init__(f"Could not serialize {what}{why}. {advice}")

@@ -1,0 +1,1 @@
+"""Helpers users reach for by name, as in Ray: ``taskgraph.util.scheduling_strategies``."""

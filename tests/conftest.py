@@ -1,0 +1,94 @@
+"""Shared fixtures: clusters, and the leak checks every test runs under.
+
+A test fails if it leaves behind a process, a shared-memory segment or a
+thread that was not there when it started (polled with a deadline, since
+teardown is asynchronous). Cluster fixtures check the same after shutdown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import taskgraph as tg
+from taskgraph.worker import store
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+    """Poll ``condition`` until it is truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+def descendants() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def direct_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=False)}
+
+
+def segments() -> set[str]:
+    return set(store.segments())
+
+
+def alive(pids: set[int]) -> set[int]:
+    found = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def taskgraph_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("taskgraph-")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    children_before = direct_children()
+    segments_before = segments()
+    threads_before = threading.active_count()
+    yield
+    wait_for(lambda: not alive(direct_children() - children_before), what="child processes to exit")
+    wait_for(lambda: segments() <= segments_before, what="shared-memory segments to be freed")
+    wait_for(lambda: threading.active_count() <= threads_before, what="threads to end")
+
+
+def _checked_cluster(**kwargs: object) -> Iterator[tg.ClusterContext]:
+    assert not tg.is_initialized(), "a previous test left taskgraph initialized"
+    context = tg.init(**kwargs)  # type: ignore[arg-type]
+    processes = descendants()
+    yield context
+    tg.shutdown()
+    wait_for(lambda: not alive(processes), what="cluster processes to exit")
+    wait_for(lambda: not segments(), what="all segments to be removed")
+    wait_for(lambda: not taskgraph_threads(), what="client threads to end")
+    assert not list(Path("/dev/shm").glob("tg-*"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tg.ClusterContext]:
+    """A two-CPU local cluster shared by one test module."""
+    yield from _checked_cluster(num_cpus=2)
+
+
+@pytest.fixture
+def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[tg.ClusterContext]:
+    """A cluster of one's own; parametrize indirectly with init() keyword arguments."""
+    kwargs = getattr(request, "param", {"num_cpus": 2})
+    yield from _checked_cluster(**kwargs)

@@ -1,0 +1,68 @@
+"""``taskgraph-worker``: run a worker daemon that joins a scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from taskgraph.worker.daemon import WorkerDaemon, default_resources, run
+
+from taskgraph import config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="taskgraph-worker", description="Run a taskgraph worker daemon in the foreground."
+    )
+    p.add_argument(
+        "address",
+        nargs="?",
+        default=None,
+        help="scheduler address, tcp://HOST:PORT (default: the scheduler started on this host)",
+    )
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs to offer (default: all)")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs to offer (default: detected)")
+    p.add_argument(
+        "--resources", default="{}", help="custom resources as JSON, e.g. '{\"disk\": 1}'"
+    )
+    p.add_argument("--memory-limit", type=float, default=None, help="bytes of task memory to offer")
+    p.add_argument("--token", default=None, help=f"cluster token ({config.TOKEN_ENV} by default)")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    args = parse_args(argv)
+    address = args.address
+    if address is None:
+        records = config.recorded("scheduler")
+        if not records:
+            sys.exit(
+                "taskgraph-worker: no scheduler address given and none is running on this host"
+            )
+        address = records[0]["address"]
+    token = args.token or config.token_for(address)
+    if token is None:
+        sys.exit(
+            f"taskgraph-worker: no token for {address}: pass --token or set {config.TOKEN_ENV}"
+        )
+    try:
+        custom = json.loads(args.resources)
+        if not isinstance(custom, dict):
+            raise ValueError("expected a JSON object")
+        resources = default_resources(args.num_cpus, args.num_gpus, args.memory_limit, custom)
+    except ValueError as exc:
+        sys.exit(f"taskgraph-worker: bad --resources: {exc}")
+    daemon = WorkerDaemon(address, config.token_bytes(token), resources, parent_pid=args.parent_pid)
+    print(f"taskgraph-worker {daemon.worker_id} (pid {os.getpid()}) joining {address}", flush=True)
+    run(daemon)
+
+
+if __name__ == "__main__":
+    main()

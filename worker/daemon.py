@@ -1,0 +1,323 @@
+"""The worker daemon's IO shell: one per node, between the scheduler and its executors.
+
+::
+
+    scheduler ◀──TCP──▶ daemon ◀──Unix socket──▶ executor processes (one per CPU, more
+                          │                        when tasks block in get)
+                          └─ /dev/shm segments named tg-<worker id>-*
+
+Holds ``WorkerState`` as ``self.state`` and carries out its instructions:
+spawn or signal executors, forward frames. Executors' client messages are
+relayed to the scheduler in arrival order, wrapped with their client id.
+On SIGTERM, on a ``Shutdown`` from the scheduler, or when the scheduler goes
+away, it stops its executors, unlinks its segments and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import psutil
+from taskgraph.worker import store
+from taskgraph.worker.state import (
+    CancelRequested,
+    ExecutorDied,
+    ExecutorFinished,
+    ExecutorReady,
+    Instruction,
+    SignalExecutor,
+    SpawnExecutor,
+    TasksAssigned,
+    ToExecutor,
+    ToScheduler,
+    WorkerState,
+)
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import bind_unix_socket
+from tornado.tcpserver import TCPServer
+
+from taskgraph import _wire as w
+from taskgraph._client import host_id
+from taskgraph._transport import accept_handshake, connect_tornado, read_batch, write_batch
+from taskgraph.exceptions import AuthenticationError, ProtocolError
+
+log = logging.getLogger("taskgraph.worker")
+
+
+class _ExecutorServer(TCPServer):
+    def __init__(self, daemon: WorkerDaemon) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        await self.daemon.serve_executor(stream)
+
+
+class WorkerDaemon:
+    def __init__(
+        self,
+        scheduler_address: str,
+        token: bytes,
+        resources: dict[str, float],
+        *,
+        worker_id: str | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.scheduler_address = scheduler_address
+        self.token = token
+        self.worker_id = worker_id or secrets.token_hex(6)
+        self.resources = resources
+        self.parent_pid = parent_pid
+        self.host = host_id()
+        self.state = WorkerState(self.worker_id, int(resources.get("CPU", 1)))
+        self.socket_dir = tempfile.mkdtemp(prefix="tg-")
+        self.socket_path = os.path.join(self.socket_dir, "executors.sock")
+        self.info = w.WorkerInfo(
+            self.worker_id, self.host, f"unix://{self.socket_path}", resources, os.getpid()
+        )
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.executor_streams: dict[int, IOStream] = {}
+        self.by_client: dict[bytes, int] = {}
+        self.scheduler: IOStream | None = None
+        self._outbox: list[Any] = []
+        self._flush_scheduled = False
+        self._stopping = False
+        self.stopped = asyncio.Event()
+
+    # -- start and stop --------------------------------------------------
+
+    async def start(self) -> None:
+        hello = w.Hello("worker", b"", self.worker_id.encode(), pid=os.getpid(), host=self.host)
+        self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
+        write_batch(self.scheduler, [w.RegisterWorker(self.info)])
+        sock = bind_unix_socket(self.socket_path, mode=0o600)
+        self.server = _ExecutorServer(self)
+        self.server.add_socket(sock)
+        self._carry_out(self.state.start())
+        IOLoop.current().add_callback(self._read_scheduler)
+        if self.parent_pid:
+            self._parent_watch = PeriodicCallback(self._check_parent, 500)
+            self._parent_watch.start()
+
+    def _check_parent(self) -> None:
+        if self.parent_pid and not psutil.pid_exists(self.parent_pid):
+            log.warning("parent process %s is gone; stopping", self.parent_pid)
+            IOLoop.current().add_callback(self.stop)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.server.stop()
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in list(self.processes.values()):
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, proc.wait, 3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        store.remove_all(self.worker_id)
+        try:
+            os.unlink(self.socket_path)
+            os.rmdir(self.socket_dir)
+        except OSError:
+            pass
+        if self.scheduler is not None:
+            self.scheduler.close()
+        self.stopped.set()
+
+    # -- scheduler side --------------------------------------------------
+
+    async def _read_scheduler(self) -> None:
+        assert self.scheduler is not None
+        try:
+            while True:
+                msgs = await read_batch(self.scheduler)
+                for msg in msgs:
+                    self._scheduler_message(msg)
+        except (StreamClosedError, ProtocolError) as exc:
+            if not self._stopping:
+                log.warning("lost the scheduler (%s); stopping", exc)
+        await self.stop()
+
+    def _scheduler_message(self, msg: Any) -> None:
+        if isinstance(msg, w.RunTasks):
+            self._carry_out(self.state.handle(TasksAssigned(msg.assignments)))
+        elif isinstance(msg, w.ToClient):
+            executor_id = self.by_client.get(msg.client_id)
+            stream = self.executor_streams.get(executor_id) if executor_id else None
+            if stream is not None:
+                write_batch(stream, list(msg.messages))
+        elif isinstance(msg, w.FreeObjects):
+            for name in msg.segments:
+                if name.startswith(f"{store.PREFIX}{self.worker_id}-"):
+                    store.unlink(name)
+        elif isinstance(msg, w.CancelRunning):
+            self._carry_out(self.state.handle(CancelRequested(msg.task_id, msg.force)))
+        elif isinstance(msg, w.Shutdown):
+            IOLoop.current().add_callback(self.stop)
+        else:
+            log.warning("ignoring unexpected %s from the scheduler", type(msg).__name__)
+
+    def _to_scheduler(self, msg: Any) -> None:
+        self._outbox.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            IOLoop.current().add_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._outbox = self._outbox, []
+        if batch and self.scheduler is not None:
+            write_batch(self.scheduler, batch)
+
+    # -- executor side ---------------------------------------------------
+
+    def _carry_out(self, instructions: list[Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, ToExecutor):
+                stream = self.executor_streams.get(ins.executor_id)
+                if stream is not None:
+                    write_batch(stream, [ins.message])
+            elif isinstance(ins, ToScheduler):
+                self._to_scheduler(ins.message)
+            elif isinstance(ins, SpawnExecutor):
+                self._spawn(ins.executor_id)
+            elif isinstance(ins, SignalExecutor):
+                proc = self.processes.get(ins.executor_id)
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(ins.signum)
+
+    def _spawn(self, executor_id: int) -> None:
+        if self._stopping:
+            return
+        env = dict(os.environ)
+        env.update(
+            TASKGRAPH_EXECUTOR_SOCKET=self.socket_path,
+            TASKGRAPH_TOKEN_HEX=self.token.hex(),
+            TASKGRAPH_WORKER_ID=self.worker_id,
+            TASKGRAPH_EXECUTOR_ID=str(executor_id),
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskgraph.worker.executor"], env=env, stdin=subprocess.DEVNULL
+        )
+        self.processes[executor_id] = proc
+        loop = IOLoop.current()
+
+        def reap() -> None:
+            code = proc.wait()
+            loop.add_callback(self._executor_exited, executor_id, code)
+
+        threading.Thread(target=reap, name=f"reap-{executor_id}", daemon=True).start()
+
+    def _executor_exited(self, executor_id: int, code: int) -> None:
+        self.processes.pop(executor_id, None)
+        stream = self.executor_streams.pop(executor_id, None)
+        if stream is not None:
+            stream.close()
+        self.by_client = {c: e for c, e in self.by_client.items() if e != executor_id}
+        if self._stopping or executor_id not in self.state.executors:
+            return
+        self._carry_out(self.state.handle(ExecutorDied(executor_id, code)))
+
+    async def serve_executor(self, stream: IOStream) -> None:
+        welcome = w.Welcome(b"", self.worker_id, [self.info])
+        try:
+            hello = await accept_handshake(stream, self.token, welcome)
+        except AuthenticationError as exc:
+            log.warning("rejected an executor connection: %s", exc)
+            return
+        executor_id = next((e for e, p in self.processes.items() if p.pid == hello.pid), None)
+        if executor_id is None or executor_id not in self.state.executors:
+            stream.close()
+            return
+        self.executor_streams[executor_id] = stream
+        self.by_client[hello.client_id] = executor_id
+        self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
+        relay: list[Any] = []
+        try:
+            while True:
+                msgs = await read_batch(stream)
+                for msg in msgs:
+                    if isinstance(msg, w.Executed):
+                        if relay:
+                            self._to_scheduler(w.FromClient(hello.client_id, relay))
+                            relay = []
+                        self._carry_out(
+                            self.state.handle(ExecutorFinished(executor_id, msg.result))
+                        )
+                    elif isinstance(msg, w.CLIENT_MESSAGES):
+                        relay.append(msg)
+                    else:
+                        raise ProtocolError(f"an executor may not send {type(msg).__name__}")
+                if relay:
+                    self._to_scheduler(w.FromClient(hello.client_id, relay))
+                    relay = []
+        except (StreamClosedError, ProtocolError):
+            stream.close()
+
+
+def default_resources(
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    custom: dict[str, float] | None = None,
+) -> dict[str, float]:
+    resources: dict[str, float] = {
+        "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+        "memory": float(memory if memory is not None else psutil.virtual_memory().available * 0.7),
+    }
+    gpus = num_gpus if num_gpus is not None else detect_gpus()
+    if gpus:
+        resources["GPU"] = float(gpus)
+    for name, amount in (custom or {}).items():
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"set {name} with --num-{name.lower()}s, not in custom resources")
+        resources[name] = float(amount)
+    return resources
+
+
+def detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return len([line for line in out.stdout.splitlines() if line.strip()])
+
+
+def run(daemon: WorkerDaemon) -> None:
+    """Run a daemon until it stops; SIGTERM and SIGINT stop it cleanly."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(daemon.stop()))
+        try:
+            await daemon.start()
+        except (OSError, ConnectionError) as exc:
+            log.error("could not join the scheduler at %s: %s", daemon.scheduler_address, exc)
+            raise SystemExit(1) from exc
+        await daemon.stopped.wait()
+
+    asyncio.run(main())

@@ -1,0 +1,174 @@
+"""An executor process: runs one task at a time for its worker daemon, forever.
+
+::
+
+    worker daemon ──Execute──▶ reader thread ──queue──▶ main thread runs the task
+    worker daemon ◀─[client messages…, Executed]── client (one ordered stream)
+
+The main thread runs tasks so that a cancel (SIGINT from the daemon) lands
+in the task's own code. The process is also a full client: a task may submit
+tasks, put, get and wait, all relayed by the daemon. Functions arrive once
+per process and stay cached by content hash.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+from typing import Any
+
+from taskgraph import _api, serialization
+from taskgraph import _wire as w
+from taskgraph._client import Client
+from taskgraph._object_ref import ObjectRef
+from taskgraph._transport import connect_blocking
+from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+
+
+class _Cancelled(BaseException):
+    """Raised into a running task by SIGINT when the user cancelled it."""
+
+
+class Executor:
+    def __init__(self, client: Client, worker_id: str, executor_id: str) -> None:
+        self.client = client
+        self.worker_id = worker_id
+        self.executor_id = executor_id
+        self.functions: dict[bytes, Any] = {}
+        self.tasks: queue.SimpleQueue[w.Assignment | None] = queue.SimpleQueue()
+        self.running = False
+
+    def read_loop(self) -> None:
+        conn = self.client.conn
+        while True:
+            try:
+                msgs = conn.recv()
+            except (OSError, ConnectionError, TaskgraphError):
+                self.tasks.put(None)
+                return
+            forward = []
+            for msg in msgs:
+                if isinstance(msg, w.Execute):
+                    self.tasks.put(msg.assignment)
+                elif isinstance(msg, w.Shutdown):
+                    self.tasks.put(None)
+                    return
+                else:
+                    forward.append(msg)
+            if forward:
+                self.client.on_messages(forward)
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        if self.running:
+            raise _Cancelled()
+
+    def serve(self) -> None:
+        while True:
+            assignment = self.tasks.get()
+            if assignment is None:
+                return
+            result = self.run(assignment)
+            self.client.send_soon(w.Executed(result))
+            self.client.flush()
+
+    def run(self, a: w.Assignment) -> w.TaskResult:
+        spec = a.spec
+        context = _api.TaskContext(
+            task_id=spec.task_id,
+            node_id=self.worker_id,
+            worker_id=self.executor_id,
+            resources=dict(spec.resources),
+            gpu_ids=list(a.gpu_ids),
+        )
+        saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        try:
+            fn = self.functions.get(spec.function_id)
+            if fn is None:
+                fn = self.functions[spec.function_id] = serialization.loads_function(a.function)
+            inputs = {v.object_id: v for v in a.inputs}
+            args, kwargs = serialization.loads(spec.args)
+            args = [self._resolve(x, inputs) for x in args]
+            kwargs = {k: self._resolve(v, inputs) for k, v in kwargs.items()}
+            if a.gpu_ids:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
+            _api.set_task_context(context)
+            self.client.current_task = spec.task_id
+            self.running = True
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.running = False
+                self.client.current_task = None
+            return w.TaskResult(spec.task_id, returns=self._pack(spec, out))
+        except _Cancelled:
+            err = TaskCancelledError(spec.name, spec.task_id.hex())
+            return w.TaskResult(spec.task_id, error=pickle.dumps(err), failure="cancelled")
+        except BaseException as exc:  # a task's failure is data, whatever it is
+            return w.TaskResult(
+                spec.task_id, error=serialization.dumps_error(exc, spec.name), failure="task"
+            )
+        finally:
+            _api.set_task_context(None)
+            if a.gpu_ids:
+                if saved_cuda is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
+
+    def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
+        if isinstance(value, ObjectRef):
+            return Client.decode_value(inputs[value.id])
+        return value
+
+    def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:
+        n = spec.num_returns
+        if n == 0:
+            return []
+        if n == 1:
+            outs = [out]
+        else:
+            if not isinstance(out, tuple | list) or len(out) != n:
+                raise ValueError(
+                    f"task '{spec.name}' declares num_returns={n} but returned "
+                    f"{type(out).__name__}"
+                    + (f" of length {len(out)}" if isinstance(out, tuple | list) else "")
+                )
+            outs = list(out)
+        base = spec.task_id[:12]
+        return [
+            self.client.encode_value(
+                base + (i + 1).to_bytes(4, "little"),
+                value,
+                f"the return value of task '{spec.name}'",
+            )
+            for i, value in enumerate(outs)
+        ]
+
+
+def main() -> None:
+    socket_path = os.environ["TASKGRAPH_EXECUTOR_SOCKET"]
+    token = bytes.fromhex(os.environ["TASKGRAPH_TOKEN_HEX"])
+    worker_id = os.environ["TASKGRAPH_WORKER_ID"]
+    executor_id = os.environ["TASKGRAPH_EXECUTOR_ID"]
+    client_id = os.urandom(8)
+    hello = w.Hello("executor", b"", client_id, pid=os.getpid())
+    conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello)
+    client = Client(conn, client_id, welcome, start_reader=False)
+    _api.set_executor_client(client, welcome.cluster_id)
+    executor = Executor(client, worker_id, f"{worker_id}/{executor_id}")
+    signal.signal(signal.SIGINT, executor.on_sigint)
+    threading.Thread(target=executor.read_loop, name="taskgraph-executor-read", daemon=True).start()
+    try:
+        executor.serve()
+    finally:
+        # The daemon is gone or asked us to stop: nothing to hand back.
+        sys.stdout.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
