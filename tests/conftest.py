@@ -7,6 +7,9 @@ teardown is asynchronous). Cluster fixtures check the same after shutdown.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,3 +95,26 @@ def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[tg.ClusterContext]
     """A cluster of one's own; parametrize indirectly with init() keyword arguments."""
     kwargs = getattr(request, "param", {"num_cpus": 2})
     yield from _checked_cluster(**kwargs)
+
+
+def start_worker(*args: str) -> subprocess.Popen[bytes]:
+    """Add a worker daemon to the running local cluster (the caller stops it)."""
+    runtime = tg._api._runtime
+    assert runtime is not None and runtime.cluster is not None
+    env = dict(os.environ, TASKGRAPH_TOKEN=runtime.cluster.token)
+    return subprocess.Popen(
+        [sys.executable, "-m", "taskgraph.worker.cli", runtime.address, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

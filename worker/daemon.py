@@ -27,6 +27,15 @@ import threading
 from typing import Any
 
 import psutil
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import bind_unix_socket
+from tornado.tcpserver import TCPServer
+
+from taskgraph import _wire as w
+from taskgraph._client import host_id
+from taskgraph._transport import accept_handshake, connect_tornado, read_batch, write_batch
+from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.worker import store
 from taskgraph.worker.state import (
     CancelRequested,
@@ -41,15 +50,6 @@ from taskgraph.worker.state import (
     ToScheduler,
     WorkerState,
 )
-from tornado.ioloop import IOLoop, PeriodicCallback
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.netutil import bind_unix_socket
-from tornado.tcpserver import TCPServer
-
-from taskgraph import _wire as w
-from taskgraph._client import host_id
-from taskgraph._transport import accept_handshake, connect_tornado, read_batch, write_batch
-from taskgraph.exceptions import AuthenticationError, ProtocolError
 
 log = logging.getLogger("taskgraph.worker")
 
@@ -110,7 +110,8 @@ class WorkerDaemon:
             self._parent_watch.start()
 
     def _check_parent(self) -> None:
-        if self.parent_pid and not psutil.pid_exists(self.parent_pid):
+        # Orphans are re-parented; a dead parent may linger as a zombie, so ask who our parent is.
+        if self.parent_pid and os.getppid() != self.parent_pid:
             log.warning("parent process %s is gone; stopping", self.parent_pid)
             IOLoop.current().add_callback(self.stop)
 

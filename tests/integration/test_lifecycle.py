@@ -1,0 +1,172 @@
+"""Starting, joining and stopping clusters; what is left afterwards; bad peers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import taskgraph as tg
+from conftest import alive, descendants, segments, taskgraph_threads, wait_for
+from taskgraph import _wire as w
+from taskgraph.exceptions import AuthenticationError, NodeDiedError
+
+
+@tg.remote
+def square(x):
+    return x * x
+
+
+def _local_address() -> str:
+    runtime = tg._api._runtime
+    assert runtime is not None
+    return runtime.address
+
+
+def _port_open(address: str) -> bool:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_shutdown_leaves_nothing_behind():
+    context = tg.init(num_cpus=2)
+    assert tg.is_initialized()
+    assert "local cluster" in repr(context) and context.address.startswith("tcp://127.0.0.1:")
+    import numpy as np
+
+    big = tg.put(np.ones(1_000_000))
+    assert tg.get(square.remote(3)) == 9
+    assert segments(), "a large put should live in shared memory"
+    processes = descendants()
+    assert len(processes) >= 4  # scheduler, worker, two executors
+    tg.shutdown()
+    del big
+    assert not tg.is_initialized()
+    wait_for(lambda: not alive(processes), what="every cluster process to exit")
+    assert not segments()
+    assert not taskgraph_threads()
+    assert not _port_open(context.address)
+
+
+def test_implicit_init_on_first_remote_call():
+    assert not tg.is_initialized()
+    try:
+        assert tg.get(square.remote(5)) == 25
+        assert tg.is_initialized()
+    finally:
+        processes = descendants()
+        tg.shutdown()
+    wait_for(lambda: not alive(processes))
+
+
+def test_reinit_raises_unless_ignored(fresh_cluster):
+    with pytest.raises(RuntimeError, match="already"):
+        tg.init()
+    again = tg.init(ignore_reinit_error=True)
+    assert again.address == fresh_cluster.address
+
+
+def test_connect_to_an_existing_cluster_by_address(fresh_cluster):
+    token = tg._api._runtime.cluster.token
+    script = (
+        "import taskgraph as tg\n"
+        f"tg.init({fresh_cluster.address!r}, token={token!r})\n"
+        "@tg.remote\n"
+        "def f(x): return x + 1\n"
+        "print(tg.get(f.remote(41)))\n"
+        "tg.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
+    env = dict(os.environ, TASKGRAPH_ADDRESS=fresh_cluster.address, TASKGRAPH_TOKEN=token)
+    script = "import taskgraph as tg\nprint(tg.get(tg.put(7)))\ntg.shutdown()\n"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "7"
+    assert len(tg.nodes()) == 1, "a connecting driver must not start a cluster"
+
+
+def test_wrong_token_is_refused_and_the_cluster_keeps_working(fresh_cluster):
+    with pytest.raises(AuthenticationError, match="token"):
+        tg._api._connect(fresh_cluster.address, "not-the-token", "ns")
+    assert tg.get(square.remote(4)) == 16
+
+
+def test_garbage_from_a_peer_is_dropped(fresh_cluster):
+    host, port = fresh_cluster.address.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.recv(4096)  # the challenge
+        sock.sendall(b"\x10\x00\x00\x00" + b"\xff" * 16)
+        sock.settimeout(5)
+        data = sock.recv(4096)
+        assert b"Rejected" in data or data == b"" or w.decode(data[4:])
+    assert tg.get(square.remote(6)) == 36
+
+
+def test_unknown_addresses_raise_connection_error():
+    with pytest.raises(ConnectionError, match="could not connect"):
+        tg.init("tcp://127.0.0.1:1", token="x")
+    assert not tg.is_initialized()
+    with pytest.raises(ValueError, match="address"):
+        tg.init("http://example:1", token="x")
+    with pytest.raises(ValueError, match="existing"):
+        tg.init("tcp://127.0.0.1:1", num_cpus=2, token="x")
+
+
+def test_auto_without_a_cluster_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKGRAPH_STATE_DIR", str(tmp_path))
+    with pytest.raises(ConnectionError, match="taskgraph start --head"):
+        tg.init("auto")
+
+
+def test_missing_token_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKGRAPH_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("TASKGRAPH_TOKEN", raising=False)
+    with pytest.raises(AuthenticationError, match="TASKGRAPH_TOKEN"):
+        tg.init("tcp://127.0.0.1:9")
+
+
+@tg.remote(max_retries=0)
+def sleep_long():
+    time.sleep(60)
+
+
+def test_dead_worker_fails_its_tasks_with_node_died(fresh_cluster):
+    ref = sleep_long.remote()
+    deadline = time.monotonic() + 15
+    while tg.available_resources().get("CPU", 0) >= 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    worker_pid = tg.nodes()[0]["pid"]
+    psutil.Process(worker_pid).kill()
+    with pytest.raises(NodeDiedError):
+        tg.get(ref, timeout=30)
+    wait_for(lambda: tg.nodes() == [], what="the scheduler to drop the dead worker")
+
+
+def test_driver_death_stops_its_local_cluster(tmp_path):
+    script = (
+        "import os, taskgraph as tg\n"
+        "tg.init(num_cpus=1)\n"
+        "import psutil\n"
+        "print(' '.join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pids = {int(p) for p in out.stdout.split()}
+    assert pids
+    wait_for(lambda: not alive(pids), what="orphaned cluster processes to stop themselves")
+    wait_for(lambda: not segments())
