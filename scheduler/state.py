@@ -111,6 +111,7 @@ class Task:
     retries_left: int = 0
     blocked: bool = False
     cancel_requested: bool = False
+    items: list[bytes] = field(default_factory=list)  # a generator task's item objects
 
     @property
     def id(self) -> bytes:
@@ -160,6 +161,11 @@ def return_ids(task_id: bytes, count: int) -> list[bytes]:
     """Object ids of a task's returns: the task id with index 1..count."""
     base = task_id[:12]
     return [base + (i + 1).to_bytes(4, "little") for i in range(count)]
+
+
+def generator_item_id(task_id: bytes, index: int) -> bytes:
+    """Items of a generator task follow its single return (the item count)."""
+    return task_id[:12] + (index + 2).to_bytes(4, "little")
 
 
 def error_bytes(exc: TaskgraphError) -> bytes:
@@ -259,6 +265,7 @@ class SchedulerState:
             self._send_worker(worker_id, w.RunTasks(assignments))
         self._assignments = {}
         sends: list[Send] = []
+        to_worker: dict[str, Send] = {}
         relayed: dict[str, list[Any]] = {}
         for (kind, dest), msgs in self._out.items():
             if kind == "client":
@@ -268,9 +275,17 @@ class SchedulerState:
                 if client.via_worker is not None:
                     relayed.setdefault(client.via_worker, []).append(w.ToClient(dest, msgs))
                     continue
-            sends.append(Send(kind, dest, msgs))
+            send = Send(kind, dest, msgs)
+            sends.append(send)
+            if kind == "worker":
+                to_worker[dest] = send
+        # One send (one frame) per destination: a relayed client's replies ride
+        # with whatever else its worker gets.
         for worker_id, msgs in relayed.items():
-            sends.append(Send("worker", worker_id, msgs))
+            if worker_id in to_worker:
+                to_worker[worker_id].messages.extend(msgs)
+            else:
+                sends.append(Send("worker", worker_id, msgs))
         self._out = {}
         return sends
 
@@ -367,6 +382,8 @@ class SchedulerState:
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
             if obj is None:
+                obj = self._generator_placeholder(oid)
+            if obj is None:
                 err = ObjectLostError(oid.hex(), "no holder was left, so it was freed")
                 values.append(w.Value(oid, error=error_bytes(err)))
             elif obj.state == "pending":
@@ -375,6 +392,38 @@ class SchedulerState:
                 values.append(obj.as_value())
         if values:
             self._send_client(client.client_id, w.ObjectsReady(values))
+
+    def _generator_placeholder(self, oid: bytes) -> Obj | None:
+        """A pending object for an item a running generator task has not yielded yet."""
+        task = self.tasks.get(oid[:12] + b"\0\0\0\0")
+        if task is None or not task.spec.generator:
+            return None
+        obj = self.objects[oid] = Obj(oid, task.id)
+        task.items.append(oid)
+        return obj
+
+    def _on_generator_item(self, client: ClientRec, msg: w.GeneratorItem) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.state != "processing" or not task.spec.generator:
+            return
+        oid = generator_item_id(task.id, msg.index)
+        value = msg.value
+        obj = self.objects.get(oid)
+        if obj is None:
+            obj = self.objects[oid] = Obj(oid, task.id)
+            task.items.append(oid)
+        elif obj.state != "pending":
+            return  # a retried generator yields its items again; keep the first
+        owner = self.clients.get(task.owner)
+        if owner is None:
+            return  # nobody can ever read it; the task's end frees the placeholder
+        obj.state, obj.data, obj.location = "ready", value.data, value.location
+        owner.held.add(oid)
+        obj.refs += 1
+        if value.location is not None and task.worker in self.workers:
+            self.workers[task.worker].segments[oid] = value.location.segment
+        self._hold_contained(obj, value.contains)
+        self._object_done(obj)
 
     def _on_cancel(self, client: ClientRec, msg: w.CancelTasks) -> None:
         for oid in msg.object_ids:
@@ -432,6 +481,7 @@ class SchedulerState:
         w.ReleaseRefs: _on_release,
         w.WantObjects: _on_want,
         w.CancelTasks: _on_cancel,
+        w.GeneratorItem: _on_generator_item,
         w.TaskBlocked: _on_blocked,
         w.TaskUnblocked: _on_unblocked,
         w.Query: _on_query,
@@ -582,7 +632,8 @@ class SchedulerState:
         function = b""
         if spec.function_id not in worker.functions:
             function = self.functions.get(spec.function_id, b"")
-            worker.functions.add(spec.function_id)
+            if function:  # not exported yet: send it with a later task
+                worker.functions.add(spec.function_id)
         inputs = [self.objects[oid].as_value() for oid in spec.deps]
         self._assignments.setdefault(worker.worker_id, []).append(
             w.Assignment(spec, inputs, function, gpu_ids)
@@ -639,6 +690,11 @@ class SchedulerState:
             obj = self.objects.get(oid)
             if obj is not None and obj.refs == 0:
                 self._free(obj)
+        for oid in task.items:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.state == "pending":
+                # Waited for but never yielded: readers learn the end from the count.
+                del self.objects[oid]
 
     # -- objects ---------------------------------------------------------
 
@@ -672,24 +728,37 @@ class SchedulerState:
             self._failing.append((task, obj.error))
 
     def _decref(self, oid: bytes) -> None:
+        obj = self._drop_ref(oid)
+        if obj is not None:
+            self._free(obj)
+
+    def _drop_ref(self, oid: bytes) -> Obj | None:
+        """Count one holder less; return the object if that was its last holder."""
         obj = self.objects.get(oid)
         if obj is None:
-            return
+            return None
         obj.refs -= 1
         if obj.refs < 0:
             raise RuntimeError(f"object {oid.hex()} released more often than held")
-        if obj.refs == 0 and obj.state != "pending":
-            self._free(obj)
+        return obj if obj.refs == 0 and obj.state != "pending" else None
 
     def _free(self, obj: Obj) -> None:
-        del self.objects[obj.id]
-        if obj.location is not None:
-            worker = self.workers.get(obj.location.worker_id)
-            if worker is not None:
-                worker.segments.pop(obj.id, None)
-                self._send_worker(worker.worker_id, w.FreeObjects([obj.id], [obj.location.segment]))
-        for inner in obj.contains:
-            self._decref(inner)
+        # A worklist, not recursion: objects may nest thousands deep.
+        doomed = [obj]
+        while doomed:
+            obj = doomed.pop()
+            del self.objects[obj.id]
+            if obj.location is not None:
+                worker = self.workers.get(obj.location.worker_id)
+                if worker is not None:
+                    worker.segments.pop(obj.id, None)
+                    self._send_worker(
+                        worker.worker_id, w.FreeObjects([obj.id], [obj.location.segment])
+                    )
+            for inner in obj.contains:
+                freed = self._drop_ref(inner)
+                if freed is not None:
+                    doomed.append(freed)
 
     # -- placement -------------------------------------------------------
 

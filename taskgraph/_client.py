@@ -297,6 +297,10 @@ class Client:
             self._wanted.update(missing)
             self._queue(w.WantObjects(missing))
 
+    def peek(self, oid: bytes) -> w.Value | None:
+        with self._lock:
+            return self._values.get(oid)
+
     def is_ready(self, oid: bytes) -> bool:
         with self._lock:
             if oid in self._values:

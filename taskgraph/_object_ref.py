@@ -85,3 +85,45 @@ def _rebuild_ref(object_id: bytes) -> ObjectRef:
     from taskgraph import _api
 
     return ObjectRef(object_id, _api.current_client(), borrowed=True)
+
+
+class ObjectRefGenerator:
+    """What ``.remote()`` of a generator function returns: refs to items as they are yielded.
+
+    Iterating blocks until the task yields the next item (or ends); each item
+    is its own object, readable before the task finishes. An error raised by
+    the generator surfaces when iteration reaches it.
+    """
+
+    def __init__(self, task_id: bytes, end: ObjectRef, client: Client) -> None:
+        self._task_id = task_id
+        self._end = end  # the task's return: how many items it yielded
+        self._client = client
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._task_id.hex()}, next={self._next})"
+
+    def __iter__(self) -> ObjectRefGenerator:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        from taskgraph.scheduler.state import generator_item_id
+
+        item = ObjectRef(generator_item_id(self._task_id, self._next), self._client)
+        self._client.wait_values([item.id, self._end.id], 1, None)
+        value = self._client.peek(item.id)
+        if value is None or value.error is not None:
+            # Not yielded (yet): the task ended. Its count, or its error, says why.
+            count = self._end.result()
+            if self._next >= count:
+                raise StopIteration
+        self._next += 1
+        return item
+
+    def completed(self) -> ObjectRef:
+        """A ref that is ready when the generator has finished (its value: the item count)."""
+        return self._end
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an ObjectRefGenerator cannot leave the process that submitted its task")

@@ -15,7 +15,7 @@ from typing import Any
 from taskgraph import _api, _options, serialization
 from taskgraph import _wire as w
 from taskgraph._client import INLINE_LIMIT, Client
-from taskgraph._object_ref import ObjectRef
+from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 
 FOREVER = 2**31 - 1
 
@@ -31,6 +31,7 @@ class RemoteFunction:
             self._signature: inspect.Signature | None = inspect.signature(function)
         except (TypeError, ValueError):
             self._signature = None
+        self._is_generator = inspect.isgeneratorfunction(function)
         self._payload: bytes | None = None
         self._function_id = b""
         self.__doc__ = function.__doc__
@@ -79,7 +80,8 @@ class RemoteFunction:
         data, nested, deps = encode_arguments(client, args, kwargs, name)
         base = client.new_id()
         task_id = base + b"\0\0\0\0"
-        num_returns = options.get("num_returns", 1)
+        streaming = self._is_generator and "num_returns" not in options
+        num_returns = 1 if streaming else options.get("num_returns", 1)
         retries = options.get("max_retries", _options.DEFAULT_MAX_RETRIES)
         spec = w.TaskSpec(
             task_id=task_id,
@@ -94,9 +96,12 @@ class RemoteFunction:
             retry_exceptions=bool(options.get("retry_exceptions", False)),
             strategy=_options.strategy_string(options.get("scheduling_strategy")),
             parent=client.current_task or b"",
+            generator=streaming,
         )
         refs = [ObjectRef(base + (i + 1).to_bytes(4, "little"), client) for i in range(num_returns)]
         client.submit(spec)
+        if streaming:
+            return ObjectRefGenerator(task_id, refs[0], client)
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:

@@ -170,6 +170,14 @@ class CancelTasks(Msg):
     recursive: bool = True
 
 
+class GeneratorItem(Msg):
+    """One item a generator task yielded, sent as soon as it exists."""
+
+    task_id: bytes
+    index: int
+    value: ReturnValue
+
+
 class TaskBlocked(Msg):
     task_id: bytes
 
@@ -288,6 +296,7 @@ ClientMessage = (
     | ReleaseRefs
     | WantObjects
     | CancelTasks
+    | GeneratorItem
     | TaskBlocked
     | TaskUnblocked
     | Query

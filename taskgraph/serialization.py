@@ -168,11 +168,26 @@ def dumps_function(func: Any, what: str | None = None) -> bytes:
     """Pickle a function or class so that a worker can run it without importing its module."""
     if what is None:
         what = f"the function {getattr(func, '__qualname__', type(func).__name__)!r}"
-    return _pickle(func, what)[0]
+    # cloudpickle blanks file names of code pickled by value; carry the real
+    # one so remote tracebacks point at the user's file.
+    code = getattr(func, "__code__", None)
+    filename = code.co_filename if isinstance(code, types.CodeType) else ""
+    return _pickle((func, filename), what)[0]
 
 
 def loads_function(payload: Buffer, what: str = "a function") -> Any:
-    return loads(payload, what=what)
+    func, filename = loads(payload, what=what)
+    code = getattr(func, "__code__", None)
+    if filename and isinstance(code, types.CodeType) and code.co_filename == "<dynamic-code>":
+        func.__code__ = _with_filename(code, filename)
+    return func
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def function_id(payload: Buffer) -> bytes:

@@ -18,8 +18,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-import taskgraph as tg
-from taskgraph.worker import store
+# Each test session gets its own shared-memory folder (still tmpfs), so that
+# leak checks see only this session's segments. Set before taskgraph is
+# imported; every cluster process inherits it.
+SHM_DIR = Path("/dev/shm") / f"taskgraph-tests-{os.getpid()}"
+SHM_DIR.mkdir(exist_ok=True)
+os.environ["TASKGRAPH_SHM_DIR"] = str(SHM_DIR)
+
+import taskgraph as tg  # noqa: E402 - after TASKGRAPH_SHM_DIR is set
+from taskgraph.worker import store  # noqa: E402 - likewise
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
@@ -61,6 +68,16 @@ def taskgraph_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("taskgraph-")}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shm_dir() -> Iterator[Path]:
+    yield SHM_DIR
+    leftovers = sorted(p.name for p in SHM_DIR.iterdir())
+    for p in SHM_DIR.iterdir():
+        p.unlink()
+    SHM_DIR.rmdir()
+    assert not leftovers, f"segments left at the end of the session: {leftovers}"
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     children_before = direct_children()
@@ -81,7 +98,7 @@ def _checked_cluster(**kwargs: object) -> Iterator[tg.ClusterContext]:
     wait_for(lambda: not alive(processes), what="cluster processes to exit")
     wait_for(lambda: not segments(), what="all segments to be removed")
     wait_for(lambda: not taskgraph_threads(), what="client threads to end")
-    assert not list(Path("/dev/shm").glob("tg-*"))
+    assert not list(SHM_DIR.iterdir())
 
 
 @pytest.fixture(scope="module")

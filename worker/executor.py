@@ -13,6 +13,7 @@ per process and stay cached by content hash.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import queue
@@ -27,6 +28,7 @@ from taskgraph._client import Client
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+from taskgraph.scheduler.state import generator_item_id
 
 
 class _Cancelled(BaseException):
@@ -100,6 +102,8 @@ class Executor:
             self.running = True
             try:
                 out = fn(*args, **kwargs)
+                if spec.generator:
+                    out = self._stream(spec, out)
             finally:
                 self.running = False
                 self.client.current_task = None
@@ -119,6 +123,16 @@ class Executor:
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
 
+    def _stream(self, spec: w.TaskSpec, items: Any) -> int:
+        """Send each item of a generator task as it is produced; return the count."""
+        count = 0
+        for item in items:
+            oid = generator_item_id(spec.task_id, count)
+            value = self.client.encode_value(oid, item, f"item {count} of task '{spec.name}'")
+            self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
+            count += 1
+        return count
+
     def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
         if isinstance(value, ObjectRef):
             return Client.decode_value(inputs[value.id])
@@ -131,6 +145,8 @@ class Executor:
         if n == 1:
             outs = [out]
         else:
+            if inspect.isgenerator(out):
+                out = list(out)
             if not isinstance(out, tuple | list) or len(out) != n:
                 raise ValueError(
                     f"task '{spec.name}' declares num_returns={n} but returned "

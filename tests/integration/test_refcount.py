@@ -1,0 +1,68 @@
+"""Objects live exactly as long as something holds them."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import taskgraph as tg
+from conftest import segments, wait_for
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+BIG = 400_000  # float64s: 3.2 MB, above the inline limit
+
+
+def objects() -> int:
+    return tg._api.client().query("statistics")["objects"]
+
+
+def test_dropped_refs_are_freed_everywhere():
+    baseline = objects()
+    ref = tg.put(np.ones(BIG))
+    (segment,) = segments()
+    assert objects() == baseline + 1
+    del ref
+    gc.collect()
+    wait_for(lambda: segment not in segments(), what="the segment to be unlinked")
+    wait_for(lambda: objects() == baseline, what="the scheduler to forget the object")
+
+
+@tg.remote
+def make_big():
+    return np.full(BIG, 7.0)
+
+
+def test_large_task_results_are_freed_when_dropped():
+    ref = make_big.remote()
+    assert tg.get(ref)[0] == 7.0
+    assert len(segments()) == 1
+    del ref
+    gc.collect()
+    wait_for(lambda: not segments(), what="the result's segment to be unlinked")
+
+
+def test_a_ref_inside_a_put_list_keeps_its_object_alive():
+    inner = tg.put(np.arange(BIG))
+    outer = tg.put([inner])
+    inner_id = inner.hex()
+    del inner
+    gc.collect()
+    (again,) = tg.get(outer)
+    assert again.hex() == inner_id
+    assert tg.get(again)[-1] == BIG - 1
+    del again, outer
+    gc.collect()
+    wait_for(lambda: not segments(), what="inner object to be freed with its container")
+
+
+def test_arguments_stay_alive_until_the_task_ran():
+    @tg.remote
+    def total(a):
+        return float(a.sum())
+
+    ref = total.remote(tg.put(np.ones(BIG)))  # the only holder of the put is the task
+    gc.collect()
+    assert tg.get(ref) == BIG
