@@ -9,11 +9,10 @@ import os
 import signal
 import sys
 
-import psutil
-from taskgraph.scheduler.server import SchedulerServer
 from tornado.ioloop import PeriodicCallback
 
 from taskgraph import config
+from taskgraph.scheduler.server import SchedulerServer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +47,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.parent_pid:
 
         def check_parent() -> None:
-            if not psutil.pid_exists(args.parent_pid):
+            if os.getppid() != args.parent_pid:  # orphans are re-parented; zombies still "exist"
                 stop.set()
 
         PeriodicCallback(check_parent, 500).start()

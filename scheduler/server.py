@@ -11,6 +11,12 @@ import logging
 import time
 from typing import Any
 
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpserver import TCPServer
+
+from taskgraph import _wire as w
+from taskgraph._transport import accept_handshake, read_batch, write_batch
+from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.scheduler.state import (
     ClientJoined,
     ClientLeft,
@@ -23,12 +29,6 @@ from taskgraph.scheduler.state import (
     WorkerLeft,
     WorkerSent,
 )
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpserver import TCPServer
-
-from taskgraph import _wire as w
-from taskgraph._transport import accept_handshake, read_batch, write_batch
-from taskgraph.exceptions import AuthenticationError, ProtocolError
 
 log = logging.getLogger("taskgraph.scheduler")
 

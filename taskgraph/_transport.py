@@ -75,7 +75,7 @@ def check_hello(msgs: list[Any], token: bytes, nonce: bytes) -> w.Hello:
             "run the same taskgraph version everywhere"
         )
     if not hmac.compare_digest(hello.digest, digest(token, nonce)):
-        raise AuthenticationError("the peer's token is wrong")
+        raise AuthenticationError("the token does not match the cluster's")
     return hello
 
 
@@ -157,7 +157,7 @@ def connect_blocking(
         raise ConnectionError(f"the scheduler at {address} closed during the handshake") from exc
     if reply and isinstance(reply[0], w.Rejected):
         conn.close()
-        raise AuthenticationError(f"the scheduler at {address} refused us: {reply[0].reason}")
+        raise AuthenticationError(reply[0].reason, peer=f"the scheduler at {address}")
     if not reply or not isinstance(reply[0], w.Welcome):
         conn.close()
         raise ConnectionError(f"{address} answered the handshake with {reply!r}")
@@ -187,9 +187,10 @@ async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -
         msgs = await asyncio.wait_for(read_batch(stream), HANDSHAKE_TIMEOUT)
         hello = check_hello(msgs, token, nonce)
     except (AuthenticationError, ProtocolError) as exc:
-        write_batch(stream, [w.Rejected(str(exc))])
+        reason = getattr(exc, "reason", "") or str(exc)
+        write_batch(stream, [w.Rejected(reason)])
         stream.close()
-        raise AuthenticationError(str(exc)) from exc
+        raise AuthenticationError(reason) from exc
     except (TimeoutError, StreamClosedError) as exc:
         stream.close()
         raise AuthenticationError("the peer did not complete the handshake") from exc
@@ -219,7 +220,7 @@ async def connect_tornado(
     reply = await read_batch(stream)
     if reply and isinstance(reply[0], w.Rejected):
         stream.close()
-        raise AuthenticationError(f"{address} refused us: {reply[0].reason}")
+        raise AuthenticationError(reply[0].reason, peer=str(address))
     if not reply or not isinstance(reply[0], w.Welcome):
         stream.close()
         raise ConnectionError(f"{address} answered the handshake with {reply!r}")

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import re
 import sys
 
+from taskgraph import config
 from taskgraph.worker.daemon import WorkerDaemon, default_resources, run
 
-from taskgraph import config
+
+def _worker_id(text: str) -> str:
+    # The id names the worker's shared-memory segments, tg-<id>-<object>.
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid worker id: use 1 to 64 letters, digits or _"
+        )
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--memory-limit", type=float, default=None, help="bytes of task memory to offer")
     p.add_argument("--token", default=None, help=f"cluster token ({config.TOKEN_ENV} by default)")
+    p.add_argument(
+        "--worker-id",
+        type=_worker_id,
+        default=None,
+        help="this worker's id: letters, digits and _ (default: a random one; must be unique)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -53,13 +67,17 @@ def main(argv: list[str] | None = None) -> None:
             f"taskgraph-worker: no token for {address}: pass --token or set {config.TOKEN_ENV}"
         )
     try:
-        custom = json.loads(args.resources)
-        if not isinstance(custom, dict):
-            raise ValueError("expected a JSON object")
+        custom = config.parse_resources(args.resources)
         resources = default_resources(args.num_cpus, args.num_gpus, args.memory_limit, custom)
     except ValueError as exc:
         sys.exit(f"taskgraph-worker: bad --resources: {exc}")
-    daemon = WorkerDaemon(address, config.token_bytes(token), resources, parent_pid=args.parent_pid)
+    daemon = WorkerDaemon(
+        address,
+        config.token_bytes(token),
+        resources,
+        worker_id=args.worker_id,
+        parent_pid=args.parent_pid,
+    )
     print(f"taskgraph-worker {daemon.worker_id} (pid {os.getpid()}) joining {address}", flush=True)
     run(daemon)
 

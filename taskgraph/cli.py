@@ -1,0 +1,651 @@
+"""``taskgraph``: start, inspect and stop a cluster from the shell, as ``ray start`` does.
+
+::
+
+    taskgraph start --head          a scheduler and one worker on this host, in the background
+    taskgraph start --address A     one more worker on this host, joining the scheduler at A
+    taskgraph status                the nodes and their resources, used/total
+    taskgraph stop                  stop every process ``start`` started on this host
+
+``start`` runs the same programs as ``taskgraph-scheduler`` and
+``taskgraph-worker``, detached (a session of their own, output to
+``<state_dir>/logs``), and records each in ``config.state_dir()``; ``stop``
+reads those records. A command that fails stops whatever it started before it
+returns, so an error never leaves a process behind, and nothing here starts a
+cluster implicitly: ``status`` only connects to one that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from taskgraph import _api, config
+from taskgraph._client import Client
+from taskgraph._transport import parse_address
+from taskgraph.exceptions import AuthenticationError
+from taskgraph.worker import store
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+DEFAULT_PORT = 8786
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one message, exit code 1."""
+
+
+# -- start ---------------------------------------------------------------------
+
+
+@dataclass
+class _Started:
+    """A process this command started, until it is handed over to the records."""
+
+    kind: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    worker_id: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def cmd_start(args: argparse.Namespace) -> None:
+    started: list[_Started] = []
+    try:
+        if args.head:
+            _start_head(args, started)
+        else:
+            _start_worker_only(args, started)
+    except BaseException:
+        # Ctrl-C included: the children live in their own session and would not get it.
+        _stop_processes([_tree(s.pid) for s in started if s.popen.poll() is None], STOP_TIMEOUT)
+        for s in started:
+            (config.state_dir() / f"{s.kind}-{s.pid}.json").unlink(missing_ok=True)
+            if s.worker_id:
+                store.remove_all(s.worker_id)
+        raise
+    _release(started)
+
+
+def _start_head(args: argparse.Namespace, started: list[_Started]) -> None:
+    running = config.recorded("scheduler")
+    if running:
+        raise CliError(
+            f"a taskgraph cluster is already running on this host at {running[0]['address']} "
+            f"(scheduler pid {running[0]['pid']}); stop it with 'taskgraph stop', or add a "
+            f"worker to it with 'taskgraph start --address {running[0]['address']}'"
+        )
+    token = args.token or os.environ.get(config.TOKEN_ENV) or config.new_token()
+    deadline = time.monotonic() + args.timeout
+    scheduler = _launch(
+        "scheduler",
+        ["taskgraph.scheduler.cli", "--host", args.host, "--port", str(args.port)],
+        token,
+    )
+    started.append(scheduler)
+    address = _wait_for_scheduler(scheduler, deadline)
+    worker_id, worker = _launch_worker(address, token, args)
+    started.append(worker)
+    with _connected(address, token) as client:
+        node = _wait_for_worker(client, worker, worker_id, deadline)
+    print(_head_started_text(address, token, args.host, scheduler, node, worker.log))
+
+
+def _start_worker_only(args: argparse.Namespace, started: list[_Started]) -> None:
+    address = _normalize_address(args.address)
+    token = args.token or config.token_for(address)
+    if token is None:
+        raise CliError(
+            f"no token for the cluster at {address}: pass --token (printed by "
+            f"'taskgraph start --head' on the head host) or set {config.TOKEN_ENV}"
+        )
+    # Connecting first turns a wrong address or token into an error before anything starts.
+    with _connected(address, token) as client:
+        worker_id, worker = _launch_worker(address, token, args)
+        started.append(worker)
+        node = _wait_for_worker(client, worker, worker_id, time.monotonic() + args.timeout)
+    print(
+        f"Started worker {node['node_id']} (pid {worker.pid}) with "
+        f"{_resources_line(node['resources'])}\n"
+        f"It joined the cluster at {address}. Log: {worker.log}\n"
+        "Stop it with 'taskgraph stop' on this host."
+    )
+
+
+def _launch(kind: str, module_args: list[str], token: str) -> _Started:
+    """Start ``python -m <module_args>`` detached, its output in a log file."""
+    logs = config.state_dir() / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    log = logs / f"{kind}-starting-{secrets.token_hex(4)}.log"
+    env = dict(os.environ)
+    env[config.TOKEN_ENV] = token  # not on the command line, where ps would show it
+    env.pop(config.ADDRESS_ENV, None)
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", *module_args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    named = logs / f"{kind}-{popen.pid}.log"
+    log.replace(named)  # the open file follows its new name
+    return _Started(kind, popen, named)
+
+
+def _launch_worker(address: str, token: str, args: argparse.Namespace) -> tuple[str, _Started]:
+    worker_id = secrets.token_hex(6)
+    module_args = ["taskgraph.worker.cli", address, "--worker-id", worker_id]
+    module_args += ["--resources", json.dumps(args.resources)]
+    if args.num_cpus is not None:
+        module_args += ["--num-cpus", str(args.num_cpus)]
+    if args.num_gpus is not None:
+        module_args += ["--num-gpus", str(args.num_gpus)]
+    if args.memory is not None:
+        module_args += ["--memory-limit", str(args.memory)]
+    worker = _launch("worker", module_args, token)
+    worker.worker_id = worker_id
+    config.record_cluster(
+        address,
+        token,
+        worker.pid,
+        "worker",
+        worker_id=worker_id,
+        log=str(worker.log),
+        shm_dir=str(store.SHM_DIR),
+    )
+    return worker_id, worker
+
+
+def _wait_for_scheduler(scheduler: _Started, deadline: float) -> str:
+    while True:
+        for record in config.recorded("scheduler"):
+            if record["pid"] == scheduler.pid:
+                return str(record["address"])
+        if scheduler.popen.poll() is not None:
+            raise CliError(f"the scheduler did not start:\n{_tail(scheduler.log)}")
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"the scheduler did not start in time (--timeout); its log says:\n"
+                f"{_tail(scheduler.log)}"
+            )
+        time.sleep(0.05)
+
+
+def _wait_for_worker(
+    client: Client, worker: _Started, worker_id: str, deadline: float
+) -> dict[str, Any]:
+    while True:
+        for node in client.query("nodes"):
+            if node["node_id"] == worker_id:
+                return dict(node)
+        if worker.popen.poll() is not None:
+            raise CliError(
+                f"the worker exited with code {worker.popen.returncode} before joining:\n"
+                f"{_tail(worker.log)}"
+            )
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"the worker did not join in time (--timeout); its log says:\n{_tail(worker.log)}"
+            )
+        time.sleep(0.05)
+
+
+def _release(started: list[_Started]) -> None:
+    """Let the started processes outlive this command, as intended."""
+    # Popen warns when it is dropped while its process runs; here that is the point.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        started.clear()
+
+
+def _head_started_text(
+    address: str, token: str, host: str, scheduler: _Started, node: dict[str, Any], log: Path
+) -> str:
+    port = parse_address(address).port
+    reachable = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    remote = f"tcp://{reachable}:{port}"
+    lines = [
+        "Started a taskgraph cluster on this host.",
+        f"  scheduler  {address} (pid {scheduler.pid})",
+        f"  worker     {node['node_id']} (pid {node['pid']}) with "
+        f"{_resources_line(node['resources'])}",
+        f"  logs       {log.parent}",
+        "",
+        "Connect from Python on this host:",
+        "    import taskgraph as tg",
+        '    tg.init("auto")',
+        "",
+        "Connect from another host:",
+        f'    tg.init("{remote}", token="{token}")',
+        "",
+        "Add a worker on another host:",
+        f"    taskgraph start --address {reachable}:{port} --token {token}",
+    ]
+    if parse_address(address).host in ("127.0.0.1", "localhost", "::1"):
+        lines += [
+            f"  (the scheduler listens on {host} only: start with --host 0.0.0.0 "
+            "to let other hosts join)"
+        ]
+    lines += ["", "Watch it with 'taskgraph status'; stop it with 'taskgraph stop'."]
+    return "\n".join(lines)
+
+
+# -- stop ----------------------------------------------------------------------
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    workers = config.records("worker")
+    schedulers = config.records("scheduler")
+    live = [r for r in workers + schedulers if r["alive"]]
+    timeout = 0.0 if args.force else args.timeout
+    killed = _stop_processes([_tree(r["pid"]) for r in live], timeout)
+    for record in live:
+        how = "Killed" if record["pid"] in killed else "Stopped"
+        name = record.get("worker_id", "") if record["kind"] == "worker" else record["address"]
+        print(f"{how} {record['kind']} {name} (pid {record['pid']})")
+    segments = sum(_remove_segments(r) for r in workers)
+    for record in workers + schedulers:
+        config.forget(record)
+    if segments:
+        print(f"Removed {segments} leftover shared-memory segment(s).")
+    if not live:
+        print("Nothing to stop: no taskgraph process started on this host is running.")
+    elif killed and not args.force:
+        print(f"(killed: still running {timeout:g} s after SIGTERM)")
+
+
+def _remove_segments(worker: dict[str, Any]) -> int:
+    """Unlink what a stopped or crashed worker left in shared memory."""
+    worker_id = str(worker.get("worker_id", ""))
+    if not worker_id:
+        return 0
+    # The folder the worker used, which need not be this command's.
+    folder = Path(worker.get("shm_dir") or store.SHM_DIR)
+    count = 0
+    for path in folder.glob(f"{store.PREFIX}{worker_id}-*"):
+        path.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """The process and its descendants (a worker's executors), root first."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _stop_processes(trees: list[list[psutil.Process]], timeout: float) -> set[int]:
+    """SIGTERM each tree's root, wait up to ``timeout``, then SIGKILL whatever remains.
+
+    Returns the roots that had to be killed.
+    """
+    for tree in trees:
+        if tree:
+            try:
+                tree[0].terminate()
+            except psutil.Error:
+                pass
+    remaining = _wait_gone([p for tree in trees for p in tree], timeout)
+    roots = {tree[0].pid for tree in trees if tree}
+    killed = set()
+    for proc in remaining:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+        if proc.pid in roots:
+            killed.add(proc.pid)
+    _wait_gone(remaining, STOP_TIMEOUT)
+    return killed
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those still running after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [p for p in procs if _running(p)]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    # A zombie has exited; it is gone once its new parent (often init) reaps it,
+    # which may take a while, so waiting for the pid to vanish would be wrong.
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+# -- status --------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    address = _status_address(args.address)
+    token = args.token or config.token_for(address)
+    if token is None:
+        raise CliError(
+            f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
+        )
+    with _connected(address, token) as client:
+        nodes = client.query("nodes")
+    if args.json:
+        print(json.dumps({"address": address, "nodes": nodes}, indent=2))
+        return
+    print(_status_text(address, nodes))
+
+
+def _status_address(given: str | None) -> str:
+    if given:
+        return _normalize_address(given)
+    from_env = os.environ.get(config.ADDRESS_ENV)
+    if from_env and from_env not in ("auto", "local"):
+        return _normalize_address(from_env)
+    running = config.recorded("scheduler")
+    if not running:
+        raise CliError(
+            "no taskgraph cluster is running on this host; start one with "
+            "'taskgraph start --head', or pass --address HOST:PORT to look at another"
+        )
+    return str(running[0]["address"])
+
+
+def _status_text(address: str, nodes: list[dict[str, Any]]) -> str:
+    count = f"{len(nodes)} node" + ("" if len(nodes) == 1 else "s")
+    lines = [f"taskgraph cluster at {address}: {count} (resources used/total)"]
+    total: dict[str, float] = {}
+    available: dict[str, float] = {}
+    for node in nodes:
+        lines += ["", f"Node {node['node_id']}  host {node['host']}  pid {node['pid']}"]
+        lines += _resource_lines(node["resources"], node["available"])
+        for name, amount in node["resources"].items():
+            total[name] = total.get(name, 0.0) + amount
+            available[name] = available.get(name, 0.0) + node["available"].get(name, 0.0)
+    if not nodes:
+        lines += ["", "No worker has joined yet: add one with 'taskgraph start --address ...'."]
+    lines += ["", "Total"]
+    lines += _resource_lines(total, available)
+    return "\n".join(lines)
+
+
+def _resource_lines(total: dict[str, float], available: dict[str, float]) -> list[str]:
+    width = max((len(n) for n in total), default=0)
+    lines = []
+    for name in _resource_order(total):
+        used = max(total[name] - available.get(name, 0.0), 0.0)
+        lines.append(f"    {name:<{width}}  {_amount(name, used)}/{_amount(name, total[name])}")
+    return lines or ["    (no resources)"]
+
+
+def _resources_line(resources: dict[str, float]) -> str:
+    return ", ".join(f"{_amount(n, resources[n])} {n}" for n in _resource_order(resources))
+
+
+def _resource_order(resources: dict[str, float]) -> list[str]:
+    first = [n for n in ("CPU", "GPU", "memory", "object_store_memory") if n in resources]
+    return first + sorted(n for n in resources if n not in first)
+
+
+def _amount(name: str, value: float) -> str:
+    if name in ("memory", "object_store_memory"):
+        return _bytes(value)
+    return f"{value:g}"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# -- shared --------------------------------------------------------------------
+
+
+@contextmanager
+def _connected(address: str, token: str) -> Iterator[Client]:
+    """A client of the cluster at ``address``; connection failures become CliErrors."""
+    try:
+        _api.init(address, token=token)
+    except AuthenticationError:
+        raise CliError(
+            f"authentication with the cluster at {address} failed: the token is wrong (or the "
+            "scheduler runs another taskgraph version). Pass the token that 'taskgraph start "
+            f"--head' printed with --token, or set {config.TOKEN_ENV}"
+        ) from None
+    except ConnectionError as exc:
+        raise CliError(f"cannot connect to the cluster at {address}: {exc}") from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        yield _api.client()
+    finally:
+        _api.shutdown()
+
+
+def _normalize_address(text: str) -> str:
+    try:
+        return str(parse_address(text))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        text = log.read_text(errors="replace").rstrip()
+    except OSError:
+        return f"    (no log at {log})"
+    shown = text.splitlines()[-lines:] or ["(the log is empty)"]
+    return "\n".join(f"    {line}" for line in shown) + f"\n  (full log: {log})"
+
+
+# -- arguments -----------------------------------------------------------------
+
+
+def _resources_arg(text: str) -> dict[str, float]:
+    try:
+        return config.parse_resources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative number")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskgraph",
+        description="Start, inspect and stop taskgraph clusters.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  taskgraph start --head --num-cpus 4             a cluster on this host\n"
+            "  taskgraph start --address HEAD:8786 --token T   add this host to it\n"
+            "  taskgraph status                                its nodes and resources\n"
+            "  taskgraph stop                                  stop what start started here\n"
+            "\n"
+            'Then, in Python on the head host: tg.init("auto").'
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_start(commands)
+    _add_stop(commands)
+    _add_status(commands)
+    return parser
+
+
+def _add_start(commands: Any) -> None:
+    p = commands.add_parser(
+        "start",
+        help="start a cluster (--head) or add a worker to one (--address)",
+        description=(
+            "Start a scheduler and a worker on this host (--head), or a worker that joins "
+            "the scheduler at --address. They run in the background until 'taskgraph stop'; "
+            "their output goes to logs/ in the state directory ($TASKGRAPH_STATE_DIR, "
+            "default /tmp/taskgraph-<uid>)."
+        ),
+    )
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--head", action="store_true", help="start a new cluster on this host")
+    role.add_argument(
+        "--address", metavar="HOST:PORT", help="join the cluster whose scheduler is at HOST:PORT"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="with --head: interface the scheduler listens on (0.0.0.0: all; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"with --head: the scheduler's port (default {DEFAULT_PORT}; 0: any free port)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help=f"cluster token (default: {config.TOKEN_ENV}; with --head, a new one if unset; "
+        "with --address, the one recorded on this host)",
+    )
+    p.add_argument(
+        "--num-cpus",
+        type=_non_negative,
+        metavar="N",
+        default=None,
+        help="CPUs the worker offers (default: all)",
+    )
+    p.add_argument(
+        "--num-gpus",
+        type=_non_negative,
+        metavar="N",
+        default=None,
+        help="GPUs the worker offers (default: detected)",
+    )
+    p.add_argument(
+        "--memory",
+        type=_non_negative,
+        metavar="BYTES",
+        default=None,
+        help="bytes of memory the worker offers to tasks (default: 70%% of available)",
+    )
+    p.add_argument(
+        "--resources",
+        type=_resources_arg,
+        default={},
+        metavar="JSON",
+        help='custom resources the worker offers, e.g. \'{"disk": 1, "TPU": 4}\'',
+    )
+    p.add_argument(
+        "--timeout",
+        type=_non_negative,
+        metavar="SECONDS",
+        default=START_TIMEOUT,
+        help=f"seconds to wait for the processes to come up (default {START_TIMEOUT:g})",
+    )
+    p.set_defaults(func=cmd_start)
+
+
+def _add_stop(commands: Any) -> None:
+    p = commands.add_parser(
+        "stop",
+        help="stop every process 'taskgraph start' started on this host",
+        description=(
+            "Stop the schedulers and workers started on this host by 'taskgraph start' "
+            "(and schedulers started by hand with taskgraph-scheduler): SIGTERM, then "
+            "SIGKILL after --timeout. Removes their records and the shared memory their "
+            "workers left. Stopping a scheduler also tells workers on other hosts to exit."
+        ),
+    )
+    p.add_argument(
+        "--timeout",
+        type=_non_negative,
+        metavar="SECONDS",
+        default=STOP_TIMEOUT,
+        help=f"seconds to wait after SIGTERM before SIGKILL (default {STOP_TIMEOUT:g})",
+    )
+    p.add_argument("--force", action="store_true", help="SIGKILL at once")
+    p.set_defaults(func=cmd_stop)
+
+
+def _add_status(commands: Any) -> None:
+    p = commands.add_parser(
+        "status",
+        help="show the cluster's nodes and resources",
+        description=(
+            "Show each node of a running cluster with its resources used/total, and the "
+            "totals. Looks at the cluster started on this host unless --address is given."
+        ),
+    )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        default=None,
+        help=f"the scheduler (default: {config.ADDRESS_ENV}, or the cluster started here)",
+    )
+    p.add_argument(
+        "--token", default=None, help=f"cluster token (default: {config.TOKEN_ENV} or recorded)"
+    )
+    p.add_argument("--json", action="store_true", help="print the nodes as JSON")
+    p.set_defaults(func=cmd_status)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    # An exception, unlike the default action, lets 'start' stop what it started.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"taskgraph {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"taskgraph {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
