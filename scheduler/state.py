@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskgraph.scheduler import placement
-
 from taskgraph import _wire as w
 from taskgraph.exceptions import (
     NodeDiedError,
@@ -39,6 +37,8 @@ from taskgraph.exceptions import (
     TaskgraphError,
     WorkerCrashedError,
 )
+from taskgraph.scheduler import placement
+from taskgraph.scheduler.actors import Actors, is_call
 
 # -- events ------------------------------------------------------------------
 
@@ -210,6 +210,7 @@ class SchedulerState:
         self._assignments: dict[str, list[w.Assignment]] = {}
         self._dirty = False  # capacity or ready tasks changed: try to place
         self._failing: deque[tuple[Task, bytes | None]] = deque()
+        self.actors = Actors(self)
 
     # -- entry point -----------------------------------------------------
 
@@ -328,6 +329,14 @@ class SchedulerState:
             obj = self.objects.get(oid)
             if obj is not None:
                 obj.refs += 1
+        if spec.actor is not None:
+            self.actors.created(task)
+        elif is_call(spec):
+            dead = self.actors.call_error(spec)
+            if dead is not None:
+                self._transition(task, "erred", dead)
+                return
+            self.actors.call_submitted(task)
         if missing is not None:
             err = ObjectLostError(missing.hex(), "it was freed before the task that needs it ran")
             self._transition(task, "erred", error_bytes(err))
@@ -341,6 +350,29 @@ class SchedulerState:
             self._transition(task, "waiting")
         else:
             self._transition(task, "ready")
+
+    def _resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None:
+        """Restart an actor: its creation task again, with the arguments it kept alive."""
+        task = Task(spec=spec, owner=owner, need=dict(spec.resources))
+        task.shape = (tuple(sorted(task.need.items())), spec.strategy)
+        self.tasks[spec.task_id] = task
+        for oid in (*spec.deps, *spec.nested):
+            self.objects[oid].refs += 1
+        failed = next((self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None)
+        if failed is not None:
+            self._transition(task, "erred", failed.error)
+        else:
+            self._transition(task, "ready")
+
+    def _on_create_named_actor(self, client: ClientRec, msg: w.CreateNamedActor) -> None:
+        reply = self.actors.create_named(client.client_id, msg)
+        if "error" not in reply and not reply.get("existing"):
+            self._submit(client, msg.spec)
+        # With an existing actor the caller borrows its anchor with an AcquireRefs.
+        self._send_client(client.client_id, w.QueryReply(msg.request_id, reply))
+
+    def _on_kill_actor(self, client: ClientRec, msg: w.KillActor) -> None:
+        self.actors.kill(msg)
 
     @staticmethod
     def _dep_failed(obj: Obj) -> bool:
@@ -468,7 +500,8 @@ class SchedulerState:
         worker.available["CPU"] = worker.available.get("CPU", 0.0) - task.need.get("CPU", 0.0)
 
     def _on_query(self, client: ClientRec, msg: w.Query) -> None:
-        self._send_client(client.client_id, w.QueryReply(msg.request_id, self.query(msg.what)))
+        result = self.query(msg.what, msg.arg)
+        self._send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
     def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
         self._client_left(client.client_id)
@@ -485,6 +518,8 @@ class SchedulerState:
         w.TaskBlocked: _on_blocked,
         w.TaskUnblocked: _on_unblocked,
         w.Query: _on_query,
+        w.CreateNamedActor: _on_create_named_actor,
+        w.KillActor: _on_kill_actor,
         w.Goodbye: _on_goodbye,
     }
 
@@ -501,6 +536,10 @@ class SchedulerState:
     # -- workers ---------------------------------------------------------
 
     def _worker_joined(self, info: w.WorkerInfo) -> None:
+        if info.worker_id in self.workers:
+            # A worker restarted under its old id before its old connection was
+            # seen to drop: what ran and was stored there is gone all the same.
+            self._worker_left(info.worker_id, "it joined again")
         total = dict(info.resources)
         gpus = int(total.get("GPU", 0))
         self.workers[info.worker_id] = WorkerRec(
@@ -520,6 +559,10 @@ class SchedulerState:
                 self._client_message(client, inner)
         elif isinstance(msg, w.ClientGone):
             self._client_left(msg.client_id)
+        elif isinstance(msg, w.ActorDied):
+            self.actors.died(msg)
+        elif isinstance(msg, w.ActorStarted):
+            self.actors.started(msg)
         elif isinstance(msg, w.Heartbeat):
             worker.executors = msg.executors
         else:
@@ -531,6 +574,7 @@ class SchedulerState:
             return
         for client_id in [c.client_id for c in self.clients.values() if c.via_worker == worker_id]:
             self._client_left(client_id)
+        self.actors.worker_left(worker)
         for task_id in list(worker.running):
             task = self.tasks[task_id]
             task.worker = None
@@ -560,6 +604,9 @@ class SchedulerState:
         task = self.tasks.get(result.task_id)
         if task is None or task.state != "processing" or task.worker != worker.worker_id:
             return  # stale report of a task that moved on (e.g. retried elsewhere)
+        if task.spec.actor is not None:
+            self.actors.creation_done(worker, task, result)
+            return
         self._release_resources(worker, task)
         if not result.failure:
             self._transition(task, "memory", result)
@@ -610,6 +657,9 @@ class SchedulerState:
 
     def _to_ready(self, task: Task) -> None:
         task.state = "ready"
+        if is_call(task.spec):
+            self.actors.call_ready(task)  # an actor's queue, not the placement queues
+            return
         queue = self.queues.get(task.shape)
         if queue is None:
             queue = self.queues[task.shape] = deque()
@@ -630,7 +680,7 @@ class SchedulerState:
             worker.gpu_free[gpu] -= 1.0 if share >= 1 else share
         spec = task.spec
         function = b""
-        if spec.function_id not in worker.functions:
+        if spec.function_id and spec.function_id not in worker.functions:
             function = self.functions.get(spec.function_id, b"")
             if function:  # not exported yet: send it with a later task
                 worker.functions.add(spec.function_id)
@@ -670,6 +720,8 @@ class SchedulerState:
     def _forget(self, task: Task) -> None:
         """A finished task lets go of its arguments and leaves the table."""
         self.tasks_finished += 1
+        if is_call(task.spec):
+            self.actors.call_finished(task)
         for oid in task.spec.deps:
             if oid in self.objects:
                 if oid in task.waiting_on:
@@ -693,8 +745,14 @@ class SchedulerState:
         for oid in task.items:
             obj = self.objects.get(oid)
             if obj is not None and obj.state == "pending":
-                # Waited for but never yielded: readers learn the end from the count.
-                del self.objects[oid]
+                # Never yielded. A reader of the generator learns the end from the
+                # count; whoever else holds or awaits the item gets an error.
+                lost = ObjectLostError(
+                    oid.hex(), f"generator task '{task.spec.name}' ended without yielding it"
+                )
+                self._object_failed(obj, error_bytes(lost))
+                if obj.refs == 0:
+                    self._free(obj)
 
     # -- objects ---------------------------------------------------------
 
@@ -748,6 +806,8 @@ class SchedulerState:
         while doomed:
             obj = doomed.pop()
             del self.objects[obj.id]
+            if obj.id[12:] == b"\1\0\0\0" and obj.id[:12] + b"\0\0\0\0" in self.actors.actors:
+                self.actors.anchor_freed(obj.id)
             if obj.location is not None:
                 worker = self.workers.get(obj.location.worker_id)
                 if worker is not None:
@@ -818,7 +878,7 @@ class SchedulerState:
 
     # -- snapshots -------------------------------------------------------
 
-    def query(self, what: str) -> Any:
+    def query(self, what: str, arg: Any = None) -> Any:
         if what == "nodes":
             return [
                 {
@@ -840,6 +900,10 @@ class SchedulerState:
             )
         if what == "statistics":
             return self.statistics()
+        if what == "get_actor":
+            return self.actors.get(arg)
+        if what == "actors":
+            return [self.actors.describe(r) for r in self.actors.actors.values()]
         raise ValueError(f"unknown query {what!r}")
 
     def statistics(self) -> dict[str, Any]:
@@ -881,7 +945,9 @@ class SchedulerState:
                 for oid in task.waiting_on:
                     assert self.objects[oid].state == "pending"
                     assert task in self.objects[oid].dependents
-            if task.state == "ready":
+            if task.state == "ready" and is_call(task.spec):
+                assert task in self.actors.actors[task.spec.actor_id].calls, "ready call not queued"
+            elif task.state == "ready":
                 assert task in self.queues.get(task.shape, ()), "ready task not queued"
             if task.state == "processing":
                 assert task.worker in self.workers, "processing on unknown worker"
@@ -895,6 +961,7 @@ class SchedulerState:
             else:
                 assert obj.refs > 0, "finished object with no holder was not freed"
                 assert not obj.waiters and not obj.dependents
+        self.actors.holds(refs)
         for oid, count in refs.items():
             assert self.objects[oid].refs == count, (
                 f"object {oid.hex()} counts {self.objects[oid].refs} holders, has {count}"
@@ -908,12 +975,14 @@ class SchedulerState:
                     if name == "CPU" and task.blocked:
                         continue
                     used[name] = used.get(name, 0.0) + amount
+            self.actors.used(worker.worker_id, used)
             for name, total in worker.total.items():
                 expect = total - used.get(name, 0.0)
                 got = worker.available.get(name, 0.0)
                 assert abs(got - expect) < 1e-6, f"{worker.worker_id} {name}: {got} != {expect}"
             for free in worker.gpu_free:
                 assert -1e-6 <= free <= 1 + 1e-6
+        self.actors.validate()
         if not self._dirty and self.workers:
             for queue in self.queues.values():
                 for task in queue:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskgraph import exceptions
+from taskgraph import actor, exceptions
 from taskgraph._api import (
     ClusterContext,
     RuntimeContext,
@@ -34,6 +34,7 @@ from taskgraph._api import (
 from taskgraph._executor import Executor
 from taskgraph._object_ref import ObjectRef
 from taskgraph._remote_function import RemoteFunction
+from taskgraph.actor import ActorClass, ActorHandle, get_actor, kill, method
 
 __version__ = "0.1.0"
 
@@ -55,26 +56,32 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise NotImplementedError("actors (@remote on a class) are not available yet")
+        return ActorClass(target, options)
     return RemoteFunction(target, options)
 
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ClusterContext",
     "Executor",
     "ObjectRef",
     "RemoteFunction",
     "RuntimeContext",
+    "actor",
     "as_completed",
     "available_resources",
     "cancel",
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

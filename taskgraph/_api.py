@@ -37,6 +37,7 @@ class TaskContext:
     worker_id: str
     resources: dict[str, float]
     gpu_ids: list[int] = field(default_factory=list)
+    actor_id: bytes = b""
 
 
 _task_context: TaskContext | None = None
@@ -289,7 +290,10 @@ def wait(
         raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
     if not refs:
         return [], []
-    arrived = client().wait_values([r.id for r in refs], num_returns, timeout) or []
+    c = client()
+    arrived = c.wait_values([r.id for r in refs], num_returns, timeout)
+    if arrived is None:  # timed out: whatever is here by now is ready
+        arrived = [r.id for r in refs if c.peek(r.id) is not None]
     here = set(arrived)
     ready = [r for r in refs if r.id in here][:num_returns]
     taken = {r.id for r in ready}
@@ -367,6 +371,11 @@ class RuntimeContext:
         if self._task is not None:
             return self._task.worker_id
         return f"driver/{os.getpid()}"
+
+    def get_actor_id(self) -> str | None:
+        if self._task is not None and self._task.actor_id:
+            return self._task.actor_id.hex()
+        return None
 
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self._task.resources) if self._task is not None else {}

@@ -281,12 +281,18 @@ class Client:
             self._queue(w.CancelTasks([r.id for r in refs], force, recursive))
         self.flush()
 
-    def query(self, what: str, timeout: float = 30.0) -> Any:
+    def query(self, what: str, arg: Any = None, timeout: float = 30.0) -> Any:
+        return self.request(w.Query(0, what, arg), timeout)
+
+    def request(self, msg: w.Query | w.CreateNamedActor, timeout: float = 30.0) -> Any:
+        """Send a message that the scheduler answers with a QueryReply; wait for it."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
-            request_id = next(self._query_ids)
-            self._queries[request_id] = fut
-            self._queue(w.Query(request_id, what))
+            if self.broken is not None:
+                raise ConnectionError(self.broken)
+            msg.request_id = next(self._query_ids)
+            self._queries[msg.request_id] = fut
+            self._queue(msg)
         self.flush()
         return fut.result(timeout)
 

@@ -79,12 +79,12 @@ class LocalCluster:
                 )
 
     def close(self, timeout: float = 10.0) -> None:
+        # The worker first, so it does not see its scheduler vanish and complain.
         procs = [p for p in (self.worker, self.scheduler) if p is not None]
+        deadline = time.monotonic() + timeout
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + timeout
-        for proc in procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

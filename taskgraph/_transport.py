@@ -31,6 +31,7 @@ from taskgraph import _wire as w
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 
 HANDSHAKE_TIMEOUT = 10.0
+HELLO_LIMIT = 64 * 1024  # an unauthenticated peer may not make us buffer more
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,11 @@ def connect_blocking(
 # -- Tornado flavour ---------------------------------------------------------
 
 
-async def read_batch(stream: IOStream) -> list[Any]:
+async def read_batch(stream: IOStream, limit: int = w.MAX_FRAME) -> list[Any]:
     header = await stream.read_bytes(4)
     n = w.frame_length(header)
+    if n > limit:
+        raise ProtocolError(f"a {n}-byte frame is over the {limit}-byte limit here")
     body = await stream.read_bytes(n) if n else b""
     return w.decode(body)
 
@@ -184,7 +187,7 @@ async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -
     nonce = os.urandom(32)
     write_batch(stream, [w.Challenge(nonce)])
     try:
-        msgs = await asyncio.wait_for(read_batch(stream), HANDSHAKE_TIMEOUT)
+        msgs = await asyncio.wait_for(read_batch(stream, HELLO_LIMIT), HANDSHAKE_TIMEOUT)
         hello = check_hello(msgs, token, nonce)
     except (AuthenticationError, ProtocolError) as exc:
         reason = getattr(exc, "reason", "") or str(exc)

@@ -91,6 +91,22 @@ class WorkerInfo(Msg):
     pid: int = 0
 
 
+class ActorSpec(Msg):
+    """What an actor creation task carries beyond a task's fields."""
+
+    class_name: str
+    methods: dict[str, int]  # method name -> num_returns
+    hold: dict[str, float] = {}  # resources held while alive (creation places with spec's)
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    max_concurrency: int = 1
+    is_async: bool = False
+    name: str = ""
+    namespace: str = ""
+    detached: bool = False
+    get_if_exists: bool = False
+
+
 class TaskSpec(Msg):
     """One node of the task graph, as the client records it."""
 
@@ -107,6 +123,9 @@ class TaskSpec(Msg):
     strategy: str = "DEFAULT"  # "DEFAULT" | "SPREAD" | "node:<id>" | "node?:<id>" (soft)
     parent: bytes = b""  # task that submitted it, for recursive cancel
     generator: bool = False
+    actor_id: bytes = b""  # set on actor creation and method call tasks
+    method: str = ""  # the method a call runs; "" on the creation task
+    actor: ActorSpec | None = None  # set on the creation task only
 
 
 class Value(Msg):
@@ -188,8 +207,21 @@ class TaskUnblocked(Msg):
 
 class Query(Msg):
     request_id: int
-    what: str  # "nodes" | "cluster_resources" | "available_resources" | "statistics"
-    arg: str = ""
+    what: str  # "nodes" | "cluster_resources" | "available_resources" | "statistics" | ...
+    arg: Any = None
+
+
+class CreateNamedActor(Msg):
+    """A named actor's creation waits for the scheduler's word: the name may be taken."""
+
+    request_id: int
+    spec: TaskSpec
+
+
+class KillActor(Msg):
+    actor_id: bytes
+    no_restart: bool = True
+    graceful: bool = False
 
 
 class Goodbye(Msg):
@@ -263,6 +295,17 @@ class CancelRunning(Msg):
     force: bool = False
 
 
+class ActorDied(Msg):
+    actor_id: bytes
+    exit_code: int
+    pid: int = 0
+
+
+class ActorStarted(Msg):
+    actor_id: bytes
+    pid: int
+
+
 class Heartbeat(Msg):
     running: int = 0
     executors: int = 0
@@ -300,6 +343,8 @@ ClientMessage = (
     | TaskBlocked
     | TaskUnblocked
     | Query
+    | CreateNamedActor
+    | KillActor
     | Goodbye
 )
 ToClientMessage = ObjectsReady | Notice | QueryReply
@@ -318,6 +363,8 @@ AnyMessage = (
     | ClientGone
     | FreeObjects
     | CancelRunning
+    | ActorDied
+    | ActorStarted
     | Heartbeat
     | Shutdown
     | ExecutorHello

@@ -43,6 +43,7 @@ from taskgraph.worker.state import (
     ExecutorFinished,
     ExecutorReady,
     Instruction,
+    KillActorRequested,
     SignalExecutor,
     SpawnExecutor,
     TasksAssigned,
@@ -88,6 +89,7 @@ class WorkerDaemon:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.executor_streams: dict[int, IOStream] = {}
         self.by_client: dict[bytes, int] = {}
+        self._exit_codes: dict[int, int] = {}  # exited, stream not yet drained
         self.scheduler: IOStream | None = None
         self._outbox: list[Any] = []
         self._flush_scheduled = False
@@ -167,6 +169,8 @@ class WorkerDaemon:
                     store.unlink(name)
         elif isinstance(msg, w.CancelRunning):
             self._carry_out(self.state.handle(CancelRequested(msg.task_id, msg.force)))
+        elif isinstance(msg, w.KillActor):
+            self._carry_out(self.state.handle(KillActorRequested(msg.actor_id, msg.graceful)))
         elif isinstance(msg, w.Shutdown):
             IOLoop.current().add_callback(self.stop)
         else:
@@ -225,9 +229,13 @@ class WorkerDaemon:
 
     def _executor_exited(self, executor_id: int, code: int) -> None:
         self.processes.pop(executor_id, None)
-        stream = self.executor_streams.pop(executor_id, None)
-        if stream is not None:
-            stream.close()
+        if executor_id in self.executor_streams:
+            # What it sent before exiting is still being read; report the exit after.
+            self._exit_codes[executor_id] = code
+            return
+        self._report_exit(executor_id, code)
+
+    def _report_exit(self, executor_id: int, code: int) -> None:
         self.by_client = {c: e for c, e in self.by_client.items() if e != executor_id}
         if self._stopping or executor_id not in self.state.executors:
             return
@@ -268,6 +276,12 @@ class WorkerDaemon:
                     relay = []
         except (StreamClosedError, ProtocolError):
             stream.close()
+        finally:
+            self.executor_streams.pop(executor_id, None)
+            code = self._exit_codes.pop(executor_id, None)
+            if code is not None:
+                self._report_exit(executor_id, code)
+            # else the process lives on for a moment; its reaper reports the exit
 
 
 def default_resources(

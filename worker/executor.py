@@ -27,8 +27,10 @@ from taskgraph import _wire as w
 from taskgraph._client import Client
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
+from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import TaskCancelledError, TaskgraphError
-from taskgraph.scheduler.state import generator_item_id
+from taskgraph.scheduler.state import generator_item_id, return_ids
+from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
 
 
 class _Cancelled(BaseException):
@@ -43,6 +45,10 @@ class Executor:
         self.functions: dict[bytes, Any] = {}
         self.tasks: queue.SimpleQueue[w.Assignment | None] = queue.SimpleQueue()
         self.running = False
+        self.actor: ActorRuntime | None = None
+        self.actor_id = b""
+        self.gpu_ids: list[int] = []  # an actor's, for its whole life
+        self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -73,55 +79,131 @@ class Executor:
             assignment = self.tasks.get()
             if assignment is None:
                 return
-            result = self.run(assignment)
-            self.client.send_soon(w.Executed(result))
-            self.client.flush()
+            spec = assignment.spec
+            if spec.actor is not None:
+                self.report(self.create_actor(assignment))
+            elif spec.actor_id:
+                assert self.actor is not None, "a method call reached a process with no actor"
+                self.actor.submit(assignment)
+            else:
+                self.report(self.call(assignment, self._function(assignment)))
 
-    def run(self, a: w.Assignment) -> w.TaskResult:
+    def report(self, result: w.TaskResult) -> None:
+        """Hand a result back after everything the task sent (one ordered stream)."""
+        self.client.send_soon(w.Executed(result))
+        self.client.flush()
+
+    def _function(self, a: w.Assignment) -> Any:
+        fn = self.functions.get(a.spec.function_id)
+        if fn is None:
+            fn = self.functions[a.spec.function_id] = serialization.loads_function(a.function)
+        return fn
+
+    def create_actor(self, a: w.Assignment) -> w.TaskResult:
         spec = a.spec
-        context = _api.TaskContext(
-            task_id=spec.task_id,
-            node_id=self.worker_id,
-            worker_id=self.executor_id,
-            resources=dict(spec.resources),
-            gpu_ids=list(a.gpu_ids),
-        )
-        saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        assert spec.actor is not None
         try:
-            fn = self.functions.get(spec.function_id)
-            if fn is None:
-                fn = self.functions[spec.function_id] = serialization.loads_function(a.function)
-            inputs = {v.object_id: v for v in a.inputs}
-            args, kwargs = serialization.loads(spec.args)
-            args = [self._resolve(x, inputs) for x in args]
-            kwargs = {k: self._resolve(v, inputs) for k, v in kwargs.items()}
-            if a.gpu_ids:
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
-            _api.set_task_context(context)
+            cls = self._function(a)
+            args, kwargs = self._arguments(a)
+            self.actor_id = spec.actor_id
+            self._enter(a)
+            try:
+                instance = cls(*args, **kwargs)
+            finally:
+                self._leave(a, keep_gpus=True)
+        except BaseException as exc:  # the constructor's failure is the actor's
+            return w.TaskResult(
+                spec.task_id, error=creation_error(spec.actor.class_name, exc), failure="task"
+            )
+        self.actor = ActorRuntime(self, instance, spec.actor)
+        # The daemon asks an actor to end with SIGTERM (its last handle is gone):
+        # a graceful end, atexit handlers included. kill() uses SIGKILL.
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.actor and self.actor.exit_now())
+        return self.returns_none(a)
+
+    def returns_none(self, a: w.Assignment) -> w.TaskResult:
+        none = serialization.dumps(None)[0]
+        oids = return_ids(a.spec.task_id, a.spec.num_returns)
+        return w.TaskResult(a.spec.task_id, returns=[w.ReturnValue(o, data=none) for o in oids])
+
+    def _arguments(self, a: w.Assignment) -> tuple[list[Any], dict[str, Any]]:
+        inputs = {v.object_id: v for v in a.inputs}
+        args, kwargs = serialization.loads(a.spec.args)
+        return (
+            [self._resolve(x, inputs) for x in args],
+            {k: self._resolve(v, inputs) for k, v in kwargs.items()},
+        )
+
+    def _enter(self, a: w.Assignment) -> None:
+        spec = a.spec
+        _api.set_task_context(
+            _api.TaskContext(
+                task_id=spec.task_id,
+                node_id=self.worker_id,
+                worker_id=self.executor_id,
+                resources=dict(spec.resources),
+                gpu_ids=list(a.gpu_ids) or self.gpu_ids,
+                actor_id=self.actor_id,
+            )
+        )
+        if a.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
+        if not spec.actor_id:
+            # Only plain tasks hold CPUs that a blocking get() can lend out.
             self.client.current_task = spec.task_id
             self.running = True
+
+    def _leave(self, a: w.Assignment, keep_gpus: bool = False) -> None:
+        self.running = False
+        self.client.current_task = None
+        if not self.actor_id:
+            _api.set_task_context(None)
+        if keep_gpus:
+            self.gpu_ids = list(a.gpu_ids)
+        elif a.gpu_ids:
+            if self.saved_cuda is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = self.saved_cuda
+
+    def call(self, a: w.Assignment, fn: Any) -> w.TaskResult:
+        """Run a task or a sequential/threaded actor call; its failure becomes data."""
+        spec = a.spec
+        try:
+            args, kwargs = self._arguments(a)
+            self._enter(a)
             try:
                 out = fn(*args, **kwargs)
                 if spec.generator:
                     out = self._stream(spec, out)
             finally:
-                self.running = False
-                self.client.current_task = None
+                self._leave(a)
             return w.TaskResult(spec.task_id, returns=self._pack(spec, out))
-        except _Cancelled:
+        except BaseException as exc:
+            return self._failed(a, exc)
+
+    async def call_async(self, a: w.Assignment, method: Any) -> w.TaskResult:
+        spec = a.spec
+        try:
+            args, kwargs = self._arguments(a)
+            out = method(*args, **kwargs)
+            if inspect.isawaitable(out):
+                out = await out
+            return w.TaskResult(spec.task_id, returns=self._pack(spec, out))
+        except BaseException as exc:
+            return self._failed(a, exc)
+
+    def _failed(self, a: w.Assignment, exc: BaseException) -> w.TaskResult:
+        spec = a.spec
+        if isinstance(exc, _Cancelled):
             err = TaskCancelledError(spec.name, spec.task_id.hex())
             return w.TaskResult(spec.task_id, error=pickle.dumps(err), failure="cancelled")
-        except BaseException as exc:  # a task's failure is data, whatever it is
-            return w.TaskResult(
-                spec.task_id, error=serialization.dumps_error(exc, spec.name), failure="task"
-            )
-        finally:
-            _api.set_task_context(None)
-            if a.gpu_ids:
-                if saved_cuda is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
+        if isinstance(exc, _ActorExit) and self.actor is not None:
+            self.actor.exiting = True
+            return self.returns_none(a)
+        return w.TaskResult(
+            spec.task_id, error=serialization.dumps_error(exc, spec.name), failure="task"
+        )
 
     def _stream(self, spec: w.TaskSpec, items: Any) -> int:
         """Send each item of a generator task as it is produced; return the count."""
@@ -154,14 +236,10 @@ class Executor:
                     + (f" of length {len(out)}" if isinstance(out, tuple | list) else "")
                 )
             outs = list(out)
-        base = spec.task_id[:12]
+        what = f"the return value of task '{spec.name}'"
         return [
-            self.client.encode_value(
-                base + (i + 1).to_bytes(4, "little"),
-                value,
-                f"the return value of task '{spec.name}'",
-            )
-            for i, value in enumerate(outs)
+            self.client.encode_value(oid, value, what)
+            for oid, value in zip(return_ids(spec.task_id, n), outs, strict=True)
         ]
 
 

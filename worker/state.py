@@ -61,6 +61,12 @@ class CancelRequested:
     force: bool
 
 
+@dataclass(frozen=True, slots=True)
+class KillActorRequested:
+    actor_id: bytes
+    graceful: bool
+
+
 Event = (
     TasksAssigned
     | ExecutorStarted
@@ -68,6 +74,7 @@ Event = (
     | ExecutorFinished
     | ExecutorDied
     | CancelRequested
+    | KillActorRequested
 )
 
 # -- instructions ------------------------------------------------------------
@@ -108,6 +115,8 @@ class Executor:
     task_name: str = ""
     cancelling: bool = False
     functions: set[bytes] = field(default_factory=set)
+    actor_id: bytes = b""  # a dedicated actor process: never idle, never in the pool
+    backlog: list[w.Assignment] = field(default_factory=list)  # calls before it started
 
 
 class WorkerState:
@@ -118,6 +127,7 @@ class WorkerState:
         self.queue: deque[w.Assignment] = deque()
         self.functions: dict[bytes, bytes] = {}
         self.running: dict[bytes, int] = {}  # task id -> executor id
+        self.actors: dict[bytes, int] = {}  # actor id -> its executor id
         self.tasks_done = 0
         self._next_executor = 0
 
@@ -130,23 +140,43 @@ class WorkerState:
             for a in event.assignments:
                 if a.function:
                     self.functions[a.spec.function_id] = a.function
-                self.queue.append(a)
+                if a.spec.actor_id:
+                    out.extend(self._actor_assignment(a))
+                else:
+                    self.queue.append(a)
         elif isinstance(event, ExecutorStarted):
             pass
         elif isinstance(event, ExecutorReady):
             ex = self.executors[event.executor_id]
-            ex.state, ex.pid, ex.client_id = "idle", event.pid, event.client_id
+            ex.pid, ex.client_id = event.pid, event.client_id
+            if ex.actor_id:
+                ex.state = "actor"
+                out.append(ToScheduler(w.ActorStarted(ex.actor_id, ex.pid)))
+                out.extend(ToExecutor(ex.executor_id, w.Execute(a)) for a in ex.backlog)
+                ex.backlog.clear()
+            else:
+                ex.state = "idle"
+        elif isinstance(event, ExecutorFinished) and self.executors[event.executor_id].actor_id:
+            out.append(ToScheduler(w.TasksDone([event.result])))
         elif isinstance(event, ExecutorFinished):
             ex = self.executors[event.executor_id]
             result = event.result
             if ex.cancelling and result.failure == "task":
-                result.failure = "cancelled"
+                # What the task raised is the interrupt we sent; the caller
+                # should see that the task was cancelled.
+                err = TaskCancelledError(ex.task_name, result.task_id.hex())
+                result = w.TaskResult(result.task_id, error=pickle.dumps(err), failure="cancelled")
             self._finish(ex)
             out.append(ToScheduler(w.TasksDone([result])))
         elif isinstance(event, ExecutorDied):
             out.extend(self._executor_died(event))
         elif isinstance(event, CancelRequested):
             out.extend(self._cancel(event))
+        elif isinstance(event, KillActorRequested):
+            executor_id = self.actors.get(event.actor_id)
+            if executor_id is not None:
+                signum = signal.SIGTERM if event.graceful else signal.SIGKILL
+                out.append(SignalExecutor(executor_id, signum))
         else:  # pragma: no cover
             raise TypeError(f"unknown event {event!r}")
         out.extend(self._dispatch())
@@ -158,11 +188,35 @@ class WorkerState:
         ex.state, ex.task, ex.task_name, ex.cancelling = "idle", None, "", False
         self.tasks_done += 1
 
+    def _actor_assignment(self, a: w.Assignment) -> list[Instruction]:
+        """An actor's creation gets a process of its own; its calls go straight there."""
+        if a.spec.actor is not None:
+            if not a.function:  # the daemon got the class earlier; a new process has not
+                a = w.Assignment(a.spec, a.inputs, self.functions[a.spec.function_id], a.gpu_ids)
+            spawn = self._spawn()
+            ex = self.executors[spawn.executor_id]
+            ex.actor_id = a.spec.actor_id
+            ex.backlog.append(a)
+            self.actors[a.spec.actor_id] = ex.executor_id
+            return [spawn]
+        executor_id = self.actors.get(a.spec.actor_id)
+        if executor_id is None:
+            return []  # the actor died here; the scheduler already knows from ActorDied
+        ex = self.executors[executor_id]
+        if ex.state == "starting":
+            ex.backlog.append(a)
+            return []
+        return [ToExecutor(executor_id, w.Execute(a))]
+
     def _executor_died(self, event: ExecutorDied) -> list[Instruction]:
         ex = self.executors.pop(event.executor_id)
         out: list[Instruction] = []
         if ex.client_id:
             out.append(ToScheduler(w.ClientGone(ex.client_id)))
+        if ex.actor_id:
+            self.actors.pop(ex.actor_id, None)
+            out.append(ToScheduler(w.ActorDied(ex.actor_id, event.exit_code, ex.pid)))
+            return out
         if ex.task is not None:
             self.running.pop(ex.task, None)
             code = event.exit_code
@@ -178,7 +232,7 @@ class WorkerState:
                 failure = "crashed"
             result = w.TaskResult(ex.task, error=pickle.dumps(err), failure=failure, exit_code=code)
             out.append(ToScheduler(w.TasksDone([result])))
-        alive = sum(1 for e in self.executors.values() if e.state != "dead")
+        alive = sum(1 for e in self.executors.values() if not e.actor_id)
         if alive < self.min_executors:
             out.append(self._spawn())
         return out
@@ -214,12 +268,15 @@ class WorkerState:
             ex.state, ex.task, ex.task_name = "busy", a.spec.task_id, a.spec.name
             self.running[a.spec.task_id] = ex.executor_id
             out.append(ToExecutor(ex.executor_id, w.Execute(a)))
-        starting = sum(1 for e in self.executors.values() if e.state == "starting")
+        starting = sum(
+            1 for e in self.executors.values() if e.state == "starting" and not e.actor_id
+        )
         for _ in range(len(self.queue) - starting):
             out.append(self._spawn())
         return out
 
     def _spawn(self) -> SpawnExecutor:
+        """A new executor process (the caller may bind it to an actor)."""
         self._next_executor += 1
         self.executors[self._next_executor] = Executor(self._next_executor)
         return SpawnExecutor(self._next_executor)
@@ -234,7 +291,13 @@ class WorkerState:
         for task_id, executor_id in self.running.items():
             ex = self.executors[executor_id]
             assert ex.state == "busy" and ex.task == task_id
+        for actor_id, executor_id in self.actors.items():
+            assert self.executors[executor_id].actor_id == actor_id
         for ex in self.executors.values():
+            if ex.actor_id:
+                assert ex.state in ("starting", "actor") and ex.task is None
+                assert not ex.backlog or ex.state == "starting"
+                continue
             if ex.state == "busy":
                 assert ex.task is not None and self.running.get(ex.task) == ex.executor_id
             else:

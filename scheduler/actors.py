@@ -1,0 +1,379 @@
+"""The actor part of the scheduler's state machine: pinned, stateful graph nodes.
+
+Pure, like ``state.py``, and driven only by it: ``SchedulerState`` owns an
+``Actors`` and calls it at the few points where actors differ from tasks.
+
+- An actor is born from a *creation task*, placed by resources like any
+  task. When its constructor returns the actor is ``alive`` on that worker,
+  holding its resources (``ActorSpec.hold``) until it dies.
+- Method calls are tasks bound to the actor. They wait in ``calls`` in
+  submission order; the head is handed to the actor's worker as soon as its
+  arguments are ready, so one caller's calls run in its order even when
+  their arguments are still being computed.
+- The creation task's return object is the actor's *anchor*; handles hold
+  it like a ref. When it is freed, the actor is stopped (unless detached).
+- A dead process restarts the actor while ``max_restarts`` allows (its
+  constructor runs again with the same arguments, which the actor keeps
+  alive); calls in flight are retried while ``max_task_retries`` allows.
+
+Actor states::
+
+    pending ──▶ alive ──▶ dead
+        ▲          │
+        └─restarting◀┘
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from taskgraph import _wire as w
+from taskgraph.exceptions import ActorDiedError
+
+if TYPE_CHECKING:
+    from taskgraph.scheduler.state import SchedulerState, Task, WorkerRec
+
+
+def anchor_id(actor_id: bytes) -> bytes:
+    return actor_id[:12] + (1).to_bytes(4, "little")
+
+
+def is_call(spec: w.TaskSpec) -> bool:
+    return bool(spec.actor_id) and spec.actor is None
+
+
+@dataclass(slots=True, eq=False)
+class ActorRec:
+    actor_id: bytes
+    spec: w.TaskSpec  # of the creation task
+    owner: bytes
+    state: str = "pending"  # pending | alive | restarting | dead
+    worker: str | None = None
+    pid: int = 0
+    calls: deque[Task] = field(default_factory=deque)  # not yet handed over, in order
+    running: dict[bytes, Task] = field(default_factory=dict)  # handed over, in order
+    restarts_left: int = 0
+    gpu_ids: list[int] = field(default_factory=list)
+    no_restart: bool = False
+    death: bytes | None = None  # the error later calls get
+
+    @property
+    def actor(self) -> w.ActorSpec:
+        assert self.spec.actor is not None
+        return self.spec.actor
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.actor.namespace, self.actor.name)
+
+
+class Actors:
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+        self.actors: dict[bytes, ActorRec] = {}
+        self.names: dict[tuple[str, str], bytes] = {}
+        self._leaving: WorkerRec | None = None  # the worker being removed, if any
+
+    # -- creation ----------------------------------------------------------
+
+    def create_named(self, client_id: bytes, msg: w.CreateNamedActor) -> dict[str, Any]:
+        """A named actor: created now, or the existing one (get_if_exists), or an error."""
+        spec = msg.spec
+        assert spec.actor is not None
+        key = (spec.actor.namespace, spec.actor.name)
+        existing = self.actors.get(self.names.get(key, b""))
+        if existing is not None:
+            if not spec.actor.get_if_exists:
+                return {
+                    "error": f"an actor named {spec.actor.name!r} already exists in namespace "
+                    f"{spec.actor.namespace!r}; pick another name or pass get_if_exists=True"
+                }
+            return {**self.describe(existing), "existing": True}
+        return {"actor_id": spec.actor_id.hex()}
+
+    def created(self, task: Task) -> None:
+        """A creation task was submitted: the actor exists from now on, pending."""
+        spec = task.spec
+        assert spec.actor is not None
+        rec = ActorRec(spec.actor_id, spec, task.owner, restarts_left=spec.actor.max_restarts)
+        self.actors[spec.actor_id] = rec
+        if spec.actor.name:
+            self.names[rec.key] = rec.actor_id
+        # The actor keeps its constructor's arguments alive for restarts.
+        for oid in (*spec.deps, *spec.nested):
+            obj = self.state.objects.get(oid)
+            if obj is not None:
+                obj.refs += 1
+        if spec.actor.detached:
+            self.state.objects[anchor_id(rec.actor_id)].refs += 1
+
+    def creation_done(self, worker: WorkerRec, task: Task, result: w.TaskResult) -> None:
+        rec = self.actors.get(task.id)
+        gpu_ids = list(task.gpu_ids)
+        self.state._release_resources(worker, task)
+        if rec is None or rec.state == "dead":
+            self.state._transition(task, "erred", rec.death if rec else None)
+            return
+        if result.failure:
+            self._die(rec, result.error or self._died(rec, "its constructor failed"))
+            return
+        rec.state, rec.worker, rec.gpu_ids = "alive", worker.worker_id, gpu_ids
+        self._take(worker, rec)
+        self.state._transition(task, "memory", result)
+        self.dispatch(rec)
+
+    def started(self, msg: w.ActorStarted) -> None:
+        rec = self.actors.get(msg.actor_id)
+        if rec is not None:
+            rec.pid = msg.pid
+
+    # -- calls -------------------------------------------------------------
+
+    def call_error(self, spec: w.TaskSpec) -> bytes | None:
+        """Why a new call fails at once (the actor is dead or unknown), else None."""
+        rec = self.actors.get(spec.actor_id)
+        if rec is None:
+            err = ActorDiedError(spec.actor_id.hex(), "no such actor is alive any more")
+            return pickle.dumps(err)
+        if rec.state == "dead":
+            return rec.death
+        return None
+
+    def call_submitted(self, task: Task) -> None:
+        rec = self.actors[task.spec.actor_id]
+        task.retries_left = rec.actor.max_task_retries
+        rec.calls.append(task)
+
+    def call_ready(self, task: Task) -> None:
+        rec = self.actors.get(task.spec.actor_id)
+        if rec is not None:
+            self.dispatch(rec)
+
+    def call_finished(self, task: Task) -> None:
+        rec = self.actors.get(task.spec.actor_id)
+        if rec is not None:
+            rec.running.pop(task.id, None)
+
+    def dispatch(self, rec: ActorRec) -> None:
+        """Hand calls to the actor from the head of its queue while the head is ready."""
+        if rec.state != "alive":
+            return
+        worker = self.state.workers[rec.worker or ""]
+        while rec.calls:
+            head = rec.calls[0]
+            if head.state in ("waiting",):
+                return
+            rec.calls.popleft()
+            if head.state != "ready":
+                continue  # failed or cancelled while queued
+            rec.running[head.id] = head
+            self.state._transition(head, "processing", worker, [])
+
+    # -- the end -------------------------------------------------------------
+
+    def kill(self, msg: w.KillActor) -> None:
+        rec = self.actors.get(msg.actor_id)
+        if rec is None or rec.state == "dead":
+            return
+        rec.no_restart = rec.no_restart or msg.no_restart
+        creation = self.state.tasks.get(rec.actor_id)
+        if rec.state == "alive" or (creation is not None and creation.state == "processing"):
+            worker = rec.worker or (creation.worker if creation is not None else None)
+            if worker is not None:
+                self.state._send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))
+            return
+        self._die(rec, self._died(rec, "it was killed with kill()"))
+
+    def died(self, msg: w.ActorDied) -> None:
+        """The actor's process exited: restart it, or fail what it had."""
+        rec = self.actors.get(msg.actor_id)
+        if rec is None or rec.state == "dead":
+            return
+        graceful = msg.exit_code == 0
+        if msg.exit_code < 0:
+            how = f"its process died of signal {-msg.exit_code}"
+        else:
+            how = f"its process exited with code {msg.exit_code}"
+        if rec.no_restart:
+            how = "it was killed with kill()"
+        elif graceful:
+            how = "it exited (exit_actor() or __taskgraph_terminate__)"
+        self._lost_process(rec, how, restart=not graceful)
+
+    def worker_left(self, worker: WorkerRec) -> None:
+        """Before the worker's own tasks are dealt with: its actors lost their processes."""
+        self._leaving = worker
+        try:
+            for rec in list(self.actors.values()):
+                creation = self.state.tasks.get(rec.actor_id)
+                placed_there = creation is not None and creation.worker == worker.worker_id
+                if rec.state != "dead" and (rec.worker == worker.worker_id or placed_there):
+                    why = f"its node {worker.worker_id} left the cluster"
+                    self._lost_process(rec, why, restart=True)
+        finally:
+            self._leaving = None
+
+    def _worker(self, worker_id: str | None) -> WorkerRec | None:
+        if self._leaving is not None and self._leaving.worker_id == worker_id:
+            return self._leaving
+        return self.state.workers.get(worker_id or "")
+
+    def _lost_process(self, rec: ActorRec, how: str, restart: bool) -> None:
+        state = self.state
+        creation = state.tasks.get(rec.actor_id)
+        if creation is not None and creation.state == "processing":
+            worker = self._worker(creation.worker)
+            if worker is not None and creation.id in worker.running:
+                state._release_resources(worker, creation)
+        elif rec.state == "alive":
+            self._give_back(rec)
+            rec.state = "restarting"  # no longer holding anything
+        can_restart = restart and not rec.no_restart and rec.restarts_left > 0
+        in_flight = list(rec.running.values())
+        rec.running.clear()
+        for call in in_flight:
+            worker = self._worker(call.worker)
+            if worker is not None:
+                worker.running.discard(call.id)
+        if not can_restart:
+            death = self._died(rec, how)
+            for call in in_flight:
+                state._transition(call, "erred", death)
+            self._die(rec, death)
+            return
+        rec.restarts_left -= 1
+        rec.state, rec.worker, rec.pid = "restarting", None, 0
+        retried: list[Task] = []
+        death = self._died(rec, how)
+        for call in in_flight:
+            if call.retries_left > 0:
+                call.retries_left -= 1
+                retried.append(call)
+            else:
+                state._transition(call, "erred", death)
+        rec.calls.extendleft(reversed(retried))
+        for call in retried:
+            state._transition(call, "ready")
+        if creation is not None and creation.state == "processing":
+            state._transition(creation, "ready")
+        else:
+            state._resubmit_creation(rec.spec, rec.owner)
+
+    def _die(self, rec: ActorRec, death: bytes | None) -> None:
+        state = self.state
+        if rec.state == "alive":
+            self._give_back(rec)
+        rec.state, rec.death, rec.worker = "dead", death, None
+        if self.names.get(rec.key) == rec.actor_id:
+            del self.names[rec.key]
+        calls, rec.calls = list(rec.calls), deque()
+        for call in calls:
+            if call.id in state.tasks and call.state in ("waiting", "ready"):
+                state._transition(call, "erred", death)
+        creation = state.tasks.get(rec.actor_id)
+        if creation is not None:
+            worker = self._worker(creation.worker)
+            if worker is not None and creation.id in worker.running:
+                state._release_resources(worker, creation)
+            state._transition(creation, "erred", death)
+        spec = rec.spec
+        for oid in (*spec.deps, *spec.nested):
+            state._decref(oid)
+        if rec.actor.detached:
+            state._decref(anchor_id(rec.actor_id))
+
+    def anchor_freed(self, oid: bytes) -> None:
+        """The last handle is gone: stop the actor and forget it."""
+        actor_id = oid[:12] + b"\0\0\0\0"
+        rec = self.actors.get(actor_id)
+        if rec is None:
+            return
+        if rec.state == "alive" and rec.worker is not None:
+            self.state._send_worker(rec.worker, w.KillActor(actor_id, True, graceful=True))
+        if rec.state != "dead":
+            rec.no_restart = True
+            self._die(rec, self._died(rec, "its last handle was dropped"))
+        del self.actors[actor_id]
+
+    def _died(self, rec: ActorRec, why: str) -> bytes:
+        name = f"{rec.actor.class_name} {rec.actor_id.hex()}"
+        return pickle.dumps(ActorDiedError(name, why))
+
+    # -- resources -----------------------------------------------------------
+
+    def _take(self, worker: WorkerRec, rec: ActorRec) -> None:
+        for name, amount in rec.actor.hold.items():
+            worker.available[name] = worker.available.get(name, 0.0) - amount
+        share = rec.actor.hold.get("GPU", 0.0)
+        kept = []
+        for gpu in rec.gpu_ids:
+            if share > 0:
+                worker.gpu_free[gpu] -= 1.0 if share >= 1 else share
+                kept.append(gpu)
+        rec.gpu_ids = kept
+
+    def _give_back(self, rec: ActorRec) -> None:
+        worker = self._worker(rec.worker)
+        if worker is None:
+            return
+        for name, amount in rec.actor.hold.items():
+            worker.available[name] = worker.available.get(name, 0.0) + amount
+        share = rec.actor.hold.get("GPU", 0.0)
+        for gpu in rec.gpu_ids:
+            worker.gpu_free[gpu] += 1.0 if share >= 1 else share
+        rec.gpu_ids = []
+        self.state._dirty = True
+
+    # -- snapshots and invariants ---------------------------------------------
+
+    def describe(self, rec: ActorRec) -> dict[str, Any]:
+        return {
+            "actor_id": rec.actor_id.hex(),
+            "class_name": rec.actor.class_name,
+            "name": rec.actor.name,
+            "namespace": rec.actor.namespace,
+            "state": rec.state.upper(),
+            "node_id": rec.worker,
+            "pid": rec.pid,
+            "methods": dict(rec.actor.methods),
+        }
+
+    def get(self, arg: dict[str, str]) -> dict[str, Any] | None:
+        rec = self.actors.get(self.names.get((arg.get("namespace", ""), arg["name"]), b""))
+        return self.describe(rec) if rec is not None else None
+
+    def holds(self, refs: dict[bytes, int]) -> None:
+        """Add the refs actors hold (constructor arguments, detached anchors)."""
+        for rec in self.actors.values():
+            if rec.state == "dead":
+                continue
+            for oid in (*rec.spec.deps, *rec.spec.nested):
+                if oid in refs:
+                    refs[oid] += 1
+            if rec.actor.detached:
+                refs[anchor_id(rec.actor_id)] += 1
+
+    def used(self, worker_id: str, used: dict[str, float]) -> None:
+        for rec in self.actors.values():
+            if rec.state == "alive" and rec.worker == worker_id:
+                for name, amount in rec.actor.hold.items():
+                    used[name] = used.get(name, 0.0) + amount
+
+    def validate(self) -> None:
+        for key, actor_id in self.names.items():
+            assert self.actors[actor_id].key == key and self.actors[actor_id].state != "dead"
+        for rec in self.actors.values():
+            if rec.state == "alive":
+                assert rec.worker in self.state.workers, "alive actor on an unknown worker"
+            for task in rec.calls:
+                assert task.state in ("waiting", "ready") or task.id not in self.state.tasks
+            for task in rec.running.values():
+                assert task.state == "processing" and rec.state == "alive"
+            if rec.state == "alive" and rec.calls:
+                head = rec.calls[0]
+                assert head.state == "waiting" or head.id not in self.state.tasks, (
+                    "an alive actor's ready call was not handed over"
+                )

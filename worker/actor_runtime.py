@@ -1,0 +1,109 @@
+"""Running an actor inside its executor process: one instance, its calls in order.
+
+Three ways to run calls, chosen once at creation:
+- sequential (the default): each call runs to the end on the main thread, in
+  the order the scheduler handed them over;
+- threaded (``max_concurrency=N``): up to N calls at once on N threads;
+- asyncio (any ``async def`` method): one event-loop thread; calls interleave
+  at ``await``, at most ``max_concurrency`` at once; sync methods run on the
+  loop thread too.
+
+A graceful end (``__taskgraph_terminate__`` or ``exit_actor()``) lets running
+calls finish, runs ``atexit`` handlers and exits with code 0; the daemon reports
+the exit, and the scheduler fails later calls with ``ActorDiedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import pickle
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from taskgraph import _wire as w
+from taskgraph.actor import TERMINATE
+from taskgraph.exceptions import ActorError
+
+if TYPE_CHECKING:
+    from taskgraph.worker.executor import Executor
+
+
+class ActorRuntime:
+    def __init__(self, executor: Executor, instance: Any, spec: w.ActorSpec) -> None:
+        self.executor = executor
+        self.instance = instance
+        self.spec = spec
+        self.exiting = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        if spec.is_async:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=self._loop.run_forever, name="taskgraph-actor-loop", daemon=True
+            ).start()
+            self._semaphore = asyncio.Semaphore(spec.max_concurrency)
+        elif spec.max_concurrency > 1:
+            self._pool = ThreadPoolExecutor(
+                spec.max_concurrency, thread_name_prefix="taskgraph-actor"
+            )
+
+    def submit(self, a: w.Assignment) -> None:
+        if a.spec.method == TERMINATE:
+            self.exiting = True
+            self._drain()
+            self.executor.report(self.executor.returns_none(a))
+            self.exit_now()
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._call_async(a), self._loop)
+        elif self._pool is not None:
+            self._pool.submit(self._call, a)
+        else:
+            self._call(a)
+
+    def _call(self, a: w.Assignment) -> None:
+        method = getattr(self.instance, a.spec.method)
+        self.executor.report(self.executor.call(a, method))
+        if self.exiting:
+            self.exit_soon()
+
+    async def _call_async(self, a: w.Assignment) -> None:
+        assert self._semaphore is not None
+        async with self._semaphore:
+            method = getattr(self.instance, a.spec.method)
+            result = await self.executor.call_async(a, method)
+        self.executor.report(result)
+        if self.exiting:
+            self.exit_soon()
+
+    def _drain(self) -> None:
+        """Let calls already running finish (called off their threads)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def exit_soon(self) -> None:
+        """End from a call's own thread: drain and exit on a thread of its own."""
+        if threading.current_thread() is threading.main_thread():
+            self.exit_now()
+        threading.Thread(target=self._drain_and_exit, daemon=True).start()
+
+    def _drain_and_exit(self) -> None:
+        self._drain()
+        self.exit_now()
+
+    def exit_now(self) -> None:
+        self.executor.client.flush()
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            os._exit(0)
+
+
+def creation_error(class_name: str, exc: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(exc))
+    reason = f"its constructor raised {type(exc).__name__}: {exc}\n{text}"
+    return pickle.dumps(ActorError(class_name, reason))
