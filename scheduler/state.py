@@ -358,7 +358,9 @@ class SchedulerState:
         self.tasks[spec.task_id] = task
         for oid in (*spec.deps, *spec.nested):
             self.objects[oid].refs += 1
-        failed = next((self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None)
+        failed = next(
+            (self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None
+        )
         if failed is not None:
             self._transition(task, "erred", failed.error)
         else:

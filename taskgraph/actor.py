@@ -275,7 +275,9 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._remote(args, kwargs, {})
 
-    def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+    def _remote(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> Any:
         handle = self._handle
         signature = handle._signatures.get(self._name)
         if signature is not None:
