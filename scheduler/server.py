@@ -8,9 +8,11 @@ become one frame per destination. One coroutine per connection, none per task.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
+from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
@@ -34,10 +36,16 @@ log = logging.getLogger("taskgraph.scheduler")
 
 
 class SchedulerServer(TCPServer):
-    def __init__(self, token: bytes, cluster_id: str) -> None:
+    def __init__(self, token: bytes, cluster_id: str, worker_timeout: float | None = None) -> None:
         super().__init__()
         self.token = token
-        self.state = SchedulerState(cluster_id)
+        if worker_timeout is None:
+            worker_timeout = float(os.environ.get("TASKGRAPH_WORKER_TIMEOUT", "30"))
+        self.state = SchedulerState(cluster_id, worker_timeout=worker_timeout)
+        # Time passes for the state machine even when nobody writes: silent
+        # workers are noticed on a tick.
+        self._ticker = PeriodicCallback(self.handle, 1000)
+        self._ticker.start()
         self.client_streams: dict[bytes, IOStream] = {}
         self.worker_streams: dict[str, IOStream] = {}
         self.rejected = 0
@@ -58,6 +66,8 @@ class SchedulerServer(TCPServer):
                 stream = self.worker_streams.get(send.id)
             if stream is not None:
                 write_batch(stream, send.messages)
+                if send.to == "worker" and send.id not in self.state.workers:
+                    stream.close()  # the state machine gave up on it (missed heartbeats)
 
     def _welcome(self) -> w.Welcome:
         workers = [r.info for r in self.state.workers.values()]
@@ -115,6 +125,10 @@ class SchedulerServer(TCPServer):
             log.info("worker %s left", worker_id)
             self.handle(WorkerLeft(worker_id))
             stream.close()
+
+    def stop(self) -> None:
+        self._ticker.stop()
+        super().stop()
 
     def shutdown_cluster(self) -> None:
         """Ask every worker to exit; used by ``taskgraph stop`` and local shutdown."""

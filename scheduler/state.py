@@ -146,6 +146,7 @@ class WorkerRec:
     functions: set[bytes] = field(default_factory=set)
     segments: dict[bytes, str] = field(default_factory=dict)  # object id -> segment
     executors: int = 0
+    last_seen: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -194,8 +195,9 @@ class SchedulerState:
         ("processing", "cancelled"): "_to_cancelled",
     }
 
-    def __init__(self, cluster_id: str = "") -> None:
+    def __init__(self, cluster_id: str = "", worker_timeout: float = 30.0) -> None:
         self.cluster_id = cluster_id
+        self.worker_timeout = worker_timeout
         self.now = 0.0
         self.tasks: dict[bytes, Task] = {}
         self.objects: dict[bytes, Obj] = {}
@@ -236,6 +238,7 @@ class SchedulerState:
             worker = self.workers.get(event.worker_id)
             if worker is None:
                 return
+            worker.last_seen = self.now
             for msg in event.messages:
                 self._worker_message(worker, msg)
         elif isinstance(event, ClientJoined):
@@ -250,6 +253,7 @@ class SchedulerState:
             self._worker_left(event.worker_id, event.reason)
         elif isinstance(event, Tick):
             self.now = event.now
+            self._check_heartbeats()
         else:  # pragma: no cover - the Event union is closed
             raise TypeError(f"unknown event {event!r}")
 
@@ -537,6 +541,14 @@ class SchedulerState:
 
     # -- workers ---------------------------------------------------------
 
+    def _check_heartbeats(self) -> None:
+        """A worker silent for longer than ``worker_timeout`` is gone (its host may be)."""
+        for worker in list(self.workers.values()):
+            if self.now - worker.last_seen > self.worker_timeout:
+                silent = self.now - worker.last_seen
+                self._send_worker(worker.worker_id, w.Shutdown(f"silent for {silent:.0f} s"))
+                self._worker_left(worker.worker_id, f"no heartbeat for {silent:.0f} s")
+
     def _worker_joined(self, info: w.WorkerInfo) -> None:
         if info.worker_id in self.workers:
             # A worker restarted under its old id before its old connection was
@@ -545,7 +557,7 @@ class SchedulerState:
         total = dict(info.resources)
         gpus = int(total.get("GPU", 0))
         self.workers[info.worker_id] = WorkerRec(
-            info.worker_id, info, total, dict(total), [1.0] * gpus
+            info.worker_id, info, total, dict(total), [1.0] * gpus, last_seen=self.now
         )
         self._dirty = True
 

@@ -95,6 +95,8 @@ class WorkerDaemon:
         self._flush_scheduled = False
         self._stopping = False
         self.stopped = asyncio.Event()
+        self.server: _ExecutorServer | None = None
+        self._heartbeat: PeriodicCallback | None = None
 
     # -- start and stop --------------------------------------------------
 
@@ -110,6 +112,13 @@ class WorkerDaemon:
         if self.parent_pid:
             self._parent_watch = PeriodicCallback(self._check_parent, 500)
             self._parent_watch.start()
+        interval = float(os.environ.get("TASKGRAPH_HEARTBEAT_INTERVAL", "1"))
+        self._heartbeat = PeriodicCallback(self._send_heartbeat, interval * 1000)
+        self._heartbeat.start()
+
+    def _send_heartbeat(self) -> None:
+        stats = self.state.statistics()
+        self._to_scheduler(w.Heartbeat(running=stats["running"], executors=len(self.processes)))
 
     def _check_parent(self) -> None:
         # Orphans are re-parented; a dead parent may linger as a zombie, so ask who our parent is.
@@ -121,7 +130,10 @@ class WorkerDaemon:
         if self._stopping:
             return
         self._stopping = True
-        self.server.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self.server is not None:
+            self.server.stop()
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.terminate()

@@ -170,3 +170,33 @@ def test_driver_death_stops_its_local_cluster(tmp_path):
     assert pids
     wait_for(lambda: not alive(pids), what="orphaned cluster processes to stop themselves")
     wait_for(lambda: not segments())
+
+
+def test_a_silent_worker_is_dropped_and_its_tasks_retried(monkeypatch):
+    monkeypatch.setenv("TASKGRAPH_WORKER_TIMEOUT", "2")
+    tg.init(num_cpus=1)
+    try:
+        from conftest import start_worker, stop_process
+
+        first = tg.nodes()[0]
+        spare = start_worker("--num-cpus", "1")
+        try:
+            wait_for(lambda: len(tg.nodes()) == 2, what="the second worker")
+            frozen = psutil.Process(first["pid"])
+            frozen.suspend()  # a host that vanished without closing its connections
+            try:
+                wait_for(lambda: len(tg.nodes()) == 1, timeout=30, what="the silent worker dropped")
+                assert tg.nodes()[0]["node_id"] != first["node_id"]
+                assert tg.get(square.remote(7), timeout=30) == 49
+            finally:
+                frozen.resume()
+            wait_for(
+                lambda: not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE,
+                what="the dropped worker to stop itself",
+            )
+        finally:
+            stop_process(spare)
+    finally:
+        processes = descendants()
+        tg.shutdown()
+    wait_for(lambda: not alive(processes))
