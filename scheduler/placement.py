@@ -58,11 +58,17 @@ def feasible(need: Mapping[str, float], workers: Iterable[WorkerView]) -> bool:
     return any(fits(need, w.total) for w in workers)
 
 
+def queueable(need: Mapping[str, float], strategy: str) -> bool:
+    """Tasks that need nothing but CPUs may wait in a busy worker's own queue."""
+    return strategy == "DEFAULT" and all(k == "CPU" for k, v in need.items() if v > 0)
+
+
 def choose_worker(
     need: Mapping[str, float],
     strategy: str,
     workers: Iterable[WorkerView],
     local_bytes: Mapping[str, int],
+    queue_depth: float = 0.0,
 ) -> WorkerView | None:
     """The worker that should run the task now, or None if none has room.
 
@@ -72,11 +78,23 @@ def choose_worker(
     else anywhere).
     """
     num_gpus = need.get("GPU", 0.0)
+    workers = list(workers)
     candidates = [
         w
         for w in workers
         if fits(need, w.available) and (num_gpus <= 0 or gpus_fit(num_gpus, w.gpu_free))
     ]
+    if not candidates and queue_depth > 0 and queueable(need, strategy):
+        # Every worker is busy: queue a little on the least loaded one, so its
+        # executors find their next task without a round trip to us.
+        cpus = need.get("CPU", 0.0)
+        candidates = [
+            w
+            for w in workers
+            if w.total.get("CPU", 0.0) + EPSILON >= cpus
+            and w.available.get("CPU", 0.0) + queue_depth * w.total.get("CPU", 0.0) + EPSILON
+            >= cpus
+        ]
     if not candidates:
         return None
     if strategy.startswith("node:") or strategy.startswith("node?:"):

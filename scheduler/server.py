@@ -41,7 +41,9 @@ class SchedulerServer(TCPServer):
         self.token = token
         if worker_timeout is None:
             worker_timeout = float(os.environ.get("TASKGRAPH_WORKER_TIMEOUT", "30"))
-        self.state = SchedulerState(cluster_id, worker_timeout=worker_timeout)
+        # Busy workers may queue up to this many CPU-only tasks per CPU (placement.py).
+        queue_depth = float(os.environ.get("TASKGRAPH_QUEUE_DEPTH", "1"))
+        self.state = SchedulerState(cluster_id, worker_timeout, queue_depth)
         # Time passes for the state machine even when nobody writes: silent
         # workers are noticed on a tick.
         self._ticker = PeriodicCallback(self.handle, 1000)
@@ -121,9 +123,12 @@ class SchedulerServer(TCPServer):
                 msgs = await read_batch(stream)
                 self.handle(WorkerSent(worker_id, msgs))
         finally:
-            self.worker_streams.pop(worker_id, None)
-            log.info("worker %s left", worker_id)
-            self.handle(WorkerLeft(worker_id))
+            # A worker that re-registered under the same id has a new stream by
+            # now; the old stream's end must not remove the new worker.
+            if self.worker_streams.get(worker_id) is stream:
+                del self.worker_streams[worker_id]
+                log.info("worker %s left", worker_id)
+                self.handle(WorkerLeft(worker_id))
             stream.close()
 
     def stop(self) -> None:

@@ -195,9 +195,14 @@ class SchedulerState:
         ("processing", "cancelled"): "_to_cancelled",
     }
 
-    def __init__(self, cluster_id: str = "", worker_timeout: float = 30.0) -> None:
+    def __init__(
+        self, cluster_id: str = "", worker_timeout: float = 30.0, queue_depth: float = 0.0
+    ) -> None:
         self.cluster_id = cluster_id
         self.worker_timeout = worker_timeout
+        # CPU-only tasks beyond a worker's CPUs it may hold in its own queue, as a
+        # fraction of its CPUs (see placement.choose_worker).
+        self.queue_depth = queue_depth
         self.now = 0.0
         self.tasks: dict[bytes, Task] = {}
         self.objects: dict[bytes, Obj] = {}
@@ -848,7 +853,9 @@ class SchedulerState:
                     queue.popleft()  # cancelled or failed while queued
                     continue
                 local = self._local_bytes(task)
-                worker = placement.choose_worker(task.need, task.spec.strategy, workers, local)
+                worker = placement.choose_worker(
+                    task.need, task.spec.strategy, workers, local, self.queue_depth
+                )
                 if worker is None:
                     break
                 queue.popleft()
@@ -1002,7 +1009,11 @@ class SchedulerState:
                 for task in queue:
                     if task.state == "ready":
                         chosen = placement.choose_worker(
-                            task.need, task.spec.strategy, self.workers.values(), {}
+                            task.need,
+                            task.spec.strategy,
+                            self.workers.values(),
+                            {},
+                            self.queue_depth,
                         )
                         assert chosen is None, "a ready task fits a worker but was not placed"
                         break

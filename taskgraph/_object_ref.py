@@ -81,6 +81,9 @@ class ObjectRef:
         return asyncio.wrap_future(self.future()).__await__()
 
 
+serialization.register_plain_type(ObjectRef)
+
+
 def _rebuild_ref(object_id: bytes) -> ObjectRef:
     from taskgraph import _api
 

@@ -10,6 +10,7 @@ per client, by content hash.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 from taskgraph import _api, _options, serialization
@@ -18,6 +19,33 @@ from taskgraph._client import INLINE_LIMIT, Client
 from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 
 FOREVER = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What a set of options means for every call: worked out once, not per call."""
+
+    name: str | None
+    num_returns: int
+    streaming: bool
+    resources: dict[str, float]
+    max_retries: int
+    retry_exceptions: bool
+    strategy: str
+
+
+def _positional_arity(signature: inspect.Signature | None) -> tuple[int, int] | None:
+    """(fewest, most) positional arguments when that alone decides a plain call's validity."""
+    if signature is None:
+        return None
+    low = high = 0
+    for p in signature.parameters.values():
+        if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            return None  # *args, keyword-only or positional-only: let bind() judge
+        high += 1
+        if p.default is inspect.Parameter.empty:
+            low += 1
+    return low, high
 
 
 class RemoteFunction:
@@ -31,6 +59,8 @@ class RemoteFunction:
             self._signature: inspect.Signature | None = inspect.signature(function)
         except (TypeError, ValueError):
             self._signature = None
+        self._arity = _positional_arity(self._signature)
+        self._prepared: dict[int, tuple[dict[str, Any], _Prepared]] = {}
         self._is_generator = inspect.isgeneratorfunction(function)
         self._payload: bytes | None = None
         self._function_id = b""
@@ -66,23 +96,46 @@ class RemoteFunction:
         client.export(self._function_id, self._payload)
         return self._function_id
 
-    def _remote(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
-    ) -> Any:
+    def _prepare(self, options: dict[str, Any]) -> _Prepared:
+        cached = self._prepared.get(id(options))
+        if cached is not None and cached[0] is options:
+            return cached[1]
+        streaming = self._is_generator and "num_returns" not in options
+        retries = options.get("max_retries", _options.DEFAULT_MAX_RETRIES)
+        prepared = _Prepared(
+            name=options.get("name") or self._name,
+            num_returns=1 if streaming else options.get("num_returns", 1),
+            streaming=streaming,
+            resources=_options.task_resources(options),
+            max_retries=FOREVER if retries == -1 else retries,
+            retry_exceptions=bool(options.get("retry_exceptions", False)),
+            strategy=_options.strategy_string(options.get("scheduling_strategy")),
+        )
+        self._prepared[id(options)] = (options, prepared)
+        return prepared
+
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        arity = self._arity
+        if not kwargs and arity is not None and arity[0] <= len(args) <= arity[1]:
+            return
         if self._signature is not None:
             try:
                 self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"wrong arguments for task '{self._name}': {exc}") from None
+
+    def _remote(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> Any:
+        self._check_arguments(args, kwargs)
+        p = self._prepare(options)
         client = _api.client()
         function_id = self._export(client)
-        name = options.get("name") or self._name
+        name = p.name or self._name
         data, nested, deps = encode_arguments(client, args, kwargs, name)
         base = client.new_id()
         task_id = base + b"\0\0\0\0"
-        streaming = self._is_generator and "num_returns" not in options
-        num_returns = 1 if streaming else options.get("num_returns", 1)
-        retries = options.get("max_retries", _options.DEFAULT_MAX_RETRIES)
+        streaming, num_returns = p.streaming, p.num_returns
         spec = w.TaskSpec(
             task_id=task_id,
             function_id=function_id,
@@ -91,10 +144,10 @@ class RemoteFunction:
             deps=deps,
             nested=nested,
             num_returns=num_returns,
-            resources=_options.task_resources(options),
-            max_retries=FOREVER if retries == -1 else retries,
-            retry_exceptions=bool(options.get("retry_exceptions", False)),
-            strategy=_options.strategy_string(options.get("scheduling_strategy")),
+            resources=p.resources,
+            max_retries=p.max_retries,
+            retry_exceptions=p.retry_exceptions,
+            strategy=p.strategy,
             parent=client.current_task or b"",
             generator=streaming,
         )

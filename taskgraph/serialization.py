@@ -27,8 +27,7 @@ import sys
 import sysconfig
 import threading
 import types
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -96,7 +95,11 @@ def _register_local_modules() -> None:
 
     Cheap to call often: each module name is looked at once.
     """
+    global _modules_seen
+    if len(sys.modules) == _modules_seen:
+        return  # nothing imported since the last look (the hot path of every .remote())
     new = sys.modules.keys() - _classified
+    _modules_seen = len(sys.modules)
     if not new:
         return
     with _classify_lock:
@@ -124,6 +127,7 @@ def _register_local_modules() -> None:
 # -- object refs inside values -------------------------------------------------
 
 _local = threading.local()
+_modules_seen = 0
 
 
 def note_ref(oid: bytes) -> None:
@@ -136,28 +140,49 @@ def note_ref(oid: bytes) -> None:
         stack[-1].append(oid)
 
 
-@contextmanager
-def _collecting_refs() -> Iterator[list[bytes]]:
+_PLAIN = {int, float, str, bytes, bool, type(None), complex}
+
+
+def register_plain_type(kind: type) -> None:
+    """Declare a type whose instances the C pickler handles alone (its reduce is importable)."""
+    _PLAIN.add(kind)
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Built-in scalars and small containers of them: the C pickler handles these alone."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth > 2:
+        return False
+    if kind is tuple or kind is list:
+        return len(value) <= 64 and all(_is_plain(v, depth + 1) for v in value)
+    if kind is dict:
+        return len(value) <= 64 and all(
+            type(k) in _PLAIN and _is_plain(v, depth + 1) for k, v in value.items()
+        )
+    return False
+
+
+def _pickle(value: Any, what: str, buffer_callback: Any = None) -> tuple[bytes, list[bytes]]:
     stack: list[list[bytes]] | None = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     found: list[bytes] = []
     stack.append(found)
     try:
-        yield found
+        if buffer_callback is None and _is_plain(value):
+            # No code and no user classes inside: the C pickler is several times faster.
+            data = pickle.dumps(value, protocol=PROTOCOL)
+        else:
+            _register_local_modules()
+            data = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffer_callback)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(what, str(exc) or type(exc).__name__) from exc
     finally:
         stack.pop()
-
-
-def _pickle(value: Any, what: str, buffer_callback: Any = None) -> tuple[bytes, list[bytes]]:
-    _register_local_modules()
-    with _collecting_refs() as found:
-        try:
-            data = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffer_callback)
-        except SerializationError:
-            raise
-        except Exception as exc:
-            raise SerializationError(what, str(exc) or type(exc).__name__) from exc
     return data, list(dict.fromkeys(found))
 
 

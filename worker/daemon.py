@@ -46,7 +46,9 @@ from taskgraph.worker.state import (
     KillActorRequested,
     SignalExecutor,
     SpawnExecutor,
+    TaskBlocked,
     TasksAssigned,
+    TaskUnblocked,
     ToExecutor,
     ToScheduler,
     WorkerState,
@@ -80,7 +82,8 @@ class WorkerDaemon:
         self.resources = resources
         self.parent_pid = parent_pid
         self.host = host_id()
-        self.state = WorkerState(self.worker_id, int(resources.get("CPU", 1)))
+        cpus = resources.get("CPU", 1.0)
+        self.state = WorkerState(self.worker_id, max(1, int(cpus)), cpus)
         self.socket_dir = tempfile.mkdtemp(prefix="tg-")
         self.socket_path = os.path.join(self.socket_dir, "executors.sock")
         self.info = w.WorkerInfo(
@@ -281,6 +284,10 @@ class WorkerDaemon:
                         )
                     elif isinstance(msg, w.CLIENT_MESSAGES):
                         relay.append(msg)
+                        if isinstance(msg, w.TaskBlocked):
+                            self._carry_out(self.state.handle(TaskBlocked(msg.task_id)))
+                        elif isinstance(msg, w.TaskUnblocked):
+                            self._carry_out(self.state.handle(TaskUnblocked(msg.task_id)))
                     else:
                         raise ProtocolError(f"an executor may not send {type(msg).__name__}")
                 if relay:

@@ -62,6 +62,18 @@ class CancelRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskBlocked:
+    """A running task waits in get(): its CPU may run another task meanwhile."""
+
+    task_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUnblocked:
+    task_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class KillActorRequested:
     actor_id: bytes
     graceful: bool
@@ -75,6 +87,8 @@ Event = (
     | ExecutorDied
     | CancelRequested
     | KillActorRequested
+    | TaskBlocked
+    | TaskUnblocked
 )
 
 # -- instructions ------------------------------------------------------------
@@ -120,9 +134,16 @@ class Executor:
 
 
 class WorkerState:
-    def __init__(self, worker_id: str, min_executors: int) -> None:
+    def __init__(self, worker_id: str, min_executors: int, cpus: float | None = None) -> None:
         self.worker_id = worker_id
         self.min_executors = max(1, min_executors)
+        # The scheduler may hand over a few more tasks than there are CPUs, so
+        # that an executor finds its next task here the moment it is free; the
+        # CPUs themselves are counted here.
+        self.cpus = float(min_executors) if cpus is None else cpus
+        self.cpus_used = 0.0
+        self.task_cpus: dict[bytes, float] = {}  # running task -> CPUs it holds
+        self.blocked: set[bytes] = set()
         self.executors: dict[int, Executor] = {}
         self.queue: deque[w.Assignment] = deque()
         self.functions: dict[bytes, bytes] = {}
@@ -172,6 +193,14 @@ class WorkerState:
             out.extend(self._executor_died(event))
         elif isinstance(event, CancelRequested):
             out.extend(self._cancel(event))
+        elif isinstance(event, TaskBlocked):
+            if event.task_id in self.task_cpus and event.task_id not in self.blocked:
+                self.blocked.add(event.task_id)
+                self.cpus_used -= self.task_cpus[event.task_id]
+        elif isinstance(event, TaskUnblocked):
+            if event.task_id in self.blocked:
+                self.blocked.discard(event.task_id)
+                self.cpus_used += self.task_cpus[event.task_id]
         elif isinstance(event, KillActorRequested):
             executor_id = self.actors.get(event.actor_id)
             if executor_id is not None:
@@ -182,9 +211,17 @@ class WorkerState:
         out.extend(self._dispatch())
         return out
 
+    def _release_cpus(self, task_id: bytes) -> None:
+        cpus = self.task_cpus.pop(task_id, 0.0)
+        if task_id in self.blocked:
+            self.blocked.discard(task_id)
+        else:
+            self.cpus_used -= cpus
+
     def _finish(self, ex: Executor) -> None:
         if ex.task is not None:
             self.running.pop(ex.task, None)
+            self._release_cpus(ex.task)
         ex.state, ex.task, ex.task_name, ex.cancelling = "idle", None, "", False
         self.tasks_done += 1
 
@@ -219,6 +256,7 @@ class WorkerState:
             return out
         if ex.task is not None:
             self.running.pop(ex.task, None)
+            self._release_cpus(ex.task)
             code = event.exit_code
             if ex.cancelling:
                 err: Exception = TaskCancelledError(ex.task_name, ex.task.hex())
@@ -255,9 +293,12 @@ class WorkerState:
     def _dispatch(self) -> list[Instruction]:
         out: list[Instruction] = []
         idle = [e for e in self.executors.values() if e.state == "idle"]
-        while self.queue and idle:
+        while self.queue and idle and self._fits(self.queue[0], self.cpus_used):
             ex = idle.pop()
             a = self.queue.popleft()
+            cpus = a.spec.resources.get("CPU", 0.0)
+            self.task_cpus[a.spec.task_id] = cpus
+            self.cpus_used += cpus
             fid = a.spec.function_id
             function = b""
             if fid not in ex.functions:
@@ -271,9 +312,23 @@ class WorkerState:
         starting = sum(
             1 for e in self.executors.values() if e.state == "starting" and not e.actor_id
         )
-        for _ in range(len(self.queue) - starting):
+        for _ in range(self._runnable() - len(idle) - starting):
             out.append(self._spawn())
         return out
+
+    def _fits(self, a: w.Assignment, used: float) -> bool:
+        cpus = a.spec.resources.get("CPU", 0.0)
+        return used <= 0 or used + cpus <= self.cpus + 1e-9
+
+    def _runnable(self) -> int:
+        """How many queued tasks could start now if there were processes for them."""
+        used, count = self.cpus_used, 0
+        for a in self.queue:
+            if not self._fits(a, used):
+                break
+            used += a.spec.resources.get("CPU", 0.0)
+            count += 1
+        return count
 
     def _spawn(self) -> SpawnExecutor:
         """A new executor process (the caller may bind it to an actor)."""
@@ -288,6 +343,10 @@ class WorkerState:
         return {"queued": len(self.queue), "running": len(self.running), **states}
 
     def validate(self) -> None:
+        held = sum(c for t, c in self.task_cpus.items() if t not in self.blocked)
+        assert abs(held - self.cpus_used) < 1e-6, f"cpus_used {self.cpus_used} != {held}"
+        assert set(self.task_cpus) == set(self.running)
+        assert self.blocked <= set(self.running)
         for task_id, executor_id in self.running.items():
             ex = self.executors[executor_id]
             assert ex.state == "busy" and ex.task == task_id
@@ -302,7 +361,7 @@ class WorkerState:
                 assert ex.task is not None and self.running.get(ex.task) == ex.executor_id
             else:
                 assert ex.task is None
-        if self.queue:
+        if self.queue and self._fits(self.queue[0], self.cpus_used):
             assert not any(e.state == "idle" for e in self.executors.values())
 
 

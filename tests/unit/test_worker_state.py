@@ -1,0 +1,327 @@
+"""The worker daemon's pure state machine: which executor process runs which task.
+
+No processes are started: the tests play the executors' part by feeding
+events, and ``validate()`` runs after every step.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from typing import Any, TypeVar
+
+import pytest
+
+from taskgraph import _wire as w
+from taskgraph.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
+from taskgraph.worker.state import (
+    CancelRequested,
+    Event,
+    ExecutorDied,
+    ExecutorFinished,
+    ExecutorReady,
+    ExecutorStarted,
+    Instruction,
+    SignalExecutor,
+    SpawnExecutor,
+    TaskBlocked,
+    TasksAssigned,
+    TaskUnblocked,
+    ToExecutor,
+    ToScheduler,
+    WorkerState,
+)
+
+T = TypeVar("T")
+
+CODE = b"cloudpickled function"
+
+
+class Harness:
+    def __init__(self, min_executors: int = 2, cpus: float | None = None) -> None:
+        self.state = WorkerState("w1", min_executors, cpus)
+        self._next_task = 0
+
+    def start(self) -> list[Instruction]:
+        out = self.state.start()
+        self.state.validate()
+        return out
+
+    def handle(self, event: Event) -> list[Instruction]:
+        out = self.state.handle(event)
+        self.state.validate()
+        return out
+
+    def ready(self, *executor_ids: int) -> list[Instruction]:
+        out: list[Instruction] = []
+        for executor_id in executor_ids:
+            self.handle(ExecutorStarted(executor_id))
+            out += self.handle(
+                ExecutorReady(executor_id, 1000 + executor_id, f"client-{executor_id}".encode())
+            )
+        return out
+
+    def assignment(
+        self, name: str = "task", function_id: bytes = b"f", code: bytes = CODE, cpus: float = 0.0
+    ) -> w.Assignment:
+        self._next_task += 1
+        spec = w.TaskSpec(
+            task_id=self._next_task.to_bytes(16, "big"),
+            function_id=function_id,
+            name=name,
+            args=b"",
+            deps=[],
+            resources={"CPU": cpus} if cpus else {},
+        )
+        return w.Assignment(spec, [], code)
+
+    def assign(self, *assignments: w.Assignment) -> list[Instruction]:
+        return self.handle(TasksAssigned(list(assignments)))
+
+    def finish(self, executor_id: int, a: w.Assignment, **result: Any) -> list[Instruction]:
+        return self.handle(ExecutorFinished(executor_id, w.TaskResult(a.spec.task_id, **result)))
+
+
+def of(kind: type[T], out: list[Instruction]) -> list[T]:
+    return [i for i in out if isinstance(i, kind)]
+
+
+def executes(out: list[Instruction]) -> dict[int, w.Assignment]:
+    """Executor id -> the assignment it was told to execute."""
+    found: dict[int, w.Assignment] = {}
+    for ins in of(ToExecutor, out):
+        assert isinstance(ins.message, w.Execute)
+        found[ins.executor_id] = ins.message.assignment
+    return found
+
+
+def reported(out: list[Instruction]) -> list[w.TaskResult]:
+    return [
+        r
+        for ins in of(ToScheduler, out)
+        if isinstance(ins.message, w.TasksDone)
+        for r in ins.message.results
+    ]
+
+
+def test_start_spawns_the_minimum_of_executors() -> None:
+    h = Harness(min_executors=3)
+    assert h.start() == [SpawnExecutor(1), SpawnExecutor(2), SpawnExecutor(3)]
+    assert h.state.statistics() == {"queued": 0, "running": 0, "starting": 3}
+    assert WorkerState("w", 0).start() == [SpawnExecutor(1)], "at least one"
+
+
+def test_a_task_waits_for_an_executor_to_be_ready() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    a = h.assignment()
+    out = h.assign(a)
+    assert out == [], "the starting executor will take it"
+    out = h.ready(1)
+    assert executes(out) == {1: a}
+    assert h.state.statistics() == {"queued": 0, "running": 1, "busy": 1}
+
+
+def test_assignments_go_to_idle_executors_and_more_are_spawned_when_all_are_busy() -> None:
+    h = Harness(min_executors=2)
+    h.start()
+    h.ready(1, 2)
+    a, b, c = (h.assignment(n) for n in "abc")
+    out = h.assign(a, b, c)
+    assert sorted(a.spec.name for a in executes(out).values()) == ["a", "b"]
+    assert of(SpawnExecutor, out) == [SpawnExecutor(3)]
+    assert h.state.statistics() == {"queued": 1, "running": 2, "busy": 2, "starting": 1}
+
+    # A finished executor takes the queued task before the new one is ready.
+    first = next(e for e, x in executes(out).items() if x.spec.name == "a")
+    out = h.finish(first, a)
+    assert [r.task_id for r in reported(out)] == [a.spec.task_id]
+    assert list(executes(out)) == [first]
+    assert executes(out)[first].spec == c.spec
+    assert h.ready(3) == [], "nothing left to run"
+    assert h.state.statistics() == {"queued": 0, "running": 2, "busy": 2, "idle": 1}
+
+
+def test_a_function_is_sent_once_to_each_executor() -> None:
+    h = Harness(min_executors=2)
+    h.start()
+    h.ready(1, 2)
+    # The scheduler sends the code only with the first task of that function.
+    first, second = h.assignment("first"), h.assignment("second", code=b"")
+    out = h.assign(first, second)
+    got = executes(out)
+    assert {e: a.function for e, a in got.items()} == {1: CODE, 2: CODE}
+
+    executor = next(e for e, a in got.items() if a.spec.name == "first")
+    h.finish(executor, first)
+    third = h.assignment("third", code=b"")
+    [again] = executes(h.assign(third)).values()
+    assert again.spec == third.spec and again.function == b"", "that executor has it already"
+
+
+def test_an_executor_that_dies_while_busy_reports_a_crash_and_is_replaced() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    a = h.assignment("segfaulter")
+    h.assign(a)
+
+    out = h.handle(ExecutorDied(1, -signal.SIGSEGV))
+
+    assert ToScheduler(w.ClientGone(b"client-1")) in out
+    [result] = reported(out)
+    assert result.task_id == a.spec.task_id
+    assert result.failure == "crashed" and result.exit_code == -signal.SIGSEGV
+    assert result.error is not None
+    err = pickle.loads(result.error)
+    assert isinstance(err, WorkerCrashedError)
+    assert err.exit_code == -signal.SIGSEGV
+    assert "SIGSEGV" in str(err) and "segfaulter" in str(err) and "1001" in str(err)
+    assert of(SpawnExecutor, out) == [SpawnExecutor(2)]
+    assert h.state.statistics() == {"queued": 0, "running": 0, "starting": 1}
+
+
+def test_an_idle_executor_that_dies_only_says_goodbye_for_its_client() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    out = h.handle(ExecutorDied(1, 1))
+    assert out == [ToScheduler(w.ClientGone(b"client-1")), SpawnExecutor(2)]
+
+
+def test_an_extra_executor_that_dies_is_not_replaced() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    h.assign(h.assignment(), h.assignment())
+    h.ready(2)
+    out = h.handle(ExecutorDied(2, 0))
+    assert len(reported(out)) == 1
+    assert of(SpawnExecutor, out) == []
+
+
+def test_cancel_of_a_queued_task_answers_at_once() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    running, queued = h.assignment("running"), h.assignment("queued")
+    h.assign(running, queued)
+    out = h.handle(CancelRequested(queued.spec.task_id, force=False))
+    [result] = reported(out)
+    assert result.failure == "cancelled" and result.task_id == queued.spec.task_id
+    assert result.error is not None
+    assert isinstance(pickle.loads(result.error), TaskCancelledError)
+    assert h.state.statistics()["queued"] == 0
+    assert h.handle(CancelRequested(b"unknown", force=True)) == []
+
+
+@pytest.mark.parametrize(("force", "signum"), [(False, signal.SIGINT), (True, signal.SIGKILL)])
+def test_cancel_of_a_running_task_signals_its_executor(force: bool, signum: int) -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    a = h.assignment("long")
+    h.assign(a)
+    assert h.handle(CancelRequested(a.spec.task_id, force)) == [SignalExecutor(1, signum)]
+
+
+def test_a_running_task_interrupted_by_cancel_reports_cancelled() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    a = h.assignment("long")
+    h.assign(a)
+    h.handle(CancelRequested(a.spec.task_id, force=False))
+    interrupted = pickle.dumps(TaskError.from_exception(KeyboardInterrupt(), "long"))
+    [result] = reported(h.finish(1, a, error=interrupted, failure="task"))
+    assert result.failure == "cancelled"
+    assert result.error is not None
+    err = pickle.loads(result.error)
+    assert isinstance(err, TaskCancelledError) and "long" in str(err)
+    assert h.state.statistics() == {"queued": 0, "running": 0, "idle": 1}
+
+
+def test_a_running_task_that_finishes_despite_cancel_keeps_its_result() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    a = h.assignment()
+    h.assign(a)
+    h.handle(CancelRequested(a.spec.task_id, force=False))
+    returns = [w.ReturnValue(b"r" * 16, data=b"done")]
+    [result] = reported(h.finish(1, a, returns=returns))
+    assert result.failure == "" and result.returns == returns
+
+
+def test_a_task_killed_by_force_cancel_reports_cancelled_not_crashed() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    a = h.assignment("stuck")
+    h.assign(a)
+    h.handle(CancelRequested(a.spec.task_id, force=True))
+    out = h.handle(ExecutorDied(1, -signal.SIGKILL))
+    [result] = reported(out)
+    assert result.failure == "cancelled"
+    assert result.error is not None
+    assert isinstance(pickle.loads(result.error), TaskCancelledError)
+    assert of(SpawnExecutor, out) == [SpawnExecutor(2)]
+
+
+def test_tasks_beyond_the_cpus_wait_in_the_worker_s_queue() -> None:
+    h = Harness(min_executors=2, cpus=2.0)
+    h.start()
+    h.ready(1, 2)
+    a, b, c = (h.assignment(n, cpus=1.0) for n in "abc")
+    out = h.assign(a, b, c)
+    assert sorted(x.spec.name for x in executes(out).values()) == ["a", "b"]
+    assert of(SpawnExecutor, out) == [], "no process for a task with no CPU to run on"
+    assert h.state.statistics()["queued"] == 1
+    first = next(e for e, x in executes(out).items() if x.spec.name == "a")
+    out = h.finish(first, a)
+    assert {e: x.spec.name for e, x in executes(out).items()} == {first: "c"}
+    assert h.state.statistics() == {"queued": 0, "running": 2, "busy": 2}
+
+
+def test_a_blocked_task_lends_its_cpu_to_a_queued_task_and_takes_it_back() -> None:
+    h = Harness(min_executors=2, cpus=2.0)
+    h.start()
+    h.ready(1, 2)
+    a, b, c, d = (h.assignment(n, cpus=1.0) for n in "abcd")
+    got = executes(h.assign(a, b, c))
+    by_name = {x.spec.name: e for e, x in got.items()}
+
+    out = h.handle(TaskBlocked(a.spec.task_id))
+    assert out == [SpawnExecutor(3)], "c may run now, but needs a process of its own"
+    assert {e: x.spec.name for e, x in executes(h.ready(3)).items()} == {3: "c"}
+    assert h.state.statistics()["running"] == 3
+
+    h.handle(TaskUnblocked(a.spec.task_id))
+    assert h.state.cpus_used == 3.0, "overcommitted until a task ends"
+    assert executes(h.assign(d)) == {}
+    assert executes(h.finish(by_name["b"], b)) == {}, "still a CPU short"
+    assert [x.spec.name for x in executes(h.finish(3, c)).values()] == ["d"]
+
+
+def test_a_blocked_task_that_ends_gives_back_nothing_twice() -> None:
+    h = Harness(min_executors=1, cpus=1.0)
+    h.start()
+    h.ready(1)
+    a, b = h.assignment("a", cpus=1.0), h.assignment("b", cpus=1.0)
+    h.assign(a, b)
+    h.handle(TaskBlocked(a.spec.task_id))
+    h.handle(TaskBlocked(a.spec.task_id))
+    h.ready(2)  # b runs on the CPU a lent
+    h.finish(1, a)
+    assert h.state.cpus_used == 1.0
+    h.handle(TaskUnblocked(a.spec.task_id))  # too late: a is gone
+    assert h.state.cpus_used == 1.0
+
+
+def test_validate_catches_a_queue_beside_an_idle_executor() -> None:
+    h = Harness(min_executors=1)
+    h.start()
+    h.ready(1)
+    h.state.queue.append(h.assignment())
+    with pytest.raises(AssertionError):
+        h.state.validate()
