@@ -686,6 +686,10 @@ class SchedulerState:
         self._dirty = True
         if not placement.feasible(task.need, self.workers.values()):
             self._warn_infeasible(task)
+        elif task.spec.strategy.startswith("node:"):
+            node = task.spec.strategy.split(":", 1)[1]
+            if node not in self.workers:
+                self._warn_missing_node(task, node)
 
     def _to_processing(self, task: Task, worker: WorkerRec, gpu_ids: list[int]) -> None:
         task.state = "processing"
@@ -870,6 +874,17 @@ class SchedulerState:
             if loc is not None:
                 local[loc.worker_id] = local.get(loc.worker_id, 0) + loc.size
         return local
+
+    def _warn_missing_node(self, task: Task, node: str) -> None:
+        client = self.clients.get(task.owner)
+        if client is None or task.shape in client.warned_shapes:
+            return
+        client.warned_shapes.add(task.shape)
+        text = (
+            f"task '{task.spec.name}' ({task.id.hex()}) must run on node {node}, which is not "
+            f"in the cluster; it waits until that node joins. Use soft=True to run elsewhere."
+        )
+        self._send_client(client.client_id, w.Notice("warning", text))
 
     def _warn_infeasible(self, task: Task) -> None:
         client = self.clients.get(task.owner)

@@ -82,3 +82,15 @@ def test_worker_runs_no_more_than_its_cpus_and_lends_blocked_ones():
     state.handle(ExecutorFinished(executor_id, done))
     assert state.cpus_used == 2.0
     state.validate()
+
+
+def test_hard_affinity_to_a_missing_node_warns_once():
+    state = SchedulerState()
+    state.handle(ClientJoined(b"c"), WorkerJoined(w.WorkerInfo("w1", "h", "", {"CPU": 2})))
+    specs = [_spec(i) for i in range(2)]
+    for spec in specs:
+        spec.strategy = "node:nowhere"
+    sends = state.handle(ClientSent(b"c", [w.SubmitTasks(specs)]))
+    notices = [m for s in sends for m in s.messages if isinstance(m, w.Notice)]
+    assert len(notices) == 1 and "node nowhere" in notices[0].text
+    state.validate()
