@@ -255,20 +255,24 @@ class Client:
         return ref
 
     def encode_value(self, oid: bytes, value: Any, what: str) -> w.ReturnValue:
-        """Serialize a value: inline when small, into a local segment when large."""
-        data, contains = serialization.dumps(value, what=what)
-        if len(data) <= INLINE_LIMIT:
-            return w.ReturnValue(oid, data=data, contains=contains)
-        worker = self.local_worker()
+        """Serialize a value once: inline when small, into a local segment when large."""
+        buffers: list[Any] = []
+        if serialization.is_plain(value):
+            header, contains = serialization.dumps(value, what=what)
+        else:
+            header, buffers, contains = serialization.dumps_oob(value, what=what)
+        size = serialization.serialized_size(header, buffers)
+        worker = self.local_worker() if size > INLINE_LIMIT else None
         if worker is None:
-            return w.ReturnValue(oid, data=data, contains=contains)
+            if buffers:  # small, or no store on this host: one in-band blob
+                header, contains = serialization.dumps(value, what=what)
+            return w.ReturnValue(oid, data=header, contains=contains)
         from taskgraph.worker import store
 
         name = store.segment_name(worker.worker_id, oid)
-        size, contains = store.write_value(name, value, what=what)
-        return w.ReturnValue(
-            oid, location=w.Location(worker.worker_id, name, size, self.host), contains=contains
-        )
+        size = store.write(name, header, buffers)
+        location = w.Location(worker.worker_id, name, size, self.host)
+        return w.ReturnValue(oid, location=location, contains=contains)
 
     def local_worker(self) -> w.WorkerInfo | None:
         for info in self.workers:

@@ -148,7 +148,7 @@ def register_plain_type(kind: type) -> None:
     _PLAIN.add(kind)
 
 
-def _is_plain(value: Any, depth: int = 0) -> bool:
+def is_plain(value: Any, depth: int = 0) -> bool:
     """Built-in scalars and small containers of them: the C pickler handles these alone."""
     kind = type(value)
     if kind in _PLAIN:
@@ -156,10 +156,10 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     if depth > 2:
         return False
     if kind is tuple or kind is list:
-        return len(value) <= 64 and all(_is_plain(v, depth + 1) for v in value)
+        return len(value) <= 64 and all(is_plain(v, depth + 1) for v in value)
     if kind is dict:
         return len(value) <= 64 and all(
-            type(k) in _PLAIN and _is_plain(v, depth + 1) for k, v in value.items()
+            type(k) in _PLAIN and is_plain(v, depth + 1) for k, v in value.items()
         )
     return False
 
@@ -171,7 +171,7 @@ def _pickle(value: Any, what: str, buffer_callback: Any = None) -> tuple[bytes, 
     found: list[bytes] = []
     stack.append(found)
     try:
-        if buffer_callback is None and _is_plain(value):
+        if buffer_callback is None and is_plain(value):
             # No code and no user classes inside: the C pickler is several times faster.
             data = pickle.dumps(value, protocol=PROTOCOL)
         else:

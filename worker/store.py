@@ -66,11 +66,6 @@ def write(name: str, header: bytes, buffers: Sequence[Any]) -> int:
     return total
 
 
-def write_value(name: str, value: Any, what: str = "") -> tuple[int, list[bytes]]:
-    header, buffers, contains = serialization.dumps_oob(value, what=what)
-    return write(name, header, buffers), contains
-
-
 def read(name: str) -> Any:
     """Map a segment read-only and rebuild its value without copying buffers."""
     path = SHM_DIR / name
