@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
@@ -51,6 +51,9 @@ class SchedulerServer(TCPServer):
         self.client_streams: dict[bytes, IOStream] = {}
         self.worker_streams: dict[str, IOStream] = {}
         self.rejected = 0
+        self._outgoing: dict[IOStream, list[w.Msg]] = {}
+        self._closing: list[IOStream] = []
+        self._flush_scheduled = False
 
     def handle(self, *events: Event) -> None:
         try:
@@ -61,15 +64,33 @@ class SchedulerServer(TCPServer):
         self._deliver(sends)
 
     def _deliver(self, sends: list[Send]) -> None:
+        """Queue messages per stream; one write per stream per loop iteration.
+
+        Everything read in one pass of the event loop (many workers and
+        clients reporting at once) leaves as one frame per peer.
+        """
         for send in sends:
             if send.to == "client":
                 stream = self.client_streams.get(send.id)
             else:
                 stream = self.worker_streams.get(send.id)
-            if stream is not None:
-                write_batch(stream, send.messages)
-                if send.to == "worker" and send.id not in self.state.workers:
-                    stream.close()  # the state machine gave up on it (missed heartbeats)
+            if stream is None:
+                continue
+            self._outgoing.setdefault(stream, []).extend(send.messages)
+            if send.to == "worker" and send.id not in self.state.workers:
+                self._closing.append(stream)  # the state machine gave up on it
+        if self._outgoing and not self._flush_scheduled:
+            self._flush_scheduled = True
+            IOLoop.current().add_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, {}
+        for stream, messages in outgoing.items():
+            write_batch(stream, messages)
+        closing, self._closing = self._closing, []
+        for stream in closing:
+            stream.close()
 
     def _welcome(self) -> w.Welcome:
         workers = [r.info for r in self.state.workers.values()]

@@ -129,8 +129,12 @@ class Client:
 
     # -- sending ---------------------------------------------------------
 
-    def _queue(self, msg: Any) -> None:
-        """Append a message, merging with the last one of the same kind (lock held)."""
+    def _queue(self, msg: Any, wake: bool = True) -> None:
+        """Append a message, merging with the last one of the same kind (lock held).
+
+        ``wake=False`` when the caller flushes right away itself: waking the
+        flusher thread for nothing costs a context switch on the hot path.
+        """
         pending = self._pending
         if pending:
             last = pending[-1]
@@ -142,13 +146,19 @@ class Client:
                     last.object_ids.extend(msg.object_ids)
                     return
         pending.append(msg)
-        if not self._flush_requested:
+        if wake and not self._flush_requested:
             self._flush_requested = True
             self._flush_cond.notify()
 
     def send_soon(self, msg: Any) -> None:
         with self._lock:
             self._queue(msg)
+
+    def send_now(self, msg: Any) -> None:
+        """Queue behind everything pending and send it all before returning."""
+        with self._lock:
+            self._queue(msg, wake=False)
+        self.flush()
 
     def flush(self) -> None:
         """Send everything queued, in order, before returning."""
@@ -282,7 +292,7 @@ class Client:
 
     def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
         with self._lock:
-            self._queue(w.CancelTasks([r.id for r in refs], force, recursive))
+            self._queue(w.CancelTasks([r.id for r in refs], force, recursive), wake=False)
         self.flush()
 
     def query(self, what: str, arg: Any = None, timeout: float = 30.0) -> Any:
@@ -296,16 +306,16 @@ class Client:
                 raise ConnectionError(self.broken)
             msg.request_id = next(self._query_ids)
             self._queries[msg.request_id] = fut
-            self._queue(msg)
+            self._queue(msg, wake=False)
         self.flush()
         return fut.result(timeout)
 
     def _want(self, oids: Sequence[bytes]) -> None:
-        """Ask for values not yet here (lock held)."""
+        """Ask for values not yet here (lock held; the caller flushes)."""
         missing = [o for o in oids if o not in self._values and o not in self._wanted]
         if missing:
             self._wanted.update(missing)
-            self._queue(w.WantObjects(missing))
+            self._queue(w.WantObjects(missing), wake=False)
 
     def peek(self, oid: bytes) -> w.Value | None:
         with self._lock:
@@ -345,7 +355,7 @@ class Client:
                         return None
                     if not blocked and self.current_task is not None:
                         blocked = True
-                        self._queue(w.TaskBlocked(self.current_task))
+                        self._queue(w.TaskBlocked(self.current_task), wake=False)
                         self._lock.release()
                         try:
                             self.flush()

@@ -95,6 +95,7 @@ class WorkerDaemon:
         self._exit_codes: dict[int, int] = {}  # exited, stream not yet drained
         self.scheduler: IOStream | None = None
         self._outbox: list[Any] = []
+        self._executor_outbox: dict[int, list[Any]] = {}
         self._flush_scheduled = False
         self._stopping = False
         self.stopped = asyncio.Event()
@@ -175,9 +176,9 @@ class WorkerDaemon:
             self._carry_out(self.state.handle(TasksAssigned(msg.assignments)))
         elif isinstance(msg, w.ToClient):
             executor_id = self.by_client.get(msg.client_id)
-            stream = self.executor_streams.get(executor_id) if executor_id else None
-            if stream is not None:
-                write_batch(stream, list(msg.messages))
+            if executor_id is not None:
+                for inner in msg.messages:
+                    self._to_executor(executor_id, inner)
         elif isinstance(msg, w.FreeObjects):
             for name in msg.segments:
                 if name.startswith(f"{store.PREFIX}{self.worker_id}-"):
@@ -197,20 +198,30 @@ class WorkerDaemon:
             self._flush_scheduled = True
             IOLoop.current().add_callback(self._flush)
 
+    def _to_executor(self, executor_id: int, msg: Any) -> None:
+        self._executor_outbox.setdefault(executor_id, []).append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            IOLoop.current().add_callback(self._flush)
+
     def _flush(self) -> None:
+        """One write per peer per loop iteration, whatever piled up."""
         self._flush_scheduled = False
         batch, self._outbox = self._outbox, []
         if batch and self.scheduler is not None:
             write_batch(self.scheduler, batch)
+        outbox, self._executor_outbox = self._executor_outbox, {}
+        for executor_id, msgs in outbox.items():
+            stream = self.executor_streams.get(executor_id)
+            if stream is not None:
+                write_batch(stream, msgs)
 
     # -- executor side ---------------------------------------------------
 
     def _carry_out(self, instructions: list[Instruction]) -> None:
         for ins in instructions:
             if isinstance(ins, ToExecutor):
-                stream = self.executor_streams.get(ins.executor_id)
-                if stream is not None:
-                    write_batch(stream, [ins.message])
+                self._to_executor(ins.executor_id, ins.message)
             elif isinstance(ins, ToScheduler):
                 self._to_scheduler(ins.message)
             elif isinstance(ins, SpawnExecutor):

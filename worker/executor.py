@@ -90,8 +90,7 @@ class Executor:
 
     def report(self, result: w.TaskResult) -> None:
         """Hand a result back after everything the task sent (one ordered stream)."""
-        self.client.send_soon(w.Executed(result))
-        self.client.flush()
+        self.client.send_now(w.Executed(result))
 
     def _function(self, a: w.Assignment) -> Any:
         fn = self.functions.get(a.spec.function_id)
