@@ -19,11 +19,13 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,6 +35,7 @@ from tornado.netutil import bind_unix_socket
 from tornado.tcpserver import TCPServer
 
 from taskgraph import _wire as w
+from taskgraph import config
 from taskgraph._client import host_id
 from taskgraph._transport import accept_handshake, connect_tornado, read_batch, write_batch
 from taskgraph.exceptions import AuthenticationError, ProtocolError
@@ -100,11 +103,24 @@ class WorkerDaemon:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.server: _ExecutorServer | None = None
+        self._record: Path | None = None
         self._heartbeat: PeriodicCallback | None = None
 
     # -- start and stop --------------------------------------------------
 
     async def start(self) -> None:
+        swept = sweep_dead_daemons()
+        if swept:
+            log.warning("removed what %d dead worker daemon(s) left behind", swept)
+        self._record = config.record_cluster(
+            self.scheduler_address,
+            "",  # the token stays in memory
+            os.getpid(),
+            "daemon",
+            worker_id=self.worker_id,
+            socket_dir=self.socket_dir,
+            shm_dir=str(store.SHM_DIR),
+        )
         hello = w.Hello("worker", b"", self.worker_id.encode(), pid=os.getpid(), host=self.host)
         self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
         write_batch(self.scheduler, [w.RegisterWorker(self.info)])
@@ -148,11 +164,9 @@ class WorkerDaemon:
                 proc.kill()
                 await asyncio.get_running_loop().run_in_executor(None, proc.wait)
         store.remove_all(self.worker_id)
-        try:
-            os.unlink(self.socket_path)
-            os.rmdir(self.socket_dir)
-        except OSError:
-            pass
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
         if self.scheduler is not None:
             self.scheduler.close()
         self.stopped.set()
@@ -312,6 +326,29 @@ class WorkerDaemon:
             if code is not None:
                 self._report_exit(executor_id, code)
             # else the process lives on for a moment; its reaper reports the exit
+
+
+def sweep_dead_daemons() -> int:
+    """Remove the segments, socket folders and records of worker daemons that died.
+
+    A daemon cleans up after itself when it stops; one killed outright
+    cannot, so the next daemon on the host (or ``taskgraph stop``) does.
+    """
+    swept = 0
+    for record in config.records("daemon"):
+        if record["alive"]:
+            continue
+        worker_id = str(record.get("worker_id", ""))
+        shm_dir = Path(record.get("shm_dir") or store.SHM_DIR)
+        if worker_id:
+            for path in shm_dir.glob(f"{store.PREFIX}{worker_id}-*"):
+                path.unlink(missing_ok=True)
+        socket_dir = str(record.get("socket_dir", ""))
+        if os.path.basename(socket_dir).startswith("tg-"):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        config.forget(record)
+        swept += 1
+    return swept
 
 
 def default_resources(

@@ -200,3 +200,26 @@ def test_a_silent_worker_is_dropped_and_its_tasks_retried(monkeypatch):
         processes = descendants()
         tg.shutdown()
     wait_for(lambda: not alive(processes))
+
+
+def test_the_next_daemon_cleans_up_after_a_killed_one(fresh_cluster):
+    import numpy as np
+
+    from conftest import start_worker, stop_process
+    from taskgraph import config
+
+    big = tg.put(np.ones(1_000_000))
+    node = tg.nodes()[0]
+    (record,) = [r for r in config.records("daemon") if r.get("worker_id") == node["node_id"]]
+    assert os.path.isdir(record["socket_dir"]) and segments()
+    psutil.Process(node["pid"]).kill()
+    wait_for(lambda: tg.nodes() == [], what="the scheduler to notice")
+    assert segments(), "a killed daemon cannot clean up after itself"
+    successor = start_worker("--num-cpus", "1")
+    try:
+        wait_for(lambda: not segments(), what="the next daemon to sweep the segments")
+        assert not os.path.exists(record["socket_dir"])
+        assert not os.path.exists(record["path"])
+    finally:
+        stop_process(successor)
+    del big
