@@ -11,19 +11,29 @@ from the code unnoticed::
 
 A transition added to the table without a line in ``WHEN`` below still
 renders, marked as undescribed, so ``--write`` never blocks on prose.
+
+Actor states have no table in the code (``scheduler/actors.py`` assigns
+``rec.state`` where it decides), so their diagram in architecture.md is
+written by hand. ``--check`` still reads the states that code assigns and
+fails if the hand-written diagram names a different set.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import re
 import sys
 from pathlib import Path
 
+from taskgraph.scheduler import actors
 from taskgraph.scheduler.state import SchedulerState
 
 ARCHITECTURE = Path(__file__).resolve().parent / "architecture.md"
 BEGIN = "<!-- transitions:begin -->"
 END = "<!-- transitions:end -->"
+ACTOR_BEGIN = "<!-- actor-states:begin -->"
+ACTOR_END = "<!-- actor-states:end -->"
 
 # When each transition happens, in the reader's words. Keyed like TRANSITIONS.
 WHEN: dict[tuple[str, str], str] = {
@@ -31,28 +41,40 @@ WHEN: dict[tuple[str, str], str] = {
     ("new", "ready"): "submitted with every argument already available (or none)",
     ("new", "erred"): (
         "submitted with an argument that already failed, or that was already freed "
-        "(`ObjectLostError`)"
+        "(`ObjectLostError`); or a method call to an actor that is already dead "
+        "(its `ActorDiedError`)"
     ),
     ("waiting", "ready"): "its last pending argument became available",
-    ("waiting", "erred"): "an argument's task failed: the same error becomes this task's result",
+    ("waiting", "erred"): (
+        "an argument's task failed: the same error becomes this task's result; or, for a "
+        "method call, its actor died"
+    ),
     ("waiting", "cancelled"): "`cancel()` before it could run",
     ("ready", "processing"): (
-        "placement chose a worker with the resources free: they are reserved and the "
-        "task leaves in that worker's next `RunTasks`"
+        "placement chose a worker with the resources free (or, CPU-only, room in a busy "
+        "worker's queue): they are reserved and the task leaves in that worker's next "
+        "`RunTasks`. A method call is not placed: it leaves when it reaches the head of its "
+        "actor's queue while the actor is alive, for the actor's worker, reserving nothing"
     ),
     ("ready", "erred"): (
         "an argument failed in the same batch of events that made the task ready "
-        "(failures propagate after each event, from a worklist)"
+        "(failures propagate after each event, from a worklist); or, for a method call, "
+        "its actor died while the call was queued"
     ),
     ("ready", "cancelled"): "`cancel()` while it was queued in the scheduler",
     ("processing", "memory"): "the worker reported success: its return objects become available",
     ("processing", "ready"): (
         "a retry: its executor crashed or its worker left (or it raised, with "
-        "`retry_exceptions=True`) and it has retries left"
+        "`retry_exceptions=True`) and it has retries left; a method call that was running "
+        "when its actor's process died, with `max_task_retries` left, back at the head of "
+        "the actor's queue; or the creation task of an actor whose process died in its "
+        "constructor, with `max_restarts` left"
     ),
     ("processing", "erred"): (
         "it raised (`TaskError`), or crashed (`WorkerCrashedError`) or lost its worker "
-        "(`NodeDiedError`) with no retries left"
+        "(`NodeDiedError`) with no retries left; a method call whose actor died while it "
+        "ran, or an actor's creation task whose constructor raised or whose actor died "
+        "(`ActorError`, `ActorDiedError`)"
     ),
     ("processing", "cancelled"): (
         "`cancel()` while running: interrupted by SIGINT, killed by SIGKILL with "
@@ -100,7 +122,9 @@ def render(table: dict[tuple[str, str], str] | None = None) -> str:
         "",
         f"A task enters as {_either(initial)}. In {_either(final)} it is finished: the "
         "scheduler forgets it at once (`_forget`), releasing its hold on its arguments; "
-        "its return objects stay as long as someone holds them.",
+        "its return objects stay as long as someone holds them. An actor's creation task "
+        "and its method calls are tasks too and go through the same states; "
+        "[Actors](#actors) says where they differ.",
         "",
         "| from | to | method | when |",
         "|---|---|---|---|",
@@ -110,6 +134,65 @@ def render(table: dict[tuple[str, str], str] | None = None) -> str:
         lines.append(f"| `{start}` | `{finish}` | `{method}` | {when} |")
     lines.append(END)
     return "\n".join(lines)
+
+
+def actor_states_in_code() -> set[str]:
+    """Every state ``scheduler/actors.py`` gives an actor: its default and each ``rec.state = ...``."""
+    source = Path(actors.__file__).read_text()
+    states: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == "ActorRec":
+            for item in node.body:
+                if (
+                    isinstance(item, ast.AnnAssign)
+                    and isinstance(item.target, ast.Name)
+                    and item.target.id == "state"
+                    and isinstance(item.value, ast.Constant)
+                    and isinstance(item.value.value, str)
+                ):
+                    states.add(item.value.value)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs: list[tuple[ast.expr, ast.expr]] = [(target, node.value)]
+                if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                    pairs = list(zip(target.elts, node.value.elts, strict=False))
+                for name, value in pairs:
+                    if (
+                        isinstance(name, ast.Attribute)
+                        and name.attr == "state"
+                        and isinstance(name.value, ast.Name)
+                        and name.value.id == "rec"
+                        and isinstance(value, ast.Constant)
+                        and isinstance(value.value, str)
+                    ):
+                        states.add(value.value)
+    return states
+
+
+def actor_states_in_document(document: str) -> set[str]:
+    """The states the hand-written actor diagram between its markers names."""
+    if document.count(ACTOR_BEGIN) != 1 or document.count(ACTOR_END) != 1:
+        raise ValueError(f"expected exactly one {ACTOR_BEGIN} and one {ACTOR_END} in the document")
+    block = document.split(ACTOR_BEGIN, 1)[1].split(ACTOR_END, 1)[0]
+    states: set[str] = set()
+    for start, finish in re.findall(r"^\s*(\S+)\s*-->\s*(\S+)", block, flags=re.M):
+        states.update(s for s in (start, finish) if s != "[*]")
+    return states
+
+
+def check_actor_states(document: str) -> str | None:
+    """Why the actor diagram disagrees with the code, or None."""
+    in_code = actor_states_in_code()
+    in_document = actor_states_in_document(document)
+    if in_code == in_document:
+        return None
+    missing = ", ".join(sorted(in_code - in_document)) or "none"
+    extra = ", ".join(sorted(in_document - in_code)) or "none"
+    return (
+        f"the actor-state diagram disagrees with scheduler/actors.py: states the code uses "
+        f"but the diagram lacks: {missing}; states the diagram has but the code never "
+        f"assigns: {extra}. Edit the diagram by hand."
+    )
 
 
 def splice(document: str, block: str) -> str:
@@ -144,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
                 "SchedulerState.TRANSITIONS. Run: python docs/transitions.py --write",
                 file=sys.stderr,
             )
+            return 1
+        try:
+            problem = check_actor_states(document)
+        except ValueError as exc:
+            problem = str(exc)
+        if problem is not None:
+            print(f"{ARCHITECTURE}: {problem}", file=sys.stderr)
             return 1
         return 0
     if updated != document:

@@ -19,8 +19,9 @@ Pure, like ``state.py``, and driven only by it: ``SchedulerState`` owns an
 Actor states::
 
     pending ──▶ alive ──▶ dead
-        ▲          │
-        └─restarting◀┘
+                ▲   │
+                │   ▼
+              restarting ──▶ dead
 """
 
 from __future__ import annotations
@@ -118,12 +119,20 @@ class Actors:
             self.state._transition(task, "erred", rec.death if rec else None)
             return
         if result.failure:
+            # The process outlived its failed constructor: end it too.
+            self.state._send_worker(worker.worker_id, w.KillActor(rec.actor_id, True))
             self._die(rec, result.error or self._died(rec, "its constructor failed"))
             return
         rec.state, rec.worker, rec.gpu_ids = "alive", worker.worker_id, gpu_ids
         self._take(worker, rec)
         self.state._transition(task, "memory", result)
         self.dispatch(rec)
+
+    def creation_erred(self, actor_id: bytes, error: bytes | None) -> None:
+        """The creation task failed before the actor existed (e.g. a failed argument)."""
+        rec = self.actors.get(actor_id)
+        if rec is not None and rec.state != "dead":
+            self._die(rec, error or self._died(rec, "its creation failed"))
 
     def started(self, msg: w.ActorStarted) -> None:
         rec = self.actors.get(msg.actor_id)

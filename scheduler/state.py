@@ -735,6 +735,8 @@ class SchedulerState:
             if obj is not None:
                 self._object_failed(obj, error)
         self._forget(task)
+        if task.spec.actor is not None:
+            self.actors.creation_erred(task.id, error)
 
     def _to_cancelled(self, task: Task, error: bytes | None) -> None:
         self._to_erred(task, error)

@@ -234,6 +234,17 @@ def set_executor_client(c: Client, cluster_id: str) -> None:
     _runtime = Runtime(c, address="", namespace="", in_executor=True)
 
 
+def current_namespace() -> str:
+    runtime = _runtime
+    return runtime.namespace if runtime is not None else ""
+
+
+def set_namespace(namespace: str) -> None:
+    """In an executor: the namespace of the job whose task runs now."""
+    if _runtime is not None:
+        _runtime.namespace = namespace
+
+
 def set_task_context(context: TaskContext | None) -> None:
     global _task_context
     _task_context = context

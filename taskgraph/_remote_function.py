@@ -150,6 +150,7 @@ class RemoteFunction:
             strategy=p.strategy,
             parent=client.current_task or b"",
             generator=streaming,
+            namespace=_api.current_namespace(),
         )
         refs = [ObjectRef(base + (i + 1).to_bytes(4, "little"), client) for i in range(num_returns)]
         client.submit(spec)

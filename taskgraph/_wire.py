@@ -126,6 +126,7 @@ class TaskSpec(Msg):
     actor_id: bytes = b""  # set on actor creation and method call tasks
     method: str = ""  # the method a call runs; "" on the creation task
     actor: ActorSpec | None = None  # set on the creation task only
+    namespace: str = ""  # the submitter's: code in the task sees the same named actors
 
 
 class Value(Msg):

@@ -170,6 +170,7 @@ class ActorClass:
             parent=client.current_task or b"",
             actor_id=actor_id,
             actor=actor,
+            namespace=actor.namespace,
         )
         if actor.name:
             reply = client.request(w.CreateNamedActor(0, spec))

@@ -147,6 +147,9 @@ class Executor:
         )
         if a.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
+        if not spec.actor_id or spec.actor is not None:
+            # A task sees its job's named actors; an actor keeps its creator's.
+            _api.set_namespace(spec.namespace)
         if not spec.actor_id:
             # Only plain tasks hold CPUs that a blocking get() can lend out.
             self.client.current_task = spec.task_id

@@ -131,6 +131,7 @@ class Executor:
     functions: set[bytes] = field(default_factory=set)
     actor_id: bytes = b""  # a dedicated actor process: never idle, never in the pool
     backlog: list[w.Assignment] = field(default_factory=list)  # calls before it started
+    hold_cpus: float = 0.0  # an actor's CPUs once its constructor returned
 
 
 class WorkerState:
@@ -144,6 +145,7 @@ class WorkerState:
         self.cpus_used = 0.0
         self.task_cpus: dict[bytes, float] = {}  # running task -> CPUs it holds
         self.blocked: set[bytes] = set()
+        self.actor_cpus: dict[bytes, float] = {}  # CPUs each actor here holds
         self.executors: dict[int, Executor] = {}
         self.queue: deque[w.Assignment] = deque()
         self.functions: dict[bytes, bytes] = {}
@@ -178,6 +180,10 @@ class WorkerState:
             else:
                 ex.state = "idle"
         elif isinstance(event, ExecutorFinished) and self.executors[event.executor_id].actor_id:
+            ex = self.executors[event.executor_id]
+            if event.result.task_id == ex.actor_id and not event.result.failure:
+                self.cpus_used += ex.hold_cpus - self.actor_cpus[ex.actor_id]
+                self.actor_cpus[ex.actor_id] = ex.hold_cpus
             out.append(ToScheduler(w.TasksDone([event.result])))
         elif isinstance(event, ExecutorFinished):
             ex = self.executors[event.executor_id]
@@ -233,6 +239,12 @@ class WorkerState:
             spawn = self._spawn()
             ex = self.executors[spawn.executor_id]
             ex.actor_id = a.spec.actor_id
+            # The constructor runs on the CPUs it was placed with; afterwards the
+            # actor holds what it asked to hold (often none).
+            cpus = a.spec.resources.get("CPU", 0.0)
+            self.actor_cpus[a.spec.actor_id] = cpus
+            self.cpus_used += cpus
+            ex.hold_cpus = a.spec.actor.hold.get("CPU", 0.0) if a.spec.actor else 0.0
             ex.backlog.append(a)
             self.actors[a.spec.actor_id] = ex.executor_id
             return [spawn]
@@ -252,6 +264,7 @@ class WorkerState:
             out.append(ToScheduler(w.ClientGone(ex.client_id)))
         if ex.actor_id:
             self.actors.pop(ex.actor_id, None)
+            self.cpus_used -= self.actor_cpus.pop(ex.actor_id, 0.0)
             out.append(ToScheduler(w.ActorDied(ex.actor_id, event.exit_code, ex.pid)))
             return out
         if ex.task is not None:
@@ -344,6 +357,8 @@ class WorkerState:
 
     def validate(self) -> None:
         held = sum(c for t, c in self.task_cpus.items() if t not in self.blocked)
+        held += sum(self.actor_cpus.values())
+        assert set(self.actor_cpus) == set(self.actors)
         assert abs(held - self.cpus_used) < 1e-6, f"cpus_used {self.cpus_used} != {held}"
         assert set(self.task_cpus) == set(self.running)
         assert self.blocked <= set(self.running)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 import time
@@ -469,3 +470,47 @@ def test_actors_are_listed_with_their_state():
     listed = [a for a in tg._api.client().query("actors") if a["name"] == "listed"]
     assert listed and listed[0]["state"] == "ALIVE" and listed[0]["class_name"] == "Recorder"
     assert listed[0]["pid"] > 0
+
+
+@tg.remote
+def lookup_pid(name):
+    return tg.get(tg.get_actor(name).pid.remote())
+
+
+def test_tasks_see_the_driver_s_named_actors():
+    r = Recorder.options(name="shared-by-name").remote()
+    assert tg.get(lookup_pid.remote("shared-by-name")) == tg.get(r.pid.remote())
+    tg.kill(r)
+
+
+@tg.remote
+def boom():
+    raise RuntimeError("the argument failed")
+
+
+def test_an_actor_whose_argument_failed_fails_its_calls():
+    e = Example.remote(boom.remote())
+    with pytest.raises(RuntimeError, match="the argument failed"):
+        tg.get(e.get.remote(), timeout=30)
+
+
+@tg.remote(num_cpus=1)
+class Pinned:
+    def ping(self):
+        return "pong"
+
+
+@tg.remote
+def hold_cpu(seconds):
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def test_a_worker_counts_the_cpus_its_actors_hold():
+    p = Pinned.remote()
+    assert tg.get(p.ping.remote()) == "pong"
+    spans = sorted(tg.get([hold_cpu.remote(0.3) for _ in range(3)], timeout=60))
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end - 0.05, "two tasks ran beside an actor holding one of two CPUs"
+    tg.kill(p)

@@ -42,6 +42,13 @@ EXPECTED: dict[str, list[str]] = {
         "nested tasks: 285",
         "shut down cleanly",
     ],
+    "parameter_server.py": [
+        "synchronous: 60 updates",
+        "synchronous training converged: True",
+        "asynchronous: 200 updates",
+        "asynchronous training converged: True",
+        "shut down cleanly",
+    ],
     "parallel_grid_search.py": [
         "scored 48 settings in parallel",
         "best: degree=5 alpha=0.1 ",

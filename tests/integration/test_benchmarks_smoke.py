@@ -1,0 +1,65 @@
+"""``python -m benchmarks`` end to end at its smallest: one quick benchmark, no peers.
+
+The suite runs each system in a process of its own and must leave nothing
+behind; the autouse leak checks in conftest.py hold it to that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+def test_quick_tasks_sync_prints_a_table(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--only",
+            "tasks_sync",
+            "--quick",
+            "--repeat",
+            "2",
+            "--json",
+            str(out),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| benchmark | unit | taskgraph | limit | % of limit |" in proc.stdout
+    assert "| single client tasks sync | tasks/s |" in proc.stdout
+    assert "left processes" not in proc.stdout + proc.stderr
+
+    document = json.loads(out.read_text())
+    (ours,) = [r for r in document["results"] if r["system"] == "taskgraph"]
+    assert ours["status"] == "ok", ours
+    assert len(ours["samples"]) == 2
+    assert ours["median"] > 0
+
+
+def test_unknown_benchmark_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "no_such_benchmark"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "unknown benchmark(s): no_such_benchmark" in proc.stderr
+    assert "tasks_async" in proc.stderr  # the message lists the valid names
