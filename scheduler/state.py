@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskgraph import _wire as w
+from taskgraph._ids import generator_item_id, return_ids
 from taskgraph.exceptions import (
     NodeDiedError,
     ObjectLostError,
@@ -156,17 +157,6 @@ class ClientRec:
     namespace: str
     held: set[bytes] = field(default_factory=set)
     warned_shapes: set[tuple[Any, ...]] = field(default_factory=set)
-
-
-def return_ids(task_id: bytes, count: int) -> list[bytes]:
-    """Object ids of a task's returns: the task id with index 1..count."""
-    base = task_id[:12]
-    return [base + (i + 1).to_bytes(4, "little") for i in range(count)]
-
-
-def generator_item_id(task_id: bytes, index: int) -> bytes:
-    """Items of a generator task follow its single return (the item count)."""
-    return task_id[:12] + (index + 2).to_bytes(4, "little")
 
 
 def error_bytes(exc: TaskgraphError) -> bytes:
@@ -782,6 +772,7 @@ class SchedulerState:
     # -- objects ---------------------------------------------------------
 
     def _object_done(self, obj: Obj) -> None:
+        """The object is ready or failed: tell who waits, move its dependents on."""
         value = obj.as_value()
         for client_id in obj.waiters:
             self._send_client(client_id, w.ObjectsReady([value]))
@@ -789,26 +780,18 @@ class SchedulerState:
         dependents, obj.dependents = obj.dependents, []
         for task in dependents:
             task.waiting_on.discard(obj.id)
-            if not task.waiting_on and task.state == "waiting":
+            if obj.state == "error":
+                # A worklist, not recursion: a failure may cross a chain of
+                # thousands of dependent tasks.
+                self._failing.append((task, obj.error))
+            elif not task.waiting_on and task.state == "waiting":
                 self._transition(task, "ready")
 
     def _object_failed(self, obj: Obj, error: bytes | None) -> None:
         obj.state = "error"
         obj.error = error
         obj.data = None
-        self._object_done_failed(obj)
-
-    def _object_done_failed(self, obj: Obj) -> None:
-        value = obj.as_value()
-        for client_id in obj.waiters:
-            self._send_client(client_id, w.ObjectsReady([value]))
-        obj.waiters.clear()
-        dependents, obj.dependents = obj.dependents, []
-        for task in dependents:
-            task.waiting_on.discard(obj.id)
-            # A worklist, not recursion: a failure may cross a chain of
-            # thousands of dependent tasks.
-            self._failing.append((task, obj.error))
+        self._object_done(obj)
 
     def _decref(self, oid: bytes) -> None:
         obj = self._drop_ref(oid)

@@ -111,7 +111,7 @@ class ObjectRefGenerator:
         return self
 
     def __next__(self) -> ObjectRef:
-        from taskgraph.scheduler.state import generator_item_id
+        from taskgraph._ids import generator_item_id
 
         item = ObjectRef(generator_item_id(self._task_id, self._next), self._client)
         self._client.wait_values([item.id, self._end.id], 1, None)

@@ -16,6 +16,7 @@ from typing import Any
 from taskgraph import _api, _options, serialization
 from taskgraph import _wire as w
 from taskgraph._client import INLINE_LIMIT, Client
+from taskgraph._ids import return_ids
 from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 
 FOREVER = 2**31 - 1
@@ -152,15 +153,20 @@ class RemoteFunction:
             generator=streaming,
             namespace=_api.current_namespace(),
         )
-        refs = [ObjectRef(base + (i + 1).to_bytes(4, "little"), client) for i in range(num_returns)]
-        client.submit(spec)
         if streaming:
-            return ObjectRefGenerator(task_id, refs[0], client)
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+            return ObjectRefGenerator(task_id, submit(client, spec), client)
+        return submit(client, spec)
+
+
+def submit(client: Client, spec: w.TaskSpec) -> Any:
+    """Record a task; hand back its refs as Ray does: one ref, None, or a list."""
+    refs = [ObjectRef(oid, client) for oid in return_ids(spec.task_id, spec.num_returns)]
+    client.submit(spec)
+    if spec.num_returns == 1:
+        return refs[0]
+    if spec.num_returns == 0:
+        return None
+    return refs
 
 
 class _BoundOptions:

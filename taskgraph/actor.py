@@ -19,7 +19,7 @@ from typing import Any
 from taskgraph import _api, _options
 from taskgraph import _wire as w
 from taskgraph._object_ref import ObjectRef
-from taskgraph._remote_function import FOREVER, RemoteFunction, encode_arguments
+from taskgraph._remote_function import FOREVER, RemoteFunction, encode_arguments, submit
 
 ACTOR_OPTIONS = {
     "num_cpus",
@@ -306,13 +306,7 @@ class ActorMethod:
             actor_id=handle._actor_id,
             method=self._name,
         )
-        refs = [ObjectRef(base + (i + 1).to_bytes(4, "little"), client) for i in range(num_returns)]
-        client.submit(spec)
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return submit(client, spec)
 
 
 class _BoundMethodOptions:

@@ -25,11 +25,11 @@ from typing import Any
 from taskgraph import _api, serialization
 from taskgraph import _wire as w
 from taskgraph._client import Client
+from taskgraph._ids import generator_item_id, return_ids
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import TaskCancelledError, TaskgraphError
-from taskgraph.scheduler.state import generator_item_id, return_ids
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
 
 
