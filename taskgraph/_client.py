@@ -25,7 +25,6 @@ import logging
 import os
 import pickle
 import threading
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -49,6 +48,16 @@ def host_id() -> str:
     return f"{os.uname().nodename}/{boot}"
 
 
+class _Waiter:
+    """A caller blocked in get/wait: how many more of its objects must arrive."""
+
+    __slots__ = ("event", "remaining")
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        self.event = threading.Event()
+
+
 class Client:
     def __init__(
         self,
@@ -69,7 +78,7 @@ class Client:
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._flush_cond = threading.Condition(self._lock)
-        self._ready_cond = threading.Condition(self._lock)
+        self._waiters: dict[bytes, list[_Waiter]] = {}  # object id -> blocked callers
         self._pending: list[Any] = []
         self._flush_requested = False
         self._counts: dict[bytes, int] = {}
@@ -205,8 +214,11 @@ class Client:
                         self._wanted.discard(oid)
                         if oid in self._counts:
                             self._values[oid] = value
+                        for waiter in self._waiters.pop(oid, ()):
+                            waiter.remaining -= 1
+                            if waiter.remaining <= 0:
+                                waiter.event.set()
                         fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
-                    self._ready_cond.notify_all()
                 elif isinstance(msg, w.QueryReply):
                     fut = self._queries.pop(msg.request_id, None)
                     if fut is not None:
@@ -227,7 +239,10 @@ class Client:
             if self.broken is not None:
                 return
             self.broken = reason
-            self._ready_cond.notify_all()
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
+            self._waiters.clear()
             callbacks, self._callbacks = self._callbacks, {}
             queries, self._queries = self._queries, {}
         err = ConnectionError(reason)
@@ -335,37 +350,44 @@ class Client:
         """Block until ``count`` of ``oids`` have arrived; return the arrived ones.
 
         Returns None when the timeout passed first. While blocked inside a
-        task, the task's CPU is lent back to its worker.
+        task, the task's CPU is lent back to its worker. The reader thread
+        counts arrivals for us and wakes us once, when enough are here.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        unique = list(dict.fromkeys(oids))
         with self._lock:
-            self._want(oids)
+            self._want(unique)
+            missing = [o for o in unique if o not in self._values]
+            waiter = _Waiter(count - (len(unique) - len(missing)))
+            if waiter.remaining > 0:
+                if self.broken is not None:
+                    raise ConnectionError(self.broken)
+                for oid in missing:
+                    self._waiters.setdefault(oid, []).append(waiter)
+                task = self.current_task
+                blocked = task is not None
+                if task is not None:
+                    self._queue(w.TaskBlocked(task), wake=False)
         self.flush()
-        blocked = False
+        if waiter.remaining <= 0:
+            return [o for o in unique if o in self._values]
         try:
-            with self._lock:
-                while True:
-                    here = [o for o in oids if o in self._values]
-                    if len(here) >= count:
-                        return here
-                    if self.broken is not None:
-                        raise ConnectionError(self.broken)
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return None
-                    if not blocked and self.current_task is not None:
-                        blocked = True
-                        self._queue(w.TaskBlocked(self.current_task), wake=False)
-                        self._lock.release()
-                        try:
-                            self.flush()
-                        finally:
-                            self._lock.acquire()
-                        continue
-                    self._ready_cond.wait(remaining)
+            arrived = waiter.event.wait(timeout)
         finally:
+            with self._lock:
+                for oid in missing:
+                    waiting = self._waiters.get(oid)
+                    if waiting is not None and waiter in waiting:
+                        waiting.remove(waiter)
+                        if not waiting:
+                            del self._waiters[oid]
             if blocked and self.current_task is not None:
                 self.send_soon(w.TaskUnblocked(self.current_task))
+        if self.broken is not None:
+            raise ConnectionError(self.broken)
+        if not arrived:
+            return None
+        with self._lock:
+            return [o for o in unique if o in self._values]
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         oids = [r.id for r in refs]
