@@ -116,6 +116,9 @@ class Actors:
         gpu_ids = list(task.gpu_ids)
         self.state._release_resources(worker, task)
         if rec is None or rec.state == "dead":
+            # Not expected (the actor's end fails its creation task); if it happens,
+            # the process must not outlive the actor.
+            self.state._send_worker(worker.worker_id, w.KillActor(task.id, True))
             self.state._transition(task, "erred", rec.death if rec else None)
             return
         if result.failure:
@@ -163,8 +166,12 @@ class Actors:
 
     def call_finished(self, task: Task) -> None:
         rec = self.actors.get(task.spec.actor_id)
-        if rec is not None:
-            rec.running.pop(task.id, None)
+        if rec is None:
+            return
+        if rec.running.pop(task.id, None) is None and rec.calls and rec.calls[0] is task:
+            # It failed or was cancelled at the head of the queue: the calls behind
+            # it need not wait for it any more.
+            self.dispatch(rec)
 
     def dispatch(self, rec: ActorRec) -> None:
         """Hand calls to the actor from the head of its queue while the head is ready."""
@@ -188,19 +195,17 @@ class Actors:
         if rec is None or rec.state == "dead":
             return
         rec.no_restart = rec.no_restart or msg.no_restart
-        creation = self.state.tasks.get(rec.actor_id)
-        if rec.state == "alive" or (creation is not None and creation.state == "processing"):
-            worker = rec.worker or (creation.worker if creation is not None else None)
-            if worker is not None:
-                self.state._send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))
+        worker = self._process_at(rec)
+        if worker is not None:
+            self.state._send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))
             return
         self._die(rec, self._died(rec, "it was killed with kill()"))
 
     def died(self, msg: w.ActorDied) -> None:
         """The actor's process exited: restart it, or fail what it had."""
         rec = self.actors.get(msg.actor_id)
-        if rec is None or rec.state == "dead":
-            return
+        if rec is None or self._process_at(rec) is None:
+            return  # dead, or a late report of a process it already replaced
         graceful = msg.exit_code == 0
         if msg.exit_code < 0:
             how = f"its process died of signal {-msg.exit_code}"
@@ -217,13 +222,20 @@ class Actors:
         self._leaving = worker
         try:
             for rec in list(self.actors.values()):
-                creation = self.state.tasks.get(rec.actor_id)
-                placed_there = creation is not None and creation.worker == worker.worker_id
-                if rec.state != "dead" and (rec.worker == worker.worker_id or placed_there):
+                if self._process_at(rec) == worker.worker_id:
                     why = f"its node {worker.worker_id} left the cluster"
                     self._lost_process(rec, why, restart=True)
         finally:
             self._leaving = None
+
+    def _process_at(self, rec: ActorRec) -> str | None:
+        """The worker running the actor's process (alive, or in its constructor), if any."""
+        if rec.state == "alive":
+            return rec.worker
+        creation = self.state.tasks.get(rec.actor_id)
+        if rec.state != "dead" and creation is not None and creation.state == "processing":
+            return creation.worker
+        return None
 
     def _worker(self, worker_id: str | None) -> WorkerRec | None:
         if self._leaving is not None and self._leaving.worker_id == worker_id:
@@ -247,29 +259,28 @@ class Actors:
             worker = self._worker(call.worker)
             if worker is not None:
                 worker.running.discard(call.id)
-        if not can_restart:
-            death = self._died(rec, how)
-            for call in in_flight:
-                state._transition(call, "erred", death)
-            self._die(rec, death)
-            return
-        rec.restarts_left -= 1
-        rec.state, rec.worker, rec.pid = "restarting", None, 0
-        retried: list[Task] = []
         death = self._died(rec, how)
-        for call in in_flight:
-            if call.retries_left > 0:
-                call.retries_left -= 1
-                retried.append(call)
-            else:
-                state._transition(call, "erred", death)
-        rec.calls.extendleft(reversed(retried))
-        for call in retried:
-            state._transition(call, "ready")
-        if creation is not None and creation.state == "processing":
-            state._transition(creation, "ready")
+        failed = in_flight
+        if not can_restart:
+            self._die(rec, death)
         else:
-            state._resubmit_creation(rec.spec, rec.owner)
+            rec.restarts_left -= 1
+            rec.state, rec.worker, rec.pid = "restarting", None, 0
+            retried = [call for call in in_flight if call.retries_left > 0]
+            failed = [call for call in in_flight if call.retries_left <= 0]
+            for call in retried:
+                call.retries_left -= 1
+            rec.calls.extendleft(reversed(retried))
+            for call in retried:
+                state._transition(call, "ready")
+            if creation is not None and creation.state == "processing":
+                state._transition(creation, "ready")
+            else:
+                state._resubmit_creation(rec.spec, rec.owner)
+        # Last: a failed call may let go of the actor's last handle, which ends
+        # the actor (anchor_freed) and must find it settled.
+        for call in failed:
+            state._transition(call, "erred", death)
 
     def _die(self, rec: ActorRec, death: bytes | None) -> None:
         state = self.state
@@ -300,8 +311,9 @@ class Actors:
         rec = self.actors.get(actor_id)
         if rec is None:
             return
-        if rec.state == "alive" and rec.worker is not None:
-            self.state._send_worker(rec.worker, w.KillActor(actor_id, True, graceful=True))
+        worker = self._process_at(rec)
+        if worker is not None:  # alive, or its constructor is running again
+            self.state._send_worker(worker, w.KillActor(actor_id, True, graceful=True))
         if rec.state != "dead":
             rec.no_restart = True
             self._die(rec, self._died(rec, "its last handle was dropped"))
@@ -381,8 +393,19 @@ class Actors:
                 assert task.state in ("waiting", "ready") or task.id not in self.state.tasks
             for task in rec.running.values():
                 assert task.state == "processing" and rec.state == "alive"
+                assert task.worker == rec.worker
+            queued = [t for t in rec.calls if self.state.tasks.get(t.id) is t]
+            if rec.state == "alive" and queued:
+                assert queued[0].state == "waiting", "an alive actor's ready call waits"
             if rec.state == "alive" and rec.calls:
-                head = rec.calls[0]
-                assert head.state == "waiting" or head.id not in self.state.tasks, (
-                    "an alive actor's ready call was not handed over"
+                assert self.state.tasks.get(rec.calls[0].id) is rec.calls[0], (
+                    "a finished call heads an alive actor's queue"
                 )
+        for task in self.state.tasks.values():
+            if not is_call(task.spec):
+                continue
+            rec = self.actors.get(task.spec.actor_id)
+            if task.state == "processing":
+                assert rec is not None and task in rec.running.values(), "call not running"
+            else:
+                assert rec is not None and task in rec.calls, "unfinished call not queued"

@@ -17,7 +17,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
 from taskgraph import _wire as w
-from taskgraph._transport import accept_handshake, read_batch, write_batch
+from taskgraph._transport import FrameReader, accept_handshake, read_batch, write_batch
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.scheduler.state import (
     ClientJoined,
@@ -42,7 +42,7 @@ class SchedulerServer(TCPServer):
         if worker_timeout is None:
             worker_timeout = float(os.environ.get("TASKGRAPH_WORKER_TIMEOUT", "30"))
         # Busy workers may queue up to this many CPU-only tasks per CPU (placement.py).
-        queue_depth = float(os.environ.get("TASKGRAPH_QUEUE_DEPTH", "1"))
+        queue_depth = float(os.environ.get("TASKGRAPH_QUEUE_DEPTH", "4"))
         self.state = SchedulerState(cluster_id, worker_timeout, queue_depth)
         # Time passes for the state machine even when nobody writes: silent
         # workers are noticed on a tick.
@@ -119,9 +119,10 @@ class SchedulerServer(TCPServer):
         client_id = hello.client_id
         self.client_streams[client_id] = stream
         self.handle(ClientJoined(client_id, None, hello.namespace))
+        reader = FrameReader(stream)
         try:
             while True:
-                msgs = await read_batch(stream)
+                msgs = await reader.read()
                 self.handle(ClientSent(client_id, msgs))
                 if any(isinstance(m, w.Goodbye) for m in msgs):
                     break
@@ -139,9 +140,10 @@ class SchedulerServer(TCPServer):
         self.worker_streams[worker_id] = stream
         log.info("worker %s joined from %s with %s", worker_id, info.host, info.resources)
         self.handle(WorkerJoined(info), WorkerSent(worker_id, first[1:]))
+        reader = FrameReader(stream)
         try:
             while True:
-                msgs = await read_batch(stream)
+                msgs = await reader.read()
                 self.handle(WorkerSent(worker_id, msgs))
         finally:
             # A worker that re-registered under the same id has a new stream by

@@ -356,7 +356,8 @@ class SchedulerState:
         task.shape = (tuple(sorted(task.need.items())), spec.strategy)
         self.tasks[spec.task_id] = task
         for oid in (*spec.deps, *spec.nested):
-            self.objects[oid].refs += 1
+            if oid in self.objects:  # a nested object may have been gone at submit
+                self.objects[oid].refs += 1
         failed = next(
             (self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None
         )
@@ -581,9 +582,11 @@ class SchedulerState:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
+        # Actors first: a client leaving with the worker may drop an actor's last
+        # handle, and the actor must by then hold nothing on this worker.
+        self.actors.worker_left(worker)
         for client_id in [c.client_id for c in self.clients.values() if c.via_worker == worker_id]:
             self._client_left(client_id)
-        self.actors.worker_left(worker)
         for task_id in list(worker.running):
             task = self.tasks[task_id]
             task.worker = None

@@ -37,7 +37,12 @@ from tornado.tcpserver import TCPServer
 from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._client import host_id
-from taskgraph._transport import accept_handshake, connect_tornado, read_batch, write_batch
+from taskgraph._transport import (
+    FrameReader,
+    accept_handshake,
+    connect_tornado,
+    write_batch,
+)
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.worker import store
 from taskgraph.worker.state import (
@@ -58,6 +63,9 @@ from taskgraph.worker.state import (
 )
 
 log = logging.getLogger("taskgraph.worker")
+
+# How long a busy worker gathers task reports before sending them on.
+BATCH_DELAY = float(os.environ.get("TASKGRAPH_BATCH_DELAY", "0.001"))
 
 
 class _ExecutorServer(TCPServer):
@@ -99,6 +107,7 @@ class WorkerDaemon:
         self.scheduler: IOStream | None = None
         self._outbox: list[Any] = []
         self._executor_outbox: dict[int, list[Any]] = {}
+        self._scheduler_flush_pending = False
         self._flush_scheduled = False
         self._stopping = False
         self.stopped = asyncio.Event()
@@ -175,9 +184,10 @@ class WorkerDaemon:
 
     async def _read_scheduler(self) -> None:
         assert self.scheduler is not None
+        reader = FrameReader(self.scheduler)
         try:
             while True:
-                msgs = await read_batch(self.scheduler)
+                msgs = await reader.read()
                 for msg in msgs:
                     self._scheduler_message(msg)
         except (StreamClosedError, ProtocolError) as exc:
@@ -208,9 +218,22 @@ class WorkerDaemon:
 
     def _to_scheduler(self, msg: Any) -> None:
         self._outbox.append(msg)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            IOLoop.current().add_callback(self._flush)
+        if self._scheduler_flush_pending:
+            return
+        self._scheduler_flush_pending = True
+        loop = IOLoop.current()
+        if self.state.running:
+            # Other tasks here will finish soon: gather their reports into one
+            # frame. When nothing else runs, the scheduler waits on us: send now.
+            loop.call_later(BATCH_DELAY, self._flush_scheduler)
+        else:
+            loop.add_callback(self._flush_scheduler)
+
+    def _flush_scheduler(self) -> None:
+        self._scheduler_flush_pending = False
+        batch, self._outbox = self._outbox, []
+        if batch and self.scheduler is not None:
+            write_batch(self.scheduler, batch)
 
     def _to_executor(self, executor_id: int, msg: Any) -> None:
         self._executor_outbox.setdefault(executor_id, []).append(msg)
@@ -219,11 +242,8 @@ class WorkerDaemon:
             IOLoop.current().add_callback(self._flush)
 
     def _flush(self) -> None:
-        """One write per peer per loop iteration, whatever piled up."""
+        """One write per executor per loop iteration, whatever piled up."""
         self._flush_scheduled = False
-        batch, self._outbox = self._outbox, []
-        if batch and self.scheduler is not None:
-            write_batch(self.scheduler, batch)
         outbox, self._executor_outbox = self._executor_outbox, {}
         for executor_id, msgs in outbox.items():
             stream = self.executor_streams.get(executor_id)
@@ -296,9 +316,10 @@ class WorkerDaemon:
         self.by_client[hello.client_id] = executor_id
         self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
         relay: list[Any] = []
+        reader = FrameReader(stream)
         try:
             while True:
-                msgs = await read_batch(stream)
+                msgs = await reader.read()
                 for msg in msgs:
                     if isinstance(msg, w.Executed):
                         if relay:
