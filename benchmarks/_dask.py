@@ -1,0 +1,121 @@
+"""Dask distributed, written the way a Dask user would write each workload.
+
+The cluster is ``LocalCluster(n_workers=2, threads_per_worker=1,
+processes=True)``: two single-threaded worker processes, like taskgraph's and
+Ray's two executors; the scheduler runs inside the driver process, as
+LocalCluster always does. The dashboard is off (Ray's minimal install has
+none either). Ray's put/get map to ``scatter`` and ``Future.result``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from benchmarks import _engine
+from benchmarks._engine import NUM_CPUS, Unsupported, Workload
+
+
+class DaskEngine:
+    name = "dask"
+
+    def __init__(self) -> None:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(_engine)
+        # Closing a cluster logs heartbeats to workers that already left.
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        self.cluster: Any = None
+        self.client: Any = None
+
+    def _start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(
+            n_workers=NUM_CPUS, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        self.client = Client(self.cluster)
+
+    def start(self) -> None:
+        self._start()
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
+
+    def cold_start(self, settle: float) -> dict[str, float]:
+        started = time.perf_counter()
+        self._start()
+        self.client.submit(_engine.small_value, pure=False).result()
+        elapsed = time.perf_counter() - started
+        time.sleep(settle)
+        memory = _engine.cluster_memory_mib()
+        self.stop()
+        left = _engine.wait_for_descendants_to_exit()
+        if left:
+            raise RuntimeError(f"closing the LocalCluster left processes running: {left}")
+        return {"init": elapsed, "idle_memory": memory}
+
+    def workload(self, key: str, n: int) -> Workload:
+        from distributed import as_completed
+
+        client = self.client
+        f = _engine.small_value
+        if key == "tasks_sync":
+            return Workload(lambda: client.submit(f, pure=False).result(), 1)
+        if key in ("tasks_async", "tasks_and_get_batch"):
+            return Workload(
+                lambda: client.gather([client.submit(f, pure=False) for _ in range(n)]),
+                n if key == "tasks_async" else 1,
+            )
+        if key == "wait_1k":
+
+            def wait_one_at_a_time() -> None:
+                # ray.wait(num_returns=1) hands back one ready ref per call. Dask's
+                # wait(return_when=FIRST_COMPLETED) costs O(n) per call (about a minute
+                # for 1000 calls here); as_completed is how Dask users take one at a time.
+                for _future in as_completed([client.submit(f, pure=False) for _ in range(n)]):
+                    pass
+
+            return Workload(wait_one_at_a_time, 1)
+        if key == "get_small":
+            future = client.scatter(0, hash=False)
+            return Workload(future.result, 1)
+        if key == "put_small":
+            return Workload(lambda: client.scatter(0, hash=False), 1)
+        if key == "put_get_small":
+            return Workload(lambda: client.scatter(1, hash=False).result(), 1)
+        if key == "put_gigabytes":
+            array = _engine.big_array(n)
+            return Workload(lambda: client.scatter(array, hash=False), array.nbytes / 1e9)
+        if key == "get_large":
+            array = _engine.big_array(n)
+            future = client.scatter(array, hash=False)
+            return Workload(future.result, array.nbytes / 1e9)
+        if key in ("actor_sync", "actor_async"):
+            actor = client.submit(_engine.Actor, actor=True).result()
+            if key == "actor_sync":
+                return Workload(lambda: actor.small_value().result(), 1)
+
+            def calls() -> None:
+                for call in [actor.small_value() for _ in range(n)]:
+                    call.result()
+
+            return Workload(calls, n)
+        if key == "tree":
+            import dask
+
+            add = dask.delayed(_engine.add, pure=False)
+
+            def tree() -> None:
+                root = _engine.tree_layers(n, add)
+                _engine.check_tree(client.compute(root).result(), n)
+
+            return Workload(tree, n - 1)
+        if key == "map":
+            return Workload(lambda: client.gather(client.map(_engine.inc, range(n), pure=False)), n)
+        raise Unsupported(f"no Dask version of {key!r}")

@@ -1,0 +1,134 @@
+"""What every system's adapter provides, and helpers they share.
+
+An engine starts and stops one system's cluster and turns a benchmark key and
+size into a ``Workload``: one iteration to time and how much work it does. It
+raises ``Unsupported`` (with a reason for the table's notes) for a workload
+the system does not have.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+
+NUM_CPUS = 2
+MIB = 1024 * 1024
+
+
+class Unsupported(Exception):
+    """This system has no version of the workload; the message says why."""
+
+
+@dataclass
+class Workload:
+    run: Callable[[], object]
+    ops: float  # units of the row's measure done by one run (tasks, calls, GB)
+
+
+class Engine(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def workload(self, key: str, n: int) -> Workload: ...
+
+    def cold_start(self, settle: float) -> dict[str, float]: ...
+
+
+# -- the functions tasks run: module-level, pickled by value ----------------------
+
+
+def small_value() -> bytes:
+    return b"ok"
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def objects_containing_refs(api_module: str, n: int) -> list[Any]:
+    import importlib
+
+    api = importlib.import_module(api_module)
+    return [api.put(1) for _ in range(n)]
+
+
+class Actor:
+    def small_value(self) -> bytes:
+        return b"ok"
+
+
+# -- shared helpers ------------------------------------------------------------------
+
+
+def big_array(n: int) -> np.ndarray:
+    """``n`` int64s with every page touched (np.zeros would map the zero page)."""
+    return np.ones(n, dtype=np.int64)
+
+
+def tree_layers(n: int, add_node: Callable[[Any, Any], Any]) -> Any:
+    """Sum ``range(n)`` pairwise (n a power of two): n - 1 calls of ``add_node``."""
+    layer: list[Any] = list(range(n))
+    while len(layer) > 1:
+        layer = [add_node(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+    return layer[0]
+
+
+def check_tree(total: int, n: int) -> None:
+    if total != n * (n - 1) // 2:
+        raise AssertionError(f"tree reduction of range({n}) gave {total}, not {n * (n - 1) // 2}")
+
+
+def cluster_memory_mib() -> float:
+    """Sum of PSS (RSS where PSS is unreadable) of this process's descendants."""
+    total = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.AccessDenied, AttributeError):
+                total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return total / MIB
+
+
+def wait_for_descendants_to_exit(timeout: float = 20.0) -> list[str]:
+    """After a cluster's shutdown: wait for its processes; kill and name stragglers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in psutil.Process().children(recursive=True) if _cluster_process(p)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    named = []
+    for proc in alive:
+        try:
+            named.append(f"pid {proc.pid} ({' '.join(proc.cmdline()[:4])})")
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return named
+
+
+def _cluster_process(proc: psutil.Process) -> bool:
+    # multiprocessing's resource tracker (Dask's spawned workers start one) lives
+    # as long as this process, by design; it is not part of any cluster.
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not any("resource_tracker" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
