@@ -928,7 +928,44 @@ class SchedulerState:
             return self.actors.get(arg)
         if what == "actors":
             return [self.actors.describe(r) for r in self.actors.actors.values()]
+        if what == "memory":
+            return self.memory(top=int(arg or 10))
         raise ValueError(f"unknown query {what!r}")
+
+    def memory(self, top: int = 10) -> dict[str, Any]:
+        """Objects and bytes per node, and the largest objects with who holds them."""
+        nodes: dict[str, dict[str, Any]] = {
+            r.worker_id: {"node_id": r.worker_id, "objects": 0, "bytes": 0, "bytes_spilled": 0}
+            for r in self.workers.values()
+        }
+        inline = {"objects": 0, "bytes": 0}
+        sized: list[tuple[int, Obj]] = []
+        for obj in self.objects.values():
+            if obj.location is not None:
+                node = nodes.get(obj.location.worker_id)
+                if node is not None:
+                    node["objects"] += 1
+                    node["bytes"] += obj.location.size
+                sized.append((obj.location.size, obj))
+            elif obj.data is not None:
+                inline["objects"] += 1
+                inline["bytes"] += len(obj.data)
+                sized.append((len(obj.data), obj))
+        sized.sort(key=lambda pair: pair[0], reverse=True)
+        largest = []
+        for size, obj in sized[:top]:
+            clients = [c.client_id.hex() for c in self.clients.values() if obj.id in c.held]
+            tasks = [t.spec.name for t in self.tasks.values() if obj.id in t.spec.deps]
+            containers = [o.id.hex() for o in self.objects.values() if obj.id in o.contains]
+            largest.append(
+                {
+                    "object_id": obj.id.hex(),
+                    "size": size,
+                    "node_id": obj.location.worker_id if obj.location else None,
+                    "held_by": {"clients": clients, "tasks": tasks, "objects": containers},
+                }
+            )
+        return {"nodes": list(nodes.values()), "inline": inline, "largest": largest}
 
     def statistics(self) -> dict[str, Any]:
         by_state: dict[str, int] = {}

@@ -355,6 +355,16 @@ def available_resources() -> dict[str, float]:
     return result
 
 
+def object_store_stats(top: int = 10) -> dict[str, Any]:
+    """Per node: objects and bytes in shared memory; also the largest objects and their holders.
+
+    ``inline`` counts the small objects the scheduler keeps in its own memory.
+    Nothing spills yet, so ``bytes_spilled`` is always 0.
+    """
+    result: dict[str, Any] = client().query("memory", top)
+    return result
+
+
 def get_gpu_ids() -> list[int]:
     context = _task_context
     return list(context.gpu_ids) if context is not None else []

@@ -362,6 +362,47 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(_status_text(address, nodes))
 
 
+def cmd_memory(args: argparse.Namespace) -> None:
+    address = _status_address(args.address)
+    token = args.token or config.token_for(address)
+    if token is None:
+        raise CliError(
+            f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
+        )
+    with _connected(address, token) as client:
+        report = client.query("memory", args.top)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(_memory_text(address, report))
+
+
+def _memory_text(address: str, report: dict[str, Any]) -> str:
+    lines = [f"Object store of the taskgraph cluster at {address}", ""]
+    lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10}")
+    for node in report["nodes"]:
+        lines.append(
+            f"    {node['node_id']:<14} {node['objects']:>8} {_bytes(node['bytes']):>12} "
+            f"{_bytes(node['bytes_spilled']):>10}"
+        )
+    inline = report["inline"]
+    lines.append(f"    {'(inline)':<14} {inline['objects']:>8} {_bytes(inline['bytes']):>12}")
+    if report["largest"]:
+        lines += ["", "Largest objects:"]
+        for item in report["largest"]:
+            held = item["held_by"]
+            who = ", ".join(
+                [f"client {c[:8]}" for c in held["clients"]]
+                + [f"task {t}" for t in held["tasks"]]
+                + [f"object {o[:8]}" for o in held["objects"]]
+            )
+            where = item["node_id"] or "inline"
+            lines.append(
+                f"    {item['object_id']}  {_bytes(item['size']):>10}  on {where}  held by {who}"
+            )
+    return "\n".join(lines)
+
+
 def _status_address(given: str | None) -> str:
     if given:
         return _normalize_address(given)
@@ -512,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_start(commands)
     _add_stop(commands)
     _add_status(commands)
+    _add_memory(commands)
     return parser
 
 
@@ -628,6 +670,22 @@ def _add_status(commands: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the nodes as JSON")
     p.set_defaults(func=cmd_status)
+
+
+def _add_memory(commands: Any) -> None:
+    p = commands.add_parser(
+        "memory",
+        help="show the object store: objects and bytes per node, the largest objects",
+        description=(
+            "Show each node's objects and bytes in shared memory, the small objects the "
+            "scheduler keeps inline, and the largest objects with who holds them."
+        ),
+    )
+    p.add_argument("--address", metavar="HOST:PORT", default=None, help="the scheduler")
+    p.add_argument("--token", default=None, help="cluster token")
+    p.add_argument("--top", type=int, default=10, help="how many of the largest objects to list")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_memory)
 
 
 def _exit_on_signal(signum: int, _frame: Any) -> None:

@@ -66,3 +66,39 @@ def test_arguments_stay_alive_until_the_task_ran():
     ref = total.remote(tg.put(np.ones(BIG)))  # the only holder of the put is the task
     gc.collect()
     assert tg.get(ref) == BIG
+
+
+def test_object_store_stats_and_the_memory_command():
+    import subprocess
+    import sys
+
+    ref = tg.put(np.ones(BIG))
+    stats = tg.object_store_stats()
+    (node,) = stats["nodes"]
+    assert node["objects"] == 1 and node["bytes"] >= BIG * 8
+    (largest, *_) = stats["largest"]
+    assert largest["object_id"] == ref.hex() and largest["node_id"] == node["node_id"]
+    assert largest["held_by"]["clients"] == [tg._api.client().client_id.hex()]
+
+    runtime = tg._api._runtime
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskgraph.cli",
+            "memory",
+            "--address",
+            runtime.address,
+            "--token",
+            runtime.cluster.token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert ref.hex() in out.stdout and node["node_id"] in out.stdout
+
+    del ref
+    gc.collect()
+    wait_for(lambda: tg.object_store_stats()["nodes"][0]["objects"] == 0)
