@@ -404,8 +404,8 @@ class Actors:
         for task in self.state.tasks.values():
             if not is_call(task.spec):
                 continue
-            rec = self.actors.get(task.spec.actor_id)
+            owner = self.actors.get(task.spec.actor_id)
             if task.state == "processing":
-                assert rec is not None and task in rec.running.values(), "call not running"
+                assert owner is not None and task in owner.running.values(), "call not running"
             else:
-                assert rec is not None and task in rec.calls, "unfinished call not queued"
+                assert owner is not None and task in owner.calls, "unfinished call not queued"
