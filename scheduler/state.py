@@ -131,6 +131,7 @@ class Obj:
     contains: list[bytes] = field(default_factory=list)
     waiters: set[bytes] = field(default_factory=set)
     dependents: list[Task] = field(default_factory=list)
+    copies: dict[str, w.Location] = field(default_factory=dict)  # pulled by other workers
 
     def as_value(self) -> w.Value:
         return w.Value(self.id, data=self.data, location=self.location, error=self.error)
@@ -569,6 +570,16 @@ class SchedulerState:
                 self._client_message(client, inner)
         elif isinstance(msg, w.ClientGone):
             self._client_left(msg.client_id)
+        elif isinstance(msg, w.ObjectCopied):
+            obj = self.objects.get(msg.object_id)
+            if obj is None or obj.location is None:
+                # Freed while it travelled: the copy has no holder either.
+                self._send_worker(
+                    worker.worker_id, w.FreeObjects([msg.object_id], [msg.location.segment])
+                )
+            elif msg.location.worker_id != obj.location.worker_id:
+                obj.copies[worker.worker_id] = msg.location
+                worker.segments[msg.object_id] = msg.location.segment
         elif isinstance(msg, w.ActorDied):
             self.actors.died(msg)
         elif isinstance(msg, w.ActorStarted):
@@ -605,7 +616,13 @@ class SchedulerState:
                 self._transition(task, "erred", error_bytes(err))
         for oid in list(worker.segments):
             obj = self.objects.get(oid)
-            if obj is None or obj.location is None or obj.location.worker_id != worker_id:
+            if obj is None:
+                continue
+            obj.copies.pop(worker_id, None)
+            if obj.location is None or obj.location.worker_id != worker_id:
+                continue
+            if obj.copies:  # another worker pulled a copy: it becomes the original
+                obj.location = obj.copies.pop(next(iter(obj.copies)))
                 continue
             lost = ObjectLostError(oid.hex(), f"the worker {worker_id} that held it left")
             obj.location = None
@@ -819,13 +836,12 @@ class SchedulerState:
             del self.objects[obj.id]
             if obj.id[12:] == b"\1\0\0\0" and obj.id[:12] + b"\0\0\0\0" in self.actors.actors:
                 self.actors.anchor_freed(obj.id)
-            if obj.location is not None:
-                worker = self.workers.get(obj.location.worker_id)
+            places = (obj.location, *obj.copies.values()) if obj.location is not None else ()
+            for loc in places:
+                worker = self.workers.get(loc.worker_id)
                 if worker is not None:
                     worker.segments.pop(obj.id, None)
-                    self._send_worker(
-                        worker.worker_id, w.FreeObjects([obj.id], [obj.location.segment])
-                    )
+                    self._send_worker(worker.worker_id, w.FreeObjects([obj.id], [loc.segment]))
             for inner in obj.contains:
                 freed = self._drop_ref(inner)
                 if freed is not None:
@@ -858,9 +874,10 @@ class SchedulerState:
     def _local_bytes(self, task: Task) -> dict[str, int]:
         local: dict[str, int] = {}
         for oid in task.spec.deps:
-            loc = self.objects[oid].location
-            if loc is not None:
-                local[loc.worker_id] = local.get(loc.worker_id, 0) + loc.size
+            obj = self.objects[oid]
+            if obj.location is not None:
+                for loc in (obj.location, *obj.copies.values()):
+                    local[loc.worker_id] = local.get(loc.worker_id, 0) + loc.size
         return local
 
     def _warn_missing_node(self, task: Task, node: str) -> None:
@@ -911,6 +928,7 @@ class SchedulerState:
                     "host": r.info.host,
                     "address": r.info.address,
                     "pid": r.info.pid,
+                    "peer": r.info.peer,
                     "resources": dict(r.total),
                     "available": {k: max(v, 0.0) for k, v in r.available.items()},
                 }
@@ -942,10 +960,11 @@ class SchedulerState:
         sized: list[tuple[int, Obj]] = []
         for obj in self.objects.values():
             if obj.location is not None:
-                node = nodes.get(obj.location.worker_id)
-                if node is not None:
-                    node["objects"] += 1
-                    node["bytes"] += obj.location.size
+                for loc in (obj.location, *obj.copies.values()):
+                    node = nodes.get(loc.worker_id)
+                    if node is not None:
+                        node["objects"] += 1
+                        node["bytes"] += loc.size
                 sized.append((obj.location.size, obj))
             elif obj.data is not None:
                 inline["objects"] += 1

@@ -143,6 +143,7 @@ def _connect(address: str, token: str, namespace: str) -> Client:
     hello = w.Hello("client", b"", client_id, pid=os.getpid(), host=host_id(), namespace=namespace)
     conn, welcome = connect_blocking(address, config.token_bytes(token), hello)
     client = Client(conn, client_id, welcome)
+    client.token = config.token_bytes(token)
     client.on_notice = _show_notice
     return client
 
@@ -180,7 +181,9 @@ def _start_local(
             nodes = client.query("nodes")
             if nodes:
                 client.workers = [
-                    w.WorkerInfo(n["node_id"], n["host"], n["address"], n["resources"], n["pid"])
+                    w.WorkerInfo(
+                        n["node_id"], n["host"], n["address"], n["resources"], n["pid"], n["peer"]
+                    )
                     for n in nodes
                 ]
                 break

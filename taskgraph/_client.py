@@ -39,7 +39,14 @@ INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 
 
 def host_id() -> str:
-    """Processes with the same host id share /dev/shm."""
+    """Processes with the same host id share /dev/shm.
+
+    ``TASKGRAPH_HOST_ID`` overrides it, for processes that share a machine but
+    should act as separate hosts (containers, network namespaces, tests).
+    """
+    override = os.environ.get("TASKGRAPH_HOST_ID")
+    if override:
+        return override
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
@@ -94,6 +101,9 @@ class Client:
         self.broken: str | None = None
         self.closed = False
         self.current_task: bytes | None = None  # set in an executor while a task runs
+        self.token = b""  # to pull objects from other hosts' workers
+        # In an executor: ask our worker daemon for a local copy of a remote object.
+        self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
         )
@@ -296,7 +306,7 @@ class Client:
 
         name = store.segment_name(worker.worker_id, oid)
         size = store.write(name, header, buffers)
-        location = w.Location(worker.worker_id, name, size, self.host)
+        location = w.Location(worker.worker_id, name, size, self.host, worker.peer)
         return w.ReturnValue(oid, location=location, contains=contains)
 
     def local_worker(self) -> w.WorkerInfo | None:
@@ -398,20 +408,20 @@ class Client:
             values = [self._values[o] for o in oids]
         return [self.decode_value(v) for v in values]
 
-    @staticmethod
-    def decode_value(value: w.Value) -> Any:
+    def decode_value(self, value: w.Value) -> Any:
         if value.error is not None:
             raise serialization.loads_error(value.error)
         if value.location is not None:
-            from taskgraph.worker import store
+            from taskgraph.worker import store, transfer
 
-            if value.location.host != host_id():
-                raise ObjectLostError(
-                    value.object_id.hex(),
-                    "it lives on another host and transfers between hosts are not built yet",
-                )
+            location = value.location
+            if location.host != self.host:
+                if self.fetch_via_worker is None:
+                    # No worker of ours to hold a copy: read it into our own memory.
+                    return transfer.pull_into_memory(location, self.token, value.object_id)
+                location = self.fetch_via_worker(value.object_id, location)
             try:
-                return store.read(value.location.segment)
+                return store.read(location.segment)
             except FileNotFoundError as exc:
                 raise ObjectLostError(
                     value.object_id.hex(), "its shared-memory segment is gone"

@@ -107,6 +107,10 @@ class BlockingConnection:
             raise ConnectionError("the peer closed the connection mid-frame")
         return w.decode(body)
 
+    def recv_into(self, view: memoryview) -> int:
+        """Raw bytes that follow a frame (a segment streamed by a peer)."""
+        return int(self._rfile.readinto(view))  # type: ignore[attr-defined]
+
     def close(self) -> None:
         if self.closed:
             return

@@ -81,6 +81,7 @@ class Location(Msg):
     segment: str
     size: int
     host: str
+    peer: str = ""  # the holding worker's peer server, for readers on other hosts
 
 
 class WorkerInfo(Msg):
@@ -89,6 +90,7 @@ class WorkerInfo(Msg):
     address: str
     resources: dict[str, float]
     pid: int = 0
+    peer: str = ""  # tcp://ip:port where other hosts pull this worker's objects
 
 
 class ActorSpec(Msg):
@@ -296,6 +298,13 @@ class CancelRunning(Msg):
     force: bool = False
 
 
+class ObjectCopied(Msg):
+    """A worker pulled a copy of an object into its own store."""
+
+    object_id: bytes
+    location: Location
+
+
 class ActorDied(Msg):
     actor_id: bytes
     exit_code: int
@@ -317,6 +326,40 @@ class Shutdown(Msg):
 
 
 # -- executor <-> worker daemon ----------------------------------------------
+
+
+class Fetch(Msg):
+    """Executor to its daemon: bring this object from another host into our store."""
+
+    request_id: int
+    object_id: bytes
+    location: Location
+
+
+class Fetched(Msg):
+    request_id: int
+    location: Location | None = None
+    error: str = ""
+
+
+# -- worker <-> worker (peer transfer) ----------------------------------------
+
+
+class FetchSegment(Msg):
+    object_id: bytes
+    segment: str
+
+
+class SegmentData(Msg):
+    """Followed on the stream by exactly ``size`` raw bytes: the segment."""
+
+    object_id: bytes
+    size: int
+
+
+class SegmentMissing(Msg):
+    object_id: bytes
+    reason: str
 
 
 class ExecutorHello(Msg):
@@ -364,6 +407,7 @@ AnyMessage = (
     | ClientGone
     | FreeObjects
     | CancelRunning
+    | ObjectCopied
     | ActorDied
     | ActorStarted
     | Heartbeat
@@ -371,6 +415,11 @@ AnyMessage = (
     | ExecutorHello
     | Execute
     | Executed
+    | Fetch
+    | Fetched
+    | FetchSegment
+    | SegmentData
+    | SegmentMissing
 )
 
 CLIENT_MESSAGES = ClientMessage.__args__

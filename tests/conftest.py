@@ -114,11 +114,11 @@ def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[tg.ClusterContext]
     yield from _checked_cluster(**kwargs)
 
 
-def start_worker(*args: str) -> subprocess.Popen[bytes]:
+def start_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Add a worker daemon to the running local cluster (the caller stops it)."""
     runtime = tg._api._runtime
     assert runtime is not None and runtime.cluster is not None
-    env = dict(os.environ, TASKGRAPH_TOKEN=runtime.cluster.token)
+    env = dict(os.environ, **(env or {}), TASKGRAPH_TOKEN=runtime.cluster.token)
     return subprocess.Popen(
         [sys.executable, "-m", "taskgraph.worker.cli", runtime.address, *args],
         env=env,

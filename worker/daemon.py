@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.netutil import bind_unix_socket
+from tornado.netutil import bind_sockets, bind_unix_socket
 from tornado.tcpserver import TCPServer
 
 from taskgraph import _wire as w
@@ -61,6 +61,7 @@ from taskgraph.worker.state import (
     ToScheduler,
     WorkerState,
 )
+from taskgraph.worker.transfer import PeerServer, Puller, local_ip_towards
 
 log = logging.getLogger("taskgraph.worker")
 
@@ -112,6 +113,8 @@ class WorkerDaemon:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.server: _ExecutorServer | None = None
+        self.peer_server: PeerServer | None = None
+        self.puller = Puller(self.worker_id, token)
         self._record: Path | None = None
         self._heartbeat: PeriodicCallback | None = None
 
@@ -132,6 +135,14 @@ class WorkerDaemon:
         )
         hello = w.Hello("worker", b"", self.worker_id.encode(), pid=os.getpid(), host=self.host)
         self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
+        # Peers reach us where we reach the scheduler from (or TASKGRAPH_PEER_HOST).
+        assert self.scheduler.socket is not None
+        peer_host = os.environ.get("TASKGRAPH_PEER_HOST") or local_ip_towards(self.scheduler.socket)
+        if peer_host not in ("", "0.0.0.0", "::"):
+            self.peer_server = PeerServer(self.worker_id, self.token)
+            (sock,) = bind_sockets(0, peer_host)
+            self.peer_server.add_socket(sock)
+            self.info.peer = f"tcp://{peer_host}:{sock.getsockname()[1]}"
         write_batch(self.scheduler, [w.RegisterWorker(self.info)])
         sock = bind_unix_socket(self.socket_path, mode=0o600)
         self.server = _ExecutorServer(self)
@@ -163,6 +174,9 @@ class WorkerDaemon:
             self._heartbeat.stop()
         if self.server is not None:
             self.server.stop()
+        if self.peer_server is not None:
+            self.peer_server.stop()
+        self.puller.close()
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -204,6 +218,8 @@ class WorkerDaemon:
                 for inner in msg.messages:
                     self._to_executor(executor_id, inner)
         elif isinstance(msg, w.FreeObjects):
+            for object_id in msg.object_ids:
+                self.puller.forget(object_id)
             for name in msg.segments:
                 if name.startswith(f"{store.PREFIX}{self.worker_id}-"):
                     store.unlink(name)
@@ -295,6 +311,18 @@ class WorkerDaemon:
             return
         self._report_exit(executor_id, code)
 
+    async def _fetch(self, executor_id: int, msg: w.Fetch) -> None:
+        """An executor needs an object held on another host: pull a copy here."""
+        first = msg.object_id not in self.puller.copies
+        try:
+            local = await self.puller.fetch(msg.object_id, msg.location, self.host, self.info.peer)
+        except Exception as exc:  # whatever went wrong, the task hears of it
+            self._to_executor(executor_id, w.Fetched(msg.request_id, error=str(exc)))
+            return
+        if first:
+            self._to_scheduler(w.ObjectCopied(msg.object_id, local))
+        self._to_executor(executor_id, w.Fetched(msg.request_id, local))
+
     def _report_exit(self, executor_id: int, code: int) -> None:
         self.by_client = {c: e for c, e in self.by_client.items() if e != executor_id}
         if self._stopping or executor_id not in self.state.executors:
@@ -328,6 +356,8 @@ class WorkerDaemon:
                         self._carry_out(
                             self.state.handle(ExecutorFinished(executor_id, msg.result))
                         )
+                    elif isinstance(msg, w.Fetch):
+                        IOLoop.current().add_callback(self._fetch, executor_id, msg)
                     elif isinstance(msg, w.CLIENT_MESSAGES):
                         relay.append(msg)
                         if isinstance(msg, w.TaskBlocked):

@@ -13,7 +13,9 @@ per process and stay cached by content hash.
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
+import itertools
 import os
 import pickle
 import queue
@@ -29,7 +31,7 @@ from taskgraph._ids import generator_item_id, return_ids
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
-from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
 
 
@@ -49,6 +51,9 @@ class Executor:
         self.actor_id = b""
         self.gpu_ids: list[int] = []  # an actor's, for its whole life
         self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
+        self._fetch_ids = itertools.count(1)
+        client.fetch_via_worker = self.fetch
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -60,7 +65,11 @@ class Executor:
                 return
             forward = []
             for msg in msgs:
-                if isinstance(msg, w.Execute):
+                if isinstance(msg, w.Fetched):
+                    waiting = self._fetches.pop(msg.request_id, None)
+                    if waiting is not None:
+                        waiting.set_result(msg)
+                elif isinstance(msg, w.Execute):
                     self.tasks.put(msg.assignment)
                 elif isinstance(msg, w.Shutdown):
                     self.tasks.put(None)
@@ -69,6 +78,17 @@ class Executor:
                     forward.append(msg)
             if forward:
                 self.client.on_messages(forward)
+
+    def fetch(self, object_id: bytes, location: w.Location) -> w.Location:
+        """A copy in our daemon's store of an object that lives on another host."""
+        waiting: concurrent.futures.Future[w.Fetched] = concurrent.futures.Future()
+        request_id = next(self._fetch_ids)
+        self._fetches[request_id] = waiting
+        self.client.send_now(w.Fetch(request_id, object_id, location))
+        reply = waiting.result()
+        if reply.location is None:
+            raise ObjectLostError(object_id.hex(), f"it could not be fetched: {reply.error}")
+        return reply.location
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         if self.running:
@@ -219,7 +239,7 @@ class Executor:
 
     def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
         if isinstance(value, ObjectRef):
-            return Client.decode_value(inputs[value.id])
+            return self.client.decode_value(inputs[value.id])
         return value
 
     def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:
@@ -254,6 +274,7 @@ def main() -> None:
     hello = w.Hello("executor", b"", client_id, pid=os.getpid())
     conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello)
     client = Client(conn, client_id, welcome, start_reader=False)
+    client.token = token
     _api.set_executor_client(client, welcome.cluster_id)
     executor = Executor(client, worker_id, f"{worker_id}/{executor_id}")
     signal.signal(signal.SIGINT, executor.on_sigint)

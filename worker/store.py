@@ -75,7 +75,11 @@ def read(name: str) -> Any:
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
-    view = memoryview(mm)
+    return parse(memoryview(mm))
+
+
+def parse(view: memoryview) -> Any:
+    """Rebuild a value from a segment's bytes (mapped, or received whole)."""
     (count, header_len) = struct.unpack_from("<IQ", view, 0)
     sizes = struct.unpack_from(f"<{count}Q", view, 12)
     prefix_len = 12 + 8 * count
@@ -83,6 +87,27 @@ def read(name: str) -> Any:
     _, offsets, _ = _layout(header, sizes)
     buffers = [view[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
     return serialization.loads(header, buffers)
+
+
+def create(name: str, size: int) -> mmap.mmap:
+    """A new, writable segment of ``size`` bytes (for a copy arriving from a peer)."""
+    fd = os.open(SHM_DIR / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, max(size, 1))
+        return mmap.mmap(fd, max(size, 1))
+    except BaseException:
+        unlink(name)
+        raise
+    finally:
+        os.close(fd)
+
+
+def open_readonly(name: str) -> mmap.mmap:
+    fd = os.open(SHM_DIR / name, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, max(os.fstat(fd).st_size, 1), prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
 
 
 def unlink(name: str) -> None:
