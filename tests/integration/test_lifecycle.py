@@ -217,9 +217,12 @@ def test_the_next_daemon_cleans_up_after_a_killed_one(fresh_cluster):
     assert segments(), "a killed daemon cannot clean up after itself"
     successor = start_worker("--num-cpus", "1")
     try:
-        wait_for(lambda: not segments(), what="the next daemon to sweep the segments")
-        assert not os.path.exists(record["socket_dir"])
-        assert not os.path.exists(record["path"])
+        wait_for(
+            lambda: not segments()
+            and not os.path.exists(record["socket_dir"])
+            and not os.path.exists(record["path"]),
+            what="the next daemon to sweep segments, socket folder and record",
+        )
     finally:
         stop_process(successor)
     del big
