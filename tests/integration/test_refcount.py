@@ -102,3 +102,25 @@ def test_object_store_stats_and_the_memory_command():
     del ref
     gc.collect()
     wait_for(lambda: tg.object_store_stats()["nodes"][0]["objects"] == 0)
+
+
+@tg.remote
+def read_all(array):
+    import psutil
+
+    total = float(array.sum())  # touches every page of the mapping
+    # Anonymous memory is what a copy would take; the shared mapping is not.
+    anonymous = sum(m.anonymous for m in psutil.Process().memory_maps())
+    return total, anonymous
+
+
+def test_four_readers_of_a_200_mb_array_share_one_copy():
+    array = np.ones(25_000_000)  # 200 MB
+    ref = tg.put(array)
+    del array
+    results = tg.get([read_all.remote(ref) for _ in range(4)], timeout=120)
+    for total, anonymous in results:
+        assert total == 25_000_000
+        # A copy would add 200 MB of private memory to each reader.
+        assert anonymous < 120 * 2**20, f"{anonymous / 2**20:.0f} MiB of private memory"
+    del ref
