@@ -124,3 +124,27 @@ def test_four_readers_of_a_200_mb_array_share_one_copy():
         # A copy would add 200 MB of private memory to each reader.
         assert anonymous < 120 * 2**20, f"{anonymous / 2**20:.0f} MiB of private memory"
     del ref
+
+
+@tg.remote
+def arrow_total(table):
+    import psutil
+    import pyarrow.compute as pc
+
+    total = pc.sum(table.column("x")).as_py() + pc.sum(table.column("y")).as_py()
+    anonymous = sum(m.anonymous for m in psutil.Process().memory_maps())
+    return total, anonymous, type(table).__name__
+
+
+def test_an_arrow_table_round_trips_without_a_copy():
+    import pyarrow as pa
+
+    n = 10_000_000  # two 80 MB columns
+    table = pa.table({"x": np.arange(n), "y": np.ones(n)})
+    ref = tg.put(table)
+    total, anonymous, kind = tg.get(arrow_total.remote(ref), timeout=120)
+    assert kind == "Table" and total == n * (n - 1) // 2 + n
+    assert anonymous < 100 * 2**20, f"{anonymous / 2**20:.0f} MiB of private memory"
+    back = tg.get(ref)
+    assert back.equals(table)
+    del ref, back
