@@ -218,9 +218,11 @@ def test_the_next_daemon_cleans_up_after_a_killed_one(fresh_cluster):
     successor = start_worker("--num-cpus", "1")
     try:
         wait_for(
-            lambda: not segments()
-            and not os.path.exists(record["socket_dir"])
-            and not os.path.exists(record["path"]),
+            lambda: (
+                not segments()
+                and not os.path.exists(record["socket_dir"])
+                and not os.path.exists(record["path"])
+            ),
             what="the next daemon to sweep segments, socket folder and record",
         )
     finally:
