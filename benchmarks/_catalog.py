@@ -158,7 +158,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         quick=1,
         kind="sample",
     ),
-    # -- actors: skipped on taskgraph while @remote on a class is not implemented --
+    # -- actors: @remote(num_cpus=0) classes, as ray_perf's ----------------------------
     Benchmark(
         "actor_sync",
         "actors",
@@ -172,6 +172,22 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         _one("actor_async", "1:1 actor calls async", "calls/s"),
         full=1000,
         quick=1000,
+    ),
+    Benchmark(
+        "async_actor_async",
+        "actors",
+        _one("async_actor_async", "1:1 async-actor calls async", "calls/s"),
+        full=1000,
+        quick=1000,
+    ),
+    Benchmark(
+        # ray_perf's Client pattern: 2 client actors each call each of 2 server actors
+        # n times and get the results; the driver waits for both clients. Counted per call.
+        "actor_n_n",
+        "actors",
+        _one("actor_n_n", "n:n actor calls async", "calls/s"),
+        full=500,
+        quick=250,
     ),
     # -- graphs: Dask's home ground ---------------------------------------------------
     Benchmark(
@@ -237,4 +253,8 @@ TARGETS: tuple[Target, ...] = (
     Target("tree", "dask", 10.0, "100k-task tree >= 10x Dask"),
     Target("init", "ray", 4.0, "init() to first result >= 4x faster than Ray"),
     Target("put_gigabytes", "limit", 0.9, "put GB/s >= 90% of memcpy"),
+    Target("actor_sync", "ray", 3.0, "1:1 actor calls sync >= 3x Ray"),
+    Target("actor_async", "ray", 3.0, "1:1 actor calls async >= 3x Ray"),
+    Target("async_actor_async", "ray", 3.0, "1:1 async-actor calls async >= 3x Ray (issue 4)"),
+    Target("actor_n_n", "ray", 3.0, "n:n actor calls async >= 3x Ray (issue 4)"),
 )

@@ -96,8 +96,9 @@ class DaskEngine:
             array = _engine.big_array(n)
             future = client.scatter(array, hash=False)
             return Workload(future.result, array.nbytes / 1e9)
-        if key in ("actor_sync", "actor_async"):
-            actor = client.submit(_engine.Actor, actor=True).result()
+        if key in ("actor_sync", "actor_async", "async_actor_async"):
+            cls = _engine.AsyncActor if key == "async_actor_async" else _engine.Actor
+            actor = client.submit(cls, actor=True, pure=False).result()
             if key == "actor_sync":
                 return Workload(lambda: actor.small_value().result(), 1)
 
@@ -106,6 +107,24 @@ class DaskEngine:
                     call.result()
 
             return Workload(calls, n)
+        if key == "actor_n_n":
+            servers = [
+                client.submit(_engine.Actor, actor=True, pure=False).result()
+                for _ in range(_engine.N_SERVERS)
+            ]
+            clients = [
+                client.submit(_engine.ActorClient, "dask", servers, actor=True, pure=False).result()
+                for _ in range(_engine.N_CLIENTS)
+            ]
+
+            def n_to_n(servers: list[Any] = servers) -> None:
+                # Dask releases an actor once the driver drops its last reference (the
+                # clients' copies do not count), so the servers ride along in a default.
+                for call in [c.small_value_batch(n) for c in clients]:
+                    call.result()
+
+            n_to_n()
+            return Workload(n_to_n, n * _engine.N_CLIENTS * _engine.N_SERVERS)
         if key == "tree":
             import dask
 

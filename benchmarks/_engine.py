@@ -18,6 +18,9 @@ import psutil
 
 NUM_CPUS = 2
 MIB = 1024 * 1024
+# "n:n actor calls async": N_CLIENTS client actors each call each of N_SERVERS server actors.
+N_CLIENTS = 2
+N_SERVERS = 2
 
 
 class Unsupported(Exception):
@@ -67,6 +70,39 @@ def objects_containing_refs(api_module: str, n: int) -> list[Any]:
 class Actor:
     def small_value(self) -> bytes:
         return b"ok"
+
+
+class AsyncActor:
+    """ray_perf's ``AsyncActor``: an ``async def`` method makes it an async actor."""
+
+    async def small_value(self) -> bytes:
+        return b"ok"
+
+
+class ActorClient:
+    """ray_perf's ``Client``: an actor that calls its server actors and waits for them.
+
+    ``api_module`` is "taskgraph" or "ray" (``get`` on the list of refs) or
+    "dask" (``result()`` on each ActorFuture, as a Dask user waits for them).
+    """
+
+    def __init__(self, api_module: str, servers: list[Any]) -> None:
+        self.api_module = api_module
+        self.servers = servers
+
+    def small_value_batch(self, n: int) -> int:
+        if self.api_module == "dask":
+            calls = [s.small_value() for s in self.servers for _ in range(n)]
+            for call in calls:
+                call.result()
+        else:
+            import importlib
+
+            api = importlib.import_module(self.api_module)
+            refs = [s.small_value.remote() for s in self.servers for _ in range(n)]
+            api.get(refs)
+            return len(refs)
+        return len(calls)
 
 
 # -- shared helpers ------------------------------------------------------------------

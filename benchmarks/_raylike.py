@@ -100,10 +100,25 @@ class RayLikeEngine:
             ref = api.put(array)
             return Workload(lambda: api.get(ref), array.nbytes / 1e9)
         if key in ("actor_sync", "actor_async"):
-            actor = self._actor()
+            actor = self._actor(_engine.Actor)
             if key == "actor_sync":
                 return Workload(lambda: api.get(actor.small_value.remote()), 1)
             return Workload(lambda: api.get([actor.small_value.remote() for _ in range(n)]), n)
+        if key == "async_actor_async":
+            actor = self._actor(_engine.AsyncActor)
+            return Workload(lambda: api.get([actor.small_value.remote() for _ in range(n)]), n)
+        if key == "actor_n_n":
+            servers = [self._actor(_engine.Actor) for _ in range(_engine.N_SERVERS)]
+            clients = [
+                self._actor(_engine.ActorClient, self.module_name, servers)
+                for _ in range(_engine.N_CLIENTS)
+            ]
+            api.get([c.small_value_batch.remote(n) for c in clients])  # the clients' first calls
+
+            def n_to_n() -> None:
+                api.get([c.small_value_batch.remote(n) for c in clients])
+
+            return Workload(n_to_n, n * _engine.N_CLIENTS * _engine.N_SERVERS)
         if key == "tree":
 
             def tree() -> None:
@@ -114,11 +129,13 @@ class RayLikeEngine:
             return Workload(lambda: api.get([self.inc.remote(i) for i in range(n)]), n)
         raise Unsupported(f"no {self.name} version of {key!r}")
 
-    def _actor(self) -> Any:
+    def _actor(self, cls: type, *args: Any) -> Any:
+        """A ``@remote(num_cpus=0)`` actor of ``cls``, created and called once."""
         try:
-            actor_class = self.api.remote(num_cpus=0)(_engine.Actor)
+            actor_class = self.api.remote(num_cpus=0)(cls)
         except NotImplementedError as exc:
             raise Unsupported(f"skipped: actors are not implemented yet ({exc})") from None
-        actor = actor_class.remote()
-        self.api.get(actor.small_value.remote())
+        actor = actor_class.remote(*args)
+        if hasattr(cls, "small_value"):
+            self.api.get(actor.small_value.remote())
         return actor

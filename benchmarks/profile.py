@@ -82,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         time.sleep(0.5)  # let the samplers attach before the measured window
+        before = _cpu_seconds(targets)
         started = time.perf_counter()
         iterations = _loop(work.run, args.seconds + 1.0)
-        rate = iterations * work.ops / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        after = _cpu_seconds(targets)
+        rate = iterations * work.ops / elapsed
         scheduler = next((pid for role, pid in targets if role == "scheduler"), None)
         if scheduler is not None:
             dump = subprocess.run(
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# Profile: {args.workload} (size {args.size}), {args.seconds:.0f} s at {args.rate} Hz")
     print(f"\nthroughput while sampled: {fmt(rate)} per second (ops of the workload)\n")
+    print(_cpu_table(targets, before, after, elapsed, iterations * work.ops))
     for role, pid, raw, proc in recorders:
         if proc.returncode != 0 or not raw.exists():
             error = proc.stderr.read().decode() if proc.stderr else ""
@@ -119,6 +123,43 @@ def _loop(run: object, seconds: float) -> int:
         run()
         count += 1
     return count
+
+
+def _cpu_seconds(targets: list[tuple[str, int]]) -> dict[int, float]:
+    """User + system CPU seconds of each process so far (all threads, GIL held or not)."""
+    out = {}
+    for _role, pid in targets:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[pid] = times.user + times.system
+    return out
+
+
+def _cpu_table(
+    targets: list[tuple[str, int]],
+    before: dict[int, float],
+    after: dict[int, float],
+    elapsed: float,
+    ops: float,
+) -> str:
+    """CPU each process spent in the window, as the kernel counts it (psutil)."""
+    lines = [
+        "CPU per process over the window (psutil: all threads, system calls included; "
+        "py-spy's --gil samples below see only Python holding the GIL)\n",
+        "| process | pid | share of one core | CPU per op |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    total = 0.0
+    for role, pid in targets:
+        if pid not in before or pid not in after:
+            continue
+        spent = after[pid] - before[pid]
+        total += spent
+        lines.append(f"| {role} | {pid} | {spent / elapsed:.0%} | {spent / ops * 1e6:.0f} us |")
+    lines.append(f"| **all** | | **{total / elapsed:.0%}** | **{total / ops * 1e6:.0f} us** |")
+    return "\n".join(lines) + "\n"
 
 
 def _cluster_processes() -> list[tuple[str, int]]:

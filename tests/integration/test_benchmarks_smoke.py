@@ -63,3 +63,41 @@ def test_unknown_benchmark_is_a_usage_error() -> None:
     assert proc.returncode == 2
     assert "unknown benchmark(s): no_such_benchmark" in proc.stderr
     assert "tasks_async" in proc.stderr  # the message lists the valid names
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_quick_actor_rows_run_on_taskgraph(tmp_path: Path) -> None:
+    """The async-actor and n:n rows: actors calling actors, with a get inside a method."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--only",
+            "async_actor_async,actor_n_n",
+            "--quick",
+            "--repeat",
+            "1",
+            "--no-limit",
+            "--json",
+            str(out),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| 1:1 async-actor calls async | calls/s |" in proc.stdout
+    assert "| n:n actor calls async | calls/s |" in proc.stdout
+    assert "left processes" not in proc.stdout + proc.stderr
+    document = json.loads(out.read_text())
+    rows = {r["row"]: r for r in document["results"] if r["system"] == "taskgraph"}
+    assert set(rows) == {"async_actor_async", "actor_n_n"}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["median"] > 0
