@@ -347,7 +347,8 @@ def _running(proc: psutil.Process) -> bool:
 # -- status --------------------------------------------------------------------
 
 
-def cmd_status(args: argparse.Namespace) -> None:
+def _ask(args: argparse.Namespace, what: str, arg: Any = None) -> tuple[str, Any]:
+    """Ask the running cluster (``--address``/``--token`` or this host's) one question."""
     address = _status_address(args.address)
     token = args.token or config.token_for(address)
     if token is None:
@@ -355,7 +356,11 @@ def cmd_status(args: argparse.Namespace) -> None:
             f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
         )
     with _connected(address, token) as client:
-        nodes = client.query("nodes")
+        return address, client.query(what, arg)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    address, nodes = _ask(args, "nodes")
     if args.json:
         print(json.dumps({"address": address, "nodes": nodes}, indent=2))
         return
@@ -363,14 +368,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
-    address = _status_address(args.address)
-    token = args.token or config.token_for(address)
-    if token is None:
-        raise CliError(
-            f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
-        )
-    with _connected(address, token) as client:
-        report = client.query("memory", args.top)
+    address, report = _ask(args, "memory", args.top)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -659,6 +657,12 @@ def _add_status(commands: Any) -> None:
             "totals. Looks at the cluster started on this host unless --address is given."
         ),
     )
+    _add_cluster_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the nodes as JSON")
+    p.set_defaults(func=cmd_status)
+
+
+def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address",
         metavar="HOST:PORT",
@@ -668,8 +672,6 @@ def _add_status(commands: Any) -> None:
     p.add_argument(
         "--token", default=None, help=f"cluster token (default: {config.TOKEN_ENV} or recorded)"
     )
-    p.add_argument("--json", action="store_true", help="print the nodes as JSON")
-    p.set_defaults(func=cmd_status)
 
 
 def _add_memory(commands: Any) -> None:
@@ -681,8 +683,7 @@ def _add_memory(commands: Any) -> None:
             "scheduler keeps inline, and the largest objects with who holds them."
         ),
     )
-    p.add_argument("--address", metavar="HOST:PORT", default=None, help="the scheduler")
-    p.add_argument("--token", default=None, help="cluster token")
+    _add_cluster_arguments(p)
     p.add_argument("--top", type=int, default=10, help="how many of the largest objects to list")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_memory)
