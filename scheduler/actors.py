@@ -201,11 +201,13 @@ class Actors:
             return
         self._die(rec, self._died(rec, "it was killed with kill()"))
 
-    def died(self, msg: w.ActorDied) -> None:
-        """The actor's process exited: restart it, or fail what it had."""
+    def died(self, msg: w.ActorDied, worker_id: str | None = None) -> None:
+        """The actor's process on ``worker_id`` exited: restart it, or fail what it had."""
         rec = self.actors.get(msg.actor_id)
         if rec is None or self._process_at(rec) is None:
             return  # dead, or a late report of a process it already replaced
+        if worker_id is not None and self._process_at(rec) != worker_id:
+            return  # a worker we gave up on reports a process the actor has replaced
         graceful = msg.exit_code == 0
         if msg.exit_code < 0:
             how = f"its process died of signal {-msg.exit_code}"

@@ -581,7 +581,7 @@ class SchedulerState:
                 obj.copies[worker.worker_id] = msg.location
                 worker.segments[msg.object_id] = msg.location.segment
         elif isinstance(msg, w.ActorDied):
-            self.actors.died(msg)
+            self.actors.died(msg, worker.worker_id)
         elif isinstance(msg, w.ActorStarted):
             self.actors.started(msg)
         elif isinstance(msg, w.Heartbeat):

@@ -911,3 +911,15 @@ def test_an_actor_restarts_when_an_object_inside_its_arguments_was_already_gone(
     assert assigned_ids(h.died("w1", spec), "w1") == [spec.task_id]
     h.done("w1", ok(spec))
     assert h.actor_state(spec) == "alive"
+
+
+def test_a_death_reported_by_another_worker_is_ignored() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1")
+    h.worker("w2")
+    spec, _ = alive_actor(h, "w1", max_restarts=1)
+    h.died("w2", spec)  # w2 never ran it: a stale or confused report
+    assert h.actor_state(spec) == "alive"
+    h.died("w1", spec)
+    assert h.actor_state(spec) == "restarting"
