@@ -7,6 +7,7 @@ teardown is asynchronous). Cluster fixtures check the same after shutdown.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -24,6 +25,9 @@ import pytest
 SHM_DIR = Path("/dev/shm") / f"taskgraph-tests-{os.getpid()}"
 SHM_DIR.mkdir(exist_ok=True)
 os.environ["TASKGRAPH_SHM_DIR"] = str(SHM_DIR)
+# A session that runs no test (collection only, all deselected) never reaches
+# the shm_dir fixture's teardown: remove the empty folder at exit all the same.
+atexit.register(lambda: SHM_DIR.exists() and not any(SHM_DIR.iterdir()) and SHM_DIR.rmdir())
 
 import taskgraph as tg  # noqa: E402 - after TASKGRAPH_SHM_DIR is set
 from taskgraph.worker import store  # noqa: E402 - likewise
