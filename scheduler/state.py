@@ -604,7 +604,7 @@ class SchedulerState:
             task.blocked = False
             if task.cancel_requested:
                 err: TaskgraphError = TaskCancelledError(task.spec.name, task_id.hex())
-                self._finish_failed(task, "cancelled", error_bytes(err))
+                self._transition(task, "cancelled", error_bytes(err))
             elif task.retries_left > 0:
                 task.retries_left -= 1
                 self._transition(task, "ready")
@@ -642,7 +642,7 @@ class SchedulerState:
             return
         if result.failure == "cancelled" or task.cancel_requested:
             err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
-            self._finish_failed(task, "cancelled", err)
+            self._transition(task, "cancelled", err)
         elif task.retries_left > 0 and (result.failure == "crashed" or task.spec.retry_exceptions):
             task.retries_left -= 1
             self._transition(task, "ready")
@@ -653,9 +653,6 @@ class SchedulerState:
                     WorkerCrashedError(f"task '{task.spec.name}' failed without an error")
                 )
             self._transition(task, "erred", error)
-
-    def _finish_failed(self, task: Task, state: str, error: bytes | None) -> None:
-        self._transition(task, state, error)
 
     def _release_resources(self, worker: WorkerRec, task: Task) -> None:
         worker.running.discard(task.id)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 from taskgraph import config
 
@@ -90,6 +89,3 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-    def pids(self) -> list[Any]:
-        return [p.pid for p in (self.scheduler, self.worker) if p is not None]

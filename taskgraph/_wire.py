@@ -434,10 +434,6 @@ def encode(messages: list[Msg]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def encode_body(messages: list[Msg]) -> bytes:
-    return _encoder.encode(messages)
-
-
 def decode(body: bytes | memoryview) -> list[Any]:
     try:
         return _batch_decoder.decode(body)
