@@ -292,8 +292,8 @@ class Client:
     def encode_value(self, oid: bytes, value: Any, what: str) -> w.ReturnValue:
         """Serialize a value once: inline when small, into a local segment when large."""
         buffers: list[Any] = []
-        if serialization.is_plain(value):
-            header, contains = serialization.dumps(value, what=what)
+        if serialization.is_plain(value):  # checked once here, not again in dumps()
+            header, contains = serialization.dumps(value, what=what, plain=True)
         else:
             header, buffers, contains = serialization.dumps_oob(value, what=what)
         size = serialization.serialized_size(header, buffers)

@@ -164,14 +164,18 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _pickle(value: Any, what: str, buffer_callback: Any = None) -> tuple[bytes, list[bytes]]:
+def _pickle(
+    value: Any, what: str, buffer_callback: Any = None, plain: bool | None = None
+) -> tuple[bytes, list[bytes]]:
     stack: list[list[bytes]] | None = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     found: list[bytes] = []
     stack.append(found)
     try:
-        if buffer_callback is None and is_plain(value):
+        if plain is None:
+            plain = buffer_callback is None and is_plain(value)
+        if plain:
             # No code and no user classes inside: the C pickler is several times faster.
             data = pickle.dumps(value, protocol=PROTOCOL)
         else:
@@ -223,12 +227,15 @@ def function_id(payload: Buffer) -> bytes:
 # -- data ----------------------------------------------------------------------
 
 
-def dumps(value: Any, what: str = "a value") -> tuple[bytes, list[bytes]]:
+def dumps(
+    value: Any, what: str = "a value", plain: bool | None = None
+) -> tuple[bytes, list[bytes]]:
     """Pickle ``value`` in one piece; also return the ids of object refs inside it.
 
     ``what`` names the value in errors, e.g. "the argument 'x' of task 'f'".
+    ``plain``: whether ``is_plain(value)``, when the caller already asked.
     """
-    return _pickle(value, what)
+    return _pickle(value, what, plain=plain)
 
 
 def dumps_oob(
