@@ -25,6 +25,7 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from send_checks import check_sends
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import ActorError, TaskError
@@ -104,15 +105,8 @@ class ActorMachine(RuleBasedStateMachine):
 
     def handle(self, *events: Event) -> list[Send]:
         sends = self.state.handle(*events)
-        self.state.validate()
-        dests = [(s.to, s.id) for s in sends]
-        assert len(dests) == len(set(dests)), f"more than one send to a peer: {dests}"
+        check_sends(self.state, sends)
         for send in sends:
-            if send.to == "client":
-                client = self.state.clients.get(send.id)
-                assert client is not None and client.via_worker is None
-            else:
-                assert send.id in self.state.workers, f"send to departed worker {send.id}"
             for msg in send.messages:
                 self.check_message(send, msg)
         return sends

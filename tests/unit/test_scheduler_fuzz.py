@@ -23,6 +23,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from send_checks import check_sends
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import ObjectLostError, TaskError, WorkerCrashedError
@@ -104,15 +105,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     def handle(self, *events: Event) -> list[Send]:
         self.now += 0.25
         sends = self.state.handle(Tick(self.now), *events)
-        self.state.validate()
-        dests = [(s.to, s.id) for s in sends]
-        assert len(dests) == len(set(dests)), f"more than one send to a peer: {dests}"
+        check_sends(self.state, sends)
         for send in sends:
-            if send.to == "client":
-                client = self.state.clients.get(send.id)
-                assert client is not None and client.via_worker is None
-            else:
-                assert send.id in self.state.workers, f"send to departed worker {send.id}"
             for msg in send.messages:
                 self.check_message(send, msg)
         return sends

@@ -1,0 +1,18 @@
+"""What every batch of scheduler instructions must look like, for the fuzz harnesses."""
+
+from __future__ import annotations
+
+from taskgraph.scheduler.state import SchedulerState, Send
+
+
+def check_sends(state: SchedulerState, sends: list[Send]) -> None:
+    """Invariants hold; one send per peer; only to peers that are still there."""
+    state.validate()
+    dests = [(s.to, s.id) for s in sends]
+    assert len(dests) == len(set(dests)), f"more than one send to a peer: {dests}"
+    for send in sends:
+        if send.to == "client":
+            client = state.clients.get(send.id)
+            assert client is not None and client.via_worker is None
+        else:
+            assert send.id in state.workers, f"send to departed worker {send.id}"
