@@ -18,7 +18,7 @@ Task states::
 Objects are the task's return values and ``put`` values. Each counts its
 holders: clients holding a ref, unfinished tasks that take it as an argument,
 and stored objects that contain it. At zero holders a finished object is
-freed (and its segment on a worker deleted).
+freed (and its bytes in a worker's store with it).
 """
 
 from __future__ import annotations
@@ -146,9 +146,10 @@ class WorkerRec:
     gpu_free: list[float]
     running: set[bytes] = field(default_factory=set)
     functions: set[bytes] = field(default_factory=set)
-    segments: dict[bytes, str] = field(default_factory=dict)  # object id -> segment
+    segments: dict[bytes, str] = field(default_factory=dict)  # object id -> its store
     executors: int = 0
     last_seen: float = 0.0
+    store: dict[str, int] = field(default_factory=dict)  # its object store, as of its heartbeat
 
 
 @dataclass(slots=True, eq=False)
@@ -389,7 +390,7 @@ class SchedulerState:
         if msg.location is not None:
             worker = self.workers.get(msg.location.worker_id)
             if worker is not None:
-                worker.segments[msg.object_id] = msg.location.segment
+                worker.segments[msg.object_id] = msg.location.store
         self._hold_contained(obj, msg.contains)
 
     def _hold_contained(self, obj: Obj, contains: list[bytes]) -> None:
@@ -456,7 +457,7 @@ class SchedulerState:
         owner.held.add(oid)
         obj.refs += 1
         if value.location is not None and task.worker in self.workers:
-            self.workers[task.worker].segments[oid] = value.location.segment
+            self.workers[task.worker].segments[oid] = value.location.store
         self._hold_contained(obj, value.contains)
         self._object_done(obj)
 
@@ -574,18 +575,18 @@ class SchedulerState:
             obj = self.objects.get(msg.object_id)
             if obj is None or obj.location is None:
                 # Freed while it travelled: the copy has no holder either.
-                self._send_worker(
-                    worker.worker_id, w.FreeObjects([msg.object_id], [msg.location.segment])
-                )
+                self._send_worker(worker.worker_id, w.FreeObjects([msg.object_id]))
             elif msg.location.worker_id != obj.location.worker_id:
                 obj.copies[worker.worker_id] = msg.location
-                worker.segments[msg.object_id] = msg.location.segment
+                worker.segments[msg.object_id] = msg.location.store
         elif isinstance(msg, w.ActorDied):
             self.actors.died(msg, worker.worker_id)
         elif isinstance(msg, w.ActorStarted):
             self.actors.started(msg)
         elif isinstance(msg, w.Heartbeat):
             worker.executors = msg.executors
+            if msg.store is not None:
+                worker.store = msg.store
         else:
             raise TypeError(f"a worker may not send {type(msg).__name__}")
 
@@ -730,7 +731,7 @@ class SchedulerState:
             obj.data = ret.data
             obj.location = ret.location
             if ret.location is not None and worker is not None:
-                worker.segments[ret.object_id] = ret.location.segment
+                worker.segments[ret.object_id] = ret.location.store
             self._hold_contained(obj, ret.contains)
             self._object_done(obj)
         self._forget(task)
@@ -838,7 +839,7 @@ class SchedulerState:
                 worker = self.workers.get(loc.worker_id)
                 if worker is not None:
                     worker.segments.pop(obj.id, None)
-                    self._send_worker(worker.worker_id, w.FreeObjects([obj.id], [loc.segment]))
+                    self._send_worker(worker.worker_id, w.FreeObjects([obj.id]))
             for inner in obj.contains:
                 freed = self._drop_ref(inner)
                 if freed is not None:
@@ -950,7 +951,16 @@ class SchedulerState:
     def memory(self, top: int = 10) -> dict[str, Any]:
         """Objects and bytes per node, and the largest objects with who holds them."""
         nodes: dict[str, dict[str, Any]] = {
-            r.worker_id: {"node_id": r.worker_id, "objects": 0, "bytes": 0, "bytes_spilled": 0}
+            r.worker_id: {
+                "node_id": r.worker_id,
+                "objects": 0,
+                "bytes": 0,
+                # What the worker's store said in its last heartbeat (once a second):
+                "bytes_spilled": r.store.get("bytes_spilled", 0),
+                "objects_spilled": r.store.get("objects_spilled", 0),
+                "capacity": r.store.get("capacity", 0),
+                "bytes_reserved": r.store.get("bytes_reserved", 0),
+            }
             for r in self.workers.values()
         }
         inline = {"objects": 0, "bytes": 0}

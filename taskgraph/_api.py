@@ -107,6 +107,15 @@ def init(
         if address is None:
             address = os.environ.get(config.ADDRESS_ENV) or "local"
         namespace = namespace if namespace is not None else os.urandom(4).hex()
+        if object_store_memory is not None and (
+            isinstance(object_store_memory, bool)
+            or not isinstance(object_store_memory, int)
+            or object_store_memory < config.MIN_OBJECT_STORE
+        ):
+            raise ValueError(
+                "object_store_memory must be a whole number of bytes, at least 1 MiB; "
+                f"got {object_store_memory!r}"
+            )
         if address == "local":
             _runtime = _start_local(
                 num_cpus, num_gpus, resources, object_store_memory, memory, namespace
@@ -172,7 +181,8 @@ def _start_local(
         args += ["--resources", json.dumps(resources)]
     if memory is not None:
         args += ["--memory-limit", str(memory)]
-    del object_store_memory  # the object store's cap arrives with its own issue
+    if object_store_memory is not None:
+        args += ["--object-store-memory", str(object_store_memory)]
     cluster = LocalCluster(args)
     try:
         client = _connect(cluster.address, cluster.token, namespace)
@@ -359,10 +369,13 @@ def available_resources() -> dict[str, float]:
 
 
 def object_store_stats(top: int = 10) -> dict[str, Any]:
-    """Per node: objects and bytes in shared memory; also the largest objects and their holders.
+    """Per node: objects and bytes in its object store; the largest objects and their holders.
 
-    ``inline`` counts the small objects the scheduler keeps in its own memory.
-    Nothing spills yet, so ``bytes_spilled`` is always 0.
+    ``objects`` and ``bytes`` are what the scheduler placed on the node (copies
+    included); ``bytes_spilled``, ``objects_spilled``, ``capacity`` and
+    ``bytes_reserved`` come from the node's own store, as of its last
+    heartbeat (once a second). ``inline`` counts the small objects the
+    scheduler keeps in its own memory.
     """
     result: dict[str, Any] = client().query("memory", top)
     return result

@@ -32,6 +32,7 @@ from typing import Any
 from taskgraph import _wire as w
 from taskgraph import serialization
 from taskgraph._object_ref import ObjectRef
+from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import GetTimeoutError, ObjectLostError, TaskgraphError
 
@@ -104,6 +105,8 @@ class Client:
         self.token = b""  # to pull objects from other hosts' workers
         # In an executor: ask our worker daemon for a local copy of a remote object.
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
+        self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
+        self._stores_lock = threading.Lock()
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
         )
@@ -201,6 +204,11 @@ class Client:
                 if self.closed:
                     return
             self.flush()
+            for store_client in list(self._stores.values()):
+                try:
+                    store_client.flush_unpins()
+                except OSError:
+                    pass  # that daemon is gone, and its pins with it
 
     # -- receiving -------------------------------------------------------
 
@@ -302,12 +310,18 @@ class Client:
             if buffers:  # small, or no store on this host: one in-band blob
                 header, contains = serialization.dumps(value, what=what)
             return w.ReturnValue(oid, data=header, contains=contains)
-        from taskgraph.worker import store
-
-        name = store.segment_name(worker.worker_id, oid)
-        size = store.write(name, header, buffers)
-        location = w.Location(worker.worker_id, name, size, self.host, worker.peer)
+        size = self.store_for(worker.worker_id, worker.address).write(oid, header, buffers)
+        location = w.Location(worker.worker_id, worker.address, size, self.host, worker.peer)
         return w.ReturnValue(oid, location=location, contains=contains)
+
+    def store_for(self, worker_id: str, address: str) -> StoreClient:
+        """The connection to a worker daemon's object store on this host."""
+        with self._stores_lock:
+            client = self._stores.get(address)
+            if client is None:
+                client = StoreClient(worker_id, address, self.token, self.client_id)
+                self._stores[address] = client
+            return client
 
     def local_worker(self) -> w.WorkerInfo | None:
         for info in self.workers:
@@ -412,7 +426,7 @@ class Client:
         if value.error is not None:
             raise serialization.loads_error(value.error)
         if value.location is not None:
-            from taskgraph.worker import store, transfer
+            from taskgraph.worker import transfer
 
             location = value.location
             if location.host != self.host:
@@ -421,11 +435,12 @@ class Client:
                     return transfer.pull_into_memory(location, self.token, value.object_id)
                 location = self.fetch_via_worker(value.object_id, location)
             try:
-                return store.read(location.segment)
-            except FileNotFoundError as exc:
+                store = self.store_for(location.worker_id, location.store)
+            except (OSError, ConnectionError) as exc:
                 raise ObjectLostError(
-                    value.object_id.hex(), "its shared-memory segment is gone"
+                    value.object_id.hex(), f"the worker daemon holding it is gone ({exc})"
                 ) from exc
+            return store.read(value.object_id)
         assert value.data is not None
         return serialization.loads(value.data)
 
@@ -469,5 +484,9 @@ class Client:
             self._flush_cond.notify_all()
         self._flusher.join(timeout=5)
         self.conn.close()
+        with self._stores_lock:
+            stores, self._stores = self._stores, {}
+        for store_client in stores.values():
+            store_client.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)

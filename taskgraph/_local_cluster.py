@@ -89,3 +89,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # A worker killed along the way (or by the user) left its arena and
+        # spill files: nothing of the cluster survives shutdown().
+        from taskgraph.worker.daemon import sweep_dead_daemons
+
+        sweep_dead_daemons()

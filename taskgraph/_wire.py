@@ -17,6 +17,7 @@ decodes. Who sends what to whom::
     worker ◀──RunTasks/FreeObjects/CancelRunning/ToClient──── scheduler
     executor ──ExecutorHello/Executed/<client messages>──▶ worker daemon
     executor ◀──Execute/<scheduler-to-client messages>──── worker daemon
+    any process ──StoreCreate/Seal/Pin/Unpin──▶ its host's worker daemon
 
 Executors reach the scheduler through their worker daemon, so that a task's
 submissions and ref releases reach the scheduler in the same order as the
@@ -75,10 +76,10 @@ class Rejected(Msg):
 
 
 class Location(Msg):
-    """Where a large object lives: a shared-memory segment on a worker daemon."""
+    """Where a large object lives: the object store of a worker daemon."""
 
     worker_id: str
-    segment: str
+    store: str  # the holding daemon's address on its host, where its store is reached
     size: int
     host: str
     peer: str = ""  # the holding worker's peer server, for readers on other hosts
@@ -132,7 +133,7 @@ class TaskSpec(Msg):
 
 
 class Value(Msg):
-    """An object's content as the scheduler hands it out: inline, in a segment, or an error."""
+    """An object's content as the scheduler hands it out: inline, in a store, or an error."""
 
     object_id: bytes
     data: bytes | None = None
@@ -290,7 +291,6 @@ class ClientGone(Msg):
 
 class FreeObjects(Msg):
     object_ids: list[bytes]
-    segments: list[str]
 
 
 class CancelRunning(Msg):
@@ -319,6 +319,7 @@ class ActorStarted(Msg):
 class Heartbeat(Msg):
     running: int = 0
     executors: int = 0
+    store: dict[str, int] | None = None  # ObjectStore.stats()
 
 
 class Shutdown(Msg):
@@ -345,21 +346,63 @@ class Fetched(Msg):
 # -- worker <-> worker (peer transfer) ----------------------------------------
 
 
-class FetchSegment(Msg):
+class FetchObject(Msg):
     object_id: bytes
-    segment: str
 
 
-class SegmentData(Msg):
-    """Followed on the stream by exactly ``size`` raw bytes: the segment."""
+class ObjectData(Msg):
+    """Followed on the stream by exactly ``size`` raw bytes: the object."""
 
     object_id: bytes
     size: int
 
 
-class SegmentMissing(Msg):
+class ObjectMissing(Msg):
     object_id: bytes
     reason: str
+
+
+# -- a process <-> its host's worker daemon (the object store) -----------------
+
+
+class StoreCreate(Msg):
+    """Room for a new object of ``size`` bytes; answered with a StoreReply."""
+
+    object_id: bytes
+    size: int
+
+
+class StoreSeal(Msg):
+    """The object is written; answered, so readers never see it half-done."""
+
+    object_id: bytes
+
+
+class StorePin(Msg):
+    """Where is the object? Keep it there until unpinned."""
+
+    object_id: bytes
+
+
+class StoreUnpin(Msg):
+    """Not answered: the last views of these objects are gone."""
+
+    object_ids: list[bytes]
+
+
+class StoreStats(Msg):
+    """What the store holds; answered with a StoreReply carrying ``stats``."""
+
+
+class StoreReply(Msg):
+    object_id: bytes
+    offset: int = -1  # in the arena
+    size: int = 0
+    path: str = ""  # a spilled object's file, when it could not come back
+    error: str = ""
+    full: list[int] | None = None  # needed, used, capacity: the store is full
+    stats: dict[str, int] | None = None
+    object_ids: list[bytes] | None = None  # with stats: every object held
 
 
 class ExecutorHello(Msg):
@@ -417,9 +460,15 @@ AnyMessage = (
     | Executed
     | Fetch
     | Fetched
-    | FetchSegment
-    | SegmentData
-    | SegmentMissing
+    | FetchObject
+    | ObjectData
+    | ObjectMissing
+    | StoreCreate
+    | StoreSeal
+    | StorePin
+    | StoreUnpin
+    | StoreStats
+    | StoreReply
 )
 
 CLIENT_MESSAGES = ClientMessage.__args__

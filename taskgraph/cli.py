@@ -162,6 +162,8 @@ def _launch_worker(address: str, token: str, args: argparse.Namespace) -> tuple[
         module_args += ["--num-gpus", str(args.num_gpus)]
     if args.memory is not None:
         module_args += ["--memory-limit", str(args.memory)]
+    if args.object_store_memory is not None:
+        module_args += ["--object-store-memory", str(args.object_store_memory)]
     worker = _launch("worker", module_args, token)
     worker.worker_id = worker_id
     config.record_cluster(
@@ -377,11 +379,13 @@ def cmd_memory(args: argparse.Namespace) -> None:
 
 def _memory_text(address: str, report: dict[str, Any]) -> str:
     lines = [f"Object store of the taskgraph cluster at {address}", ""]
-    lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10}")
+    lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} {'cap':>10}")
     for node in report["nodes"]:
+        spilled = node["bytes_spilled"]
         lines.append(
-            f"    {node['node_id']:<14} {node['objects']:>8} {_bytes(node['bytes']):>12} "
-            f"{_bytes(node['bytes_spilled']):>10}"
+            f"    {node['node_id']:<14} {node['objects']:>8} "
+            f"{_bytes(max(node['bytes'] - spilled, 0)):>12} {_bytes(spilled):>10} "
+            f"{_bytes(node.get('capacity', 0)):>10}"
         )
     inline = report["inline"]
     lines.append(f"    {'(inline)':<14} {inline['objects']:>8} {_bytes(inline['bytes']):>12}")
@@ -608,6 +612,14 @@ def _add_start(commands: Any) -> None:
         metavar="BYTES",
         default=None,
         help="bytes of memory the worker offers to tasks (default: 70%% of available)",
+    )
+    p.add_argument(
+        "--object-store-memory",
+        type=config.store_size_arg,
+        metavar="BYTES",
+        default=None,
+        help="cap of the worker's shared-memory object store; above it objects spill to "
+        "disk (default: 30%% of memory)",
     )
     p.add_argument(
         "--resources",

@@ -14,6 +14,7 @@ records its address and token in a file readable only by its user, so that
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -120,6 +121,23 @@ def _create_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+MIN_OBJECT_STORE = 1 << 20
+
+
+def store_size_arg(text: str) -> int:
+    """``--object-store-memory``: a whole number of bytes, at least 1 MiB."""
+    try:
+        size = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if size < MIN_OBJECT_STORE:
+        raise argparse.ArgumentTypeError(
+            f"{size} bytes is too small for an object store: give at least "
+            f"{MIN_OBJECT_STORE} (1 MiB)"
+        )
+    return size
 
 
 def parse_resources(text: str) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Shared fixtures: clusters, and the leak checks every test runs under.
 
-A test fails if it leaves behind a process, a shared-memory segment or a
-thread that was not there when it started (polled with a deadline, since
+A test fails if it leaves behind a process, a shared-memory arena, an object
+in a store or a thread that was not there when it started (polled with a deadline, since
 teardown is asynchronous). Cluster fixtures check the same after shutdown.
 """
 
@@ -54,7 +54,26 @@ def direct_children() -> set[int]:
 
 
 def segments() -> set[str]:
+    """Files in shared memory: each worker daemon's arena."""
     return set(store.segments())
+
+
+def stored() -> set[str]:
+    """Objects (hex ids) in the stores of the running cluster's daemons on this host."""
+    runtime = tg._api._runtime
+    if runtime is None:
+        return set()
+    client = runtime.client
+    found: set[str] = set()
+    for info in client.workers:
+        if info.host != client.host:
+            continue
+        try:
+            _, object_ids = client.store_for(info.worker_id, info.address).stats()
+        except (OSError, ConnectionError):
+            continue  # that daemon is gone
+        found.update(oid.hex() for oid in object_ids)
+    return found
 
 
 def alive(pids: set[int]) -> set[int]:
@@ -86,10 +105,12 @@ def shm_dir() -> Iterator[Path]:
 def no_leaks() -> Iterator[None]:
     children_before = direct_children()
     segments_before = segments()
+    stored_before = stored()
     threads_before = threading.active_count()
     yield
     wait_for(lambda: not alive(direct_children() - children_before), what="child processes to exit")
-    wait_for(lambda: segments() <= segments_before, what="shared-memory segments to be freed")
+    wait_for(lambda: segments() <= segments_before, what="shared-memory arenas to be removed")
+    wait_for(lambda: stored() <= stored_before, what="objects in the store to be freed")
     wait_for(lambda: threading.active_count() <= threads_before, what="threads to end")
 
 
@@ -100,7 +121,7 @@ def _checked_cluster(**kwargs: object) -> Iterator[tg.ClusterContext]:
     yield context
     tg.shutdown()
     wait_for(lambda: not alive(processes), what="cluster processes to exit")
-    wait_for(lambda: not segments(), what="all segments to be removed")
+    wait_for(lambda: not segments(), what="all arenas to be removed")
     wait_for(lambda: not taskgraph_threads(), what="client threads to end")
     assert not list(SHM_DIR.iterdir())
 

@@ -14,7 +14,7 @@ from taskgraph.worker.daemon import WorkerDaemon, default_resources, run
 
 
 def _worker_id(text: str) -> str:
-    # The id names the worker's shared-memory segments, tg-<id>-<object>.
+    # The id names the worker's shared-memory arena, tg-<id>-arena.
     if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a valid worker id: use 1 to 64 letters, digits or _"
@@ -38,6 +38,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resources", default="{}", help="custom resources as JSON, e.g. '{\"disk\": 1}'"
     )
     p.add_argument("--memory-limit", type=float, default=None, help="bytes of task memory to offer")
+    p.add_argument(
+        "--object-store-memory",
+        type=config.store_size_arg,
+        default=None,
+        metavar="BYTES",
+        help="cap of the shared-memory object store; above it objects spill to disk "
+        "(default: 30%% of memory, at most what /dev/shm can hold)",
+    )
+    p.add_argument(
+        "--spill-dir",
+        default=None,
+        metavar="DIR",
+        help="where objects spill above the cap (default: a folder in the temp directory)",
+    )
     p.add_argument("--token", default=None, help=f"cluster token ({config.TOKEN_ENV} by default)")
     p.add_argument(
         "--worker-id",
@@ -81,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         resources,
         worker_id=args.worker_id,
         parent_pid=args.parent_pid,
+        object_store_memory=args.object_store_memory,
+        spill_dir=args.spill_dir,
     )
     print(f"taskgraph-worker {daemon.worker_id} (pid {os.getpid()}) joining {address}", flush=True)
     run(daemon)

@@ -4,13 +4,15 @@
 
     scheduler ◀──TCP──▶ daemon ◀──Unix socket──▶ executor processes (one per CPU, more
                           │                        when tasks block in get)
-                          └─ /dev/shm segments named tg-<worker id>-*
+                          ├─ object store: /dev/shm/tg-<worker id>-arena, reached by
+                          │  every process on the host over the same Unix socket
+                          └─ peer server: other hosts' daemons pull objects (TCP)
 
 Holds ``WorkerState`` as ``self.state`` and carries out its instructions:
 spawn or signal executors, forward frames. Executors' client messages are
 relayed to the scheduler in arrival order, wrapped with their client id.
 On SIGTERM, on a ``Shutdown`` from the scheduler, or when the scheduler goes
-away, it stops its executors, unlinks its segments and exits.
+away, it stops its executors, removes its arena and spill files and exits.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class WorkerDaemon:
         *,
         worker_id: str | None = None,
         parent_pid: int | None = None,
+        object_store_memory: int | None = None,
+        spill_dir: str | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
         self.token = token
@@ -114,7 +118,10 @@ class WorkerDaemon:
         self.stopped = asyncio.Event()
         self.server: _ExecutorServer | None = None
         self.peer_server: PeerServer | None = None
-        self.puller = Puller(self.worker_id, token)
+        self.object_store_memory = object_store_memory or store.default_capacity()
+        self.spill_dir = Path(spill_dir) if spill_dir else store.default_spill_dir(self.worker_id)
+        self.objects: store.ObjectStore | None = None
+        self.puller: Puller | None = None
         self._record: Path | None = None
         self._heartbeat: PeriodicCallback | None = None
 
@@ -132,14 +139,17 @@ class WorkerDaemon:
             worker_id=self.worker_id,
             socket_dir=self.socket_dir,
             shm_dir=str(store.SHM_DIR),
+            spill_dir=str(self.spill_dir),
         )
+        self.objects = store.ObjectStore(self.worker_id, self.object_store_memory, self.spill_dir)
+        self.puller = Puller(self.worker_id, self.token, self.objects, self.info.address)
         hello = w.Hello("worker", b"", self.worker_id.encode(), pid=os.getpid(), host=self.host)
         self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
         # Peers reach us where we reach the scheduler from (or TASKGRAPH_PEER_HOST).
         assert self.scheduler.socket is not None
         peer_host = os.environ.get("TASKGRAPH_PEER_HOST") or local_ip_towards(self.scheduler.socket)
         if peer_host not in ("", "0.0.0.0", "::"):
-            self.peer_server = PeerServer(self.worker_id, self.token)
+            self.peer_server = PeerServer(self.worker_id, self.token, self.objects)
             (sock,) = bind_sockets(0, peer_host)
             self.peer_server.add_socket(sock)
             self.info.peer = f"tcp://{peer_host}:{sock.getsockname()[1]}"
@@ -158,7 +168,13 @@ class WorkerDaemon:
 
     def _send_heartbeat(self) -> None:
         stats = self.state.statistics()
-        self._to_scheduler(w.Heartbeat(running=stats["running"], executors=len(self.processes)))
+        self._to_scheduler(
+            w.Heartbeat(
+                running=stats["running"],
+                executors=len(self.processes),
+                store=self.objects.stats() if self.objects is not None else None,
+            )
+        )
 
     def _check_parent(self) -> None:
         # Orphans are re-parented; a dead parent may linger as a zombie, so ask who our parent is.
@@ -176,7 +192,8 @@ class WorkerDaemon:
             self.server.stop()
         if self.peer_server is not None:
             self.peer_server.stop()
-        self.puller.close()
+        if self.puller is not None:
+            self.puller.close()
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -186,7 +203,9 @@ class WorkerDaemon:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.get_running_loop().run_in_executor(None, proc.wait)
-        store.remove_all(self.worker_id)
+        if self.objects is not None:
+            self.objects.close()
+        store.remove_all(self.worker_id, self.spill_dir)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self._record is not None:
             self._record.unlink(missing_ok=True)
@@ -218,11 +237,10 @@ class WorkerDaemon:
                 for inner in msg.messages:
                     self._to_executor(executor_id, inner)
         elif isinstance(msg, w.FreeObjects):
+            assert self.objects is not None and self.puller is not None
             for object_id in msg.object_ids:
                 self.puller.forget(object_id)
-            for name in msg.segments:
-                if name.startswith(f"{store.PREFIX}{self.worker_id}-"):
-                    store.unlink(name)
+                self.objects.free(object_id)
         elif isinstance(msg, w.CancelRunning):
             self._carry_out(self.state.handle(CancelRequested(msg.task_id, msg.force)))
         elif isinstance(msg, w.KillActor):
@@ -313,6 +331,7 @@ class WorkerDaemon:
 
     async def _fetch(self, executor_id: int, msg: w.Fetch) -> None:
         """An executor needs an object held on another host: pull a copy here."""
+        assert self.puller is not None
         first = msg.object_id not in self.puller.copies
         try:
             local = await self.puller.fetch(msg.object_id, msg.location, self.host, self.info.peer)
@@ -335,6 +354,9 @@ class WorkerDaemon:
             hello = await accept_handshake(stream, self.token, welcome)
         except AuthenticationError as exc:
             log.warning("rejected an executor connection: %s", exc)
+            return
+        if hello.role == "store":
+            await self.serve_store(stream)
             return
         executor_id = next((e for e, p in self.processes.items() if p.pid == hello.pid), None)
         if executor_id is None or executor_id not in self.state.executors:
@@ -378,9 +400,57 @@ class WorkerDaemon:
                 self._report_exit(executor_id, code)
             # else the process lives on for a moment; its reaper reports the exit
 
+    async def serve_store(self, stream: IOStream) -> None:
+        """One process on this host writing and reading objects; see worker/store.py."""
+        objects = self.objects
+        assert objects is not None
+        holder = ("store", id(stream))
+        reader = FrameReader(stream)
+        try:
+            while True:
+                replies: list[w.Msg] = []
+                for msg in await reader.read():
+                    if isinstance(msg, w.StoreUnpin):
+                        for object_id in msg.object_ids:
+                            objects.unpin(object_id, holder)
+                    else:
+                        replies.append(self._store_request(objects, msg, holder))
+                if replies:
+                    write_batch(stream, replies)
+        except (StreamClosedError, ProtocolError):
+            stream.close()
+        finally:
+            objects.drop_holder(holder)
+
+    def _store_request(self, objects: store.ObjectStore, msg: Any, holder: Any) -> w.StoreReply:
+        if isinstance(msg, w.StoreCreate):
+            try:
+                offset = objects.create(msg.object_id, msg.size, holder)
+            except store.StoreFull as exc:
+                return w.StoreReply(
+                    msg.object_id, full=[exc.needed, exc.used, exc.capacity], error=exc.reason
+                )
+            except ValueError as exc:
+                return w.StoreReply(msg.object_id, error=str(exc))
+            return w.StoreReply(msg.object_id, offset=offset, size=msg.size)
+        if isinstance(msg, w.StoreSeal):
+            objects.seal(msg.object_id, holder)
+            return w.StoreReply(msg.object_id)
+        if isinstance(msg, w.StorePin):
+            try:
+                where = objects.pin(msg.object_id, holder)
+            except KeyError:
+                return w.StoreReply(msg.object_id, error="it is not in its worker's object store")
+            return w.StoreReply(
+                msg.object_id, offset=where.offset, size=where.size, path=where.path
+            )
+        if isinstance(msg, w.StoreStats):
+            return w.StoreReply(b"", stats=objects.stats(), object_ids=list(objects.entries))
+        raise ProtocolError(f"a store client may not send {type(msg).__name__}")
+
 
 def sweep_dead_daemons() -> int:
-    """Remove the segments, socket folders and records of worker daemons that died.
+    """Remove the arenas, spill files, socket folders and records of worker daemons that died.
 
     A daemon cleans up after itself when it stops; one killed outright
     cannot, so the next daemon on the host (or ``taskgraph stop``) does.
@@ -394,6 +464,9 @@ def sweep_dead_daemons() -> int:
         if worker_id:
             for path in shm_dir.glob(f"{store.PREFIX}{worker_id}-*"):
                 path.unlink(missing_ok=True)
+            spill_dir = record.get("spill_dir")
+            if spill_dir and os.path.basename(str(spill_dir)).startswith("taskgraph-spill-"):
+                shutil.rmtree(str(spill_dir), ignore_errors=True)
         socket_dir = str(record.get("socket_dir", ""))
         if os.path.basename(socket_dir).startswith("tg-"):
             shutil.rmtree(socket_dir, ignore_errors=True)

@@ -1,12 +1,13 @@
-"""Objects between hosts: each worker daemon serves its segments to peers.
+"""Objects between hosts: each worker daemon serves its store to peers.
 
 ::
 
-    reader's daemon ──Hello/FetchSegment──▶ holder's peer server
-    reader's daemon ◀──SegmentData(size) + raw bytes── holder (streamed)
+    reader's daemon ──Hello/FetchObject──▶ holder's peer server
+    reader's daemon ◀──ObjectData(size) + raw bytes── holder (streamed)
 
-The receiving daemon streams the bytes straight into a new segment of its
-own (no whole-object copy in memory), tells the scheduler it holds a copy
+The receiving daemon streams the bytes straight into its own store (no
+whole-object copy in memory; pages reused from earlier objects take no page
+faults), tells the scheduler it holds a copy
 (``ObjectCopied``) and hands the local location to the executor that asked.
 A driver on a host without a worker pulls the same way into its own memory.
 Peers authenticate like every other connection; several objects may be in
@@ -34,20 +35,27 @@ from taskgraph._transport import (
     read_batch,
     write_batch,
 )
-from taskgraph.exceptions import AuthenticationError, ObjectLostError, ProtocolError
+from taskgraph.exceptions import (
+    AuthenticationError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    ProtocolError,
+)
 from taskgraph.worker import store
 
 log = logging.getLogger("taskgraph.worker")
-CHUNK = 4 << 20  # bytes per read or write while streaming a segment
+# Bytes per read into the store: under Tornado's buffer limit (100 MB by default).
+CHUNK = 32 << 20
 
 
 class PeerServer(TCPServer):
-    """Hands this worker's segments to other workers and remote drivers."""
+    """Hands this worker's objects to other workers and remote drivers."""
 
-    def __init__(self, worker_id: str, token: bytes) -> None:
+    def __init__(self, worker_id: str, token: bytes, objects: store.ObjectStore) -> None:
         super().__init__()
         self.worker_id = worker_id
         self.token = token
+        self.objects = objects
         self.served = 0
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
@@ -61,35 +69,39 @@ class PeerServer(TCPServer):
         try:
             while True:
                 for msg in await reader.read():
-                    if not isinstance(msg, w.FetchSegment):
+                    if not isinstance(msg, w.FetchObject):
                         raise ProtocolError(f"a peer may not send {type(msg).__name__}")
-                    await self._send_segment(stream, msg)
+                    await self._send(stream, msg.object_id)
         except (StreamClosedError, ProtocolError):
             stream.close()
 
-    async def _send_segment(self, stream: IOStream, msg: w.FetchSegment) -> None:
-        if not msg.segment.startswith(f"{store.PREFIX}{self.worker_id}-"):
-            write_batch(stream, [w.SegmentMissing(msg.object_id, "not a segment of this worker")])
+    async def _send(self, stream: IOStream, object_id: bytes) -> None:
+        holder = ("peer", id(stream), object_id)
+        try:
+            self.objects.pin(object_id, holder)
+        except KeyError:
+            write_batch(stream, [w.ObjectMissing(object_id, "not in this worker's store")])
             return
         try:
-            mm = store.open_readonly(msg.segment)
-        except FileNotFoundError:
-            write_batch(stream, [w.SegmentMissing(msg.object_id, "the segment is gone")])
-            return
-        with mm, memoryview(mm) as view:
-            write_batch(stream, [w.SegmentData(msg.object_id, len(view))])
-            for start in range(0, len(view), CHUNK):
-                # Waiting for each chunk to leave bounds what we buffer.
-                await stream.write(bytes(view[start : start + CHUNK]))
+            view = self.objects.read(object_id)
+            write_batch(stream, [w.ObjectData(object_id, len(view))])
+            # Tornado sends straight from the view; waiting bounds what we buffer.
+            await stream.write(view)
+        finally:
+            self.objects.unpin(object_id, holder)
         self.served += 1
 
 
 class Puller:
-    """Pulls segments from peers into this worker's store, one connection per peer."""
+    """Pulls objects from peers into this worker's store, one connection per peer."""
 
-    def __init__(self, worker_id: str, token: bytes) -> None:
+    def __init__(
+        self, worker_id: str, token: bytes, objects: store.ObjectStore, address: str
+    ) -> None:
         self.worker_id = worker_id
         self.token = token
+        self.objects = objects
+        self.address = address  # where readers on this host reach our store
         self._streams: dict[str, IOStream] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pulls: dict[bytes, asyncio.Future[w.Location]] = {}
@@ -113,30 +125,37 @@ class Puller:
         if not source.peer:
             raise ObjectLostError(object_id.hex(), "its worker serves no peers")
         lock = self._locks.setdefault(source.peer, asyncio.Lock())
+        holder = ("pull", object_id)
         async with lock:  # one request at a time per connection: answers come in order
             stream = await self._connect(source.peer)
+            created = False
             try:
-                write_batch(stream, [w.FetchSegment(object_id, source.segment)])
+                write_batch(stream, [w.FetchObject(object_id)])
                 (reply,) = await read_batch(stream)
-                if isinstance(reply, w.SegmentMissing):
+                if isinstance(reply, w.ObjectMissing):
                     raise ObjectLostError(object_id.hex(), f"its holder says: {reply.reason}")
-                if not isinstance(reply, w.SegmentData):
+                if not isinstance(reply, w.ObjectData):
                     raise ProtocolError(f"a peer answered {type(reply).__name__}")
-                name = store.segment_name(self.worker_id, object_id)
-                mm = store.create(name, reply.size)
                 try:
-                    with memoryview(mm) as view:
-                        for start in range(0, reply.size, CHUNK):
-                            # Tornado takes any writable buffer, though typed bytearray.
-                            await stream.read_into(view[start : start + CHUNK])  # type: ignore[arg-type]
-                finally:
-                    mm.close()
+                    offset = self.objects.create(object_id, reply.size, holder)
+                except store.StoreFull as exc:
+                    raise ObjectStoreFullError(
+                        exc.needed, exc.used, exc.capacity, node=self.worker_id
+                    ) from exc
+                created = True
+                # Straight into the store: Tornado reads into the view as bytes arrive.
+                view = self.objects.view[offset : offset + reply.size]
+                for start in range(0, reply.size, CHUNK):
+                    await stream.read_into(view[start : start + CHUNK])
+                self.objects.seal(object_id, holder)
             except BaseException:
+                # The stream is mid-object or broken: start the next pull afresh.
                 self._streams.pop(source.peer, None)
                 stream.close()
-                store.unlink(store.segment_name(self.worker_id, object_id))
+                if created:
+                    self.objects.unpin(object_id, holder)  # frees what was never sealed
                 raise
-        local = w.Location(self.worker_id, name, reply.size, host, peer)
+        local = w.Location(self.worker_id, self.address, reply.size, host, peer)
         self.copies[object_id] = local
         return local
 
@@ -163,11 +182,11 @@ def pull_into_memory(location: w.Location, token: bytes, object_id: bytes) -> An
     conn: BlockingConnection
     conn, _ = connect_blocking(location.peer, token, hello)
     try:
-        conn.send([w.FetchSegment(object_id, location.segment)])
+        conn.send([w.FetchObject(object_id)])
         (reply,) = conn.recv()
-        if isinstance(reply, w.SegmentMissing):
+        if isinstance(reply, w.ObjectMissing):
             raise ObjectLostError(object_id.hex(), f"its holder says: {reply.reason}")
-        if not isinstance(reply, w.SegmentData):
+        if not isinstance(reply, w.ObjectData):
             raise ProtocolError(f"a peer answered {type(reply).__name__}")
         data = bytearray(reply.size)
         view = memoryview(data)

@@ -271,10 +271,11 @@ def test_bad_resources_are_rejected_before_anything_starts(
 def test_stop_cleans_up_after_a_worker_that_was_killed(cli: Cli) -> None:
     start_head(cli)
     (worker,) = cli.records("worker")
-    leftover = store.segment_name(worker["worker_id"], b"\xde\xad")
+    leftover = store.arena_name(worker["worker_id"])
+    assert (store.SHM_DIR / leftover).exists()
     os.kill(worker["pid"], signal.SIGKILL)
     wait_for(lambda: not psutil.pid_exists(worker["pid"]) or _zombie(worker["pid"]))
-    (store.SHM_DIR / leftover).write_bytes(b"left by a crash")
+    assert (store.SHM_DIR / leftover).exists(), "a killed worker cannot remove its arena"
 
     out = cli.ok("stop")
 

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import alive, descendants, segments, taskgraph_threads, wait_for
+from conftest import alive, descendants, segments, stored, taskgraph_threads, wait_for
 from taskgraph import _wire as w
 from taskgraph.exceptions import AuthenticationError, NodeDiedError
 
@@ -45,7 +45,8 @@ def test_shutdown_leaves_nothing_behind():
 
     big = tg.put(np.ones(1_000_000))
     assert tg.get(square.remote(3)) == 9
-    assert segments(), "a large put should live in shared memory"
+    assert stored() == {big.hex()}, "a large put should live in shared memory"
+    assert segments(), "the worker's arena is a file in /dev/shm"
     processes = descendants()
     assert len(processes) >= 4  # scheduler, worker, two executors
     tg.shutdown()
@@ -207,19 +208,21 @@ def test_the_next_daemon_cleans_up_after_a_killed_one(fresh_cluster):
 
     from conftest import start_worker, stop_process
     from taskgraph import config
+    from taskgraph.worker import store
 
     big = tg.put(np.ones(1_000_000))
     node = tg.nodes()[0]
     (record,) = [r for r in config.records("daemon") if r.get("worker_id") == node["node_id"]]
-    assert os.path.isdir(record["socket_dir"]) and segments()
+    arena = store.arena_name(node["node_id"])
+    assert os.path.isdir(record["socket_dir"]) and arena in segments()
     psutil.Process(node["pid"]).kill()
     wait_for(lambda: tg.nodes() == [], what="the scheduler to notice")
-    assert segments(), "a killed daemon cannot clean up after itself"
+    assert arena in segments(), "a killed daemon cannot clean up after itself"
     successor = start_worker("--num-cpus", "1")
     try:
         wait_for(
             lambda: (
-                not segments()
+                arena not in segments()
                 and not os.path.exists(record["socket_dir"])
                 and not os.path.exists(record["path"])
             ),

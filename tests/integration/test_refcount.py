@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import segments, wait_for
+from conftest import stored, wait_for
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -22,11 +22,11 @@ def objects() -> int:
 def test_dropped_refs_are_freed_everywhere():
     baseline = objects()
     ref = tg.put(np.ones(BIG))
-    (segment,) = segments()
+    assert stored() == {ref.hex()}
     assert objects() == baseline + 1
     del ref
     gc.collect()
-    wait_for(lambda: segment not in segments(), what="the segment to be unlinked")
+    wait_for(lambda: not stored(), what="the store to free the object")
     wait_for(lambda: objects() == baseline, what="the scheduler to forget the object")
 
 
@@ -38,10 +38,10 @@ def make_big():
 def test_large_task_results_are_freed_when_dropped():
     ref = make_big.remote()
     assert tg.get(ref)[0] == 7.0
-    assert len(segments()) == 1
+    assert stored() == {ref.hex()}
     del ref
     gc.collect()
-    wait_for(lambda: not segments(), what="the result's segment to be unlinked")
+    wait_for(lambda: not stored(), what="the store to free the result")
 
 
 def test_a_ref_inside_a_put_list_keeps_its_object_alive():
@@ -55,7 +55,7 @@ def test_a_ref_inside_a_put_list_keeps_its_object_alive():
     assert tg.get(again)[-1] == BIG - 1
     del again, outer
     gc.collect()
-    wait_for(lambda: not segments(), what="inner object to be freed with its container")
+    wait_for(lambda: not stored(), what="inner object to be freed with its container")
 
 
 def test_arguments_stay_alive_until_the_task_ran():

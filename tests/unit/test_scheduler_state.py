@@ -720,7 +720,7 @@ def test_release_frees_an_object_and_its_segment() -> None:
     assert h.state.statistics()["objects"] == 2
     assert h.send(b"c1", w.ReleaseRefs([inline])) == []
     sends = h.send(b"c1", w.ReleaseRefs([located]))
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([located], ["seg-1"])]
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([located])]
     assert h.state.statistics()["objects"] == 0
     assert h.send(b"c1", w.ReleaseRefs([located])) == [], "a second release is a no-op"
 
@@ -749,7 +749,7 @@ def test_an_object_inside_a_put_lives_until_the_outer_is_freed() -> None:
     assert h.send(b"c1", w.ReleaseRefs([inner])) == []
     assert h.state.statistics()["objects"] == 2
     sends = h.send(b"c1", w.ReleaseRefs([outer]))
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([inner], ["seg-inner"])]
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([inner])]
     assert h.state.statistics()["objects"] == 0
 
 
@@ -811,7 +811,7 @@ def test_a_released_pending_result_is_freed_when_its_task_finishes() -> None:
     assert ret(spec) in h.state.objects, "pending: its task still makes it"
     seg = w.Location("w1", "seg-r", 1 << 20, "host-w1")
     sends = h.done("w1", ok(spec, location=seg))
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([ret(spec)], ["seg-r"])]
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([ret(spec)])]
     assert h.state.statistics()["objects"] == 0
 
 
