@@ -36,8 +36,18 @@ class ObjectRef:
             client.released.append(self._id)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        serialization.note_ref(self._id)
+        if not serialization.note_ref(self._id) and self._client is not None:
+            # Pickled by the user (out of band): nobody can tell when those bytes
+            # die, so, as in Ray, the object stays alive while this client is
+            # connected: a count that is never given back.
+            self._client.incref(self._id, acquire=False)
         return (_rebuild_ref, (self._id,))
+
+    def __copy__(self) -> ObjectRef:
+        return self  # immutable; and not through __reduce__, which would pin the object
+
+    def __deepcopy__(self, memo: Any) -> ObjectRef:
+        return self
 
     @property
     def id(self) -> bytes:

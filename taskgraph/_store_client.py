@@ -79,7 +79,9 @@ class StoreClient:
         pause = 0.005
         while True:
             reply = self._ask(w.StoreCreate(object_id, size))
-            if reply.full is None or time.monotonic() + pause > deadline:
+            if reply.full is None or reply.full[0] > reply.full[2]:
+                break  # stored, or it could never fit
+            if time.monotonic() + pause > deadline:
                 break
             time.sleep(pause)
             pause = min(pause * 2, 0.2)

@@ -130,14 +130,17 @@ _local = threading.local()
 _modules_seen = 0
 
 
-def note_ref(oid: bytes) -> None:
+def note_ref(oid: bytes) -> bool:
     """Record that an object ref with id ``oid`` is being pickled.
 
-    Called by ``ObjectRef.__reduce__``. Outside ``dumps``/``dumps_oob`` it does nothing.
+    Called by ``ObjectRef.__reduce__``. Returns False outside ``dumps``/
+    ``dumps_oob``: the user is pickling the ref themselves (out of band).
     """
     stack: list[list[bytes]] | None = getattr(_local, "stack", None)
     if stack:
         stack[-1].append(oid)
+        return True
+    return False
 
 
 _PLAIN = {int, float, str, bytes, bool, type(None), complex}
