@@ -10,8 +10,9 @@ whole-object copy in memory; pages reused from earlier objects take no page
 faults), tells the scheduler it holds a copy
 (``ObjectCopied``) and hands the local location to the executor that asked.
 A driver on a host without a worker pulls the same way into its own memory.
-Peers authenticate like every other connection; several objects may be in
-flight at once, one connection per peer pair, requests answered in order.
+Peers authenticate like every other connection. Up to four objects are in
+flight from one peer at once, each on a connection of its own (reused by
+later pulls); pulls from different peers run side by side.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from taskgraph.worker import store
 log = logging.getLogger("taskgraph.worker")
 # Bytes per read into the store: under Tornado's buffer limit (100 MB by default).
 CHUNK = 32 << 20
+PULLS_PER_PEER = 4  # objects in flight from one peer, each on its own connection
 
 
 class PeerServer(TCPServer):
@@ -93,7 +95,7 @@ class PeerServer(TCPServer):
 
 
 class Puller:
-    """Pulls objects from peers into this worker's store, one connection per peer."""
+    """Pulls objects from peers into this worker's store, a few at once per peer."""
 
     def __init__(
         self, worker_id: str, token: bytes, objects: store.ObjectStore, address: str
@@ -102,8 +104,9 @@ class Puller:
         self.token = token
         self.objects = objects
         self.address = address  # where readers on this host reach our store
-        self._streams: dict[str, IOStream] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._idle: dict[str, list[IOStream]] = {}  # connections to each peer, free
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._open: set[IOStream] = set()
         self._pulls: dict[bytes, asyncio.Future[w.Location]] = {}
         self.copies: dict[bytes, w.Location] = {}
 
@@ -124,9 +127,9 @@ class Puller:
     async def _pull(self, object_id: bytes, source: w.Location, host: str, peer: str) -> w.Location:
         if not source.peer:
             raise ObjectLostError(object_id.hex(), "its worker serves no peers")
-        lock = self._locks.setdefault(source.peer, asyncio.Lock())
+        slots = self._slots.setdefault(source.peer, asyncio.Semaphore(PULLS_PER_PEER))
         holder = ("pull", object_id)
-        async with lock:  # one request at a time per connection: answers come in order
+        async with slots:  # each pull has a connection to itself while it runs
             stream = await self._connect(source.peer)
             created = False
             try:
@@ -149,31 +152,37 @@ class Puller:
                     await stream.read_into(view[start : start + CHUNK])
                 self.objects.seal(object_id, holder)
             except BaseException:
-                # The stream is mid-object or broken: start the next pull afresh.
-                self._streams.pop(source.peer, None)
+                # The stream is mid-object or broken: the next pull opens another.
+                self._open.discard(stream)
                 stream.close()
                 if created:
                     self.objects.unpin(object_id, holder)  # frees what was never sealed
                 raise
+            self._idle.setdefault(source.peer, []).append(stream)
         local = w.Location(self.worker_id, self.address, reply.size, host, peer)
         self.copies[object_id] = local
         return local
 
     async def _connect(self, peer: str) -> IOStream:
-        stream = self._streams.get(peer)
-        if stream is None or stream.closed():
-            hello = w.Hello("peer", b"", self.worker_id.encode(), pid=os.getpid())
-            stream, _ = await connect_tornado(peer, self.token, hello)
-            self._streams[peer] = stream
+        idle = self._idle.get(peer, [])
+        while idle:
+            stream = idle.pop()
+            if not stream.closed():
+                return stream
+            self._open.discard(stream)
+        hello = w.Hello("peer", b"", self.worker_id.encode(), pid=os.getpid())
+        stream, _ = await connect_tornado(peer, self.token, hello)
+        self._open.add(stream)
         return stream
 
     def forget(self, object_id: bytes) -> None:
         self.copies.pop(object_id, None)
 
     def close(self) -> None:
-        for stream in self._streams.values():
+        for stream in self._open:
             stream.close()
-        self._streams.clear()
+        self._open.clear()
+        self._idle.clear()
 
 
 def pull_into_memory(location: w.Location, token: bytes, object_id: bytes) -> Any:

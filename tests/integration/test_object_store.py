@@ -154,3 +154,24 @@ def test_object_store_memory_is_checked_where_it_is_given():
         timeout=60,
     )
     assert out.returncode == 2 and "too small for an object store" in out.stderr
+
+
+def test_a_killed_workers_arena_and_spill_files_do_not_survive_shutdown():
+    import psutil
+
+    from conftest import alive, descendants, segments
+
+    tg.init(num_cpus=1, object_store_memory=8 * MB)
+    try:
+        refs = [tg.put(random_array(seed, 3 * MB)) for seed in range(4)]  # two spill
+        folder = spill_dir()
+        assert len(list(folder.iterdir())) >= 2 and segments()
+        processes = descendants()
+        psutil.Process(tg.nodes()[0]["pid"]).kill()
+        wait_for(lambda: tg.nodes() == [], what="the scheduler to notice the dead worker")
+        assert folder.exists() and segments(), "a killed daemon cannot clean up after itself"
+        del refs
+    finally:
+        tg.shutdown()
+    wait_for(lambda: not alive(processes), what="the cluster's processes to exit")
+    assert not folder.exists() and not segments()

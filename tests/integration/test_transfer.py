@@ -55,7 +55,10 @@ def test_an_object_moves_between_daemons_on_different_hosts(fresh_cluster):
 
         again, _ = tg.get(digest.options(scheduling_strategy=on_near).remote(ref))
         assert again == checksum
-        assert tg.object_store_stats()["nodes"] == stats["nodes"], "pulled once, not twice"
+        after = {n["node_id"]: (n["objects"], n["bytes"]) for n in tg.object_store_stats()["nodes"]}
+        assert after == {n["node_id"]: (n["objects"], n["bytes"]) for n in stats["nodes"]}, (
+            "pulled once, not twice"
+        )
 
         # The driver reads the original from the far host's peer server too.
         far_ref = produce.remote(8)
@@ -69,5 +72,25 @@ def test_an_object_moves_between_daemons_on_different_hosts(fresh_cluster):
         local = tg.get(ref)
         assert hashlib.sha256(local.tobytes()).hexdigest() == checksum
         del local, ref
+    finally:
+        stop_process(far_worker)
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 2}], indirect=True)
+def test_several_objects_come_from_one_peer_at_once(fresh_cluster):
+    near = tg.nodes()[0]["node_id"]
+    far_worker = start_worker(
+        "--num-cpus", "1", "--resources", '{"far": 1}', env={"TASKGRAPH_HOST_ID": "far-away"}
+    )
+    try:
+        wait_for(lambda: len(tg.nodes()) == 2, what="the far worker")
+        refs = [produce.remote(seed) for seed in range(4)]
+        tg.wait(refs, num_returns=4, timeout=60)
+        on_near = NodeAffinitySchedulingStrategy(near)
+        # Two executors on the near worker pull at the same time, over two connections.
+        results = tg.get([digest.options(scheduling_strategy=on_near).remote(r) for r in refs])
+        assert [checksum for checksum, _ in results] == [expected(seed) for seed in range(4)]
+        assert {node for _, node in results} == {near}
+        del refs
     finally:
         stop_process(far_worker)
