@@ -314,6 +314,12 @@ class Client:
         location = w.Location(worker.worker_id, worker.address, size, self.host, worker.peer)
         return w.ReturnValue(oid, location=location, contains=contains)
 
+    def _forget_store(self, address: str) -> None:
+        with self._stores_lock:
+            client = self._stores.pop(address, None)
+        if client is not None:
+            client.close()
+
     def store_for(self, worker_id: str, address: str) -> StoreClient:
         """The connection to a worker daemon's object store on this host."""
         with self._stores_lock:
@@ -435,12 +441,12 @@ class Client:
                     return transfer.pull_into_memory(location, self.token, value.object_id)
                 location = self.fetch_via_worker(value.object_id, location)
             try:
-                store = self.store_for(location.worker_id, location.store)
+                return self.store_for(location.worker_id, location.store).read(value.object_id)
             except (OSError, ConnectionError) as exc:
+                self._forget_store(location.store)
                 raise ObjectLostError(
                     value.object_id.hex(), f"the worker daemon holding it is gone ({exc})"
                 ) from exc
-            return store.read(value.object_id)
         assert value.data is not None
         return serialization.loads(value.data)
 

@@ -414,7 +414,15 @@ class WorkerDaemon:
                         for object_id in msg.object_ids:
                             objects.unpin(object_id, holder)
                     else:
-                        replies.append(self._store_request(objects, msg, holder))
+                        try:
+                            replies.append(self._store_request(objects, msg, holder))
+                        except ProtocolError:
+                            raise
+                        except Exception as exc:  # the asker hears of it, the daemon goes on
+                            log.exception("object store request %s failed", type(msg).__name__)
+                            replies.append(
+                                w.StoreReply(getattr(msg, "object_id", b""), error=repr(exc))
+                            )
                 if replies:
                     write_batch(stream, replies)
         except (StreamClosedError, ProtocolError):

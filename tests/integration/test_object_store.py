@@ -175,3 +175,18 @@ def test_a_killed_workers_arena_and_spill_files_do_not_survive_shutdown():
         tg.shutdown()
     wait_for(lambda: not alive(processes), what="the cluster's processes to exit")
     assert not folder.exists() and not segments()
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
+def test_reading_from_a_dead_workers_store_is_object_lost(fresh_cluster):
+    import psutil
+
+    from taskgraph.exceptions import ObjectLostError
+
+    ref = tg.put(random_array(9, 2 * MB))
+    assert digest(tg.get(ref)) == digest(random_array(9, 2 * MB))  # connects to its store
+    psutil.Process(tg.nodes()[0]["pid"]).kill()
+    wait_for(lambda: tg.nodes() == [], what="the scheduler to notice the dead worker")
+    with pytest.raises(ObjectLostError):
+        tg.get(ref, timeout=30)
+    del ref
