@@ -11,6 +11,9 @@ shared memory without copying them into the pickle::
     value ──dumps_oob──▶ header + [PickleBuffer, ...] + [ref id, ...]
     value ◀───loads───── header,  [buffer, ...]    arrays come back as views
 
+Arrow tables and record batches travel as one buffer in Arrow IPC stream form,
+so a reader's columns are views of that buffer, whatever the table's layout.
+
 Object refs found inside a value report themselves through ``note_ref`` while
 being pickled, so the caller learns which objects a value depends on. A
 failure to pickle becomes a ``SerializationError`` that names what failed.
@@ -21,6 +24,7 @@ This module knows nothing of sockets, shared memory or the scheduler.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import sys
@@ -183,7 +187,9 @@ def _pickle(
             data = pickle.dumps(value, protocol=PROTOCOL)
         else:
             _register_local_modules()
-            data = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffer_callback)
+            with io.BytesIO() as file:
+                _Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(value)
+                data = file.getvalue()
     except SerializationError:
         raise
     except Exception as exc:
@@ -191,6 +197,75 @@ def _pickle(
     finally:
         stack.pop()
     return data, list(dict.fromkeys(found))
+
+
+# -- arrow tables ----------------------------------------------------------------
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, plus Arrow tables and record batches as one IPC buffer.
+
+    pyarrow's own pickling yields a buffer per column buffer and rebuilds
+    every array in Python; one IPC stream is a single out-of-band buffer that
+    Arrow reads back with its columns as views of it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only a process that already imported pyarrow can hold a table; the
+        # others must not pay pyarrow's import to find that out.
+        pa = sys.modules.get("pyarrow")
+        table = getattr(pa, "Table", None)
+        batch = getattr(pa, "RecordBatch", None)
+        self._arrow_types: tuple[type, ...] = (
+            (table, batch) if isinstance(table, type) and isinstance(batch, type) else ()
+        )
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in self._arrow_types and not _has_extension_type(obj.schema):
+            return _reduce_arrow(obj)
+        return super().reducer_override(obj)
+
+
+def _has_extension_type(schema: Any) -> bool:
+    # An extension type reads back as its storage type in a process that has
+    # not registered it; pyarrow's own pickling carries the type with it.
+    import pyarrow as pa
+
+    def has(kind: Any) -> bool:
+        if isinstance(kind, pa.BaseExtensionType):
+            return True
+        if isinstance(kind, pa.DictionaryType):
+            return has(kind.value_type)
+        return any(has(kind.field(i).type) for i in range(kind.num_fields))
+
+    return any(has(field.type) for field in schema)
+
+
+def _reduce_arrow(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    import pyarrow as pa
+
+    # The stream is written into private memory: one copy of the table while
+    # it is pickled, which the store then copies into shared memory.
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, obj.schema) as writer:
+        writer.write(obj)
+    # Read-only, since tables are immutable: in band it then loads as bytes.
+    stream = pickle.PickleBuffer(memoryview(sink.getvalue()).toreadonly())
+    rebuild = _table_from_ipc if isinstance(obj, pa.Table) else _batch_from_ipc
+    return rebuild, (stream,)
+
+
+def _table_from_ipc(stream: Buffer) -> Any:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(stream)).read_all()
+
+
+def _batch_from_ipc(stream: Buffer) -> Any:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(stream)).read_next_batch()
 
 
 # -- code ----------------------------------------------------------------------

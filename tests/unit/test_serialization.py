@@ -247,6 +247,150 @@ def test_arrow_table_round_trips() -> None:
     assert loads(header, buffers).equals(table)
 
 
+def arrow_sample() -> pa.Table:
+    schema = pa.schema(
+        [
+            pa.field("n", pa.int64(), metadata={"unit": "count"}),
+            pa.field("name", pa.string()),
+            pa.field("kind", pa.dictionary(pa.int8(), pa.string())),
+        ],
+        metadata={"source": "test"},
+    )
+    kinds = pa.array(["a", "b", "a", "c"]).dictionary_encode()
+    return pa.table([pa.array([1, 2, 3, 4]), pa.array(["w", None, "y", "z"]), kinds], schema)
+
+
+def test_arrow_table_travels_as_one_ipc_stream() -> None:
+    table = arrow_sample()
+    header, buffers, _ = dumps_oob(table)
+    assert len(buffers) == 1
+    assert pa.ipc.open_stream(pa.py_buffer(buffers[0])).read_all().equals(table)
+    back = loads(header, buffers)
+    assert back.equals(table)
+    assert back.schema.equals(table.schema, check_metadata=True)
+    assert back.schema.metadata == {b"source": b"test"}
+    assert back.schema.field("n").metadata == {b"unit": b"count"}
+    assert loads(dumps(table)[0]).schema.equals(table.schema, check_metadata=True)
+
+
+def test_arrow_record_batch_travels_as_one_ipc_stream() -> None:
+    (batch,) = arrow_sample().to_batches()
+    header, buffers, _ = dumps_oob(batch)
+    assert len(buffers) == 1
+    back = loads(header, buffers)
+    assert isinstance(back, pa.RecordBatch)
+    assert back.equals(batch)
+    assert back.schema.equals(batch.schema, check_metadata=True)
+    assert loads(dumps(batch)[0]).equals(batch)
+
+
+def test_arrow_values_nested_in_containers_round_trip() -> None:
+    table = arrow_sample()
+    (batch,) = table.to_batches()
+    value = {"table": table, "more": [table, batch], "x": 1}
+    header, buffers, _ = dumps_oob(value)
+    assert len(buffers) == 2  # the repeated table is pickled once
+    back = loads(header, buffers)
+    assert back["table"].equals(table) and back["more"][1].equals(batch)
+    assert back["more"][0] is back["table"]
+    assert back["x"] == 1
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        pa.table({}),
+        pa.schema([("a", pa.int64()), ("b", pa.string())]).empty_table(),
+        pa.Table.from_batches([], pa.schema([("a", pa.float32())])),
+        pa.table({"a": [1, 2, 3]}).slice(1, 0),
+    ],
+    ids=["no-columns", "no-rows", "no-chunks", "empty-slice"],
+)
+def test_empty_arrow_tables_round_trip(table: pa.Table) -> None:
+    header, buffers, _ = dumps_oob(table)
+    back = loads(header, buffers)
+    assert back.equals(table)
+    assert back.schema.equals(table.schema) and back.num_rows == 0
+
+
+def test_empty_arrow_record_batch_round_trips() -> None:
+    batch = pa.RecordBatch.from_pydict({"a": pa.array([], pa.int64())})
+    header, buffers, _ = dumps_oob(batch)
+    back = loads(header, buffers)
+    assert isinstance(back, pa.RecordBatch) and back.equals(batch)
+
+
+def test_sliced_and_rechunked_arrow_tables_round_trip() -> None:
+    colours = pa.chunked_array(
+        [pa.array(["red", "blue"]).dictionary_encode(), pa.array(["green"]).dictionary_encode()]
+    )
+    table = pa.table({"colour": colours, "n": pa.chunked_array([[1], [2, 3]])})
+    for value in (table, table.slice(1, 2), table.combine_chunks().to_batches()[0].slice(1)):
+        header, buffers, _ = dumps_oob(value)
+        assert loads(header, buffers).equals(value)
+
+
+def address_range(array: np.ndarray) -> range:
+    return range(array.ctypes.data, array.ctypes.data + array.nbytes)
+
+
+@pytest.mark.parametrize("kind", ["table", "batch"])
+def test_loaded_arrow_columns_are_views_of_the_out_of_band_buffer(kind: str) -> None:
+    table = pa.table({"x": np.arange(100_000), "y": np.linspace(0, 1, 100_000)})
+    value = table if kind == "table" else table.to_batches()[0]
+    header, (stream,), _ = dumps_oob(value)
+    # Like a shared-memory view: read-only memory that the loaded value must not copy.
+    memory = np.frombuffer(stream, np.uint8).copy()
+    memory.flags.writeable = False
+    back = loads(header, [memory])
+    assert back.equals(value)
+    within = address_range(memory)
+    for name in ("x", "y"):
+        column = back.column(name)
+        (array,) = column.chunks if kind == "table" else [column]
+        data = array.buffers()[1]
+        assert data.address in within and data.address + data.size - 1 in within
+    del memory  # the loaded columns keep the buffer alive
+    assert back.column("x")[99_999].as_py() == 99_999
+
+
+class Celsius(pa.ExtensionType):
+    def __init__(self) -> None:
+        super().__init__(pa.float64(), "taskgraph.test.celsius")
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return b""
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type: pa.DataType, serialized: bytes) -> Celsius:
+        return cls()
+
+
+def test_arrow_extension_types_keep_their_type() -> None:
+    # Not registered, so an IPC stream would read back as plain float64.
+    storage = pa.array([20.5, 37.0])
+    temperatures = pa.ExtensionArray.from_storage(Celsius(), storage)
+    table = pa.table({"t": temperatures, "n": [1, 2]})
+    header, buffers, _ = dumps_oob(table)
+    back = loads(header, buffers)
+    assert isinstance(back.schema.field("t").type, Celsius)
+    assert back.equals(table)
+
+
+def test_pickling_never_imports_pyarrow(tmp_path: Path) -> None:
+    script = (
+        "import sys; from taskgraph.serialization import dumps, dumps_oob\n"
+        "dumps_oob({'a': [1, 2], 'f': lambda x: x}); dumps(object())\n"
+        "assert 'pyarrow' not in sys.modules, 'pickling imported pyarrow'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_large_array_goes_out_of_band() -> None:
     array = np.random.default_rng(0).integers(0, 256, size=1 << 20, dtype=np.uint8)
     header, buffers, refs = dumps_oob(array)
