@@ -7,7 +7,9 @@ workload, so numbers can be read next to Ray's published ones.
 
 A *group* is the unit of cluster life: one cluster per (group, system), started
 before its first benchmark and stopped after its last, in a process of its own.
-The ``startup`` group starts a fresh cluster for every sample instead.
+The ``startup`` group starts a fresh cluster for every sample instead, and the
+``transfer`` group's taskgraph and Ray clusters have two nodes acting as two
+hosts.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ _GRAPH_PEERS_NOTE = (
     "minutes (pass --graph-vs-ray to include it)"
 )
 _BIG = 100 * 1024 * 1024  # int64 elements: 800 MiB, ray_perf's "gigabytes" array
+_GIB = 128 * 1024 * 1024  # int64 elements: 1 GiB
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     # -- tasks ---------------------------------------------------------------
@@ -146,6 +149,29 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         full=_BIG,
         quick=_BIG // 8,
     ),
+    # -- between two hosts (two nodes on this machine that share no memory) -------------
+    Benchmark(
+        # An array made on one node, pulled by a task pinned to the other; the
+        # pull is timed, not the making.
+        "transfer_gigabytes",
+        "transfer",
+        _one("transfer_gigabytes", "transfer 800 MiB between two worker daemons", "GB/s"),
+        full=_BIG,
+        quick=_BIG // 8,
+        kind="job",
+        limit=True,
+    ),
+    Benchmark(
+        # 8 map tasks (4 per node) each cut a block of 1/8 of the array into 8
+        # partitions; 8 reduce tasks (4 per node) each join one partition from
+        # every map task. Counted as the array's bytes over the whole shuffle's time.
+        "shuffle_1gb",
+        "transfer",
+        _one("shuffle_1gb", "1 GiB array shuffle between two worker daemons", "GB/s"),
+        full=_GIB,
+        quick=_GIB // 8,
+        kind="job",
+    ),
     # -- cluster start -------------------------------------------------------------
     Benchmark(
         "startup",
@@ -216,8 +242,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
 )
 
-GROUP_ORDER = ("tasks", "objects", "large", "startup", "actors", "graph")
+GROUP_ORDER = ("tasks", "objects", "large", "transfer", "startup", "actors", "graph")
 PER_SAMPLE_CLUSTER = frozenset({"startup"})
+TWO_HOST_GROUPS = frozenset({"transfer"})
 BY_KEY = {b.key: b for b in BENCHMARKS}
 ROWS = {row.key: row for b in BENCHMARKS for row in b.rows}
 
@@ -234,9 +261,16 @@ def select(names: str | None) -> list[Benchmark]:
     return [b for b in BENCHMARKS if b.key in wanted or any(r.key in wanted for r in b.rows)]
 
 
+ABSOLUTE = "absolute"
+
+
 @dataclass(frozen=True)
 class Target:
-    """A goal from issue 5: taskgraph is ``factor`` times better than ``against``."""
+    """A goal from an issue: taskgraph is ``factor`` times better than ``against``.
+
+    With ``against=ABSOLUTE``, taskgraph's median must reach ``factor`` in the
+    row's own unit instead.
+    """
 
     row: str
     against: str
@@ -253,6 +287,7 @@ TARGETS: tuple[Target, ...] = (
     Target("tree", "dask", 10.0, "100k-task tree >= 10x Dask"),
     Target("init", "ray", 4.0, "init() to first result >= 4x faster than Ray"),
     Target("put_gigabytes", "limit", 0.9, "put GB/s >= 90% of memcpy"),
+    Target("transfer_gigabytes", ABSOLUTE, 1.0, "transfer >= 1 GB/s on loopback (issue 3)"),
     Target("actor_sync", "ray", 3.0, "1:1 actor calls sync >= 3x Ray"),
     Target("actor_async", "ray", 3.0, "1:1 actor calls async >= 3x Ray"),
     Target("async_actor_async", "ray", 3.0, "1:1 async-actor calls async >= 3x Ray (issue 4)"),

@@ -30,11 +30,11 @@ from benchmarks._engine import Engine, Unsupported
 from benchmarks._measure import Settings, measure
 
 
-def make_engine(system: str) -> Engine:
+def make_engine(system: str, group: str) -> Engine:
     if system in ("taskgraph", "ray"):
         from benchmarks._raylike import RayLikeEngine
 
-        return RayLikeEngine(system)
+        return RayLikeEngine(system, two_hosts=group in _catalog.TWO_HOST_GROUPS)
     if system == "dask":
         from benchmarks._dask import DaskEngine
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
 
     settings = Settings(**config["settings"])
     benches = [_catalog.BY_KEY[key] for key in config["benchmarks"]]
-    engine = make_engine(config["system"])
+    engine = make_engine(config["system"], config["group"])
     own_cluster = config["group"] not in _catalog.PER_SAMPLE_CLUSTER
     if own_cluster:
         engine.start()

@@ -3,7 +3,7 @@
 ::
 
     orchestrator (this process, a child subreaper on Linux)
-      for each group (tasks, objects, large, startup, actors, graph):
+      for each group (tasks, objects, large, transfer, startup, actors, graph):
         for each system (taskgraph, ray, dask, limit):
           python -m benchmarks._child ──JSON events on a pipe──▶ results
             └─ that system's cluster, started and stopped inside it
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + _report.table(results))
     verdicts = _report.targets(results)
     if verdicts:
-        print("\nIssue 5 targets:\n" + _report.targets_text(verdicts))
+        print("\nTargets (issue 5 unless marked):\n" + _report.targets_text(verdicts))
     print(f"\n({elapsed:.0f} s; {'quick' if settings.quick else 'full'} mode)", file=sys.stderr)
     if args.json:
         document = {

@@ -5,6 +5,10 @@ processes=True)``: two single-threaded worker processes, like taskgraph's and
 Ray's two executors; the scheduler runs inside the driver process, as
 LocalCluster always does. The dashboard is off (Ray's minimal install has
 none either). Ray's put/get map to ``scatter`` and ``Future.result``.
+
+The same cluster serves the transfer group: Dask workers never share memory,
+so an object one worker needs from the other always crosses TCP, as between
+two hosts. ``workers=`` pins a task to one of them.
 """
 
 from __future__ import annotations
@@ -137,4 +141,53 @@ class DaskEngine:
             return Workload(tree, n - 1)
         if key == "map":
             return Workload(lambda: client.gather(client.map(_engine.inc, range(n), pure=False)), n)
+        if key in ("transfer_gigabytes", "shuffle_1gb"):
+            return self._transfer_workload(key, n)
         raise Unsupported(f"no Dask version of {key!r}")
+
+    def _transfer_workload(self, key: str, n: int) -> Workload:
+        import operator
+
+        from distributed import wait
+
+        client = self.client
+        near, far = sorted(client.scheduler_info()["workers"])
+        if key == "transfer_gigabytes":
+            made: list[Any] = []
+
+            def make() -> None:
+                made.clear()  # the last run's array goes before the next one is made
+                made.append(client.submit(_engine.big_array, n, workers=[far], pure=False))
+                wait(made)
+
+            def pull() -> None:
+                moved = client.submit(_engine.nbytes_of, made[0], workers=[near], pure=False)
+                _engine.check_bytes(moved.result(), 8 * n)
+
+            return Workload(pull, 8 * n / 1e9, prepare=make)
+        tasks = _engine.SHUFFLE_TASKS
+        workers = [near] * (tasks // 2) + [far] * (tasks - tasks // 2)
+
+        def shuffle() -> None:
+            # A map task returns its partitions as one list; getitem tasks on the
+            # same worker name each partition, so a reduce task fetches only its own.
+            blocks = [
+                client.submit(_engine.shuffle_map, n // tasks, tasks, workers=[w], pure=False)
+                for w in workers
+            ]
+            parts = [
+                [
+                    client.submit(operator.getitem, b, i, workers=[w], pure=False)
+                    for i in range(tasks)
+                ]
+                for b, w in zip(blocks, workers, strict=True)
+            ]
+            joined = [
+                client.submit(
+                    _engine.shuffle_reduce, *[p[i] for p in parts], workers=[w], pure=False
+                )
+                for i, w in enumerate(workers)
+            ]
+            _engine.check_bytes(sum(client.gather(joined)), 8 * n)
+
+        return Workload(shuffle, 8 * n / 1e9)

@@ -21,6 +21,13 @@ MIB = 1024 * 1024
 # "n:n actor calls async": N_CLIENTS client actors each call each of N_SERVERS server actors.
 N_CLIENTS = 2
 N_SERVERS = 2
+# The transfer group's clusters have two nodes acting as two hosts; the second
+# one offers this custom resource, and tasks are pinned to one or the other.
+FAR = "far"
+# "1 GiB shuffle": SHUFFLE_TASKS map tasks each cut their block into
+# SHUFFLE_TASKS partitions, and SHUFFLE_TASKS reduce tasks each join one
+# partition from every map task. Half of each kind runs on each node.
+SHUFFLE_TASKS = 8
 
 
 class Unsupported(Exception):
@@ -31,6 +38,9 @@ class Unsupported(Exception):
 class Workload:
     run: Callable[[], object]
     ops: float  # units of the row's measure done by one run (tasks, calls, GB)
+    # "job" benchmarks only: untimed work before each run, such as making the
+    # object that the timed run then moves.
+    prepare: Callable[[], object] | None = None
 
 
 class Engine(Protocol):
@@ -65,6 +75,28 @@ def objects_containing_refs(api_module: str, n: int) -> list[Any]:
 
     api = importlib.import_module(api_module)
     return [api.put(1) for _ in range(n)]
+
+
+def node_id(api_module: str) -> str:
+    """The node this task runs on (taskgraph or Ray)."""
+    import importlib
+
+    api = importlib.import_module(api_module)
+    return str(api.get_runtime_context().get_node_id())
+
+
+def nbytes_of(array: np.ndarray) -> int:
+    return int(array.nbytes)
+
+
+def shuffle_map(n: int, parts: int) -> list[np.ndarray]:
+    """A block of ``n`` int64s (pages touched), cut into ``parts`` partitions."""
+    return np.array_split(big_array(n), parts)
+
+
+def shuffle_reduce(*parts: np.ndarray) -> int:
+    """Join one partition from every map task; the size of the result."""
+    return int(np.concatenate(parts).nbytes)
 
 
 class Actor:
@@ -111,6 +143,11 @@ class ActorClient:
 def big_array(n: int) -> np.ndarray:
     """``n`` int64s with every page touched (np.zeros would map the zero page)."""
     return np.ones(n, dtype=np.int64)
+
+
+def check_bytes(got: int, expected: int) -> None:
+    if got != expected:
+        raise AssertionError(f"the tasks saw {got} bytes, not {expected}")
 
 
 def tree_layers(n: int, add_node: Callable[[Any, Any], Any]) -> Any:

@@ -1,13 +1,28 @@
 """taskgraph and Ray: one adapter, since they share an API.
 
-The only differences are the module imported and how functions reach the
-workers: both pickle the benchmark's functions by value, so the workers need
-not import this package.
+The only differences are the module imported, how functions reach the
+workers (both pickle the benchmark's functions by value, so the workers need
+not import this package) and, for the transfer group, how a cluster of two
+hosts is made on one machine:
+
+- taskgraph: ``init(num_cpus=1)`` plus a second worker daemon with
+  ``TASKGRAPH_HOST_ID`` set, so it cannot share /dev/shm with the first and
+  objects move between them over TCP, as between real hosts.
+- Ray: ``ray.cluster_utils.Cluster``, a head node and a second node, each
+  with its own raylet and object store; objects move between them over TCP.
+
+Either way each node has one CPU (two in all, as in the other groups) and the
+second offers the custom resource ``_engine.FAR``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -16,10 +31,16 @@ from benchmarks._engine import NUM_CPUS, Unsupported, Workload
 
 
 class RayLikeEngine:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, two_hosts: bool = False) -> None:
         self.name = name
+        self.two_hosts = two_hosts
         self.module_name = "taskgraph" if name == "taskgraph" else "ray"
         self.api: Any = importlib.import_module(self.module_name)
+        strategies = importlib.import_module(f"{self.module_name}.util.scheduling_strategies")
+        self.node_affinity: Any = strategies.NodeAffinitySchedulingStrategy
+        self.ray_cluster: Any = None  # two hosts on Ray: a ray.cluster_utils.Cluster
+        self.far_daemon: subprocess.Popen[bytes] | None = None  # two hosts on taskgraph
+        self.hosts: tuple[str, str] | None = None  # (near, far) node ids
         self._pickle_by_value()
         api = self.api
         self.small_value = api.remote(_engine.small_value)
@@ -44,10 +65,66 @@ class RayLikeEngine:
             self.api.init(num_cpus=NUM_CPUS)
 
     def start(self) -> None:
-        self._init()
+        if not self.two_hosts:
+            self._init()
+            return
+        try:
+            self._start_two_hosts()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        self.api.shutdown()
+        with contextlib.ExitStack() as stack:
+            # Run last in, first out, each even if another raised: the far
+            # daemon, then the cluster init() joined or started, then Ray's nodes.
+            if self.ray_cluster is not None:
+                stack.callback(self.ray_cluster.shutdown)
+            stack.callback(self.api.shutdown)
+            if self.far_daemon is not None:
+                stack.callback(_stop_process, self.far_daemon)
+            self.ray_cluster = self.far_daemon = self.hosts = None
+
+    def _start_two_hosts(self) -> None:
+        far_resources = {_engine.FAR: 1}
+        if self.module_name == "ray":
+            from ray.cluster_utils import Cluster
+
+            self.ray_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+            self.ray_cluster.add_node(num_cpus=1, resources=far_resources)
+            self.api.init(address=self.ray_cluster.address, logging_level="warning")
+            self.ray_cluster.wait_for_nodes()
+        else:
+            self.api.init(num_cpus=1)
+            # What tests/conftest.py's start_worker does: join the cluster init()
+            # started, with a host id of its own. --parent-pid stops it if we die.
+            runtime = self.api._api._runtime
+            self.far_daemon = subprocess.Popen(
+                [
+                    sys.executable, "-m", "taskgraph.worker.cli", runtime.address,
+                    "--num-cpus", "1", "--resources", json.dumps(far_resources),
+                    "--parent-pid", str(os.getpid()),
+                ],
+                env=dict(os.environ, TASKGRAPH_TOKEN=runtime.cluster.token, TASKGRAPH_HOST_ID="far"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            while len(self.api.nodes()) < 2:
+                if self.far_daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the second worker daemon did not join the cluster")
+                time.sleep(0.05)
+        near = self.api.get_runtime_context().get_node_id()
+        where = self.api.remote(_engine.node_id).options(resources=far_resources)
+        far = self.api.get(where.remote(self.module_name))
+        if near is None or near == far:
+            raise RuntimeError(f"expected two nodes, found near={near} far={far}")
+        self.hosts = (near, far)
+
+    def _pinned(self, fn: Any, node: str, **options: Any) -> Any:
+        """``fn`` as a remote function that runs only on ``node``."""
+        strategy = self.node_affinity(node, soft=False)
+        return self.api.remote(fn).options(scheduling_strategy=strategy, **options)
 
     def cold_start(self, settle: float) -> dict[str, float]:
         started = time.perf_counter()
@@ -127,7 +204,41 @@ class RayLikeEngine:
             return Workload(tree, n - 1)
         if key == "map":
             return Workload(lambda: api.get([self.inc.remote(i) for i in range(n)]), n)
+        if key in ("transfer_gigabytes", "shuffle_1gb"):
+            if self.hosts is None:
+                raise RuntimeError(f"{key} needs the two-host cluster of the transfer group")
+            return self._transfer_workload(key, n, *self.hosts)
         raise Unsupported(f"no {self.name} version of {key!r}")
+
+    def _transfer_workload(self, key: str, n: int, near: str, far: str) -> Workload:
+        api = self.api
+        if key == "transfer_gigabytes":
+            produce = self._pinned(_engine.big_array, far)
+            consume = self._pinned(_engine.nbytes_of, near)
+            made: list[Any] = []
+
+            def make() -> None:
+                made.clear()  # the last run's array goes before the next one is made
+                made.append(produce.remote(n))
+                # Ray's wait would otherwise pull the object to the driver's node,
+                # which is the near node: the transfer would happen here, untimed.
+                api.wait(made, fetch_local=False)
+
+            def pull() -> None:
+                _engine.check_bytes(api.get(consume.remote(made[0])), 8 * n)
+
+            return Workload(pull, 8 * n / 1e9, prepare=make)
+        tasks = _engine.SHUFFLE_TASKS
+        nodes = [near] * (tasks // 2) + [far] * (tasks - tasks // 2)
+        maps = [self._pinned(_engine.shuffle_map, node, num_returns=tasks) for node in nodes]
+        reduces = [self._pinned(_engine.shuffle_reduce, node) for node in nodes]
+
+        def shuffle() -> None:
+            blocks = [m.remote(n // tasks, tasks) for m in maps]
+            joined = [r.remote(*[parts[i] for parts in blocks]) for i, r in enumerate(reduces)]
+            _engine.check_bytes(sum(api.get(joined)), 8 * n)
+
+        return Workload(shuffle, 8 * n / 1e9)
 
     def _actor(self, cls: type, *args: Any) -> Any:
         """A ``@remote(num_cpus=0)`` actor of ``cls``, created and called once."""
@@ -139,3 +250,12 @@ class RayLikeEngine:
         if hasattr(cls, "small_value"):
             self.api.get(actor.small_value.remote())
         return actor
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

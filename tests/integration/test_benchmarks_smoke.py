@@ -101,3 +101,45 @@ def test_quick_actor_rows_run_on_taskgraph(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["status"] == "ok", row
         assert row["median"] > 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_quick_transfer_rows_run_on_two_taskgraph_hosts(tmp_path: Path) -> None:
+    """Both transfer rows on taskgraph's two-host cluster, and loopback TCP as their limit."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--only",
+            "transfer_gigabytes,shuffle_1gb",
+            "--quick",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| transfer 800 MiB between two worker daemons | GB/s |" in proc.stdout
+    assert "| 1 GiB array shuffle between two worker daemons | GB/s |" in proc.stdout
+    assert "transfer >= 1 GB/s on loopback (issue 3): **" in proc.stdout
+    assert "left processes" not in proc.stdout + proc.stderr
+    document = json.loads(out.read_text())
+    cells = {(r["row"], r["system"]): r for r in document["results"]}
+    assert set(cells) == {
+        ("transfer_gigabytes", "taskgraph"),
+        ("transfer_gigabytes", "limit"),
+        ("shuffle_1gb", "taskgraph"),
+    }
+    for cell in cells.values():
+        assert cell["status"] == "ok", cell
+        assert cell["median"] > 0
