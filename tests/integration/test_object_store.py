@@ -35,6 +35,14 @@ def spill_dir() -> Path:
     return Path(record["spill_dir"])
 
 
+def _sizes(node: dict) -> list[str]:
+    """The in-memory, spilled and cap columns `taskgraph memory` prints for a node."""
+    from taskgraph.cli import _bytes
+
+    in_memory = node["bytes"] - node["bytes_spilled"]
+    return " ".join(_bytes(n) for n in (in_memory, node["bytes_spilled"], node["capacity"])).split()
+
+
 @tg.remote
 def checksum(array):
     return hashlib.sha256(array).hexdigest()
@@ -58,6 +66,16 @@ def test_a_gigabyte_of_live_objects_spills_under_a_200_mb_cap(fresh_cluster):
     )
     node = tg.object_store_stats()["nodes"][0]
     assert node["capacity"] == 200 * MB and node["bytes_reserved"] <= 200 * MB
+    assert node["objects_spilled"] >= 8
+    runtime = tg._api._runtime
+    memory = subprocess.run(
+        [sys.executable, "-m", "taskgraph.cli", "memory", "--address", runtime.address,
+         "--token", runtime.cluster.token],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert memory.returncode == 0, memory.stderr
+    (line,) = [x for x in memory.stdout.splitlines() if x.split()[:1] == [node["node_id"]]]
+    assert line.split()[1:] == ["10", *_sizes(node)], memory.stdout
 
     # Read back in the driver (one at a time: a value pins its object while alive)...
     for ref, expected in zip(refs, sums, strict=True):
