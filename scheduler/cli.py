@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 
 from tornado.ioloop import PeriodicCallback
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"cluster token peers must prove ({config.TOKEN_ENV} by default; new one if unset)",
     )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    # A listening socket made by whoever started us (a local cluster, which then
+    # knows the address at once and starts its worker alongside).
+    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-record", action="store_true", help="do not record for init('auto')")
     return p.parse_args(argv)
 
@@ -35,9 +39,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     token = args.token or os.environ.get(config.TOKEN_ENV) or config.new_token()
     server = SchedulerServer(config.token_bytes(token), cluster_id=os.urandom(6).hex())
-    server.listen(args.port, args.host)
-    port = next(iter(server._sockets.values())).getsockname()[1]
-    address = f"tcp://{args.host}:{port}"
+    if args.listen_fd is not None:
+        sock = socket.socket(fileno=args.listen_fd)
+        sock.setblocking(False)
+        server.add_sockets([sock])
+        host, port = sock.getsockname()[:2]
+    else:
+        server.listen(args.port, args.host)
+        host, port = args.host, next(iter(server._sockets.values())).getsockname()[1]
+    address = f"tcp://{host}:{port}"
     if not args.no_record:
         config.record_cluster(address, token, os.getpid(), "scheduler")
     print(f"taskgraph-scheduler listening at {address}", flush=True)

@@ -1,7 +1,7 @@
 """A cluster on this machine for ``tg.init()``: the same programs the CLIs run.
 
 Starts ``taskgraph-scheduler`` on a free loopback port and one
-``taskgraph-worker`` as child processes with a fresh token, and stops them
+``taskgraph-worker`` side by side as child processes with a fresh token, and stops them
 on ``close()``. Both children watch this process and stop if it dies without
 closing them.
 """
@@ -9,9 +9,9 @@ closing them.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-import threading
 import time
 
 from taskgraph import config
@@ -26,23 +26,31 @@ class LocalCluster:
         env[config.TOKEN_ENV] = self.token
         env.pop(config.ADDRESS_ENV, None)
         parent = ["--parent-pid", str(os.getpid())]
-        self.scheduler = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taskgraph.scheduler.cli",
-                "--port",
-                "0",
-                "--no-record",
-                *parent,
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-        )
+        # We make the scheduler's listening socket, so the address is known at
+        # once and the worker starts alongside the scheduler, not after it:
+        # connections wait in the socket's backlog until the scheduler is up.
+        listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
         self.worker: subprocess.Popen[bytes] | None = None
         try:
-            self.address = self._read_address()
+            self.scheduler = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "taskgraph.scheduler.cli",
+                    "--listen-fd",
+                    str(listener.fileno()),
+                    "--no-record",
+                    *parent,
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(listener.fileno(),),
+            )
+        finally:
+            listener.close()  # the scheduler holds it now; if it dies, connecting fails
+        try:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "taskgraph.worker.cli", self.address, *worker_args, *parent],
                 env=env,
@@ -52,22 +60,6 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
-
-    def _read_address(self) -> str:
-        assert self.scheduler.stdout is not None
-        line: list[bytes] = []
-        reader = threading.Thread(target=lambda: line.append(self.scheduler.stdout.readline()))  # type: ignore[union-attr]
-        reader.daemon = True
-        reader.start()
-        reader.join(START_TIMEOUT)
-        text = line[0].decode().strip() if line else ""
-        self.scheduler.stdout.close()
-        if "listening at " not in text:
-            code = self.scheduler.poll()
-            raise RuntimeError(
-                f"the local scheduler did not start (exit code {code}); see its output above"
-            )
-        return text.rsplit(" ", 1)[1]
 
     def check_alive(self) -> None:
         for name, proc in (("scheduler", self.scheduler), ("worker", self.worker)):

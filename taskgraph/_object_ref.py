@@ -9,7 +9,6 @@ another process makes that process a holder too.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -88,6 +87,8 @@ class ObjectRef:
         return self._require_client().future(self)
 
     def __await__(self) -> Generator[Any, None, Any]:
+        import asyncio  # here: asyncio costs every process ~20 ms to import
+
         return asyncio.wrap_future(self.future()).__await__()
 
 

@@ -20,8 +20,6 @@ import time
 import weakref
 from typing import Any
 
-import numpy as np
-
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection, connect_blocking
 from taskgraph.exceptions import ObjectLostError, ObjectStoreFullError
@@ -104,6 +102,8 @@ class StoreClient:
             base = memoryview(store.map_file(reply.path, reply.size))
         else:
             base = self.view[reply.offset : reply.offset + reply.size].toreadonly()
+        import numpy as np  # here: most processes never read from a store
+
         holder = np.frombuffer(base, np.uint8, reply.size)
         weakref.finalize(holder, self._unpins.append, object_id)
         return store.parse(memoryview(holder))  # type: ignore[arg-type]

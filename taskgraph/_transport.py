@@ -15,20 +15,19 @@ before its Hello checks out.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any
-
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpclient import TCPClient
+from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import AuthenticationError, ProtocolError
+
+if TYPE_CHECKING:  # Tornado is imported by the daemons' functions below, not by clients
+    from tornado.iostream import IOStream
 
 HANDSHAKE_TIMEOUT = 10.0
 HELLO_LIMIT = 64 * 1024  # an unauthenticated peer may not make us buffer more
@@ -237,6 +236,10 @@ def write_batch(stream: IOStream, messages: list[w.Msg]) -> None:
 
 async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -> w.Hello:
     """Server side; on failure tell the peer why, close, and raise."""
+    import asyncio
+
+    from tornado.iostream import StreamClosedError
+
     nonce = os.urandom(32)
     write_batch(stream, [w.Challenge(nonce)])
     try:
@@ -258,6 +261,9 @@ async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -
 async def connect_tornado(
     address: Address | str, token: bytes, hello: w.Hello
 ) -> tuple[IOStream, w.Welcome]:
+    from tornado.iostream import IOStream
+    from tornado.tcpclient import TCPClient
+
     if isinstance(address, str):
         address = parse_address(address)
     if address.scheme == "unix":

@@ -22,8 +22,6 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 TOKEN_ENV = "TASKGRAPH_TOKEN"
 ADDRESS_ENV = "TASKGRAPH_ADDRESS"
 
@@ -105,6 +103,8 @@ def is_alive(record: dict[str, Any]) -> bool:
     pid = record.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
+    import psutil  # here: only the CLIs and daemons look at other processes
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -117,6 +117,8 @@ def is_alive(record: dict[str, Any]) -> bool:
 
 
 def _create_time(pid: int) -> float | None:
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:

@@ -124,6 +124,7 @@ class WorkerDaemon:
         self.puller: Puller | None = None
         self._record: Path | None = None
         self._heartbeat: PeriodicCallback | None = None
+        self._joined = asyncio.Event()  # registered with the scheduler, peer address known
 
     # -- start and stop --------------------------------------------------
 
@@ -143,6 +144,13 @@ class WorkerDaemon:
         )
         self.objects = store.ObjectStore(self.worker_id, self.object_store_memory, self.spill_dir)
         self.puller = Puller(self.worker_id, self.token, self.objects, self.info.address)
+        # Executors first: their interpreters start while we join the scheduler
+        # (they wait in the handshake until we have), so the first task does
+        # not wait for a Python start-up after the cluster is up.
+        sock = bind_unix_socket(self.socket_path, mode=0o600)
+        self.server = _ExecutorServer(self)
+        self.server.add_socket(sock)
+        self._carry_out(self.state.start())
         hello = w.Hello("worker", b"", self.worker_id.encode(), pid=os.getpid(), host=self.host)
         self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
         # Peers reach us where we reach the scheduler from (or TASKGRAPH_PEER_HOST).
@@ -154,10 +162,8 @@ class WorkerDaemon:
             self.peer_server.add_socket(sock)
             self.info.peer = f"tcp://{peer_host}:{sock.getsockname()[1]}"
         write_batch(self.scheduler, [w.RegisterWorker(self.info)])
-        sock = bind_unix_socket(self.socket_path, mode=0o600)
-        self.server = _ExecutorServer(self)
-        self.server.add_socket(sock)
-        self._carry_out(self.state.start())
+        self._joined.set()
+        self._flush_scheduler()  # what executors said before we joined
         IOLoop.current().add_callback(self._read_scheduler)
         if self.parent_pid:
             self._parent_watch = PeriodicCallback(self._check_parent, 500)
@@ -265,6 +271,8 @@ class WorkerDaemon:
 
     def _flush_scheduler(self) -> None:
         self._scheduler_flush_pending = False
+        if not self._joined.is_set():
+            return  # kept until we have joined
         batch, self._outbox = self._outbox, []
         if batch and self.scheduler is not None:
             write_batch(self.scheduler, batch)
@@ -349,6 +357,7 @@ class WorkerDaemon:
         self._carry_out(self.state.handle(ExecutorDied(executor_id, code)))
 
     async def serve_executor(self, stream: IOStream) -> None:
+        await self._joined.wait()  # the welcome carries our peer address
         welcome = w.Welcome(b"", self.worker_id, [self.info])
         try:
             hello = await accept_handshake(stream, self.token, welcome)
@@ -531,6 +540,7 @@ def run(daemon: WorkerDaemon) -> None:
             await daemon.start()
         except (OSError, ConnectionError) as exc:
             log.error("could not join the scheduler at %s: %s", daemon.scheduler_address, exc)
+            await daemon.stop()
             raise SystemExit(1) from exc
         await daemon.stopped.wait()
 

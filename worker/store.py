@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from taskgraph import serialization
 from taskgraph.worker.arena import Arena, round_up
 
@@ -86,6 +84,8 @@ def _copy(dst: memoryview, src: memoryview) -> None:
     if n < PARALLEL_COPY or threads == 1:
         dst[:n] = src
         return
+    import numpy as np  # here: every executor imports this module, few copy this much
+
     a = np.frombuffer(dst, np.uint8, n)
     b = np.frombuffer(src, np.uint8, n)
     step = -(-n // threads)
