@@ -58,6 +58,7 @@ class ActorRec:
     running: dict[bytes, Task] = field(default_factory=dict)  # handed over, in order
     restarts_left: int = 0
     gpu_ids: list[int] = field(default_factory=list)
+    direct: str = ""  # where callers on its host reach its process, while alive
     no_restart: bool = False
     death: bytes | None = None  # the error later calls get
 
@@ -141,6 +142,21 @@ class Actors:
         rec = self.actors.get(msg.actor_id)
         if rec is not None:
             rec.pid = msg.pid
+
+    def direct(self, msg: w.ActorDirect) -> None:
+        rec = self.actors.get(msg.actor_id)
+        if rec is not None and rec.state != "dead":
+            rec.direct = msg.address
+
+    def direct_address(self, actor_id: bytes) -> dict[str, str] | None:
+        """Where a caller may send calls straight to the actor's process, if anywhere."""
+        rec = self.actors.get(actor_id)
+        if rec is None or rec.state != "alive" or not rec.direct:
+            return None
+        worker = self._worker(rec.worker)
+        if worker is None:
+            return None
+        return {"address": rec.direct, "host": worker.info.host}
 
     # -- calls -------------------------------------------------------------
 
@@ -254,6 +270,7 @@ class Actors:
         elif rec.state == "alive":
             self._give_back(rec)
             rec.state = "restarting"  # no longer holding anything
+        rec.direct = ""
         can_restart = restart and not rec.no_restart and rec.restarts_left > 0
         in_flight = list(rec.running.values())
         rec.running.clear()
@@ -288,7 +305,7 @@ class Actors:
         state = self.state
         if rec.state == "alive":
             self._give_back(rec)
-        rec.state, rec.death, rec.worker = "dead", death, None
+        rec.state, rec.death, rec.worker, rec.direct = "dead", death, None, ""
         if self.names.get(rec.key) == rec.actor_id:
             del self.names[rec.key]
         calls, rec.calls = list(rec.calls), deque()

@@ -384,6 +384,8 @@ class SchedulerState:
 
     def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
         obj = Obj(msg.object_id, None, state="ready", data=msg.data, location=msg.location)
+        if msg.error is not None:
+            obj.state, obj.error = "error", msg.error
         obj.refs = 1
         client.held.add(msg.object_id)
         self.objects[msg.object_id] = obj
@@ -507,6 +509,9 @@ class SchedulerState:
         result = self.query(msg.what, msg.arg)
         self._send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
+    def _on_actor_direct(self, client: ClientRec, msg: w.ActorDirect) -> None:
+        self.actors.direct(msg)
+
     def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
         self._client_left(client.client_id)
 
@@ -524,6 +529,7 @@ class SchedulerState:
         w.Query: _on_query,
         w.CreateNamedActor: _on_create_named_actor,
         w.KillActor: _on_kill_actor,
+        w.ActorDirect: _on_actor_direct,
         w.Goodbye: _on_goodbye,
     }
 
@@ -940,10 +946,14 @@ class SchedulerState:
             )
         if what == "statistics":
             return self.statistics()
+        if what == "ping":  # a barrier: everything the asker sent before was handled
+            return None
         if what == "get_actor":
             return self.actors.get(arg)
         if what == "actors":
             return [self.actors.describe(r) for r in self.actors.actors.values()]
+        if what == "actor_direct":
+            return self.actors.direct_address(bytes.fromhex(arg))
         if what == "memory":
             return self.memory(top=int(arg or 10))
         raise ValueError(f"unknown query {what!r}")

@@ -31,6 +31,9 @@ from typing import Any
 
 from taskgraph import _wire as w
 from taskgraph import serialization
+from taskgraph._direct import ENABLED as DIRECT_ENABLED
+from taskgraph._direct import ActorRoute, DirectChannel, learned, should_ask
+from taskgraph._ids import return_ids
 from taskgraph._object_ref import ObjectRef
 from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
@@ -106,6 +109,15 @@ class Client:
         # In an executor: ask our worker daemon for a local copy of a remote object.
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
         self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
+        # Direct actor calls (taskgraph/_direct.py): routes per actor, the return
+        # ids of direct calls not yet answered, and the first return id of each
+        # call that went through the scheduler -> (its route, its number there).
+        self._routes: dict[bytes, ActorRoute] = {}
+        self._direct: dict[bytes, threading.Event] = {}
+        # Small returns of direct calls the scheduler has not heard of: it needs
+        # to only when a ref to them leaves this client (see settle).
+        self._unregistered: dict[bytes, w.PutObject] = {}
+        self._slow_calls: dict[bytes, tuple[ActorRoute, int]] = {}
         self._stores_lock = threading.Lock()
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
@@ -145,6 +157,13 @@ class Client:
                 counts.pop(oid, None)
                 self._values.pop(oid, None)
                 self._wanted.discard(oid)
+                if self._unregistered.pop(oid, None) is not None or oid in self._direct:
+                    continue  # the scheduler never heard of it (see direct_answered)
+                if oid in self._slow_calls:
+                    # Nobody will ask for it, so we would never see the call end;
+                    # a later call's end still tells us (see _slow_call_ended).
+                    route, number = self._slow_calls.pop(oid)
+                    route.unanswered[number] = b""
                 gone.append(oid)
         if gone:
             self._queue(w.ReleaseRefs(gone))
@@ -194,6 +213,9 @@ class Client:
                     self._send(batch)
                 except OSError as exc:
                     self._break(f"lost the connection to the scheduler: {exc}")
+            for route in list(self._routes.values()):  # after: the scheduler hears first
+                if route.channel is not None:
+                    route.channel.flush()
 
     def _flush_loop(self) -> None:
         while not self.closed:
@@ -229,6 +251,8 @@ class Client:
                 if isinstance(msg, w.ObjectsReady):
                     for value in msg.values:
                         oid = value.object_id
+                        if oid in self._slow_calls:
+                            self._slow_call_ended(oid, value.error is None)
                         self._wanted.discard(oid)
                         if oid in self._counts:
                             self._values[oid] = value
@@ -304,6 +328,8 @@ class Client:
             header, contains = serialization.dumps(value, what=what, plain=True)
         else:
             header, buffers, contains = serialization.dumps_oob(value, what=what)
+        if contains:
+            self.settle(contains)
         size = serialization.serialized_size(header, buffers)
         worker = self.local_worker() if size > INLINE_LIMIT else None
         if worker is None:
@@ -335,6 +361,125 @@ class Client:
                 return info
         return None
 
+    # -- actor calls, direct or through the scheduler (see _direct.py) ---------
+
+    def call_actor(self, spec: w.TaskSpec, class_name: str) -> list[ObjectRef]:
+        """Send an actor method call the way its route says; return its refs."""
+        actor_id = spec.actor_id
+        with self._lock:
+            route = self._routes.get(actor_id)
+            if route is None:
+                route = self._routes[actor_id] = ActorRoute(actor_id)
+                route.never = not DIRECT_ENABLED
+        channel = route.channel
+        if channel is None and route.may_switch():
+            try:
+                channel = route.channel = DirectChannel(self, actor_id, route.address, class_name)
+            except (OSError, ConnectionError):
+                route.never = True  # its process is gone or refuses us: the scheduler knows
+        if channel is not None and channel.broken is None:
+            if spec.deps or len(spec.nested) > 1:
+                # The actor will ask the scheduler for these: it must have heard
+                # of every object we made before the actor asks (one round trip).
+                self.settle([*spec.deps, *spec.nested])
+                self.query("ping")
+            refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
+            try:
+                channel.call(spec)
+            except ConnectionError:
+                pass  # it just broke: the refs carry ActorDiedError
+            else:
+                channel.flush()  # now, from this thread: no hand-off to the flusher
+                return refs
+        if channel is not None:  # it broke: the scheduler says why from now on
+            route.channel = None
+            route.never = True
+        refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
+        with self._lock:
+            if len(route.unanswered) > 10_000:
+                route.never = True  # a caller that never looks at results: stay as is
+                route.unanswered.clear()
+            if not route.never:
+                number = route.calls = route.calls + 1
+                route.unanswered[number] = refs[0].id if refs else b""
+                if refs:
+                    self._slow_calls[refs[0].id] = (route, number)
+            self._queue(w.SubmitTasks([spec]))
+        if should_ask(route):
+            self.ask(
+                w.Query(0, "actor_direct", actor_id.hex()),
+                lambda answer: learned(route, answer, self.host),
+            )
+        return refs
+
+    def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
+        """A call through the scheduler ended (lock held): maybe calls may go direct now."""
+        route, number = self._slow_calls.pop(oid)
+        # Calls start in order, so a call that ran means the earlier ones ran too;
+        # one that failed may have failed before its turn (a failed argument).
+        ended = [n for n in route.unanswered if n <= number] if ok else [number]
+        for n in ended:
+            earlier = route.unanswered.pop(n, b"")
+            if earlier and earlier != oid:
+                self._slow_calls.pop(earlier, None)
+
+    def expect_direct(self, oids: Sequence[bytes]) -> None:
+        with self._lock:
+            for oid in oids:
+                self._direct[oid] = threading.Event()
+
+    def direct_answered(self, values: Sequence[w.Value], contains: Sequence[list[bytes]]) -> None:
+        """Returns of a direct call arrived: the scheduler hears of them first."""
+        with self._lock:
+            for value, inner in zip(values, contains, strict=True):
+                oid = value.object_id
+                held = oid in self._counts
+                put = w.PutObject(oid, value.data, value.location, inner, value.error)
+                if held and value.location is None and not inner:
+                    self._unregistered[oid] = put  # told to the scheduler if it leaves
+                elif held or value.location is not None:
+                    self._queue(put)  # it holds bytes in a store, or refs: tell now
+                    if not held:  # dropped while in flight: stored for nobody
+                        self._queue(w.ReleaseRefs([oid]))
+                event = self._direct.pop(oid, None)
+                if event is not None:
+                    event.set()
+        self.on_messages([w.ObjectsReady(list(values))])
+
+    def settle(self, oids: Sequence[bytes]) -> None:
+        """Wait for the direct calls that make any of ``oids``: they are about to
+        leave this client, and the scheduler must know them first."""
+        if not self._direct and not self._unregistered:
+            return
+        with self._lock:
+            events = [e for oid in oids if (e := self._direct.get(oid)) is not None]
+        if events:
+            self.flush()
+            for event in events:
+                event.wait()
+        with self._lock:
+            for oid in oids:
+                put = self._unregistered.pop(oid, None)
+                if put is not None:
+                    self._queue(put)
+
+    def ask(self, msg: w.Query, callback: Callable[[Any], None]) -> None:
+        """Send a query; ``callback`` gets the answer (None if it failed) on another thread."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self.broken is not None:
+                return
+            msg.request_id = next(self._query_ids)
+            self._queries[msg.request_id] = fut
+            self._queue(msg)
+        fut.add_done_callback(lambda f: callback(None if f.exception() else f.result()))
+
+    def _wake(self) -> None:
+        """Have the flusher send what is queued (lock held)."""
+        if not self._flush_requested:
+            self._flush_requested = True
+            self._flush_cond.notify()
+
     def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
         with self._lock:
             self._queue(w.CancelTasks([r.id for r in refs], force, recursive), wake=False)
@@ -356,8 +501,15 @@ class Client:
         return fut.result(timeout)
 
     def _want(self, oids: Sequence[bytes]) -> None:
-        """Ask for values not yet here (lock held; the caller flushes)."""
-        missing = [o for o in oids if o not in self._values and o not in self._wanted]
+        """Ask for values not yet here (lock held; the caller flushes).
+
+        Returns of direct actor calls come from the actor, not the scheduler.
+        """
+        missing = [
+            o
+            for o in oids
+            if o not in self._values and o not in self._wanted and o not in self._direct
+        ]
         if missing:
             self._wanted.update(missing)
             self._queue(w.WantObjects(missing), wake=False)
@@ -490,6 +642,9 @@ class Client:
             self._flush_cond.notify_all()
         self._flusher.join(timeout=5)
         self.conn.close()
+        for route in list(self._routes.values()):
+            if route.channel is not None:
+                route.channel.close()
         with self._stores_lock:
             stores, self._stores = self._stores, {}
         for store_client in stores.values():

@@ -122,6 +122,29 @@ class BlockingConnection:
         self.sock.close()
 
 
+def accept_blocking(conn: BlockingConnection, token: bytes, welcome: w.Welcome) -> w.Hello:
+    """Server side of the handshake on a blocking socket (an actor's direct calls)."""
+    nonce = os.urandom(32)
+    conn.sock.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        conn.send([w.Challenge(nonce)])
+        hello = check_hello(conn.recv(), token, nonce)
+    except (AuthenticationError, ProtocolError) as exc:
+        reason = getattr(exc, "reason", "") or str(exc)
+        try:
+            conn.send([w.Rejected(reason)])
+        finally:
+            conn.close()
+        raise AuthenticationError(reason) from exc
+    except (OSError, ConnectionError) as exc:
+        conn.close()
+        raise AuthenticationError("the peer did not complete the handshake") from exc
+    conn.sock.settimeout(None)
+    welcome.client_id = hello.client_id
+    conn.send([welcome])
+    return hello
+
+
 def open_socket(address: Address, timeout: float = 10.0) -> socket.socket:
     if address.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -173,6 +173,7 @@ class PutObject(Msg):
     data: bytes | None = None
     location: Location | None = None
     contains: list[bytes] = []
+    error: bytes | None = None  # a direct actor call's failure, recorded by its caller
 
 
 class AcquireRefs(Msg):
@@ -316,6 +317,13 @@ class ActorStarted(Msg):
     pid: int
 
 
+class ActorDirect(Msg):
+    """From an actor's process: callers on its host may call it at ``address``."""
+
+    actor_id: bytes
+    address: str
+
+
 class Heartbeat(Msg):
     running: int = 0
     executors: int = 0
@@ -405,6 +413,27 @@ class StoreReply(Msg):
     object_ids: list[bytes] | None = None  # with stats: every object held
 
 
+# -- a caller <-> an actor's process (direct calls) ---------------------------
+
+
+class DirectCall(Msg):
+    """A method call sent straight to the actor's process, not through the scheduler."""
+
+    spec: TaskSpec
+
+
+class DirectResult(Msg):
+    """``needs_ack``: the returns hold refs, which the actor keeps alive until the
+    caller has registered the returns with the scheduler and says so (DirectAck)."""
+
+    result: TaskResult
+    needs_ack: bool = False
+
+
+class DirectAck(Msg):
+    task_id: bytes
+
+
 class ExecutorHello(Msg):
     pid: int
     client_id: bytes
@@ -432,6 +461,7 @@ ClientMessage = (
     | Query
     | CreateNamedActor
     | KillActor
+    | ActorDirect
     | Goodbye
 )
 ToClientMessage = ObjectsReady | Notice | QueryReply
@@ -469,6 +499,9 @@ AnyMessage = (
     | StoreUnpin
     | StoreStats
     | StoreReply
+    | DirectCall
+    | DirectResult
+    | DirectAck
 )
 
 CLIENT_MESSAGES = ClientMessage.__args__

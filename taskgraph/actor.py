@@ -19,7 +19,7 @@ from typing import Any
 from taskgraph import _api, _options
 from taskgraph import _wire as w
 from taskgraph._object_ref import ObjectRef
-from taskgraph._remote_function import FOREVER, RemoteFunction, encode_arguments, submit
+from taskgraph._remote_function import FOREVER, RemoteFunction, encode_arguments
 
 ACTOR_OPTIONS = {
     "num_cpus",
@@ -306,7 +306,10 @@ class ActorMethod:
             actor_id=handle._actor_id,
             method=self._name,
         )
-        return submit(client, spec)
+        refs = client.call_actor(spec, handle._class_name)
+        if num_returns == 1:
+            return refs[0]
+        return refs or None
 
 
 class _BoundMethodOptions:

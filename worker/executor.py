@@ -33,6 +33,7 @@ from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
+from taskgraph.worker.direct import DirectServer, resolve_inputs
 
 
 class _Cancelled(BaseException):
@@ -51,6 +52,7 @@ class Executor:
         self.actor_id = b""
         self.gpu_ids: list[int] = []  # an actor's, for its whole life
         self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.direct: DirectServer | None = None  # an actor's call socket for callers here
         self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
         self._fetch_ids = itertools.count(1)
         client.fetch_via_worker = self.fetch
@@ -104,12 +106,22 @@ class Executor:
                 self.report(self.create_actor(assignment))
             elif spec.actor_id:
                 assert self.actor is not None, "a method call reached a process with no actor"
+                if spec.deps and self.direct is not None and self.direct.is_direct(spec.task_id):
+                    resolved = resolve_inputs(self, assignment)
+                    if isinstance(resolved, w.TaskResult):
+                        self.report(resolved)
+                        continue
+                    assignment = resolved
                 self.actor.submit(assignment)
             else:
                 self.report(self.call(assignment, self._function(assignment)))
 
     def report(self, result: w.TaskResult) -> None:
         """Hand a result back after everything the task sent (one ordered stream)."""
+        if self.direct is not None:
+            self.client.flush()  # what the call sent goes before its answer
+            if self.direct.reply(result):
+                return
         self.client.send_now(w.Executed(result))
 
     def _function(self, a: w.Assignment) -> Any:
@@ -135,6 +147,10 @@ class Executor:
                 spec.task_id, error=creation_error(spec.actor.class_name, exc), failure="task"
             )
         self.actor = ActorRuntime(self, instance, spec.actor)
+        if spec.actor.max_restarts == 0:
+            folder = os.path.dirname(os.environ["TASKGRAPH_EXECUTOR_SOCKET"])
+            self.direct = DirectServer(self, self.client.token, folder)
+            self.client.send_soon(w.ActorDirect(spec.actor_id, self.direct.start()))
         # The daemon asks an actor to end with SIGTERM (its last handle is gone):
         # a graceful end, atexit handlers included. kill() uses SIGKILL.
         signal.signal(signal.SIGTERM, lambda signum, frame: self.actor and self.actor.exit_now())
@@ -259,10 +275,15 @@ class Executor:
                 )
             outs = list(out)
         what = f"the return value of task '{spec.name}'"
-        return [
+        returns = [
             self.client.encode_value(oid, value, what)
             for oid, value in zip(return_ids(spec.task_id, n), outs, strict=True)
         ]
+        inner = [oid for r in returns for oid in r.contains]
+        if inner and self.direct is not None and self.direct.is_direct(spec.task_id):
+            # Held from here, while the value that holds them is still alive.
+            self.direct.keep(spec.task_id, [ObjectRef(oid, self.client) for oid in inner])
+        return returns
 
 
 def main() -> None:

@@ -1,0 +1,177 @@
+"""Direct actor calls, the caller's side (see ``worker/direct.py`` for the actor's).
+
+A client routes each actor's calls one way at a time, so one caller's calls
+still run in the order it made them:
+
+- through the scheduler, until the client learns where the actor's process
+  listens (it asks the scheduler, at most every ``ASK_EVERY`` seconds while
+  it makes calls) and none of its calls through the scheduler is still
+  unanswered, as far as it knows (it hears of a call's end when it gets the
+  call's result);
+- then straight to the actor's process, for good: calls with ref arguments
+  too (the actor fetches them, in order; this client holds them meanwhile).
+  If the actor's process goes away, the calls in flight fail with
+  ``ActorDiedError`` and later ones go through the scheduler again.
+
+Only an actor on this client's host, that cannot restart, is called
+directly. The returns of a direct call are registered with the scheduler by
+this client when they arrive (a ``PutObject`` each), before anything that
+refers to them can leave this client: ``Client.settle`` waits for a direct
+call's returns before they are sent anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from taskgraph import _wire as w
+from taskgraph._ids import return_ids
+from taskgraph._object_ref import ObjectRef
+from taskgraph._transport import BlockingConnection, connect_blocking
+from taskgraph.exceptions import ActorDiedError, TaskgraphError
+
+if TYPE_CHECKING:
+    from taskgraph._client import Client
+
+ASK_EVERY = 0.1  # seconds between asks for an actor's address, while calls go slow
+ENABLED = os.environ.get("TASKGRAPH_DIRECT_ACTOR_CALLS", "1") != "0"
+
+
+class ActorRoute:
+    """How this client reaches one actor."""
+
+    def __init__(self, actor_id: bytes) -> None:
+        self.actor_id = actor_id
+        self.channel: DirectChannel | None = None
+        self.address = ""
+        # Calls through the scheduler whose end we have not seen: number -> first
+        # return id (b"" when there is none, or nobody will ask for it).
+        self.unanswered: dict[int, bytes] = {}
+        self.calls = 0
+        self.never = False  # the actor cannot be called directly
+        self.asked_at = 0.0
+        self.asking = False
+
+    def may_switch(self) -> bool:
+        return bool(self.address) and not self.unanswered and not self.never
+
+
+class DirectChannel:
+    """A connection to one actor's process, and the calls in flight on it."""
+
+    def __init__(self, client: Client, actor_id: bytes, address: str, class_name: str) -> None:
+        self.client = client
+        self.actor_id = actor_id
+        self.class_name = class_name
+        hello = w.Hello("client", b"", client.client_id, pid=os.getpid())
+        self.conn: BlockingConnection
+        self.conn, _ = connect_blocking(address, client.token, hello)
+        self.broken: str | None = None
+        # task id -> (return ids, refs held until the call is answered)
+        self.pending: dict[bytes, tuple[list[bytes], list[ObjectRef]]] = {}
+        self._outbox: list[w.Msg] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"taskgraph-direct-{actor_id.hex()[:8]}", daemon=True
+        )
+        self._reader.start()
+
+    def call(self, spec: w.TaskSpec) -> list[bytes]:
+        """Queue a call; the client's flush sends it. Returns its return ids."""
+        client = self.client
+        oids = return_ids(spec.task_id, spec.num_returns)
+        # The arguments' objects stay held here until the actor has used them.
+        keep = [ObjectRef(oid, client) for oid in (*spec.deps, *spec.nested)]
+        with self._lock:
+            if self.broken is not None:
+                raise ConnectionError(self.broken)
+            self.pending[spec.task_id] = (oids, keep)
+            self._outbox.append(w.DirectCall(spec))
+        client.expect_direct(oids)
+        return oids
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+        if batch:
+            try:
+                self.conn.send(batch)
+            except OSError as exc:
+                self._fail_all(f"its process is gone ({exc})")
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                msgs = self.conn.recv()
+            except (OSError, ConnectionError, TaskgraphError) as exc:
+                self._fail_all(f"its process is gone ({exc})")
+                self.conn.close()
+                return
+            for msg in msgs:
+                if isinstance(msg, w.DirectResult):
+                    self._answered(msg.result, msg.needs_ack)
+
+    def _answered(self, result: w.TaskResult, needs_ack: bool) -> None:
+        with self._lock:
+            entry = self.pending.pop(result.task_id, None)
+        if entry is None:
+            return
+        oids, keep = entry
+        if result.error is not None:
+            values = [w.Value(oid, error=result.error) for oid in oids]
+            contains: list[list[bytes]] = [[] for _ in oids]
+        else:
+            values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
+            contains = [list(r.contains) for r in result.returns]
+        self.client.direct_answered(values, contains)
+        del keep
+        if needs_ack:
+            # The scheduler has the returns (and so holds what they contain)
+            # once it answers a query sent after them: then the actor may let go.
+            try:
+                self.client.query("ping")
+                self.conn.send([w.DirectAck(result.task_id)])
+            except (OSError, ConnectionError, TimeoutError):
+                pass
+
+    def _fail_all(self, reason: str) -> None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = reason
+            pending, self.pending = self.pending, {}
+            self._outbox = []
+        error = pickle.dumps(ActorDiedError(self.class_name, reason))
+        for oids, _keep in pending.values():
+            self.client.direct_answered(
+                [w.Value(oid, error=error) for oid in oids], [[] for _ in oids]
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = "closed"
+        self.conn.close()
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+
+
+def should_ask(route: ActorRoute) -> bool:
+    now = time.monotonic()
+    if route.asking or route.never or route.address or now - route.asked_at < ASK_EVERY:
+        return False
+    route.asked_at = now
+    route.asking = True
+    return True
+
+
+def learned(route: ActorRoute, answer: Any, host: str) -> None:
+    route.asking = False
+    if isinstance(answer, dict) and answer.get("address"):
+        if answer.get("host") == host:
+            route.address = str(answer["address"])
+        else:
+            route.never = True  # on another host: through the scheduler

@@ -1,0 +1,138 @@
+"""Direct actor calls, the actor's side: callers on this host skip the scheduler.
+
+::
+
+    caller ──DirectCall(spec)──▶ this process's call socket ──▶ the executor's queue
+    caller ◀──DirectResult────── (the call ran like any other)
+
+A call that went through the scheduler crosses six process boundaries
+(caller, scheduler, daemon, actor and back); a direct call crosses two. The
+caller registers the returns with the scheduler itself (as a ``put``), so
+refs to them work everywhere. Only actors that cannot restart take direct
+calls: a restart would need the scheduler's record of calls in flight.
+
+Each caller gets a connection and a thread that reads it; the executor's
+main thread runs the calls in arrival order with the ones the daemon hands
+over, and answers on the connection the call came from. If the returns hold
+refs, the actor keeps those alive until the caller acknowledges that the
+scheduler has the returns (``DirectAck``), so the inner objects never go
+unheld in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from taskgraph import _wire as w
+from taskgraph._object_ref import ObjectRef
+from taskgraph._transport import BlockingConnection, accept_blocking
+from taskgraph.exceptions import AuthenticationError, ObjectLostError, TaskgraphError
+
+if TYPE_CHECKING:
+    from taskgraph.worker.executor import Executor
+
+log = logging.getLogger("taskgraph.worker")
+
+
+class DirectServer:
+    def __init__(self, executor: Executor, token: bytes, folder: str) -> None:
+        self.executor = executor
+        self.token = token
+        self.path = os.path.join(folder, f"actor-{os.getpid()}.sock")
+        self.replies: dict[bytes, BlockingConnection] = {}  # call's task id -> its caller
+        self._kept: dict[bytes, list[ObjectRef]] = {}  # refs in returns, until acked
+        self._lock = threading.Lock()
+
+    def start(self) -> str:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.path)
+        os.chmod(self.path, 0o600)
+        listener.listen(64)
+        threading.Thread(
+            target=self._accept, args=(listener,), name="taskgraph-direct-accept", daemon=True
+        ).start()
+        return f"unix://{self.path}"
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._serve, args=(sock,), name="taskgraph-direct-call", daemon=True
+            ).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = BlockingConnection(sock)
+        welcome = w.Welcome(b"", self.executor.worker_id)
+        try:
+            accept_blocking(conn, self.token, welcome)
+        except AuthenticationError as exc:
+            log.warning("refused a direct caller: %s", exc)
+            return
+        try:
+            while True:
+                for msg in conn.recv():
+                    if isinstance(msg, w.DirectCall):
+                        with self._lock:
+                            self.replies[msg.spec.task_id] = conn
+                        self.executor.tasks.put(w.Assignment(msg.spec, []))
+                    elif isinstance(msg, w.DirectAck):
+                        with self._lock:
+                            self._kept.pop(msg.task_id, None)
+                    else:
+                        log.warning("a direct caller sent %s; closing", type(msg).__name__)
+                        return
+        except (OSError, ConnectionError, TaskgraphError):
+            pass  # the caller is gone; calls it sent still run, their answers go nowhere
+        finally:
+            conn.close()
+
+    def is_direct(self, task_id: bytes) -> bool:
+        with self._lock:
+            return task_id in self.replies
+
+    def keep(self, task_id: bytes, refs: list[ObjectRef]) -> None:
+        """Hold the refs inside a direct call's returns until its caller acks."""
+        with self._lock:
+            self._kept[task_id] = refs
+
+    def reply(self, result: w.TaskResult) -> bool:
+        """Answer a direct call; False if the call came through the daemon."""
+        with self._lock:
+            conn = self.replies.pop(result.task_id, None)
+            needs_ack = result.task_id in self._kept
+        if conn is None:
+            return False
+        try:
+            conn.send([w.DirectResult(result, needs_ack)])
+        except OSError:
+            with self._lock:
+                self._kept.pop(result.task_id, None)
+        return True
+
+
+def resolve_inputs(executor: Executor, a: w.Assignment) -> w.Assignment | w.TaskResult:
+    """A direct call's ref arguments, fetched here (the scheduler did not wait for them).
+
+    Returns the assignment with its inputs, or the failed result when one of
+    them is an error (which the call then fails with, as through the scheduler).
+    """
+    client = executor.client
+    holding = [ObjectRef(oid, client, borrowed=True) for oid in a.spec.deps]
+    client.wait_values(a.spec.deps, len(a.spec.deps), None)
+    inputs: list[Any] = [client.peek(oid) for oid in a.spec.deps]
+    del holding
+    for oid, value in zip(a.spec.deps, inputs, strict=True):
+        if value is None:
+            lost = ObjectLostError(oid.hex(), "it was freed before the actor could read it")
+            return w.TaskResult(a.spec.task_id, error=pickle.dumps(lost), failure="task")
+        if value.error is not None:
+            return w.TaskResult(a.spec.task_id, error=value.error, failure="task")
+    return w.Assignment(a.spec, inputs)
