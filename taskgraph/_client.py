@@ -387,7 +387,7 @@ class Client:
             try:
                 channel.call(spec)
             except ConnectionError:
-                pass  # it just broke: the refs carry ActorDiedError
+                pass  # it broke before this call left: it goes through the scheduler
             else:
                 channel.flush()  # now, from this thread: no hand-off to the flusher
                 return refs

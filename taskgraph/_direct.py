@@ -89,9 +89,11 @@ class DirectChannel:
         with self._lock:
             if self.broken is not None:
                 raise ConnectionError(self.broken)
+            # Expected before it can be sent (another thread may flush us): an
+            # answer must never find its ids unexpected.
+            client.expect_direct(oids)
             self.pending[spec.task_id] = (oids, keep)
             self._outbox.append(w.DirectCall(spec))
-        client.expect_direct(oids)
         return oids
 
     def flush(self) -> None:

@@ -110,6 +110,15 @@ class DirectServer:
             needs_ack = result.task_id in self._kept
         if conn is None:
             return False
+        if needs_ack:
+            # The refs inside may be to objects this call just made: the
+            # scheduler must know them before the caller's record of the
+            # returns arrives, or that record would not hold them. A round
+            # trip after what we sent makes sure.
+            try:
+                self.executor.client.query("ping")
+            except (OSError, ConnectionError, TimeoutError):
+                pass
         try:
             conn.send([w.DirectResult(result, needs_ack)])
         except OSError:
