@@ -412,6 +412,13 @@ class Client:
             )
         return refs
 
+    def forget_route(self, actor_id: bytes) -> None:
+        """The actor's process is gone: later calls go through the scheduler, which knows."""
+        with self._lock:
+            route = self._routes.pop(actor_id, None)
+            if route is not None:
+                route.never = True
+
     def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
         """A call through the scheduler ended (lock held): maybe calls may go direct now."""
         route, number = self._slow_calls.pop(oid)

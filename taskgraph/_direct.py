@@ -112,6 +112,7 @@ class DirectChannel:
             except (OSError, ConnectionError, TaskgraphError) as exc:
                 self._fail_all(f"its process is gone ({exc})")
                 self.conn.close()
+                self.client.forget_route(self.actor_id)
                 return
             for msg in msgs:
                 if isinstance(msg, w.DirectResult):

@@ -45,7 +45,8 @@ class DirectServer:
         self.token = token
         self.path = os.path.join(folder, f"actor-{os.getpid()}.sock")
         self.replies: dict[bytes, BlockingConnection] = {}  # call's task id -> its caller
-        self._kept: dict[bytes, list[ObjectRef]] = {}  # refs in returns, until acked
+        # refs in a direct call's returns, held until its caller acks
+        self._kept: dict[bytes, tuple[BlockingConnection, list[ObjectRef]]] = {}
         self._lock = threading.Lock()
 
     def start(self) -> str:
@@ -93,6 +94,9 @@ class DirectServer:
             pass  # the caller is gone; calls it sent still run, their answers go nowhere
         finally:
             conn.close()
+            with self._lock:  # nobody will ack these any more
+                for task_id in [t for t, (c, _) in self._kept.items() if c is conn]:
+                    del self._kept[task_id]
 
     def is_direct(self, task_id: bytes) -> bool:
         with self._lock:
@@ -101,7 +105,9 @@ class DirectServer:
     def keep(self, task_id: bytes, refs: list[ObjectRef]) -> None:
         """Hold the refs inside a direct call's returns until its caller acks."""
         with self._lock:
-            self._kept[task_id] = refs
+            conn = self.replies.get(task_id)
+            if conn is not None:
+                self._kept[task_id] = (conn, refs)
 
     def reply(self, result: w.TaskResult) -> bool:
         """Answer a direct call; False if the call came through the daemon."""
