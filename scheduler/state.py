@@ -132,6 +132,7 @@ class Obj:
     waiters: set[bytes] = field(default_factory=set)
     dependents: list[Task] = field(default_factory=list)
     copies: dict[str, w.Location] = field(default_factory=dict)  # pulled by other workers
+    promised_by: bytes | None = None  # pending, to be put by this client (no task makes it)
 
     def as_value(self) -> w.Value:
         return w.Value(self.id, data=self.data, location=self.location, error=self.error)
@@ -382,7 +383,33 @@ class SchedulerState:
     def _dep_failed(obj: Obj) -> bool:
         return obj.state == "error"
 
+    def _on_promise(self, client: ClientRec, msg: w.PromiseObjects) -> None:
+        for oid in msg.object_ids:
+            if oid not in self.objects:
+                self.objects[oid] = Obj(oid, None, refs=1, promised_by=client.client_id)
+                client.held.add(oid)
+
+    def _keep_promise(self, obj: Obj, msg: w.PutObject) -> None:
+        obj.promised_by = None
+        if msg.error is not None:
+            self._object_failed(obj, msg.error)
+        else:
+            obj.state, obj.data, obj.location = "ready", msg.data, msg.location
+            if msg.location is not None:
+                worker = self.workers.get(msg.location.worker_id)
+                if worker is not None:
+                    worker.segments[obj.id] = msg.location.store
+            self._hold_contained(obj, msg.contains)
+            self._object_done(obj)
+        if obj.refs == 0:  # every holder let go while it was on its way
+            self._free(obj)
+
     def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
+        promised = self.objects.get(msg.object_id)
+        if promised is not None:
+            if promised.promised_by == client.client_id and promised.state == "pending":
+                self._keep_promise(promised, msg)
+            return
         obj = Obj(msg.object_id, None, state="ready", data=msg.data, location=msg.location)
         if msg.error is not None:
             obj.state, obj.error = "error", msg.error
@@ -519,6 +546,7 @@ class SchedulerState:
         w.ExportFunction: _on_export,
         w.SubmitTasks: _on_submit,
         w.PutObject: _on_put,
+        w.PromiseObjects: _on_promise,
         w.AcquireRefs: _on_acquire,
         w.ReleaseRefs: _on_release,
         w.WantObjects: _on_want,
@@ -537,6 +565,11 @@ class SchedulerState:
         client = self.clients.pop(client_id, None)
         if client is None:
             return
+        for obj in [o for o in self.objects.values() if o.promised_by == client_id]:
+            if obj.state == "pending":
+                obj.promised_by = None
+                lost = ObjectLostError(obj.id.hex(), "the client that was to store it left")
+                self._object_failed(obj, error_bytes(lost))
         for oid in client.held:
             self._decref(oid)
         client.held.clear()
@@ -1053,7 +1086,9 @@ class SchedulerState:
             for inner in obj.contains:
                 if inner in refs:
                     refs[inner] += 1
-            if obj.state == "pending":
+            if obj.state == "pending" and obj.promised_by is not None:
+                assert obj.promised_by in self.clients, "promised by a client that left"
+            elif obj.state == "pending":
                 assert obj.task in self.tasks, "pending object without its task"
             else:
                 assert obj.refs > 0, "finished object with no holder was not freed"

@@ -113,10 +113,11 @@ class Client:
         # ids of direct calls not yet answered, and the first return id of each
         # call that went through the scheduler -> (its route, its number there).
         self._routes: dict[bytes, ActorRoute] = {}
-        self._direct: dict[bytes, threading.Event] = {}
+        self._direct: set[bytes] = set()
         # Small returns of direct calls the scheduler has not heard of: it needs
         # to only when a ref to them leaves this client (see settle).
         self._unregistered: dict[bytes, w.PutObject] = {}
+        self._promised: set[bytes] = set()  # returns not back yet that the scheduler awaits
         self._slow_calls: dict[bytes, tuple[ActorRoute, int]] = {}
         self._stores_lock = threading.Lock()
         self._flusher = threading.Thread(
@@ -157,7 +158,9 @@ class Client:
                 counts.pop(oid, None)
                 self._values.pop(oid, None)
                 self._wanted.discard(oid)
-                if self._unregistered.pop(oid, None) is not None or oid in self._direct:
+                if self._unregistered.pop(oid, None) is not None or (
+                    oid in self._direct and oid not in self._promised
+                ):
                     continue  # the scheduler never heard of it (see direct_answered)
                 if oid in self._slow_calls:
                     # Nobody will ask for it, so we would never see the call end;
@@ -371,6 +374,13 @@ class Client:
             if route is None:
                 route = self._routes[actor_id] = ActorRoute(actor_id)
                 route.never = not DIRECT_ENABLED
+        # One call at a time per actor from this client: the way it goes, and its
+        # place in line, are decided together (threads may call at once).
+        with route.lock:
+            return self._call_actor(route, spec, class_name)
+
+    def _call_actor(self, route: ActorRoute, spec: w.TaskSpec, class_name: str) -> list[ObjectRef]:
+        actor_id = spec.actor_id
         channel = route.channel
         if channel is None and route.may_switch():
             try:
@@ -413,11 +423,15 @@ class Client:
         return refs
 
     def forget_route(self, actor_id: bytes) -> None:
-        """The actor's process is gone: later calls go through the scheduler, which knows."""
+        """The actor's process is gone, or going (kill): later calls go through the
+        scheduler, which knows; direct calls still in flight fail."""
         with self._lock:
             route = self._routes.pop(actor_id, None)
-            if route is not None:
-                route.never = True
+        if route is not None:
+            route.never = True
+            channel, route.channel = route.channel, None
+            if channel is not None:
+                channel.close()
 
     def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
         """A call through the scheduler ended (lock held): maybe calls may go direct now."""
@@ -432,8 +446,7 @@ class Client:
 
     def expect_direct(self, oids: Sequence[bytes]) -> None:
         with self._lock:
-            for oid in oids:
-                self._direct[oid] = threading.Event()
+            self._direct.update(oids)
 
     def direct_answered(self, values: Sequence[w.Value], contains: Sequence[list[bytes]]) -> None:
         """Returns of a direct call arrived: the scheduler hears of them first."""
@@ -442,33 +455,34 @@ class Client:
                 oid = value.object_id
                 held = oid in self._counts
                 put = w.PutObject(oid, value.data, value.location, inner, value.error)
-                if held and value.location is None and not inner:
+                if oid in self._promised:
+                    self._promised.discard(oid)
+                    self._queue(put)  # the scheduler holds it for us already
+                elif held and value.location is None and not inner:
                     self._unregistered[oid] = put  # told to the scheduler if it leaves
                 elif held or value.location is not None:
                     self._queue(put)  # it holds bytes in a store, or refs: tell now
                     if not held:  # dropped while in flight: stored for nobody
                         self._queue(w.ReleaseRefs([oid]))
-                event = self._direct.pop(oid, None)
-                if event is not None:
-                    event.set()
+                self._direct.discard(oid)
         self.on_messages([w.ObjectsReady(list(values))])
 
     def settle(self, oids: Sequence[bytes]) -> None:
-        """Wait for the direct calls that make any of ``oids``: they are about to
-        leave this client, and the scheduler must know them first."""
+        """Refs to ``oids`` are about to leave this client: make sure the scheduler
+        knows every one that is the return of a direct actor call (queued ahead)."""
         if not self._direct and not self._unregistered:
             return
         with self._lock:
-            events = [e for oid in oids if (e := self._direct.get(oid)) is not None]
-        if events:
-            self.flush()
-            for event in events:
-                event.wait()
-        with self._lock:
+            promise = []
             for oid in oids:
                 put = self._unregistered.pop(oid, None)
                 if put is not None:
                     self._queue(put)
+                elif oid in self._direct and oid not in self._promised:
+                    promise.append(oid)  # not back yet: what waits for it, waits
+            if promise:
+                self._promised.update(promise)
+                self._queue(w.PromiseObjects(promise))
 
     def ask(self, msg: w.Query, callback: Callable[[Any], None]) -> None:
         """Send a query; ``callback`` gets the answer (None if it failed) on another thread."""

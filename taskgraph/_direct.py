@@ -15,9 +15,10 @@ still run in the order it made them:
 
 Only an actor on this client's host, that cannot restart, is called
 directly. The returns of a direct call are registered with the scheduler by
-this client when they arrive (a ``PutObject`` each), before anything that
-refers to them can leave this client: ``Client.settle`` waits for a direct
-call's returns before they are sent anywhere.
+this client: before a ref to one leaves it (``Client.settle``), a
+``PutObject`` if the return is back, else a ``PromiseObjects`` that the
+``PutObject`` keeps when it comes (tasks that need the return wait for it at
+the scheduler, as for any pending object).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class ActorRoute:
         self.never = False  # the actor cannot be called directly
         self.asked_at = 0.0
         self.asking = False
+        self.lock = threading.Lock()  # held while one call is routed and queued
 
     def may_switch(self) -> bool:
         return bool(self.address) and not self.unanswered and not self.never
@@ -75,6 +77,7 @@ class DirectChannel:
         self.pending: dict[bytes, tuple[list[bytes], list[ObjectRef]]] = {}
         self._outbox: list[w.Msg] = []
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # batches leave in the order they were taken
         self._reader = threading.Thread(
             target=self._read_loop, name=f"taskgraph-direct-{actor_id.hex()[:8]}", daemon=True
         )
@@ -97,13 +100,17 @@ class DirectChannel:
         return oids
 
     def flush(self) -> None:
-        with self._lock:
-            batch, self._outbox = self._outbox, []
-        if batch:
-            try:
-                self.conn.send(batch)
-            except OSError as exc:
-                self._fail_all(f"its process is gone ({exc})")
+        failure = None
+        with self._send_lock:
+            with self._lock:
+                batch, self._outbox = self._outbox, []
+            if batch:
+                try:
+                    self.conn.send(batch)
+                except OSError as exc:
+                    failure = exc
+        if failure is not None:  # outside the send lock: failing runs callbacks
+            self._fail_all(f"its process is gone ({failure})")
 
     def _read_loop(self) -> None:
         while True:
@@ -154,9 +161,7 @@ class DirectChannel:
             )
 
     def close(self) -> None:
-        with self._lock:
-            if self.broken is None:
-                self.broken = "closed"
+        """Stop; calls still in flight fail with ActorDiedError."""
         self.conn.close()
         if self._reader is not threading.current_thread():
             self._reader.join(timeout=5)

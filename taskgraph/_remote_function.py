@@ -133,7 +133,7 @@ class RemoteFunction:
         client = _api.client()
         function_id = self._export(client)
         name = p.name or self._name
-        data, nested, deps = encode_arguments(client, args, kwargs, name)
+        data, nested, deps, held = encode_arguments(client, args, kwargs, name)
         base = client.new_id()
         task_id = base + b"\0\0\0\0"
         streaming, num_returns = p.streaming, p.num_returns
@@ -153,9 +153,11 @@ class RemoteFunction:
             generator=streaming,
             namespace=_api.current_namespace(),
         )
+        refs = submit(client, spec)
+        del held  # the task holds them now
         if streaming:
-            return ObjectRefGenerator(task_id, submit(client, spec), client)
-        return submit(client, spec)
+            return ObjectRefGenerator(task_id, refs, client)
+        return refs
 
 
 def submit(client: Client, spec: w.TaskSpec) -> Any:
@@ -187,25 +189,29 @@ class _BoundOptions:
 
 def encode_arguments(
     client: Client, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
-) -> tuple[bytes, list[bytes], list[bytes]]:
-    """Serialize a call's arguments; return (data, nested ref ids, dependency ids).
+) -> tuple[bytes, list[bytes], list[bytes], list[Any]]:
+    """Serialize a call's arguments; return (data, nested ref ids, dependency ids, held).
 
     Top-level refs are dependencies: the task runs when they are ready and
     receives their values. Large plain arguments are put into the object
-    store first, so they are stored once and read without copies.
+    store first, so they are stored once and read without copies; ``held``
+    are the refs of those puts, which the caller keeps until the call is sent
+    (else their release could reach the scheduler first and free them).
     """
     what = f"the arguments of task '{name}'"
     data, contained = serialization.dumps((args, kwargs), what=what)
+    held: list[Any] = []
     if len(data) > INLINE_LIMIT:
         args = tuple(_put_if_large(client, a, what) for a in args)
         kwargs = {k: _put_if_large(client, v, what) for k, v in kwargs.items()}
         data, contained = serialization.dumps((args, kwargs), what=what)
+        held = [v for v in (*args, *kwargs.values()) if isinstance(v, ObjectRef)]
     deps = list(dict.fromkeys(v.id for v in (*args, *kwargs.values()) if isinstance(v, ObjectRef)))
     top = set(deps)
     nested = [oid for oid in contained if oid not in top]
     if contained:
         client.settle(contained)  # returns of direct actor calls must be known first
-    return data, nested, deps
+    return data, nested, deps, held
 
 
 def _put_if_large(client: Client, value: Any, what: str) -> Any:

@@ -176,6 +176,13 @@ class PutObject(Msg):
     error: bytes | None = None  # a direct actor call's failure, recorded by its caller
 
 
+class PromiseObjects(Msg):
+    """Objects this client will ``PutObject`` later (returns of its direct actor
+    calls, not back yet, whose refs it is sending on): tasks may wait for them."""
+
+    object_ids: list[bytes]
+
+
 class AcquireRefs(Msg):
     object_ids: list[bytes]
 
@@ -451,6 +458,7 @@ ClientMessage = (
     ExportFunction
     | SubmitTasks
     | PutObject
+    | PromiseObjects
     | AcquireRefs
     | ReleaseRefs
     | WantObjects

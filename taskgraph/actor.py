@@ -133,7 +133,7 @@ class ActorClass:
                 raise TypeError(f"wrong arguments for actor '{self.__name__}': {exc}") from None
         client = _api.client()
         function_id = self._creator._export(client)
-        data, nested, deps = encode_arguments(client, args, kwargs, self.__name__)
+        data, nested, deps, held = encode_arguments(client, args, kwargs, self.__name__)
         place, hold = _actor_resources(options)
         runtime = _api._runtime
         namespace = options.get("namespace")
@@ -185,6 +185,7 @@ class ActorClass:
             return ActorHandle(actor_id, anchor, actor.methods, actor.class_name, self._signatures)
         anchor = ObjectRef(base + (1).to_bytes(4, "little"), client)
         client.submit(spec)
+        del held  # the creation task holds them now
         return ActorHandle(actor_id, anchor, actor.methods, actor.class_name, self._signatures)
 
 
@@ -290,7 +291,7 @@ class ActorMethod:
                 ) from None
         client = _api.client()
         name = options.get("name") or f"{handle._class_name}.{self._name}"
-        data, nested, deps = encode_arguments(client, args, kwargs, name)
+        data, nested, deps, held = encode_arguments(client, args, kwargs, name)
         num_returns = options.get("num_returns", self._num_returns)
         base = client.new_id()
         spec = w.TaskSpec(
@@ -307,6 +308,7 @@ class ActorMethod:
             method=self._name,
         )
         refs = client.call_actor(spec, handle._class_name)
+        del held  # the call holds them now
         if num_returns == 1:
             return refs[0]
         return refs or None
@@ -339,6 +341,7 @@ def kill(handle: ActorHandle, *, no_restart: bool = True) -> None:
     client = _api.client()
     client.send_soon(w.KillActor(handle._actor_id, no_restart))
     client.flush()
+    client.forget_route(handle._actor_id)  # later calls: through the scheduler, which knows
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

@@ -47,6 +47,7 @@ class DirectServer:
         self.replies: dict[bytes, BlockingConnection] = {}  # call's task id -> its caller
         # refs in a direct call's returns, held until its caller acks
         self._kept: dict[bytes, tuple[BlockingConnection, list[ObjectRef]]] = {}
+        self._sync: set[bytes] = set()  # calls whose answer waits for a scheduler round trip
         self._lock = threading.Lock()
 
     def start(self) -> str:
@@ -81,9 +82,7 @@ class DirectServer:
             while True:
                 for msg in conn.recv():
                     if isinstance(msg, w.DirectCall):
-                        with self._lock:
-                            self.replies[msg.spec.task_id] = conn
-                        self.executor.tasks.put(w.Assignment(msg.spec, []))
+                        self._take(msg.spec, conn)
                     elif isinstance(msg, w.DirectAck):
                         with self._lock:
                             self._kept.pop(msg.task_id, None)
@@ -97,6 +96,23 @@ class DirectServer:
             with self._lock:  # nobody will ack these any more
                 for task_id in [t for t, (c, _) in self._kept.items() if c is conn]:
                     del self._kept[task_id]
+
+    def _take(self, spec: w.TaskSpec, conn: BlockingConnection) -> None:
+        with self._lock:
+            self.replies[spec.task_id] = conn
+            if len(spec.nested) > 1:  # beyond the actor's anchor: see reply()
+                self._sync.add(spec.task_id)
+        assignment = w.Assignment(spec, [])
+        if spec.deps:
+            # Fetched here, on this caller's thread: its later calls wait (its
+            # order), the actor's main thread does not (another caller's call,
+            # or one through the scheduler, may be what these wait for).
+            resolved = resolve_inputs(self.executor, assignment)
+            if isinstance(resolved, w.TaskResult):
+                self.reply(resolved)
+                return
+            assignment = resolved
+        self.executor.tasks.put(assignment)
 
     def is_direct(self, task_id: bytes) -> bool:
         with self._lock:
@@ -114,12 +130,15 @@ class DirectServer:
         with self._lock:
             conn = self.replies.pop(result.task_id, None)
             needs_ack = result.task_id in self._kept
+            sync = result.task_id in self._sync
+            self._sync.discard(result.task_id)
         if conn is None:
             return False
-        if needs_ack:
-            # The refs inside may be to objects this call just made: the
-            # scheduler must know them before the caller's record of the
-            # returns arrives, or that record would not hold them. A round
+        if needs_ack or sync:
+            # Refs in the returns may be to objects this call just made; refs in
+            # the arguments may have been taken by the actor (AcquireRefs). The
+            # scheduler must have what we sent about them before the caller,
+            # answered, records the returns or lets go of the arguments: a round
             # trip after what we sent makes sure.
             try:
                 self.executor.client.query("ping")

@@ -33,7 +33,7 @@ from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
-from taskgraph.worker.direct import DirectServer, resolve_inputs
+from taskgraph.worker.direct import DirectServer
 
 
 class _Cancelled(BaseException):
@@ -106,12 +106,6 @@ class Executor:
                 self.report(self.create_actor(assignment))
             elif spec.actor_id:
                 assert self.actor is not None, "a method call reached a process with no actor"
-                if spec.deps and self.direct is not None and self.direct.is_direct(spec.task_id):
-                    resolved = resolve_inputs(self, assignment)
-                    if isinstance(resolved, w.TaskResult):
-                        self.report(resolved)
-                        continue
-                    assignment = resolved
                 self.actor.submit(assignment)
             else:
                 self.report(self.call(assignment, self._function(assignment)))
