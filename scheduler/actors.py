@@ -211,6 +211,7 @@ class Actors:
         if rec is None or rec.state == "dead":
             return
         rec.no_restart = rec.no_restart or msg.no_restart
+        rec.direct = ""  # no caller may learn it from now on
         worker = self._process_at(rec)
         if worker is not None:
             self.state._send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))

@@ -40,6 +40,7 @@ from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import GetTimeoutError, ObjectLostError, TaskgraphError
 
 INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
+MAX_ROUTES = 1000  # actors whose way this client remembers, beyond those it calls directly
 
 
 def host_id() -> str:
@@ -216,9 +217,12 @@ class Client:
                     self._send(batch)
                 except OSError as exc:
                     self._break(f"lost the connection to the scheduler: {exc}")
-            for route in list(self._routes.values()):  # after: the scheduler hears first
-                if route.channel is not None:
-                    route.channel.flush()
+        # After the scheduler's batch (it hears first), and outside its lock: a
+        # channel whose actor is slow to read must not hold up the scheduler's.
+        for route in list(self._routes.values()):
+            channel = route.channel
+            if channel is not None:
+                channel.flush(wait=threading.current_thread() is not self._flusher)
 
     def _flush_loop(self) -> None:
         while not self.closed:
@@ -372,6 +376,10 @@ class Client:
         with self._lock:
             route = self._routes.get(actor_id)
             if route is None:
+                if len(self._routes) >= MAX_ROUTES:
+                    # Forget the ways to actors not called directly (many may be
+                    # gone); one called again just asks again.
+                    self._routes = {a: r for a, r in self._routes.items() if r.channel}
                 route = self._routes[actor_id] = ActorRoute(actor_id)
                 route.never = not DIRECT_ENABLED
         # One call at a time per actor from this client: the way it goes, and its
@@ -388,17 +396,21 @@ class Client:
             except (OSError, ConnectionError):
                 route.never = True  # its process is gone or refuses us: the scheduler knows
         if channel is not None and channel.broken is None:
-            if spec.deps or len(spec.nested) > 1:
-                # The actor will ask the scheduler for these: it must have heard
-                # of every object we made before the actor asks (one round trip).
-                self.settle([*spec.deps, *spec.nested])
-                self.query("ping")
             refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
+            barrier = bool(spec.deps) or len(spec.nested) > 1
+            if barrier:
+                # The actor will ask the scheduler for these: it must have heard of
+                # every object we made first. The call (and those after it) waits
+                # in the channel until the scheduler answers a ping sent now.
+                self.settle([*spec.deps, *spec.nested])
+                channel.hold()
             try:
                 channel.call(spec)
             except ConnectionError:
                 pass  # it broke before this call left: it goes through the scheduler
             else:
+                if barrier:
+                    self.ask(w.Query(0, "ping"), lambda _: channel.release())
                 channel.flush()  # now, from this thread: no hand-off to the flusher
                 return refs
         if channel is not None:  # it broke: the scheduler says why from now on

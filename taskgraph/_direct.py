@@ -78,6 +78,7 @@ class DirectChannel:
         self._outbox: list[w.Msg] = []
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()  # batches leave in the order they were taken
+        self._held = 0  # pings awaited before the outbox may leave (see hold)
         self._reader = threading.Thread(
             target=self._read_loop, name=f"taskgraph-direct-{actor_id.hex()[:8]}", daemon=True
         )
@@ -99,16 +100,33 @@ class DirectChannel:
             self._outbox.append(w.DirectCall(spec))
         return oids
 
-    def flush(self) -> None:
+    def hold(self) -> None:
+        """Keep what is queued from here on until ``release`` (a scheduler round trip)."""
+        with self._lock:
+            self._held += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._held -= 1
+        self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> None:
+        """Send what is queued; ``wait=False`` skips it if another thread is sending."""
         failure = None
-        with self._send_lock:
+        if not self._send_lock.acquire(blocking=wait):
+            return
+        try:
             with self._lock:
+                if self._held:
+                    return
                 batch, self._outbox = self._outbox, []
             if batch:
                 try:
                     self.conn.send(batch)
                 except OSError as exc:
                     failure = exc
+        finally:
+            self._send_lock.release()
         if failure is not None:  # outside the send lock: failing runs callbacks
             self._fail_all(f"its process is gone ({failure})")
 

@@ -149,7 +149,11 @@ def open_socket(address: Address, timeout: float = 10.0) -> socket.socket:
     if address.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
-        sock.connect(address.path)
+        try:
+            sock.connect(address.path)
+        except OSError:
+            sock.close()
+            raise
     else:
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,8 @@ class DirectServer:
 
     def start(self) -> str:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.exists(self.path):  # left by an earlier process with our pid
+            os.unlink(self.path)
         listener.bind(self.path)
         os.chmod(self.path, 0o600)
         listener.listen(64)
@@ -78,11 +81,19 @@ class DirectServer:
         except AuthenticationError as exc:
             log.warning("refused a direct caller: %s", exc)
             return
+        # This thread keeps reading (a caller blocked in a send could be what an
+        # argument waits for); another takes the calls, one at a time, in order.
+        calls: queue.SimpleQueue[w.TaskSpec | None] = queue.SimpleQueue()
+        threading.Thread(
+            target=self._take_all, args=(calls, conn), name="taskgraph-direct-take", daemon=True
+        ).start()
         try:
             while True:
                 for msg in conn.recv():
                     if isinstance(msg, w.DirectCall):
-                        self._take(msg.spec, conn)
+                        with self._lock:
+                            self.replies[msg.spec.task_id] = conn
+                        calls.put(msg.spec)
                     elif isinstance(msg, w.DirectAck):
                         with self._lock:
                             self._kept.pop(msg.task_id, None)
@@ -92,15 +103,21 @@ class DirectServer:
         except (OSError, ConnectionError, TaskgraphError):
             pass  # the caller is gone; calls it sent still run, their answers go nowhere
         finally:
+            calls.put(None)
             conn.close()
             with self._lock:  # nobody will ack these any more
                 for task_id in [t for t, (c, _) in self._kept.items() if c is conn]:
                     del self._kept[task_id]
 
-    def _take(self, spec: w.TaskSpec, conn: BlockingConnection) -> None:
-        with self._lock:
-            self.replies[spec.task_id] = conn
-            if len(spec.nested) > 1:  # beyond the actor's anchor: see reply()
+    def _take_all(
+        self, calls: queue.SimpleQueue[w.TaskSpec | None], conn: BlockingConnection
+    ) -> None:
+        while (spec := calls.get()) is not None:
+            self._take(spec)
+
+    def _take(self, spec: w.TaskSpec) -> None:
+        if len(spec.nested) > 1:  # beyond the actor's anchor: see reply()
+            with self._lock:
                 self._sync.add(spec.task_id)
         assignment = w.Assignment(spec, [])
         if spec.deps:
@@ -146,9 +163,14 @@ class DirectServer:
                 pass
         try:
             conn.send([w.DirectResult(result, needs_ack)])
-        except OSError:
+        except OSError:  # the caller left: nobody will record the returns
             with self._lock:
                 self._kept.pop(result.task_id, None)
+            client = self.executor.client
+            for ret in result.returns:
+                if ret.location is not None:  # in the store: record it, to be freed
+                    client.send_soon(w.PutObject(ret.object_id, location=ret.location))
+                    client.send_soon(w.ReleaseRefs([ret.object_id]))
         return True
 
 

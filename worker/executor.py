@@ -143,8 +143,12 @@ class Executor:
         self.actor = ActorRuntime(self, instance, spec.actor)
         if spec.actor.max_restarts == 0:
             folder = os.path.dirname(os.environ["TASKGRAPH_EXECUTOR_SOCKET"])
-            self.direct = DirectServer(self, self.client.token, folder)
-            self.client.send_soon(w.ActorDirect(spec.actor_id, self.direct.start()))
+            try:
+                direct = DirectServer(self, self.client.token, folder)
+                self.client.send_soon(w.ActorDirect(spec.actor_id, direct.start()))
+                self.direct = direct
+            except OSError:  # calls come through the scheduler, as for any actor
+                pass
         # The daemon asks an actor to end with SIGTERM (its last handle is gone):
         # a graceful end, atexit handlers included. kill() uses SIGKILL.
         signal.signal(signal.SIGTERM, lambda signum, frame: self.actor and self.actor.exit_now())
