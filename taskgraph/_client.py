@@ -114,6 +114,7 @@ class Client:
         # ids of direct calls not yet answered, and the first return id of each
         # call that went through the scheduler -> (its route, its number there).
         self._routes: dict[bytes, ActorRoute] = {}
+        self._channels: dict[bytes, DirectChannel] = {}  # the open ones, by actor
         self._direct: set[bytes] = set()
         # Small returns of direct calls the scheduler has not heard of: it needs
         # to only when a ref to them leaves this client (see settle).
@@ -219,10 +220,10 @@ class Client:
                     self._break(f"lost the connection to the scheduler: {exc}")
         # After the scheduler's batch (it hears first), and outside its lock: a
         # channel whose actor is slow to read must not hold up the scheduler's.
-        for route in list(self._routes.values()):
-            channel = route.channel
-            if channel is not None:
-                channel.flush(wait=threading.current_thread() is not self._flusher)
+        if self._channels:
+            wait = threading.current_thread() is not self._flusher
+            for channel in list(self._channels.values()):
+                channel.flush(wait=wait)
 
     def _flush_loop(self) -> None:
         while not self.closed:
@@ -393,6 +394,7 @@ class Client:
         if channel is None and route.may_switch():
             try:
                 channel = route.channel = DirectChannel(self, actor_id, route.address, class_name)
+                self._channels[actor_id] = channel
             except (OSError, ConnectionError):
                 route.never = True  # its process is gone or refuses us: the scheduler knows
         if channel is not None and channel.broken is None:
@@ -416,6 +418,7 @@ class Client:
         if channel is not None:  # it broke: the scheduler says why from now on
             route.channel = None
             route.never = True
+            self._channels.pop(actor_id, None)
         refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
         with self._lock:
             if len(route.unanswered) > 10_000:
@@ -442,6 +445,7 @@ class Client:
         if route is not None:
             route.never = True
             channel, route.channel = route.channel, None
+            self._channels.pop(actor_id, None)
             if channel is not None:
                 channel.close()
 
@@ -476,8 +480,11 @@ class Client:
                     self._queue(put)  # it holds bytes in a store, or refs: tell now
                     if not held:  # dropped while in flight: stored for nobody
                         self._queue(w.ReleaseRefs([oid]))
-                self._direct.discard(oid)
         self.on_messages([w.ObjectsReady(list(values))])
+        # Only now: until the values are here, _want must not ask the scheduler
+        # for them (it has never heard of them and would say they are lost).
+        with self._lock:
+            self._direct.difference_update(v.object_id for v in values)
 
     def settle(self, oids: Sequence[bytes]) -> None:
         """Refs to ``oids`` are about to leave this client: make sure the scheduler
@@ -675,9 +682,8 @@ class Client:
             self._flush_cond.notify_all()
         self._flusher.join(timeout=5)
         self.conn.close()
-        for route in list(self._routes.values()):
-            if route.channel is not None:
-                route.channel.close()
+        for channel in list(self._channels.values()):
+            channel.close()
         with self._stores_lock:
             stores, self._stores = self._stores, {}
         for store_client in stores.values():

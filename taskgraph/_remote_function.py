@@ -35,7 +35,7 @@ class _Prepared:
     strategy: str
 
 
-def _positional_arity(signature: inspect.Signature | None) -> tuple[int, int] | None:
+def positional_arity(signature: inspect.Signature | None) -> tuple[int, int] | None:
     """(fewest, most) positional arguments when that alone decides a plain call's validity."""
     if signature is None:
         return None
@@ -60,7 +60,7 @@ class RemoteFunction:
             self._signature: inspect.Signature | None = inspect.signature(function)
         except (TypeError, ValueError):
             self._signature = None
-        self._arity = _positional_arity(self._signature)
+        self._arity = positional_arity(self._signature)
         self._prepared: dict[int, tuple[dict[str, Any], _Prepared]] = {}
         self._is_generator = inspect.isgeneratorfunction(function)
         self._payload: bytes | None = None

@@ -19,7 +19,12 @@ from typing import Any
 from taskgraph import _api, _options
 from taskgraph import _wire as w
 from taskgraph._object_ref import ObjectRef
-from taskgraph._remote_function import FOREVER, RemoteFunction, encode_arguments
+from taskgraph._remote_function import (
+    FOREVER,
+    RemoteFunction,
+    encode_arguments,
+    positional_arity,
+)
 
 ACTOR_OPTIONS = {
     "num_cpus",
@@ -234,6 +239,13 @@ class ActorHandle:
         self._methods = methods
         self._class_name = class_name
         self._signatures = signatures or {}
+        self._arities: dict[str, tuple[int, int] | None] = {}
+
+    def _arity(self, name: str) -> tuple[int, int] | None:
+        """(fewest, most) positional arguments of a method, ``self`` included."""
+        if name not in self._arities:
+            self._arities[name] = positional_arity(self._signatures.get(name))
+        return self._arities[name]
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods")  # absent while unpickling
@@ -282,7 +294,9 @@ class ActorMethod:
     ) -> Any:
         handle = self._handle
         signature = handle._signatures.get(self._name)
-        if signature is not None:
+        arity = handle._arity(self._name)
+        plain = not kwargs and arity is not None and arity[0] <= len(args) + 1 <= arity[1]
+        if signature is not None and not plain:  # plain calls skip bind(): it is slow
             try:
                 signature.bind(None, *args, **kwargs)
             except TypeError as exc:

@@ -82,17 +82,32 @@ class DirectServer:
             log.warning("refused a direct caller: %s", exc)
             return
         # This thread keeps reading (a caller blocked in a send could be what an
-        # argument waits for); another takes the calls, one at a time, in order.
+        # argument waits for). A call with ref arguments, and every call after
+        # it while it waits, goes to a second thread that fetches and hands
+        # them on in order; other calls go to the actor from here at once.
         calls: queue.SimpleQueue[w.TaskSpec | None] = queue.SimpleQueue()
-        threading.Thread(
-            target=self._take_all, args=(calls, conn), name="taskgraph-direct-take", daemon=True
-        ).start()
+        waiting = [0]  # calls with the second thread (it only ever counts down)
+        taker: threading.Thread | None = None
         try:
             while True:
                 for msg in conn.recv():
                     if isinstance(msg, w.DirectCall):
                         with self._lock:
                             self.replies[msg.spec.task_id] = conn
+                            direct = not msg.spec.deps and not waiting[0]
+                            if not direct:
+                                waiting[0] += 1
+                        if direct:
+                            self._take(msg.spec)
+                            continue
+                        if taker is None:
+                            taker = threading.Thread(
+                                target=self._take_all,
+                                args=(calls, waiting),
+                                name="taskgraph-direct-take",
+                                daemon=True,
+                            )
+                            taker.start()
                         calls.put(msg.spec)
                     elif isinstance(msg, w.DirectAck):
                         with self._lock:
@@ -109,11 +124,11 @@ class DirectServer:
                 for task_id in [t for t, (c, _) in self._kept.items() if c is conn]:
                     del self._kept[task_id]
 
-    def _take_all(
-        self, calls: queue.SimpleQueue[w.TaskSpec | None], conn: BlockingConnection
-    ) -> None:
+    def _take_all(self, calls: queue.SimpleQueue[w.TaskSpec | None], waiting: list[int]) -> None:
         while (spec := calls.get()) is not None:
             self._take(spec)
+            with self._lock:
+                waiting[0] -= 1
 
     def _take(self, spec: w.TaskSpec) -> None:
         if len(spec.nested) > 1:  # beyond the actor's anchor: see reply()
