@@ -139,6 +139,21 @@ def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[tg.ClusterContext]
     yield from _checked_cluster(**kwargs)
 
 
+def direct(handle: object) -> bool:
+    """Whether this client calls the actor straight (taskgraph/_direct.py)."""
+    route = tg._api.client()._routes.get(handle._actor_id)  # type: ignore[attr-defined]
+    return route is not None and route.channel is not None
+
+
+def switch_to_direct(handle: object) -> None:
+    """Call the actor (its ``history`` method) until this client calls it directly;
+    the client asks where the actor listens every 0.1 s while its calls go slow."""
+    wait_for(
+        lambda: tg.get(handle.history.remote()) is not None and direct(handle),  # type: ignore[attr-defined]
+        what="the client to call the actor directly",
+    )
+
+
 def start_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Add a worker daemon to the running local cluster (the caller stops it)."""
     runtime = tg._api._runtime

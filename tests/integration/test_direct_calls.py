@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import direct, stored, switch_to_direct, wait_for
 from taskgraph.exceptions import ActorDiedError, TaskError
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -52,19 +52,6 @@ class Counter:
 def slowly(x, delay):
     time.sleep(delay)
     return x
-
-
-def direct(handle) -> bool:
-    route = tg._api.client()._routes.get(handle._actor_id)
-    return route is not None and route.channel is not None
-
-
-def switch_to_direct(handle) -> None:
-    """Call until this client calls the actor directly (it asks every 0.1 s)."""
-    wait_for(
-        lambda: tg.get(handle.history.remote()) is not None and direct(handle),
-        what="the client to call the actor directly",
-    )
 
 
 def test_calls_go_direct_and_keep_their_order_across_the_switch():
@@ -174,3 +161,16 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_direct_calls_can_be_turned_off(monkeypatch):
+    from taskgraph import _client
+
+    monkeypatch.setattr(_client, "DIRECT_ENABLED", False)  # TASKGRAPH_DIRECT_ACTOR_CALLS=0
+    counter = Counter.remote()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # long enough to have switched if it could
+        tg.get(counter.add.remote(0))
+    assert not direct(counter)
+    assert not tg._api.client()._routes[counter._actor_id].address, "it never even asked"
+    tg.kill(counter)

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import direct, stored, switch_to_direct, wait_for
 from taskgraph import _client as client_module
 from taskgraph._direct import ActorRoute, DirectChannel
 from taskgraph.exceptions import ActorDiedError, GetTimeoutError, TaskError
@@ -218,19 +218,6 @@ def hand_back_a_call(actor, box):
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def direct(handle) -> bool:
-    route = tg._api.client()._routes.get(handle._actor_id)
-    return route is not None and route.channel is not None
-
-
-def switch_to_direct(handle) -> None:
-    """Call until this client calls the actor directly (it asks every 0.1 s)."""
-    wait_for(
-        lambda: tg.get(handle.history.remote()) is not None and direct(handle),
-        what="the client to call the actor directly",
-    )
 
 
 def learn_the_address(handle) -> ActorRoute:
