@@ -1194,3 +1194,66 @@ def test_validate_catches_a_broken_reference_count() -> None:
     h.state.objects[oid].refs += 1
     with pytest.raises(AssertionError, match="holders"):
         h.state.validate()
+
+
+# -- promised objects (returns of direct actor calls still on their way) -------
+
+
+def test_a_promised_object_holds_its_dependents_until_its_put_arrives() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1")
+    promised = h.new_id()
+    h.send(b"c1", w.PromiseObjects([promised]))
+    spec = h.spec(deps=[promised])
+    assert assigned_ids(h.submit(b"c1", spec), "w1") == []
+    assert h.task_state(spec) == "waiting"
+    assert values(h.want(b"c1", promised), b"c1") == {}, "not ready yet"
+    sends = h.send(b"c1", w.PutObject(promised, data=b"back"))
+    assert assigned(sends, "w1")[0].inputs == [w.Value(promised, data=b"back")]
+    assert values(sends, b"c1")[promised].data == b"back", "the waiting client hears"
+
+
+def test_a_failed_direct_call_fails_what_waits_on_its_promise() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1")
+    promised = h.new_id()
+    spec = h.spec(deps=[promised])
+    h.send(b"c1", w.PromiseObjects([promised]))
+    h.submit(b"c1", spec)
+    error = pickle.dumps(TaskError.from_exception(ValueError("actor said no"), "A.f"))
+    h.send(b"c1", w.PutObject(promised, error=error))
+    assert h.task_state(spec) is None, "failed and forgotten"
+    assert isinstance(
+        pickle.loads(values(h.want(b"c1", ret(spec)), b"c1")[ret(spec)].error), TaskError
+    )
+
+
+def test_a_promise_released_before_its_put_is_freed_when_the_put_arrives() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1")
+    promised = h.new_id()
+    h.send(b"c1", w.PromiseObjects([promised]))
+    h.send(b"c1", w.ReleaseRefs([promised]))
+    assert promised in h.state.objects, "pending: kept until it is known"
+    where = w.Location("w1", "store", 1 << 20, "host-w1")
+    sends = h.send(b"c1", w.PutObject(promised, location=where))
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([promised])]
+    assert promised not in h.state.objects
+
+
+def test_a_promise_whose_client_left_fails_with_object_lost() -> None:
+    h = Harness()
+    h.client(b"c1")
+    h.client(b"c2")
+    h.worker("w1")
+    promised = h.new_id()
+    h.send(b"c1", w.PromiseObjects([promised]))
+    h.send(b"c2", w.AcquireRefs([promised]))
+    h.want(b"c2", promised)
+    sends = h.handle(ClientLeft(b"c1"))
+    error = values(sends, b"c2")[promised].error
+    assert error is not None and isinstance(pickle.loads(error), ObjectLostError)
+    assert h.send(b"c2", w.PutObject(promised, data=b"late")) == [], "only its promiser fills it"
