@@ -570,6 +570,8 @@ class SchedulerState:
                 obj.promised_by = None
                 lost = ObjectLostError(obj.id.hex(), "the client that was to store it left")
                 self._object_failed(obj, error_bytes(lost))
+                if obj.refs == 0:  # released while pending: nobody waits for the error
+                    self._free(obj)
         for oid in client.held:
             self._decref(oid)
         client.held.clear()

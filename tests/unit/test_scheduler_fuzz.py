@@ -95,6 +95,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.objects: list[bytes] = []  # every object id ever named, freed ones too
         self.assigned: dict[bytes, tuple[str, w.TaskSpec]] = {}  # from RunTasks
         self.unblocked: set[bytes] = set()  # tasks that took their CPU back: may overcommit
+        self.promises: dict[bytes, bytes] = {}  # promised object -> the client that promised
 
     # -- plumbing ----------------------------------------------------------
 
@@ -259,6 +260,35 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             self.send(client_id, w.PutObject(oid, data=b"v", contains=contains))
         assert oid in self.state.objects
+
+    @precondition(lambda self: self.state.clients)
+    @rule(data=st.data())
+    def promise(self, data: st.DataObject) -> None:
+        """A direct actor call's return, not back yet, whose ref leaves its client."""
+        client_id = self.pick_client(data)
+        oid = self.new_id()
+        self.objects.append(oid)
+        self.send(client_id, w.PromiseObjects([oid]))
+        self.promises[oid] = client_id
+        assert self.state.objects[oid].state == "pending"
+
+    @precondition(lambda self: self.promises)
+    @rule(data=st.data(), how=st.sampled_from(["data", "location", "error"]))
+    def keep_promise(self, data: st.DataObject, how: str) -> None:
+        oid = data.draw(st.sampled_from(sorted(self.promises)), label="promised")
+        client_id = self.promises.pop(oid)
+        if client_id not in self.state.clients:
+            return  # it left: the promise failed then
+        contains = self.some_objects(data, "contains")
+        if how == "location" and self.state.workers:
+            where = self.located(self.pick_worker(data), oid)
+            self.send(client_id, w.PutObject(oid, location=where, contains=contains))
+        elif how == "error":
+            self.send(client_id, w.PutObject(oid, error=pickle.dumps(ValueError("no"))))
+        else:
+            self.send(client_id, w.PutObject(oid, data=b"v", contains=contains))
+        obj = self.state.objects.get(oid)
+        assert obj is None or obj.state != "pending", "a kept promise is ready or failed"
 
     @precondition(lambda self: self.state.clients)
     @rule(data=st.data(), acquire=st.booleans())

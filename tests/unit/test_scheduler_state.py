@@ -1257,3 +1257,13 @@ def test_a_promise_whose_client_left_fails_with_object_lost() -> None:
     error = values(sends, b"c2")[promised].error
     assert error is not None and isinstance(pickle.loads(error), ObjectLostError)
     assert h.send(b"c2", w.PutObject(promised, data=b"late")) == [], "only its promiser fills it"
+
+
+def test_a_released_promise_is_freed_when_its_client_leaves() -> None:
+    # Found by the fuzzer: failing the promise left an error object nobody held.
+    h = Harness()
+    h.client()
+    promised = h.new_id()
+    h.send(b"c1", w.PromiseObjects([promised]), w.ReleaseRefs([promised]))
+    h.handle(ClientLeft(b"c1"))
+    assert promised not in h.state.objects
