@@ -32,7 +32,7 @@ from typing import Any
 from taskgraph import _wire as w
 from taskgraph import serialization
 from taskgraph._direct import ENABLED as DIRECT_ENABLED
-from taskgraph._direct import ActorRoute, DirectChannel, learned, should_ask
+from taskgraph._direct import ActorRoute, DirectChannel
 from taskgraph._ids import return_ids
 from taskgraph._object_ref import ObjectRef
 from taskgraph._store_client import StoreClient
@@ -430,10 +430,10 @@ class Client:
                 if refs:
                     self._slow_calls[refs[0].id] = (route, number)
             self._queue(w.SubmitTasks([spec]))
-        if should_ask(route):
+        if route.should_ask():
             self.ask(
                 w.Query(0, "actor_direct", actor_id.hex()),
-                lambda answer: learned(route, answer, self.host),
+                lambda answer: route.learned(answer, self.host),
             )
         return refs
 
@@ -505,20 +505,11 @@ class Client:
 
     def ask(self, msg: w.Query, callback: Callable[[Any], None]) -> None:
         """Send a query; ``callback`` gets the answer (None if it failed) on another thread."""
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
-            if self.broken is not None:
-                return
-            msg.request_id = next(self._query_ids)
-            self._queries[msg.request_id] = fut
-            self._queue(msg)
+        try:
+            fut = self._expect_reply(msg, wake=True)
+        except ConnectionError:
+            return
         fut.add_done_callback(lambda f: callback(None if f.exception() else f.result()))
-
-    def _wake(self) -> None:
-        """Have the flusher send what is queued (lock held)."""
-        if not self._flush_requested:
-            self._flush_requested = True
-            self._flush_cond.notify()
 
     def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
         with self._lock:
@@ -530,15 +521,22 @@ class Client:
 
     def request(self, msg: w.Query | w.CreateNamedActor, timeout: float = 30.0) -> Any:
         """Send a message that the scheduler answers with a QueryReply; wait for it."""
+        fut = self._expect_reply(msg, wake=False)
+        self.flush()
+        return fut.result(timeout)
+
+    def _expect_reply(
+        self, msg: w.Query | w.CreateNamedActor, wake: bool
+    ) -> concurrent.futures.Future[Any]:
+        """Queue a message the scheduler answers; the future gets its QueryReply."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self.broken is not None:
                 raise ConnectionError(self.broken)
             msg.request_id = next(self._query_ids)
             self._queries[msg.request_id] = fut
-            self._queue(msg, wake=False)
-        self.flush()
-        return fut.result(timeout)
+            self._queue(msg, wake=wake)
+        return fut
 
     def _want(self, oids: Sequence[bytes]) -> None:
         """Ask for values not yet here (lock held; the caller flushes).

@@ -61,6 +61,23 @@ class ActorRoute:
     def may_switch(self) -> bool:
         return bool(self.address) and not self.unanswered and not self.never
 
+    def should_ask(self) -> bool:
+        """Whether to ask the scheduler where the actor listens (now, then not for a while)."""
+        now = time.monotonic()
+        if self.asking or self.never or self.address or now - self.asked_at < ASK_EVERY:
+            return False
+        self.asked_at = now
+        self.asking = True
+        return True
+
+    def learned(self, answer: Any, host: str) -> None:
+        self.asking = False
+        if isinstance(answer, dict) and answer.get("address"):
+            if answer.get("host") == host:
+                self.address = str(answer["address"])
+            else:
+                self.never = True  # on another host: through the scheduler
+
 
 class DirectChannel:
     """A connection to one actor's process, and the calls in flight on it."""
@@ -183,21 +200,3 @@ class DirectChannel:
         self.conn.close()
         if self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
-
-
-def should_ask(route: ActorRoute) -> bool:
-    now = time.monotonic()
-    if route.asking or route.never or route.address or now - route.asked_at < ASK_EVERY:
-        return False
-    route.asked_at = now
-    route.asking = True
-    return True
-
-
-def learned(route: ActorRoute, answer: Any, host: str) -> None:
-    route.asking = False
-    if isinstance(answer, dict) and answer.get("address"):
-        if answer.get("host") == host:
-            route.address = str(answer["address"])
-        else:
-            route.never = True  # on another host: through the scheduler

@@ -255,8 +255,7 @@ class ObjectStore:
         if entry.offset is not None:
             return self.view[entry.offset : entry.offset + entry.size]
         assert entry.spill_path is not None
-        with open(entry.spill_path, "rb") as f:
-            return memoryview(mmap.mmap(f.fileno(), max(entry.size, 1), prot=mmap.PROT_READ))
+        return memoryview(map_file(entry.spill_path, entry.size))
 
     def stats(self) -> dict[str, int]:
         in_memory = [e.size for e in self.entries.values() if e.offset is not None]
