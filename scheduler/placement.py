@@ -63,6 +63,24 @@ def queueable(need: Mapping[str, float], strategy: str) -> bool:
     return strategy == "DEFAULT" and all(k == "CPU" for k, v in need.items() if v > 0)
 
 
+# How much work, in seconds, a busy CPU may hold in its worker's own queue.
+# A queued task saves a round trip to the scheduler (about a millisecond) but
+# cannot move to a worker that frees up or joins, so short tasks queue deep
+# and long ones not at all.
+QUEUE_SECONDS = 0.02
+
+
+def queue_depth_for(mean_duration: float | None, max_depth: float) -> float:
+    """How many CPU-only tasks per CPU a busy worker may queue, given how long they take.
+
+    ``mean_duration`` is what this function's tasks have taken so far (None:
+    none has finished yet, so queue one per CPU until we know).
+    """
+    if mean_duration is None:
+        return min(1.0, max_depth)
+    return min(max_depth, QUEUE_SECONDS / max(mean_duration, 1e-6))
+
+
 def choose_worker(
     need: Mapping[str, float],
     strategy: str,

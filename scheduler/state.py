@@ -194,8 +194,9 @@ class SchedulerState:
         self.cluster_id = cluster_id
         self.worker_timeout = worker_timeout
         # CPU-only tasks beyond a worker's CPUs it may hold in its own queue, as a
-        # fraction of its CPUs (see placement.choose_worker).
+        # fraction of its CPUs, at most (see placement.queue_depth_for).
         self.queue_depth = queue_depth
+        self.durations: dict[bytes, float] = {}  # function id -> its tasks' mean run time
         self.now = 0.0
         self.tasks: dict[bytes, Task] = {}
         self.objects: dict[bytes, Obj] = {}
@@ -680,6 +681,13 @@ class SchedulerState:
             return
         self._release_resources(worker, task)
         if not result.failure:
+            if result.duration > 0:
+                fid = task.spec.function_id
+                mean = self.durations.get(fid)
+                # A moving mean: recent tasks count most, one outlier does not swing it.
+                self.durations[fid] = (
+                    result.duration if mean is None else 0.8 * mean + 0.2 * result.duration
+                )
             self._transition(task, "memory", result)
             return
         if result.failure == "cancelled" or task.cancel_requested:
@@ -901,7 +909,7 @@ class SchedulerState:
                     continue
                 local = self._local_bytes(task)
                 worker = placement.choose_worker(
-                    task.need, task.spec.strategy, workers, local, self.queue_depth
+                    task.need, task.spec.strategy, workers, local, self._queue_depth(task)
                 )
                 if worker is None:
                     break
@@ -909,6 +917,12 @@ class SchedulerState:
                 gpu_ids = placement.pick_gpus(task.need.get("GPU", 0.0), worker.gpu_free) or []
                 self._transition(task, "processing", worker, gpu_ids)
         self._dirty = False
+
+    def _queue_depth(self, task: Task) -> float:
+        if self.queue_depth <= 0:
+            return 0.0
+        mean = self.durations.get(task.spec.function_id)
+        return placement.queue_depth_for(mean, self.queue_depth)
 
     def _local_bytes(self, task: Task) -> dict[str, int]:
         local: dict[str, int] = {}
@@ -1126,7 +1140,7 @@ class SchedulerState:
                             task.spec.strategy,
                             self.workers.values(),
                             {},
-                            self.queue_depth,
+                            self._queue_depth(task),
                         )
                         assert chosen is None, "a ready task fits a worker but was not placed"
                         break

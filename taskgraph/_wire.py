@@ -154,6 +154,7 @@ class TaskResult(Msg):
     error: bytes | None = None  # pickled exception (TaskError or a system error)
     failure: str = ""  # "" | "task" | "crashed" | "cancelled"
     exit_code: int = 0
+    duration: float = 0.0  # seconds the executor spent on it (0: not measured)
 
 
 # -- client -> scheduler -----------------------------------------------------

@@ -22,6 +22,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from taskgraph import _api, serialization
@@ -205,6 +206,7 @@ class Executor:
     def call(self, a: w.Assignment, fn: Any) -> w.TaskResult:
         """Run a task or a sequential/threaded actor call; its failure becomes data."""
         spec = a.spec
+        began = time.perf_counter()
         try:
             args, kwargs = self._arguments(a)
             self._enter(a)
@@ -214,7 +216,8 @@ class Executor:
                     out = self._stream(spec, out)
             finally:
                 self._leave(a)
-            return w.TaskResult(spec.task_id, returns=self._pack(spec, out))
+            returns = self._pack(spec, out)
+            return w.TaskResult(spec.task_id, returns=returns, duration=time.perf_counter() - began)
         except BaseException as exc:
             return self._failed(a, exc)
 

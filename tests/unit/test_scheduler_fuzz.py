@@ -46,7 +46,8 @@ FUNCTIONS = [b"f" * 16, b"g" * 16]
 TASK_ERROR = pickle.dumps(TaskError.from_exception(ValueError("fuzz"), "fuzzed"))
 CRASH = pickle.dumps(WorkerCrashedError("fuzzed executor", exit_code=-9))
 ITEMS = 3  # generator items the machine knows of per generator task
-QUEUE_DEPTH = 1.0  # CPU-only tasks a worker may queue, as a share of its CPUs
+QUEUE_DEPTH = 2.0  # CPU-only tasks a worker may queue, as a share of its CPUs, at most
+DURATIONS = (0.0, 1e-5, 0.004, 5.0)  # seconds a finished task took, as workers report it
 
 # Mostly plain one-CPU tasks, so that work flows; the rest press on the edges.
 task_resources = st.sampled_from(
@@ -167,7 +168,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 else w.ReturnValue(oid, data=b"value", contains=contains)
                 for oid in return_ids(task_id, spec.num_returns)
             ]
-            result = w.TaskResult(task_id, returns=returns)
+            # Durations from none reported to seconds: how deep workers queue follows them.
+            duration = DURATIONS[task_id[11] % len(DURATIONS)]
+            result = w.TaskResult(task_id, returns=returns, duration=duration)
         else:
             error = {"task": TASK_ERROR, "crashed": CRASH, "cancelled": None}[outcome]
             result = w.TaskResult(task_id, error=error, failure=outcome)

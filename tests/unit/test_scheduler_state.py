@@ -22,6 +22,7 @@ from taskgraph.exceptions import (
     TaskError,
     WorkerCrashedError,
 )
+from taskgraph.scheduler import placement
 from taskgraph.scheduler.state import (
     ClientJoined,
     ClientLeft,
@@ -871,6 +872,35 @@ def test_cpu_only_tasks_queue_on_busy_workers_up_to_the_queue_depth() -> None:
     assert assigned(h.submit(b"c1", *others), "w1") == []
     sends = h.done("w1", ok(specs[0]))
     assert assigned_ids(sends, "w1") == [specs[4].task_id], "CPU-only tasks keep the queue full"
+
+
+def test_how_deep_a_busy_worker_queues_follows_how_long_the_function_takes() -> None:
+    h = Harness(queue_depth=16.0)
+    h.client()
+    h.worker("w1", {"CPU": 2.0})
+    first = [h.spec(f"t{i}") for i in range(40)]
+    sends = h.submit(b"c1", *first)
+    assert len(assigned(sends, "w1")) == 4, "unknown duration: one queued task per CPU"
+
+    # Short tasks: the worker may hold up to the full depth (16 per CPU).
+    quick = w.TaskResult(first[0].task_id, returns=ok(first[0]).returns, duration=1e-5)
+    sends = h.done("w1", quick)
+    assert processing_on(h, "w1") == 2 + 2 * 16
+    assert len(assigned(sends, "w1")) == 31
+
+    # Once its tasks are seen to take seconds, nothing more queues behind them.
+    h2 = Harness(queue_depth=16.0)
+    h2.client()
+    h2.worker("w1", {"CPU": 2.0})
+    slow = [h2.spec(f"s{i}") for i in range(10)]
+    h2.submit(b"c1", *slow)
+    for spec in slow[:4]:
+        h2.done("w1", w.TaskResult(spec.task_id, returns=ok(spec).returns, duration=5.0))
+    assert processing_on(h2, "w1") == 2, "slow tasks run, none wait behind them"
+    assert placement.queue_depth_for(None, 16.0) == 1.0
+    assert placement.queue_depth_for(5.0, 16.0) < 0.01
+    assert placement.queue_depth_for(1e-5, 16.0) == 16.0
+    assert placement.queue_depth_for(0.002, 16.0) == pytest.approx(10.0)
 
 
 def test_a_task_larger_than_any_worker_never_queues() -> None:
