@@ -109,6 +109,9 @@ class Client:
         self.token = b""  # to pull objects from other hosts' workers
         # In an executor: ask our worker daemon for a local copy of a remote object.
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
+        # In an executor: told when the running task starts and stops waiting in get().
+        self.on_block: Callable[[], None] | None = None
+        self.on_unblock: Callable[[], None] | None = None
         self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
         # Direct actor calls (taskgraph/_direct.py): routes per actor, the return
         # ids of direct calls not yet answered, and the first return id of each
@@ -199,6 +202,11 @@ class Client:
     def send_soon(self, msg: Any) -> None:
         with self._lock:
             self._queue(msg)
+
+    def send_later(self, msg: Any) -> None:
+        """Queue without waking the flusher: the caller flushes soon (or the next send does)."""
+        with self._lock:
+            self._queue(msg, wake=False)
 
     def send_now(self, msg: Any) -> None:
         """Queue behind everything pending and send it all before returning."""
@@ -574,6 +582,7 @@ class Client:
         counts arrivals for us and wakes us once, when enough are here.
         """
         unique = list(dict.fromkeys(oids))
+        blocked = False
         with self._lock:
             self._want(unique)
             missing = [o for o in unique if o not in self._values]
@@ -587,11 +596,13 @@ class Client:
                 blocked = task is not None
                 if task is not None:
                     self._queue(w.TaskBlocked(task), wake=False)
+        if blocked and self.on_block is not None:
+            self.on_block()
         self.flush()
-        if waiter.remaining <= 0:
-            return [o for o in unique if o in self._values]
         try:
-            arrived = waiter.event.wait(timeout)
+            # Already here (perhaps while we flushed): no wait, but a task that
+            # said it blocked still says it goes on.
+            arrived = waiter.remaining <= 0 or waiter.event.wait(timeout)
         finally:
             with self._lock:
                 for oid in missing:
@@ -600,6 +611,8 @@ class Client:
                         waiting.remove(waiter)
                         if not waiting:
                             del self._waiters[oid]
+            if blocked and self.on_unblock is not None:
+                self.on_unblock()
             if blocked and self.current_task is not None:
                 self.send_soon(w.TaskUnblocked(self.current_task))
         if self.broken is not None:

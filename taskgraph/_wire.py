@@ -15,8 +15,8 @@ decodes. Who sends what to whom::
     client ◀──Welcome/ObjectsReady/Notice/QueryReply──────── scheduler
     worker ──RegisterWorker/TasksDone/FromClient/Heartbeat──▶ scheduler
     worker ◀──RunTasks/FreeObjects/CancelRunning/ToClient──── scheduler
-    executor ──ExecutorHello/Executed/<client messages>──▶ worker daemon
-    executor ◀──Execute/<scheduler-to-client messages>──── worker daemon
+    executor ──ExecutorHello/Executed/Returned/<client messages>──▶ worker daemon
+    executor ◀──Execute/CancelTask/<scheduler-to-client messages>── worker daemon
     any process ──StoreCreate/Seal/Pin/Unpin──▶ its host's worker daemon
 
 Executors reach the scheduler through their worker daemon, so that a task's
@@ -455,6 +455,20 @@ class Executed(Msg):
     result: TaskResult
 
 
+class Returned(Msg):
+    """Executor to daemon: tasks it was handed but will not start, because the task
+    it runs is blocked in get(); the daemon queues them again."""
+
+    task_ids: list[bytes]
+
+
+class CancelTask(Msg):
+    """Daemon to executor: cancel this task, whether it waits there or runs."""
+
+    task_id: bytes
+    force: bool = False
+
+
 ClientMessage = (
     ExportFunction
     | SubmitTasks
@@ -497,6 +511,8 @@ AnyMessage = (
     | ExecutorHello
     | Execute
     | Executed
+    | Returned
+    | CancelTask
     | Fetch
     | Fetched
     | FetchObject

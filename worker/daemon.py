@@ -58,6 +58,7 @@ from taskgraph.worker.state import (
     SpawnExecutor,
     TaskBlocked,
     TasksAssigned,
+    TasksReturned,
     TaskUnblocked,
     ToExecutor,
     ToScheduler,
@@ -99,7 +100,9 @@ class WorkerDaemon:
         self.parent_pid = parent_pid
         self.host = host_id()
         cpus = resources.get("CPU", 1.0)
-        self.state = WorkerState(self.worker_id, max(1, int(cpus)), cpus)
+        # Tasks a busy executor may hold, the one it runs included (worker/state.py).
+        prefetch = int(os.environ.get("TASKGRAPH_EXECUTOR_PREFETCH", "4"))
+        self.state = WorkerState(self.worker_id, max(1, int(cpus)), cpus, prefetch)
         self.socket_dir = tempfile.mkdtemp(prefix="tg-")
         self.socket_path = os.path.join(self.socket_dir, "executors.sock")
         self.info = w.WorkerInfo(
@@ -389,6 +392,8 @@ class WorkerDaemon:
                         self._carry_out(
                             self.state.handle(ExecutorFinished(executor_id, msg.result))
                         )
+                    elif isinstance(msg, w.Returned):
+                        self._carry_out(self.state.handle(TasksReturned(executor_id, msg.task_ids)))
                     elif isinstance(msg, w.Fetch):
                         IOLoop.current().add_callback(self._fetch, executor_id, msg)
                     elif isinstance(msg, w.CLIENT_MESSAGES):

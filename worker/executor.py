@@ -2,11 +2,14 @@
 
 ::
 
-    worker daemon ──Execute──▶ reader thread ──queue──▶ main thread runs the task
+    worker daemon ──Execute──▶ reader thread ──inbox──▶ main thread runs the task
     worker daemon ◀─[client messages…, Executed]── client (one ordered stream)
 
-The main thread runs tasks so that a cancel (SIGINT from the daemon) lands
-in the task's own code. The process is also a full client: a task may submit
+The main thread runs tasks so that a cancel (SIGINT, which the reader thread
+raises when the daemon says ``CancelTask``) lands in the task's own code. The
+daemon may hand over a few short tasks at once; they run in order, their
+reports go together, and if the running task blocks in get() the ones not
+started go back to the daemon (``Returned``) so that nothing waits on it. The process is also a full client: a task may submit
 tasks, put, get and wait, all relayed by the daemon. Functions arrive once
 per process and stay cached by content hash.
 """
@@ -18,11 +21,11 @@ import inspect
 import itertools
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from taskgraph import _api, serialization
@@ -41,13 +44,98 @@ class _Cancelled(BaseException):
     """Raised into a running task by SIGINT when the user cancelled it."""
 
 
+class Inbox:
+    """The tasks handed to this process, in order, and what the running one is doing.
+
+    The reader thread puts, the main thread gets. While the running task is
+    blocked in get(), tasks put here go back to the daemon instead (it queues
+    them for other executors), so that none waits behind a task that may be
+    waiting for it. Messages it sends are queued under its lock, so that a
+    ``Returned`` always goes before the ``TaskUnblocked`` that follows it.
+    """
+
+    BATCH = 8  # reports held back at most, while more tasks wait here
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._cond = threading.Condition()
+        self._items: deque[w.Assignment | None] = deque()
+        self.current: bytes | None = None  # the task the main thread runs
+        self.cancelling: bytes | None = None  # the task the next SIGINT is for
+        self.blocked = False
+        self._held = 0  # reports held back
+
+    def put(self, a: w.Assignment | None) -> None:
+        with self._cond:
+            if a is not None and self.blocked and not a.spec.actor_id:
+                self.client.send_soon(w.Returned([a.spec.task_id]))
+                return
+            self._items.append(a)
+            self._cond.notify()
+
+    def done(self) -> None:
+        """The main thread finished its task: whatever it waited on is over too."""
+        with self._cond:
+            self.current, self.blocked = None, False
+
+    def get(self) -> w.Assignment | None:
+        with self._cond:
+            if not self._items and self._held:
+                self._cond.release()  # send what is held before sleeping
+                try:
+                    self.client.flush()
+                finally:
+                    self._cond.acquire()
+                self._held = 0
+            while not self._items:
+                self._cond.wait()
+            a = self._items.popleft()
+            self.current = a.spec.task_id if a is not None else None
+            return a
+
+    def more_soon(self) -> bool:
+        """Whether to hold back the report of the task just finished."""
+        with self._cond:
+            if self._items and self._held < self.BATCH:
+                self._held += 1
+                return True
+            self._held = 0
+            return False
+
+    def block(self) -> None:
+        """The running task waits in get(): hand back what would wait behind it."""
+        with self._cond:
+            self.blocked = True
+            back = [a.spec.task_id for a in self._items if a is not None and not a.spec.actor_id]
+            if back:
+                self._items = deque(a for a in self._items if a is None or a.spec.actor_id)
+                self.client.send_soon(w.Returned(back))
+
+    def unblock(self) -> None:
+        with self._cond:
+            self.blocked = False
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        with self._cond:
+            for a in self._items:
+                if a is not None and a.spec.task_id == task_id:
+                    self._items.remove(a)
+                    err = TaskCancelledError(a.spec.name, task_id.hex())
+                    result = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
+                    self.client.send_soon(w.Executed(result))
+                    return
+            if self.current == task_id:
+                self.cancelling = task_id
+                os.kill(os.getpid(), signal.SIGKILL if force else signal.SIGINT)
+
+
 class Executor:
     def __init__(self, client: Client, worker_id: str, executor_id: str) -> None:
         self.client = client
         self.worker_id = worker_id
         self.executor_id = executor_id
         self.functions: dict[bytes, Any] = {}
-        self.tasks: queue.SimpleQueue[w.Assignment | None] = queue.SimpleQueue()
+        self.tasks = Inbox(client)
         self.running = False
         self.actor: ActorRuntime | None = None
         self.actor_id = b""
@@ -57,6 +145,7 @@ class Executor:
         self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
         self._fetch_ids = itertools.count(1)
         client.fetch_via_worker = self.fetch
+        client.on_block, client.on_unblock = self.tasks.block, self.tasks.unblock
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -74,6 +163,8 @@ class Executor:
                         waiting.set_result(msg)
                 elif isinstance(msg, w.Execute):
                     self.tasks.put(msg.assignment)
+                elif isinstance(msg, w.CancelTask):
+                    self.tasks.cancel(msg.task_id, msg.force)
                 elif isinstance(msg, w.Shutdown):
                     self.tasks.put(None)
                     return
@@ -94,7 +185,9 @@ class Executor:
         return reply.location
 
     def on_sigint(self, signum: int, frame: Any) -> None:
-        if self.running:
+        # Only the cancel the reader thread raised, and only into its task: a
+        # Ctrl-C meant for the driver, or one that lands as the task ends, is ignored.
+        if self.running and self.tasks.cancelling == self.tasks.current:
             raise _Cancelled()
 
     def serve(self) -> None:
@@ -109,15 +202,24 @@ class Executor:
                 assert self.actor is not None, "a method call reached a process with no actor"
                 self.actor.submit(assignment)
             else:
-                self.report(self.call(assignment, self._function(assignment)))
+                result = self.call(assignment, self._function(assignment))
+                self.tasks.done()
+                self.report(result, batch=True)
 
-    def report(self, result: w.TaskResult) -> None:
-        """Hand a result back after everything the task sent (one ordered stream)."""
+    def report(self, result: w.TaskResult, batch: bool = False) -> None:
+        """Hand a result back after everything the task sent (one ordered stream).
+
+        ``batch``: when more tasks wait here, the report goes with theirs (at
+        most ``Inbox.BATCH`` together); the last one sends them all.
+        """
         if self.direct is not None:
             self.client.flush()  # what the call sent goes before its answer
             if self.direct.reply(result):
                 return
-        self.client.send_now(w.Executed(result))
+        if batch and self.tasks.more_soon():
+            self.client.send_later(w.Executed(result))
+        else:
+            self.client.send_now(w.Executed(result))
 
     def _function(self, a: w.Assignment) -> Any:
         fn = self.functions.get(a.spec.function_id)

@@ -10,6 +10,13 @@ Executor states::
 
     starting ──▶ idle ◀──▶ busy
         └──────────┴─────────┴──▶ dead
+
+A busy executor may hold a few more tasks behind the one it runs (up to
+``prefetch`` in all), so that it starts the next without waiting for us, but
+only tasks of functions seen to take under ``SHORT_TASK`` seconds, on the
+CPU the running task holds. It runs them in order, so the first task handed
+to it and not yet reported is the one running. If that task blocks in get(),
+the executor hands the others back (``Returned``) and they queue here again.
 """
 
 from __future__ import annotations
@@ -62,6 +69,14 @@ class CancelRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class TasksReturned:
+    """An executor will not start these tasks it was handed: its running task blocked."""
+
+    executor_id: int
+    task_ids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskBlocked:
     """A running task waits in get(): its CPU may run another task meanwhile."""
 
@@ -89,6 +104,7 @@ Event = (
     | KillActorRequested
     | TaskBlocked
     | TaskUnblocked
+    | TasksReturned
 )
 
 # -- instructions ------------------------------------------------------------
@@ -119,23 +135,35 @@ class SignalExecutor:
 Instruction = SpawnExecutor | ToExecutor | ToScheduler | SignalExecutor
 
 
+# Tasks of a function whose runs took less than this on average may wait in a
+# busy executor behind its running task; longer ones wait here, where any
+# executor that frees up can take them.
+SHORT_TASK = 0.002
+
+
 @dataclass(slots=True)
 class Executor:
     executor_id: int
     state: str = "starting"
     pid: int = 0
     client_id: bytes = b""
-    task: bytes | None = None
-    task_name: str = ""
-    cancelling: bool = False
+    tasks: deque[w.Assignment] = field(default_factory=deque)  # handed over; the first runs
+    cancelling: set[bytes] = field(default_factory=set)  # tasks asked to stop
     functions: set[bytes] = field(default_factory=set)
     actor_id: bytes = b""  # a dedicated actor process: never idle, never in the pool
     backlog: list[w.Assignment] = field(default_factory=list)  # calls before it started
     hold_cpus: float = 0.0  # an actor's CPUs once its constructor returned
 
+    @property
+    def task(self) -> bytes | None:
+        """The task running here (None when idle)."""
+        return self.tasks[0].spec.task_id if self.tasks else None
+
 
 class WorkerState:
-    def __init__(self, worker_id: str, min_executors: int, cpus: float | None = None) -> None:
+    def __init__(
+        self, worker_id: str, min_executors: int, cpus: float | None = None, prefetch: int = 1
+    ) -> None:
         self.worker_id = worker_id
         self.min_executors = max(1, min_executors)
         # The scheduler may hand over a few more tasks than there are CPUs, so
@@ -149,8 +177,10 @@ class WorkerState:
         self.executors: dict[int, Executor] = {}
         self.queue: deque[w.Assignment] = deque()
         self.functions: dict[bytes, bytes] = {}
-        self.running: dict[bytes, int] = {}  # task id -> executor id
+        self.running: dict[bytes, int] = {}  # task id -> executor id (running or waiting there)
         self.actors: dict[bytes, int] = {}  # actor id -> its executor id
+        self.prefetch = max(1, prefetch)  # tasks a busy executor may hold, the running one too
+        self.durations: dict[bytes, float] = {}  # function id -> its tasks' mean run time
         self.tasks_done = 0
         self._next_executor = 0
 
@@ -186,15 +216,7 @@ class WorkerState:
                 self.actor_cpus[ex.actor_id] = ex.hold_cpus
             out.append(ToScheduler(w.TasksDone([event.result])))
         elif isinstance(event, ExecutorFinished):
-            ex = self.executors[event.executor_id]
-            result = event.result
-            if ex.cancelling and result.failure == "task":
-                # What the task raised is the interrupt we sent; the caller
-                # should see that the task was cancelled.
-                err = TaskCancelledError(ex.task_name, result.task_id.hex())
-                result = w.TaskResult(result.task_id, error=pickle.dumps(err), failure="cancelled")
-            self._finish(ex)
-            out.append(ToScheduler(w.TasksDone([result])))
+            out.extend(self._finished(self.executors[event.executor_id], event.result))
         elif isinstance(event, ExecutorDied):
             out.extend(self._executor_died(event))
         elif isinstance(event, CancelRequested):
@@ -207,6 +229,8 @@ class WorkerState:
             if event.task_id in self.blocked:
                 self.blocked.discard(event.task_id)
                 self.cpus_used += self.task_cpus[event.task_id]
+        elif isinstance(event, TasksReturned):
+            out.extend(self._returned(self.executors[event.executor_id], event.task_ids))
         elif isinstance(event, KillActorRequested):
             executor_id = self.actors.get(event.actor_id)
             if executor_id is not None:
@@ -224,12 +248,72 @@ class WorkerState:
         else:
             self.cpus_used -= cpus
 
+    def _finished(self, ex: Executor, result: w.TaskResult) -> list[Instruction]:
+        task_id = result.task_id
+        if ex.task != task_id:
+            # Cancelled while it waited behind the running task: it never ran.
+            for a in ex.tasks:
+                if a.spec.task_id == task_id:
+                    ex.tasks.remove(a)
+                    self.running.pop(task_id, None)
+                    ex.cancelling.discard(task_id)
+                    return [ToScheduler(w.TasksDone([result]))]
+            return []  # not ours (a late report after a crash was handled)
+        if task_id in ex.cancelling and result.failure == "task":
+            # What the task raised is the interrupt we asked for; the caller
+            # should see that the task was cancelled.
+            err = TaskCancelledError(ex.tasks[0].spec.name, task_id.hex())
+            result = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
+        elif not result.failure and result.duration > 0:
+            fid = ex.tasks[0].spec.function_id
+            mean = self.durations.get(fid)
+            self.durations[fid] = (
+                result.duration if mean is None else 0.8 * mean + 0.2 * result.duration
+            )
+        self._finish(ex)
+        return [ToScheduler(w.TasksDone([result]))]
+
     def _finish(self, ex: Executor) -> None:
-        if ex.task is not None:
-            self.running.pop(ex.task, None)
-            self._release_cpus(ex.task)
-        ex.state, ex.task, ex.task_name, ex.cancelling = "idle", None, "", False
+        """The running task is over; the next one waiting in the executor starts."""
+        if ex.tasks:
+            done = ex.tasks.popleft().spec.task_id
+            self.running.pop(done, None)
+            self._release_cpus(done)
+            ex.cancelling.discard(done)
+        if ex.tasks:
+            self._hold_cpus(ex.tasks[0])
+        else:
+            ex.state = "idle"
         self.tasks_done += 1
+
+    def _hold_cpus(self, a: w.Assignment) -> None:
+        cpus = a.spec.resources.get("CPU", 0.0)
+        self.task_cpus[a.spec.task_id] = cpus
+        self.cpus_used += cpus
+
+    def _returned(self, ex: Executor, task_ids: list[bytes]) -> list[Instruction]:
+        """Tasks an executor handed back unstarted: queue them first, or end the cancelled."""
+        out: list[Instruction] = []
+        wanted = set(task_ids)
+        if ex.task in wanted:
+            # It had finished its task and still thought itself blocked: this
+            # one never started either. Not expected; nothing may hang on it.
+            self._release_cpus(ex.tasks[0].spec.task_id)
+            if len(ex.tasks) > 1:
+                self._hold_cpus(ex.tasks[1])
+        back = [a for a in ex.tasks if a.spec.task_id in wanted]
+        for a in back:
+            ex.tasks.remove(a)
+            self.running.pop(a.spec.task_id, None)
+        if not ex.tasks:
+            ex.state = "idle"
+        for a in reversed(back):
+            if a.spec.task_id in ex.cancelling:
+                ex.cancelling.discard(a.spec.task_id)
+                out.append(ToScheduler(w.TasksDone([_cancelled(a)])))
+            else:
+                self.queue.appendleft(a)
+        return out
 
     def _actor_assignment(self, a: w.Assignment) -> list[Instruction]:
         """An actor's creation gets a process of its own; its calls go straight there."""
@@ -267,22 +351,31 @@ class WorkerState:
             self.cpus_used -= self.actor_cpus.pop(ex.actor_id, 0.0)
             out.append(ToScheduler(w.ActorDied(ex.actor_id, event.exit_code, ex.pid)))
             return out
-        if ex.task is not None:
-            self.running.pop(ex.task, None)
-            self._release_cpus(ex.task)
+        if ex.tasks:
+            head = ex.tasks.popleft()
+            task_id = head.spec.task_id
+            self.running.pop(task_id, None)
+            self._release_cpus(task_id)
             code = event.exit_code
-            if ex.cancelling:
-                err: Exception = TaskCancelledError(ex.task_name, ex.task.hex())
-                failure = "cancelled"
+            if task_id in ex.cancelling:
+                result = _cancelled(head, code)
             else:
                 err = WorkerCrashedError(
                     f"executor process {ex.pid} of worker {self.worker_id}",
-                    task_name=ex.task_name,
+                    task_name=head.spec.name,
                     exit_code=code,
                 )
-                failure = "crashed"
-            result = w.TaskResult(ex.task, error=pickle.dumps(err), failure=failure, exit_code=code)
+                result = w.TaskResult(
+                    task_id, error=pickle.dumps(err), failure="crashed", exit_code=code
+                )
             out.append(ToScheduler(w.TasksDone([result])))
+            # The tasks waiting behind it never started: they run elsewhere.
+            for a in reversed(ex.tasks):
+                self.running.pop(a.spec.task_id, None)
+                if a.spec.task_id in ex.cancelling:
+                    out.append(ToScheduler(w.TasksDone([_cancelled(a)])))
+                else:
+                    self.queue.appendleft(a)
         alive = sum(1 for e in self.executors.values() if not e.actor_id)
         if alive < self.min_executors:
             out.append(self._spawn())
@@ -292,16 +385,17 @@ class WorkerState:
         for a in self.queue:
             if a.spec.task_id == event.task_id:
                 self.queue.remove(a)
-                err = TaskCancelledError(a.spec.name, event.task_id.hex())
-                result = w.TaskResult(event.task_id, error=pickle.dumps(err), failure="cancelled")
-                return [ToScheduler(w.TasksDone([result]))]
+                return [ToScheduler(w.TasksDone([_cancelled(a)]))]
         executor_id = self.running.get(event.task_id)
         if executor_id is None:
             return []
         ex = self.executors[executor_id]
-        ex.cancelling = True
-        signum = signal.SIGKILL if event.force else signal.SIGINT
-        return [SignalExecutor(executor_id, signum)]
+        ex.cancelling.add(event.task_id)
+        if event.force and ex.task == event.task_id:
+            return [SignalExecutor(executor_id, signal.SIGKILL)]
+        # The executor knows best whether the task runs or still waits there:
+        # it interrupts the task, or drops it and reports it cancelled.
+        return [ToExecutor(executor_id, w.CancelTask(event.task_id, event.force))]
 
     def _dispatch(self) -> list[Instruction]:
         out: list[Instruction] = []
@@ -309,25 +403,53 @@ class WorkerState:
         while self.queue and idle and self._fits(self.queue[0], self.cpus_used):
             ex = idle.pop()
             a = self.queue.popleft()
-            cpus = a.spec.resources.get("CPU", 0.0)
-            self.task_cpus[a.spec.task_id] = cpus
-            self.cpus_used += cpus
-            fid = a.spec.function_id
-            function = b""
-            if fid not in ex.functions:
-                function = self.functions.get(fid, b"")
-                ex.functions.add(fid)
-            if function != a.function:
-                a = w.Assignment(a.spec, a.inputs, function, a.gpu_ids)
-            ex.state, ex.task, ex.task_name = "busy", a.spec.task_id, a.spec.name
-            self.running[a.spec.task_id] = ex.executor_id
-            out.append(ToExecutor(ex.executor_id, w.Execute(a)))
+            self._hold_cpus(a)
+            ex.state = "busy"
+            out.append(self._hand_over(ex, a))
         starting = sum(
             1 for e in self.executors.values() if e.state == "starting" and not e.actor_id
         )
         for _ in range(self._runnable() - len(idle) - starting):
             out.append(self._spawn())
+        if self.queue and self.prefetch > 1 and not self._fits(self.queue[0], self.cpus_used):
+            out.extend(self._prefetch())
         return out
+
+    def _hand_over(self, ex: Executor, a: w.Assignment) -> ToExecutor:
+        fid = a.spec.function_id
+        function = b""
+        if fid not in ex.functions:
+            function = self.functions.get(fid, b"")
+            ex.functions.add(fid)
+        if function != a.function:
+            a = w.Assignment(a.spec, a.inputs, function, a.gpu_ids)
+        ex.tasks.append(a)
+        self.running[a.spec.task_id] = ex.executor_id
+        return ToExecutor(ex.executor_id, w.Execute(a))
+
+    def _prefetch(self) -> list[Instruction]:
+        """Every CPU is taken: short tasks wait in the busy executors, not here."""
+        out: list[Instruction] = []
+        while self.queue and self._short(self.queue[0]):
+            cpus = self.queue[0].spec.resources.get("CPU", 0.0)
+            room = [
+                e
+                for e in self.executors.values()
+                if e.state == "busy"
+                and len(e.tasks) < self.prefetch
+                and e.tasks[0].spec.task_id not in self.blocked
+                and e.tasks[0].spec.resources.get("CPU", 0.0) == cpus
+                and all(self._short(a) for a in e.tasks)
+            ]
+            if not room:
+                break
+            ex = min(room, key=lambda e: (len(e.tasks), e.executor_id))
+            out.append(self._hand_over(ex, self.queue.popleft()))
+        return out
+
+    def _short(self, a: w.Assignment) -> bool:
+        mean = self.durations.get(a.spec.function_id)
+        return mean is not None and mean < SHORT_TASK and not a.gpu_ids and not a.spec.generator
 
     def _fits(self, a: w.Assignment, used: float) -> bool:
         cpus = a.spec.resources.get("CPU", 0.0)
@@ -353,18 +475,22 @@ class WorkerState:
         states: dict[str, int] = {}
         for e in self.executors.values():
             states[e.state] = states.get(e.state, 0) + 1
-        return {"queued": len(self.queue), "running": len(self.running), **states}
+        return {"queued": len(self.queue), "running": len(self.task_cpus), **states}
 
     def validate(self) -> None:
         held = sum(c for t, c in self.task_cpus.items() if t not in self.blocked)
         held += sum(self.actor_cpus.values())
         assert set(self.actor_cpus) == set(self.actors)
         assert abs(held - self.cpus_used) < 1e-6, f"cpus_used {self.cpus_used} != {held}"
-        assert set(self.task_cpus) == set(self.running)
-        assert self.blocked <= set(self.running)
+        assert set(self.task_cpus) == {
+            e.task for e in self.executors.values() if e.task is not None
+        }
+        assert self.blocked <= set(self.task_cpus)
         for task_id, executor_id in self.running.items():
             ex = self.executors[executor_id]
-            assert ex.state == "busy" and ex.task == task_id
+            assert ex.state == "busy" and any(a.spec.task_id == task_id for a in ex.tasks)
+        handed = sum(len(e.tasks) for e in self.executors.values())
+        assert handed == len(self.running), "a task handed to two executors, or lost"
         for actor_id, executor_id in self.actors.items():
             assert self.executors[executor_id].actor_id == actor_id
         for ex in self.executors.values():
@@ -374,10 +500,18 @@ class WorkerState:
                 continue
             if ex.state == "busy":
                 assert ex.task is not None and self.running.get(ex.task) == ex.executor_id
+                assert len(ex.tasks) <= self.prefetch
             else:
                 assert ex.task is None
         if self.queue and self._fits(self.queue[0], self.cpus_used):
             assert not any(e.state == "idle" for e in self.executors.values())
+
+
+def _cancelled(a: w.Assignment, exit_code: int = 0) -> w.TaskResult:
+    err = TaskCancelledError(a.spec.name, a.spec.task_id.hex())
+    return w.TaskResult(
+        a.spec.task_id, error=pickle.dumps(err), failure="cancelled", exit_code=exit_code
+    )
 
 
 def _describe_exit(code: int) -> str:

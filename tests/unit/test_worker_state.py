@@ -26,6 +26,7 @@ from taskgraph.worker.state import (
     SpawnExecutor,
     TaskBlocked,
     TasksAssigned,
+    TasksReturned,
     TaskUnblocked,
     ToExecutor,
     ToScheduler,
@@ -215,14 +216,16 @@ def test_cancel_of_a_queued_task_answers_at_once() -> None:
     assert h.handle(CancelRequested(b"unknown", force=True)) == []
 
 
-@pytest.mark.parametrize(("force", "signum"), [(False, signal.SIGINT), (True, signal.SIGKILL)])
-def test_cancel_of_a_running_task_signals_its_executor(force: bool, signum: int) -> None:
+def test_cancel_of_a_running_task_asks_its_executor_or_kills_it_by_force() -> None:
     h = Harness(min_executors=1)
     h.start()
     h.ready(1)
     a = h.assignment("long")
     h.assign(a)
-    assert h.handle(CancelRequested(a.spec.task_id, force)) == [SignalExecutor(1, signum)]
+    # The executor interrupts its own task (it knows whether that task still runs).
+    out = h.handle(CancelRequested(a.spec.task_id, force=False))
+    assert out == [ToExecutor(1, w.CancelTask(a.spec.task_id, False))]
+    assert h.handle(CancelRequested(a.spec.task_id, True)) == [SignalExecutor(1, signal.SIGKILL)]
 
 
 def test_a_running_task_interrupted_by_cancel_reports_cancelled() -> None:
@@ -325,3 +328,122 @@ def test_validate_catches_a_queue_beside_an_idle_executor() -> None:
     h.state.queue.append(h.assignment())
     with pytest.raises(AssertionError):
         h.state.validate()
+
+
+# -- short tasks wait in busy executors (prefetch) ----------------------------
+
+
+def prefetching(prefetch: int = 3) -> Harness:
+    """Two executors on two CPUs that have seen function b"f" run in 10 us."""
+    h = Harness(min_executors=2, cpus=2.0)
+    h.state.prefetch = prefetch
+    h.start()
+    h.ready(1, 2)
+    warm = [h.assignment(f"warm{i}", cpus=1.0) for i in range(2)]
+    for e, a in executes(h.assign(*warm)).items():
+        h.finish(e, a, duration=1e-5)
+    return h
+
+
+def test_short_tasks_wait_in_busy_executors_and_start_as_the_running_one_ends() -> None:
+    h = prefetching(prefetch=3)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(8)]
+    out = h.assign(*tasks)
+    handed = [(i.executor_id, i.message.assignment.spec.name) for i in of(ToExecutor, out)]
+    assert len(handed) == 6, "each executor: the one it runs and two waiting"
+    assert {e for e, _ in handed} == {1, 2}
+    assert h.state.statistics() == {"queued": 2, "running": 2, "busy": 2}
+    assert h.state.cpus_used == 2.0, "waiting tasks hold no CPU"
+
+    # The executor runs them in order: its next report is for the next one.
+    first = next(a for a in tasks if a.spec.task_id == h.state.executors[1].task)
+    out = h.finish(1, first, duration=1e-5)
+    assert [r.task_id for r in reported(out)] == [first.spec.task_id]
+    assert len(h.state.executors[1].tasks) == 3, "a queued task took the freed place"
+    assert h.state.cpus_used == 2.0
+
+
+def test_tasks_of_unknown_or_long_functions_wait_in_the_daemon() -> None:
+    h = prefetching()
+    running = [h.assignment(f"r{i}", cpus=1.0) for i in range(2)]
+    unknown = [h.assignment(f"u{i}", function_id=b"g", cpus=1.0) for i in range(4)]
+    out = h.assign(*running, *unknown)
+    assert len(of(ToExecutor, out)) == 2, "the short ones run; the unknown wait here"
+    assert h.state.statistics()["queued"] == 4
+    h2 = Harness(min_executors=1, cpus=1.0)
+    h2.state.prefetch = 4
+    h2.start()
+    h2.ready(1)
+    slow = [h2.assignment(f"s{i}", cpus=1.0) for i in range(3)]
+    h2.assign(slow[0])
+    out = h2.finish(1, slow[0], duration=0.5)
+    out = h2.assign(*slow[1:])
+    assert len(of(ToExecutor, out)) == 1, "a long function's tasks go one at a time"
+
+
+def test_a_blocked_task_hands_back_what_waits_behind_it() -> None:
+    h = prefetching(prefetch=3)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(6)]
+    h.assign(*tasks)
+    ex = h.state.executors[1]
+    head, *behind = list(ex.tasks)
+    assert len(behind) == 2
+    h.handle(TaskBlocked(head.spec.task_id))
+    assert h.state.executors[1].tasks[0] is head
+    out = h.handle(TasksReturned(1, [a.spec.task_id for a in behind]))
+    assert list(h.state.executors[1].tasks) == [head]
+    # The CPU it lent runs them: a new process, since the others are busy.
+    assert of(SpawnExecutor, out) == [SpawnExecutor(3)]
+    got = [i.message.assignment.spec.task_id for i in of(ToExecutor, h.ready(3))]
+    assert got == [a.spec.task_id for a in behind], "handed back, first in line, in order"
+
+
+def test_cancel_of_a_task_waiting_in_an_executor_goes_to_the_executor() -> None:
+    h = prefetching(prefetch=2)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(4)]
+    h.assign(*tasks)
+    waiting = h.state.executors[1].tasks[1]
+    tid = waiting.spec.task_id
+    out = h.handle(CancelRequested(tid, force=True))
+    assert out == [ToExecutor(1, w.CancelTask(tid, True))], "not a kill: another task runs"
+    # It dropped the task and says so; the running one goes on.
+    cancelled = w.TaskResult(tid, error=b"x", failure="cancelled")
+    out = h.handle(ExecutorFinished(1, cancelled))
+    assert reported(out) == [cancelled]
+    assert len(h.state.executors[1].tasks) == 1
+
+
+def test_a_cancelled_task_handed_back_is_not_queued_again() -> None:
+    h = prefetching(prefetch=2)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(4)]
+    h.assign(*tasks)
+    head, waiting = list(h.state.executors[1].tasks)
+    h.handle(CancelRequested(waiting.spec.task_id, force=False))
+    h.handle(TaskBlocked(head.spec.task_id))
+    out = h.handle(TasksReturned(1, [waiting.spec.task_id]))
+    [result] = reported(out)
+    assert result.task_id == waiting.spec.task_id and result.failure == "cancelled"
+    assert all(a.spec.task_id != waiting.spec.task_id for a in h.state.queue)
+
+
+def test_an_executor_that_dies_fails_its_running_task_and_requeues_the_rest() -> None:
+    h = prefetching(prefetch=3)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(6)]
+    h.assign(*tasks)
+    head, *behind = list(h.state.executors[1].tasks)
+    out = h.handle(ExecutorDied(1, -signal.SIGSEGV))
+    [result] = reported(out)
+    assert result.task_id == head.spec.task_id and result.failure == "crashed"
+    assert [a.spec.task_id for a in list(h.state.queue)[:2]] == [a.spec.task_id for a in behind]
+    assert of(SpawnExecutor, out) == [SpawnExecutor(3)]
+
+
+def test_a_task_handed_back_by_an_idle_executor_is_queued_again() -> None:
+    h = prefetching(prefetch=2)
+    a = h.assignment("a", cpus=1.0)
+    out = h.assign(a)
+    [executor_id] = executes(out)
+    out = h.handle(TasksReturned(executor_id, [a.spec.task_id]))
+    # It goes out again at once, to an idle executor (perhaps the same one).
+    assert [i.message.assignment.spec.task_id for i in of(ToExecutor, out)] == [a.spec.task_id]
+    assert h.state.cpus_used == 1.0
