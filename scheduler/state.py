@@ -197,6 +197,7 @@ class SchedulerState:
         # fraction of its CPUs, at most (see placement.queue_depth_for).
         self.queue_depth = queue_depth
         self.durations: dict[bytes, float] = {}  # function id -> its tasks' mean run time
+        self._feasible: dict[tuple[Any, ...], bool] = {}  # shape -> some worker could run it
         self.now = 0.0
         self.tasks: dict[bytes, Task] = {}
         self.objects: dict[bytes, Obj] = {}
@@ -319,6 +320,7 @@ class SchedulerState:
             self.objects[oid] = Obj(oid, spec.task_id, refs=1)
             client.held.add(oid)
         missing = None
+        failed: Obj | None = None
         for oid in spec.deps:
             obj = self.objects.get(oid)
             if obj is None:
@@ -328,6 +330,8 @@ class SchedulerState:
             if obj.state == "pending":
                 task.waiting_on.add(oid)
                 obj.dependents.append(task)
+            elif failed is None and self._dep_failed(obj):
+                failed = obj
         for oid in spec.nested:
             obj = self.objects.get(oid)
             if obj is not None:
@@ -344,9 +348,6 @@ class SchedulerState:
             err = ObjectLostError(missing.hex(), "it was freed before the task that needs it ran")
             self._transition(task, "erred", error_bytes(err))
             return
-        failed = next(
-            (self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None
-        )
         if failed is not None:
             self._transition(task, "erred", failed.error)
         elif task.waiting_on:
@@ -590,6 +591,7 @@ class SchedulerState:
                 self._worker_left(worker.worker_id, f"no heartbeat for {silent:.0f} s")
 
     def _worker_joined(self, info: w.WorkerInfo) -> None:
+        self._feasible.clear()
         if info.worker_id in self.workers:
             # A worker restarted under its old id before its old connection was
             # seen to drop: what ran and was stored there is gone all the same.
@@ -633,6 +635,7 @@ class SchedulerState:
             raise TypeError(f"a worker may not send {type(msg).__name__}")
 
     def _worker_left(self, worker_id: str, reason: str) -> None:
+        self._feasible.clear()
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -741,7 +744,12 @@ class SchedulerState:
             queue = self.queues[task.shape] = deque()
         queue.append(task)
         self._dirty = True
-        if not placement.feasible(task.need, self.workers.values()):
+        feasible = self._feasible.get(task.shape)
+        if feasible is None:
+            feasible = self._feasible[task.shape] = placement.feasible(
+                task.need, self.workers.values()
+            )
+        if not feasible:
             self._warn_infeasible(task)
         elif task.spec.strategy.startswith("node:"):
             node = task.spec.strategy.split(":", 1)[1]

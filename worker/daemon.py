@@ -260,7 +260,11 @@ class WorkerDaemon:
             log.warning("ignoring unexpected %s from the scheduler", type(msg).__name__)
 
     def _to_scheduler(self, msg: Any) -> None:
-        self._outbox.append(msg)
+        outbox = self._outbox
+        if type(msg) is w.TasksDone and outbox and type(outbox[-1]) is w.TasksDone:
+            outbox[-1].results.extend(msg.results)  # one message for a burst of reports
+        else:
+            outbox.append(msg)
         if self._scheduler_flush_pending:
             return
         self._scheduler_flush_pending = True

@@ -21,11 +21,11 @@ import inspect
 import itertools
 import os
 import pickle
+import queue
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from taskgraph import _api, serialization
@@ -47,84 +47,86 @@ class _Cancelled(BaseException):
 class Inbox:
     """The tasks handed to this process, in order, and what the running one is doing.
 
-    The reader thread puts, the main thread gets. While the running task is
-    blocked in get(), tasks put here go back to the daemon instead (it queues
-    them for other executors), so that none waits behind a task that may be
-    waiting for it. Messages it sends are queued under its lock, so that a
-    ``Returned`` always goes before the ``TaskUnblocked`` that follows it.
+    The reader thread puts, the main thread gets (a C queue between them: a
+    task crosses threads for about a microsecond). While the running task is
+    blocked in get(), plain tasks waiting here go back to the daemon (it
+    queues them for other executors), so that none waits behind a task that
+    may be waiting for it; so do those that arrive meanwhile. A task handed
+    back or cancelled stays in the queue but is skipped: only the ids in
+    ``_waiting`` are still ours to run. Messages are queued under the lock, so
+    that a ``Returned`` always goes before the ``TaskUnblocked`` after it.
     """
 
     BATCH = 8  # reports held back at most, while more tasks wait here
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._cond = threading.Condition()
-        self._items: deque[w.Assignment | None] = deque()
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[w.Assignment | None] = queue.SimpleQueue()
+        self._waiting: dict[bytes, str] = {}  # plain tasks put and not yet taken -> name
         self.current: bytes | None = None  # the task the main thread runs
         self.cancelling: bytes | None = None  # the task the next SIGINT is for
         self.blocked = False
-        self._held = 0  # reports held back
+        self._held = 0  # reports held back (main thread only)
 
     def put(self, a: w.Assignment | None) -> None:
-        with self._cond:
-            if a is not None and self.blocked and not a.spec.actor_id:
-                self.client.send_soon(w.Returned([a.spec.task_id]))
-                return
-            self._items.append(a)
-            self._cond.notify()
+        if a is not None and not a.spec.actor_id:
+            with self._lock:
+                if self.blocked:
+                    self.client.send_soon(w.Returned([a.spec.task_id]))
+                    return
+                self._waiting[a.spec.task_id] = a.spec.name
+        self._queue.put(a)
 
     def done(self) -> None:
         """The main thread finished its task: whatever it waited on is over too."""
-        with self._cond:
+        with self._lock:
             self.current, self.blocked = None, False
 
     def get(self) -> w.Assignment | None:
-        with self._cond:
-            if not self._items and self._held:
-                self._cond.release()  # send what is held before sleeping
-                try:
-                    self.client.flush()
-                finally:
-                    self._cond.acquire()
+        while True:
+            if self._held and self._queue.empty():
+                self.client.flush()  # send what is held before sleeping
                 self._held = 0
-            while not self._items:
-                self._cond.wait()
-            a = self._items.popleft()
-            self.current = a.spec.task_id if a is not None else None
-            return a
+            a = self._queue.get()
+            if a is None or a.spec.actor_id:
+                self.current = None if a is None else a.spec.task_id
+                return a
+            with self._lock:
+                if self._waiting.pop(a.spec.task_id, None) is None:
+                    continue  # cancelled or handed back while it waited
+                self.current = a.spec.task_id
+                return a
 
     def more_soon(self) -> bool:
         """Whether to hold back the report of the task just finished."""
-        with self._cond:
-            if self._items and self._held < self.BATCH:
-                self._held += 1
-                return True
-            self._held = 0
-            return False
+        if self._held < self.BATCH and not self._queue.empty():
+            self._held += 1
+            return True
+        self._held = 0
+        return False
 
     def block(self) -> None:
         """The running task waits in get(): hand back what would wait behind it."""
-        with self._cond:
+        with self._lock:
             self.blocked = True
-            back = [a.spec.task_id for a in self._items if a is not None and not a.spec.actor_id]
-            if back:
-                self._items = deque(a for a in self._items if a is None or a.spec.actor_id)
+            if self._waiting:
+                back = list(self._waiting)
+                self._waiting.clear()
                 self.client.send_soon(w.Returned(back))
 
     def unblock(self) -> None:
-        with self._cond:
+        with self._lock:
             self.blocked = False
 
     def cancel(self, task_id: bytes, force: bool) -> None:
-        with self._cond:
-            for a in self._items:
-                if a is not None and a.spec.task_id == task_id:
-                    self._items.remove(a)
-                    err = TaskCancelledError(a.spec.name, task_id.hex())
-                    result = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
-                    self.client.send_soon(w.Executed(result))
-                    return
-            if self.current == task_id:
+        with self._lock:
+            name = self._waiting.pop(task_id, None)
+            if name is not None:
+                err = TaskCancelledError(name, task_id.hex())
+                result = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
+                self.client.send_soon(w.Executed(result))
+            elif self.current == task_id:
                 self.cancelling = task_id
                 os.kill(os.getpid(), signal.SIGKILL if force else signal.SIGINT)
 
