@@ -95,6 +95,11 @@ class Client:
         self._flush_requested = False
         self._counts: dict[bytes, int] = {}
         self.released: collections.deque[bytes] = collections.deque()
+        # In an executor: refs that a task's arguments made here. The task holds
+        # them at the scheduler while it runs, so we tell the scheduler only of
+        # those that outlive the task (keep_borrowed), not of every one.
+        self._deferring = False
+        self._borrowed: set[bytes] = set()
         self._values: dict[bytes, w.Value] = {}
         self._wanted: set[bytes] = set()
         self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
@@ -147,7 +152,35 @@ class Client:
             count = self._counts.get(object_id, 0)
             self._counts[object_id] = count + 1
             if count == 0 and acquire:
-                self._queue(w.AcquireRefs([object_id]))
+                if self._deferring:
+                    self._borrowed.add(object_id)
+                else:
+                    self._queue(w.AcquireRefs([object_id]))
+
+    def borrow_arguments(self, load: Callable[[], Any]) -> Any:
+        """Run ``load`` (a task's arguments unpickled) with its refs' acquires held back."""
+        with self._lock:
+            self._deferring = True
+        try:
+            return load()
+        finally:
+            with self._lock:
+                self._deferring = False
+
+    def keep_borrowed(self) -> None:
+        """The task is over: acquire the refs from its arguments that are still alive here.
+
+        Queued ahead of the task's report, so the scheduler counts us before it
+        lets go of what the task held.
+        """
+        with self._lock:
+            if not self._borrowed:
+                return
+            self._drain_released()
+            alive = [oid for oid in self._borrowed if oid in self._counts]
+            self._borrowed.clear()
+            if alive:
+                self._queue(w.AcquireRefs(alive), wake=False)
 
     def _drain_released(self) -> None:
         """Apply the decrements that ``ObjectRef.__del__`` queued (lock held)."""
@@ -163,6 +196,9 @@ class Client:
                 counts.pop(oid, None)
                 self._values.pop(oid, None)
                 self._wanted.discard(oid)
+                if self._borrowed and oid in self._borrowed:
+                    self._borrowed.discard(oid)
+                    continue  # never acquired: nothing to give back
                 if self._unregistered.pop(oid, None) is not None or (
                     oid in self._direct and oid not in self._promised
                 ):

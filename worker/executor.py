@@ -206,6 +206,7 @@ class Executor:
             else:
                 result = self.call(assignment, self._function(assignment))
                 self.tasks.done()
+                self.client.keep_borrowed()
                 self.report(result, batch=True)
 
     def report(self, result: w.TaskResult, batch: bool = False) -> None:
@@ -266,7 +267,10 @@ class Executor:
 
     def _arguments(self, a: w.Assignment) -> tuple[list[Any], dict[str, Any]]:
         inputs = {v.object_id: v for v in a.inputs}
-        args, kwargs = serialization.loads(a.spec.args)
+        if a.spec.actor_id:  # calls may run side by side: acquire as usual
+            args, kwargs = serialization.loads(a.spec.args)
+        else:
+            args, kwargs = self.client.borrow_arguments(lambda: serialization.loads(a.spec.args))
         return (
             [self._resolve(x, inputs) for x in args],
             {k: self._resolve(v, inputs) for k, v in kwargs.items()},
