@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     # A listening socket made by whoever started us (a local cluster, which then
     # knows the address at once and starts its worker alongside).
-    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # May be given twice: a TCP socket (the cluster's address) and a Unix one.
+    p.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--no-record", action="store_true", help="do not record for init('auto')")
     return p.parse_args(argv)
 
@@ -39,11 +41,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     token = args.token or os.environ.get(config.TOKEN_ENV) or config.new_token()
     server = SchedulerServer(config.token_bytes(token), cluster_id=os.urandom(6).hex())
-    if args.listen_fd is not None:
-        sock = socket.socket(fileno=args.listen_fd)
-        sock.setblocking(False)
-        server.add_sockets([sock])
-        host, port = sock.getsockname()[:2]
+    unix_paths: list[str] = []
+    if args.listen_fd:
+        socks = [socket.socket(fileno=fd) for fd in args.listen_fd]
+        for sock in socks:
+            sock.setblocking(False)
+            if sock.family == socket.AF_UNIX:
+                unix_paths.append(sock.getsockname())
+        server.add_sockets(socks)
+        host, port = next(s for s in socks if s.family != socket.AF_UNIX).getsockname()[:2]
     else:
         server.listen(args.port, args.host)
         host, port = args.host, next(iter(server._sockets.values())).getsockname()[1]
@@ -65,6 +71,10 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     server.shutdown_cluster()
     server.stop()
+    for path in unix_paths:  # our starter removes them too, unless it died first
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
     if not args.no_record:
         (config.state_dir() / f"scheduler-{os.getpid()}.json").unlink(missing_ok=True)
 

@@ -185,7 +185,7 @@ def _start_local(
         args += ["--object-store-memory", str(object_store_memory)]
     cluster = LocalCluster(args)
     try:
-        client = _connect(cluster.address, cluster.token, namespace)
+        client = _connect(cluster.local_address, cluster.token, namespace)
         deadline = time.monotonic() + 60
         while True:
             nodes = client.query("nodes")

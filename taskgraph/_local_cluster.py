@@ -1,6 +1,7 @@
 """A cluster on this machine for ``tg.init()``: the same programs the CLIs run.
 
-Starts ``taskgraph-scheduler`` on a free loopback port and one
+Starts ``taskgraph-scheduler`` on a free loopback port (and a private Unix
+socket, which this process and its worker use) and one
 ``taskgraph-worker`` side by side as child processes with a fresh token, and stops them
 on ``close()``. Both children watch this process and stop if it dies without
 closing them.
@@ -9,9 +10,11 @@ closing them.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from taskgraph import config
@@ -31,6 +34,15 @@ class LocalCluster:
         # connections wait in the socket's backlog until the scheduler is up.
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        # This driver and the worker reach the scheduler over a Unix socket as
+        # well: on one host it skips the loopback TCP stack, a good part of what
+        # every message costs. Others (a second worker, `taskgraph status`) use TCP.
+        self.socket_dir = tempfile.mkdtemp(prefix="tg-scheduler-")
+        local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = os.path.join(self.socket_dir, "scheduler.sock")
+        local.bind(path)
+        local.listen(128)
+        self.local_address = f"unix://{path}"
         self.worker: subprocess.Popen[bytes] | None = None
         try:
             self.scheduler = subprocess.Popen(
@@ -40,19 +52,32 @@ class LocalCluster:
                     "taskgraph.scheduler.cli",
                     "--listen-fd",
                     str(listener.fileno()),
+                    "--listen-fd",
+                    str(local.fileno()),
                     "--no-record",
                     *parent,
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                pass_fds=(listener.fileno(),),
+                pass_fds=(listener.fileno(), local.fileno()),
             )
+        except BaseException:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            raise
         finally:
-            listener.close()  # the scheduler holds it now; if it dies, connecting fails
+            listener.close()  # the scheduler holds them now; if it dies, connecting fails
+            local.close()
         try:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "taskgraph.worker.cli", self.address, *worker_args, *parent],
+                [
+                    sys.executable,
+                    "-m",
+                    "taskgraph.worker.cli",
+                    self.local_address,
+                    *worker_args,
+                    *parent,
+                ],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -83,6 +108,7 @@ class LocalCluster:
                 proc.wait()
         # A worker killed along the way (or by the user) left its arena and
         # spill files: nothing of the cluster survives shutdown().
-        from taskgraph.worker.daemon import sweep_dead_daemons
+        from taskgraph.worker.store import sweep_dead_daemons
 
         sweep_dead_daemons()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

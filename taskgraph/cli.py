@@ -266,7 +266,7 @@ def cmd_stop(args: argparse.Namespace) -> None:
         name = record.get("worker_id", "") if record["kind"] == "worker" else record["address"]
         print(f"{how} {record['kind']} {name} (pid {record['pid']})")
     segments = sum(_remove_segments(r) for r in workers)
-    from taskgraph.worker.daemon import sweep_dead_daemons
+    from taskgraph.worker.store import sweep_dead_daemons
 
     sweep_dead_daemons()  # what killed daemons of any cluster on this host left
     for record in workers + schedulers:

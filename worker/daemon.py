@@ -132,7 +132,7 @@ class WorkerDaemon:
     # -- start and stop --------------------------------------------------
 
     async def start(self) -> None:
-        swept = sweep_dead_daemons()
+        swept = store.sweep_dead_daemons()
         if swept:
             log.warning("removed what %d dead worker daemon(s) left behind", swept)
         self._record = config.record_cluster(
@@ -383,24 +383,31 @@ class WorkerDaemon:
         self.executor_streams[executor_id] = stream
         self.by_client[hello.client_id] = executor_id
         self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
+        # What the executor sent, in its order: its client's messages are relayed
+        # to the scheduler, its reports become events for the state machine, and
+        # a frame's run of reports is handled in one go. Only one of the two
+        # lists is non-empty at a time, so the scheduler hears both in order.
         relay: list[Any] = []
+        events: list[Any] = []
         reader = FrameReader(stream)
         try:
             while True:
                 msgs = await reader.read()
                 for msg in msgs:
-                    if isinstance(msg, w.Executed):
+                    if isinstance(msg, w.Executed | w.Returned):
                         if relay:
                             self._to_scheduler(w.FromClient(hello.client_id, relay))
                             relay = []
-                        self._carry_out(
-                            self.state.handle(ExecutorFinished(executor_id, msg.result))
-                        )
-                    elif isinstance(msg, w.Returned):
-                        self._carry_out(self.state.handle(TasksReturned(executor_id, msg.task_ids)))
+                        if isinstance(msg, w.Executed):
+                            events.append(ExecutorFinished(executor_id, msg.result))
+                        else:
+                            events.append(TasksReturned(executor_id, msg.task_ids))
                     elif isinstance(msg, w.Fetch):
                         IOLoop.current().add_callback(self._fetch, executor_id, msg)
                     elif isinstance(msg, w.CLIENT_MESSAGES):
+                        if events:
+                            self._carry_out(self.state.handle_all(events))
+                            events = []
                         relay.append(msg)
                         if isinstance(msg, w.TaskBlocked):
                             self._carry_out(self.state.handle(TaskBlocked(msg.task_id)))
@@ -408,6 +415,9 @@ class WorkerDaemon:
                             self._carry_out(self.state.handle(TaskUnblocked(msg.task_id)))
                     else:
                         raise ProtocolError(f"an executor may not send {type(msg).__name__}")
+                if events:
+                    self._carry_out(self.state.handle_all(events))
+                    events = []
                 if relay:
                     self._to_scheduler(w.FromClient(hello.client_id, relay))
                     relay = []
@@ -475,32 +485,6 @@ class WorkerDaemon:
         if isinstance(msg, w.StoreStats):
             return w.StoreReply(b"", stats=objects.stats(), object_ids=list(objects.entries))
         raise ProtocolError(f"a store client may not send {type(msg).__name__}")
-
-
-def sweep_dead_daemons() -> int:
-    """Remove the arenas, spill files, socket folders and records of worker daemons that died.
-
-    A daemon cleans up after itself when it stops; one killed outright
-    cannot, so the next daemon on the host (or ``taskgraph stop``) does.
-    """
-    swept = 0
-    for record in config.records("daemon"):
-        if record["alive"]:
-            continue
-        worker_id = str(record.get("worker_id", ""))
-        shm_dir = Path(record.get("shm_dir") or store.SHM_DIR)
-        if worker_id:
-            for path in shm_dir.glob(f"{store.PREFIX}{worker_id}-*"):
-                path.unlink(missing_ok=True)
-            spill_dir = record.get("spill_dir")
-            if spill_dir and os.path.basename(str(spill_dir)).startswith("taskgraph-spill-"):
-                shutil.rmtree(str(spill_dir), ignore_errors=True)
-        socket_dir = str(record.get("socket_dir", ""))
-        if os.path.basename(socket_dir).startswith("tg-"):
-            shutil.rmtree(socket_dir, ignore_errors=True)
-        config.forget(record)
-        swept += 1
-    return swept
 
 
 def default_resources(

@@ -188,6 +188,17 @@ class WorkerState:
         return [self._spawn() for _ in range(self.min_executors)]
 
     def handle(self, event: Event) -> list[Instruction]:
+        return self.handle_all([event])
+
+    def handle_all(self, events: list[Event]) -> list[Instruction]:
+        """Several events (one frame's worth), then one look at what can start."""
+        out: list[Instruction] = []
+        for event in events:
+            out.extend(self._apply(event))
+        out.extend(self._dispatch())
+        return out
+
+    def _apply(self, event: Event) -> list[Instruction]:
         out: list[Instruction] = []
         if isinstance(event, TasksAssigned):
             for a in event.assignments:
@@ -238,7 +249,6 @@ class WorkerState:
                 out.append(SignalExecutor(executor_id, signum))
         else:  # pragma: no cover
             raise TypeError(f"unknown event {event!r}")
-        out.extend(self._dispatch())
         return out
 
     def _release_cpus(self, task_id: bytes) -> None:

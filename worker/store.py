@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskgraph import serialization
+from taskgraph import config, serialization
 from taskgraph.worker.arena import Arena, round_up
 
 SHM_DIR = Path(os.environ.get("TASKGRAPH_SHM_DIR", "/dev/shm"))
@@ -380,3 +380,29 @@ def default_capacity() -> int:
     except OSError:
         pass
     return max(total // 4096 * 4096, 64 << 20)
+
+
+def sweep_dead_daemons() -> int:
+    """Remove the arenas, spill files, socket folders and records of worker daemons that died.
+
+    A daemon cleans up after itself when it stops; one killed outright
+    cannot, so the next daemon on the host (or ``taskgraph stop``) does.
+    """
+    swept = 0
+    for record in config.records("daemon"):
+        if record["alive"]:
+            continue
+        worker_id = str(record.get("worker_id", ""))
+        shm_dir = Path(record.get("shm_dir") or SHM_DIR)
+        if worker_id:
+            for path in shm_dir.glob(f"{PREFIX}{worker_id}-*"):
+                path.unlink(missing_ok=True)
+            spill_dir = record.get("spill_dir")
+            if spill_dir and os.path.basename(str(spill_dir)).startswith("taskgraph-spill-"):
+                shutil.rmtree(str(spill_dir), ignore_errors=True)
+        socket_dir = str(record.get("socket_dir", ""))
+        if os.path.basename(socket_dir).startswith("tg-"):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        config.forget(record)
+        swept += 1
+    return swept

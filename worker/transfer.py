@@ -211,5 +211,11 @@ def pull_into_memory(location: w.Location, token: bytes, object_id: bytes) -> An
 
 
 def local_ip_towards(sock: socket.socket) -> str:
-    """The address this host uses to reach the scheduler: where peers reach us too."""
+    """The address this host uses to reach the scheduler: where peers reach us too.
+
+    Over a Unix socket the scheduler is on this host, which peers of a local
+    cluster reach on loopback.
+    """
+    if sock.family == socket.AF_UNIX:
+        return "127.0.0.1"
     return str(sock.getsockname()[0])

@@ -49,6 +49,10 @@ def test_shutdown_leaves_nothing_behind():
     assert segments(), "the worker's arena is a file in /dev/shm"
     processes = descendants()
     assert len(processes) >= 4  # scheduler, worker, two executors
+    runtime = tg._api._runtime
+    assert runtime is not None and runtime.cluster is not None
+    local_socket = runtime.cluster.local_address.removeprefix("unix://")
+    assert os.path.exists(local_socket), "this driver reaches its scheduler over a Unix socket"
     tg.shutdown()
     del big
     assert not tg.is_initialized()
@@ -56,6 +60,25 @@ def test_shutdown_leaves_nothing_behind():
     assert not segments()
     assert not taskgraph_threads()
     assert not _port_open(context.address)
+    assert not os.path.exists(os.path.dirname(local_socket))
+
+
+def test_a_driver_that_never_calls_shutdown_exits_cleanly():
+    script = (
+        "import psutil, taskgraph as tg\n"
+        "tg.init(num_cpus=1)\n"
+        "print(tg.get(tg.remote(lambda: 'ran').remote()))\n"
+        "print(tg._api._runtime.cluster.socket_dir)\n"
+        "print(' '.join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    ran, socket_dir, pids = out.stdout.splitlines()
+    assert ran == "ran"
+    assert not alive({int(p) for p in pids.split()}), "stopped before the driver exited"
+    assert not os.path.exists(socket_dir)
+    assert not segments()
 
 
 def test_implicit_init_on_first_remote_call():
@@ -162,15 +185,18 @@ def test_driver_death_stops_its_local_cluster(tmp_path):
         "import os, taskgraph as tg\n"
         "tg.init(num_cpus=1)\n"
         "import psutil\n"
+        "print(tg._api._runtime.cluster.socket_dir)\n"
         "print(' '.join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)\n"
         "os._exit(0)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    pids = {int(p) for p in out.stdout.split()}
+    socket_dir, pid_line = out.stdout.splitlines()
+    pids = {int(p) for p in pid_line.split()}
     assert pids
     wait_for(lambda: not alive(pids), what="orphaned cluster processes to stop themselves")
     wait_for(lambda: not segments())
+    assert not os.path.exists(socket_dir), "the scheduler removes its Unix socket"
 
 
 def test_a_silent_worker_is_dropped_and_its_tasks_retried(monkeypatch):
