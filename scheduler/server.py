@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
@@ -54,7 +54,6 @@ class SchedulerServer(TCPServer):
         self.rejected = 0
         self._outgoing: dict[IOStream, list[w.Msg]] = {}
         self._closing: list[IOStream] = []
-        self._flush_scheduled = False
 
     def handle(self, *events: Event) -> None:
         try:
@@ -65,10 +64,11 @@ class SchedulerServer(TCPServer):
         self._deliver(sends)
 
     def _deliver(self, sends: list[Send]) -> None:
-        """Queue messages per stream; one write per stream per loop iteration.
+        """Write what one handled frame (or tick) produced: one frame per peer.
 
-        Everything read in one pass of the event loop (many workers and
-        clients reporting at once) leaves as one frame per peer.
+        Written at once, not on a later turn of the event loop: each turn
+        costs a poll and callbacks, which is most of a lone task's round trip.
+        Under load a frame carries many messages, so batches stay large.
         """
         for send in sends:
             if send.to == "client":
@@ -80,12 +80,9 @@ class SchedulerServer(TCPServer):
             self._outgoing.setdefault(stream, []).extend(send.messages)
             if send.to == "worker" and send.id not in self.state.workers:
                 self._closing.append(stream)  # the state machine gave up on it
-        if self._outgoing and not self._flush_scheduled:
-            self._flush_scheduled = True
-            IOLoop.current().add_callback(self._flush)
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, {}
         for stream, messages in outgoing.items():
             write_batch(stream, messages)

@@ -117,6 +117,10 @@ class WorkerDaemon:
         self._executor_outbox: dict[int, list[Any]] = {}
         self._scheduler_flush_pending = False
         self._flush_scheduled = False
+        # While a frame is being handled, what it produces is sent when it ends.
+        self._in_frame = False
+        self._scheduler_now = False
+        self.loop: IOLoop  # set when started, on the loop it runs on
         self._stopping = False
         self.stopped = asyncio.Event()
         self.server: _ExecutorServer | None = None
@@ -132,6 +136,7 @@ class WorkerDaemon:
     # -- start and stop --------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = IOLoop.current()
         swept = store.sweep_dead_daemons()
         if swept:
             log.warning("removed what %d dead worker daemon(s) left behind", swept)
@@ -230,8 +235,12 @@ class WorkerDaemon:
         try:
             while True:
                 msgs = await reader.read()
-                for msg in msgs:
-                    self._scheduler_message(msg)
+                self._in_frame = True
+                try:
+                    for msg in msgs:
+                        self._scheduler_message(msg)
+                finally:
+                    self._end_frame()
         except (StreamClosedError, ProtocolError) as exc:
             if not self._stopping:
                 log.warning("lost the scheduler (%s); stopping", exc)
@@ -268,13 +277,15 @@ class WorkerDaemon:
         if self._scheduler_flush_pending:
             return
         self._scheduler_flush_pending = True
-        loop = IOLoop.current()
         if self.state.running:
             # Other tasks here will finish soon: gather their reports into one
-            # frame. When nothing else runs, the scheduler waits on us: send now.
-            loop.call_later(BATCH_DELAY, self._flush_scheduler)
+            # frame. When nothing else runs, the scheduler waits on us: send now
+            # (at the end of the frame we are reading, or on the next turn).
+            self.loop.call_later(BATCH_DELAY, self._flush_scheduler)
+        elif self._in_frame:
+            self._scheduler_now = True
         else:
-            loop.add_callback(self._flush_scheduler)
+            self.loop.add_callback(self._flush_scheduler)
 
     def _flush_scheduler(self) -> None:
         self._scheduler_flush_pending = False
@@ -286,12 +297,21 @@ class WorkerDaemon:
 
     def _to_executor(self, executor_id: int, msg: Any) -> None:
         self._executor_outbox.setdefault(executor_id, []).append(msg)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._in_frame:
             self._flush_scheduled = True
-            IOLoop.current().add_callback(self._flush)
+            self.loop.add_callback(self._flush)
+
+    def _end_frame(self) -> None:
+        """A frame is handled: send what it produced now, one write per peer."""
+        self._in_frame = False
+        if self._executor_outbox:
+            self._flush()
+        if self._scheduler_now:
+            self._scheduler_now = False
+            self._flush_scheduler()
 
     def _flush(self) -> None:
-        """One write per executor per loop iteration, whatever piled up."""
+        """One write per executor, whatever piled up."""
         self._flush_scheduled = False
         outbox, self._executor_outbox = self._executor_outbox, {}
         for executor_id, msgs in outbox.items():
@@ -383,44 +403,15 @@ class WorkerDaemon:
         self.executor_streams[executor_id] = stream
         self.by_client[hello.client_id] = executor_id
         self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
-        # What the executor sent, in its order: its client's messages are relayed
-        # to the scheduler, its reports become events for the state machine, and
-        # a frame's run of reports is handled in one go. Only one of the two
-        # lists is non-empty at a time, so the scheduler hears both in order.
-        relay: list[Any] = []
-        events: list[Any] = []
         reader = FrameReader(stream)
         try:
             while True:
                 msgs = await reader.read()
-                for msg in msgs:
-                    if isinstance(msg, w.Executed | w.Returned):
-                        if relay:
-                            self._to_scheduler(w.FromClient(hello.client_id, relay))
-                            relay = []
-                        if isinstance(msg, w.Executed):
-                            events.append(ExecutorFinished(executor_id, msg.result))
-                        else:
-                            events.append(TasksReturned(executor_id, msg.task_ids))
-                    elif isinstance(msg, w.Fetch):
-                        IOLoop.current().add_callback(self._fetch, executor_id, msg)
-                    elif isinstance(msg, w.CLIENT_MESSAGES):
-                        if events:
-                            self._carry_out(self.state.handle_all(events))
-                            events = []
-                        relay.append(msg)
-                        if isinstance(msg, w.TaskBlocked):
-                            self._carry_out(self.state.handle(TaskBlocked(msg.task_id)))
-                        elif isinstance(msg, w.TaskUnblocked):
-                            self._carry_out(self.state.handle(TaskUnblocked(msg.task_id)))
-                    else:
-                        raise ProtocolError(f"an executor may not send {type(msg).__name__}")
-                if events:
-                    self._carry_out(self.state.handle_all(events))
-                    events = []
-                if relay:
-                    self._to_scheduler(w.FromClient(hello.client_id, relay))
-                    relay = []
+                self._in_frame = True
+                try:
+                    self._executor_frame(executor_id, hello.client_id, msgs)
+                finally:
+                    self._end_frame()
         except (StreamClosedError, ProtocolError):
             stream.close()
         finally:
@@ -429,6 +420,43 @@ class WorkerDaemon:
             if code is not None:
                 self._report_exit(executor_id, code)
             # else the process lives on for a moment; its reaper reports the exit
+
+    def _executor_frame(self, executor_id: int, client_id: bytes, msgs: list[Any]) -> None:
+        """What an executor sent, in its order.
+
+        Its client's messages are relayed to the scheduler; its reports become
+        events for the state machine, a run of them handled in one go. Only one
+        of the two lists is non-empty at a time, so the scheduler hears both in
+        the executor's order.
+        """
+        relay: list[Any] = []
+        events: list[Any] = []
+        for msg in msgs:
+            if isinstance(msg, w.Executed | w.Returned):
+                if relay:
+                    self._to_scheduler(w.FromClient(client_id, relay))
+                    relay = []
+                if isinstance(msg, w.Executed):
+                    events.append(ExecutorFinished(executor_id, msg.result))
+                else:
+                    events.append(TasksReturned(executor_id, msg.task_ids))
+            elif isinstance(msg, w.Fetch):
+                self.loop.add_callback(self._fetch, executor_id, msg)
+            elif isinstance(msg, w.CLIENT_MESSAGES):
+                if events:
+                    self._carry_out(self.state.handle_all(events))
+                    events = []
+                relay.append(msg)
+                if isinstance(msg, w.TaskBlocked):
+                    self._carry_out(self.state.handle(TaskBlocked(msg.task_id)))
+                elif isinstance(msg, w.TaskUnblocked):
+                    self._carry_out(self.state.handle(TaskUnblocked(msg.task_id)))
+            else:
+                raise ProtocolError(f"an executor may not send {type(msg).__name__}")
+        if events:
+            self._carry_out(self.state.handle_all(events))
+        if relay:
+            self._to_scheduler(w.FromClient(client_id, relay))
 
     async def serve_store(self, stream: IOStream) -> None:
         """One process on this host writing and reading objects; see worker/store.py."""
