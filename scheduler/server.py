@@ -43,7 +43,7 @@ class SchedulerServer(TCPServer):
             worker_timeout = float(os.environ.get("TASKGRAPH_WORKER_TIMEOUT", "30"))
         # Busy workers may queue up to this many short CPU-only tasks per CPU
         # (placement.queue_depth_for).
-        queue_depth = float(os.environ.get("TASKGRAPH_QUEUE_DEPTH", "32"))
+        queue_depth = float(os.environ.get("TASKGRAPH_QUEUE_DEPTH", "64"))
         self.state = SchedulerState(cluster_id, worker_timeout, queue_depth)
         # Time passes for the state machine even when nobody writes: silent
         # workers are noticed on a tick.

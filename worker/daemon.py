@@ -101,7 +101,7 @@ class WorkerDaemon:
         self.host = host_id()
         cpus = resources.get("CPU", 1.0)
         # Tasks a busy executor may hold, the one it runs included (worker/state.py).
-        prefetch = int(os.environ.get("TASKGRAPH_EXECUTOR_PREFETCH", "4"))
+        prefetch = int(os.environ.get("TASKGRAPH_EXECUTOR_PREFETCH", "16"))
         self.state = WorkerState(self.worker_id, max(1, int(cpus)), cpus, prefetch)
         self.socket_dir = tempfile.mkdtemp(prefix="tg-")
         self.socket_path = os.path.join(self.socket_dir, "executors.sock")

@@ -12,9 +12,9 @@ Executor states::
         └──────────┴─────────┴──▶ dead
 
 A busy executor may hold a few more tasks behind the one it runs (up to
-``prefetch`` in all), so that it starts the next without waiting for us, but
-only tasks of functions seen to take under ``SHORT_TASK`` seconds, on the
-CPU the running task holds. It runs them in order, so the first task handed
+``prefetch`` in all, and about ``HELD_SECONDS`` of work), so that it starts the
+next without waiting for us, but only tasks of functions seen to take under
+``SHORT_TASK`` seconds, on the CPU the running task holds. It runs them in order, so the first task handed
 to it and not yet reported is the one running. If that task blocks in get(),
 the executor hands the others back (``Returned``) and they queue here again.
 """
@@ -139,6 +139,9 @@ Instruction = SpawnExecutor | ToExecutor | ToScheduler | SignalExecutor
 # busy executor behind its running task; longer ones wait here, where any
 # executor that frees up can take them.
 SHORT_TASK = 0.002
+# And no more of them than take about this long together, so that an executor
+# that frees up never waits long while another holds work it could do.
+HELD_SECONDS = 0.005
 
 
 @dataclass(slots=True)
@@ -441,15 +444,20 @@ class WorkerState:
         """Every CPU is taken: short tasks wait in the busy executors, not here."""
         out: list[Instruction] = []
         while self.queue and self._short(self.queue[0]):
-            cpus = self.queue[0].spec.resources.get("CPU", 0.0)
+            first = self.queue[0]
+            cpus = first.spec.resources.get("CPU", 0.0)
+            mean = self.durations[first.spec.function_id]
+            limit = max(2, min(self.prefetch, int(HELD_SECONDS / max(mean, 1e-6))))
+            # Tasks behind the running one were short when they were handed
+            # over; the running one may not be (it may have found the executor idle).
             room = [
                 e
                 for e in self.executors.values()
                 if e.state == "busy"
-                and len(e.tasks) < self.prefetch
+                and len(e.tasks) < limit
                 and e.tasks[0].spec.task_id not in self.blocked
                 and e.tasks[0].spec.resources.get("CPU", 0.0) == cpus
-                and all(self._short(a) for a in e.tasks)
+                and self._short(e.tasks[0])
             ]
             if not room:
                 break

@@ -447,3 +447,17 @@ def test_a_task_handed_back_by_an_idle_executor_is_queued_again() -> None:
     # It goes out again at once, to an idle executor (perhaps the same one).
     assert [i.message.assignment.spec.task_id for i in of(ToExecutor, out)] == [a.spec.task_id]
     assert h.state.cpus_used == 1.0
+
+
+def test_an_executor_holds_about_a_few_milliseconds_of_work() -> None:
+    h = Harness(min_executors=1, cpus=1.0)
+    h.state.prefetch = 16
+    h.start()
+    h.ready(1)
+    warm = h.assignment("warm", cpus=1.0)
+    h.assign(warm)
+    h.finish(1, warm, duration=0.001)  # 1 ms a task: 5 of them make HELD_SECONDS
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(20)]
+    out = h.assign(*tasks)
+    assert len(of(ToExecutor, out)) == 5
+    assert h.state.statistics()["queued"] == 15
