@@ -116,7 +116,7 @@ class SchedulerServer(TCPServer):
     async def _serve_client(self, stream: IOStream, hello: w.Hello) -> None:
         client_id = hello.client_id
         self.client_streams[client_id] = stream
-        self.handle(ClientJoined(client_id, None, hello.namespace))
+        self.handle(ClientJoined(client_id, None, hello.namespace, hello.host, hello.deliver))
         reader = FrameReader(stream)
         try:
             while True:

@@ -49,6 +49,8 @@ class ClientJoined:
     client_id: bytes
     via_worker: str | None = None
     namespace: str = ""
+    host: str = ""
+    deliver: str = ""  # where executors on its host may hand it results
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,8 @@ class ClientRec:
     client_id: bytes
     via_worker: str | None
     namespace: str
+    host: str = ""
+    deliver: str = ""
     held: set[bytes] = field(default_factory=set)
     warned_shapes: set[tuple[Any, ...]] = field(default_factory=set)
 
@@ -243,7 +247,7 @@ class SchedulerState:
                 self._worker_message(worker, msg)
         elif isinstance(event, ClientJoined):
             self.clients[event.client_id] = ClientRec(
-                event.client_id, event.via_worker, event.namespace
+                event.client_id, event.via_worker, event.namespace, event.host, event.deliver
             )
         elif isinstance(event, ClientLeft):
             self._client_left(event.client_id)
@@ -774,8 +778,19 @@ class SchedulerState:
                 worker.functions.add(spec.function_id)
         inputs = [self.objects[oid].as_value() for oid in spec.deps]
         self._assignments.setdefault(worker.worker_id, []).append(
-            w.Assignment(spec, inputs, function, gpu_ids)
+            w.Assignment(spec, inputs, function, gpu_ids, self._deliver_to(task, worker))
         )
+
+    def _deliver_to(self, task: Task, worker: WorkerRec) -> str:
+        """The owner's address, if it waits for this task and shares the worker's host."""
+        owner = self.clients.get(task.owner)
+        if owner is None or not owner.deliver or owner.host != worker.info.host:
+            return ""
+        for oid in return_ids(task.id, task.spec.num_returns):
+            obj = self.objects.get(oid)
+            if obj is not None and owner.client_id in obj.waiters:
+                return owner.deliver
+        return ""
 
     def _to_memory(self, task: Task, result: w.TaskResult) -> None:
         task.state = "memory"
@@ -784,6 +799,8 @@ class SchedulerState:
             obj = self.objects.get(ret.object_id)
             if obj is None:
                 continue
+            if result.delivered:
+                obj.waiters.discard(task.owner)  # the executor handed it over already
             obj.state = "ready"
             obj.data = ret.data
             obj.location = ret.location

@@ -21,6 +21,8 @@ from typing import Any
 from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._client import Client, host_id
+from taskgraph._deliveries import ENABLED as deliveries_enabled
+from taskgraph._deliveries import DeliveryListener
 from taskgraph._local_cluster import LocalCluster
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
@@ -149,11 +151,30 @@ def init(
 
 def _connect(address: str, token: str, namespace: str) -> Client:
     client_id = os.urandom(8)
-    hello = w.Hello("client", b"", client_id, pid=os.getpid(), host=host_id(), namespace=namespace)
-    conn, welcome = connect_blocking(address, config.token_bytes(token), hello)
+    secret = config.token_bytes(token)
+    # Executors on this host may hand us results we wait for (_deliveries.py).
+    deliveries = DeliveryListener(secret) if deliveries_enabled else None
+    hello = w.Hello(
+        "client",
+        b"",
+        client_id,
+        pid=os.getpid(),
+        host=host_id(),
+        namespace=namespace,
+        deliver=deliveries.address if deliveries is not None else "",
+    )
+    try:
+        conn, welcome = connect_blocking(address, secret, hello)
+    except BaseException:
+        if deliveries is not None:
+            deliveries.close()
+        raise
     client = Client(conn, client_id, welcome)
-    client.token = config.token_bytes(token)
+    client.token = secret
     client.on_notice = _show_notice
+    if deliveries is not None:
+        deliveries.client = client
+        client.deliveries = deliveries
     return client
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from taskgraph import _wire as w
 from taskgraph import serialization
+from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ENABLED as DIRECT_ENABLED
 from taskgraph._direct import ActorRoute, DirectChannel
 from taskgraph._ids import return_ids
@@ -114,6 +115,8 @@ class Client:
         self.token = b""  # to pull objects from other hosts' workers
         # In an executor: ask our worker daemon for a local copy of a remote object.
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
+        # A driver's listener for results executors hand over themselves (_deliveries.py).
+        self.deliveries: DeliveryListener | None = None
         # In an executor: told when the running task starts and stops waiting in get().
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
@@ -729,6 +732,8 @@ class Client:
             self._flush_cond.notify_all()
         self._flusher.join(timeout=5)
         self.conn.close()
+        if self.deliveries is not None:
+            self.deliveries.close()
         for channel in list(self._channels.values()):
             channel.close()
         with self._stores_lock:

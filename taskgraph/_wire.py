@@ -60,6 +60,7 @@ class Hello(Msg):
     pid: int = 0
     host: str = ""
     namespace: str = ""
+    deliver: str = ""  # a client's address for results from executors on its host
 
 
 class Welcome(Msg):
@@ -155,6 +156,7 @@ class TaskResult(Msg):
     failure: str = ""  # "" | "task" | "crashed" | "cancelled"
     exit_code: int = 0
     duration: float = 0.0  # seconds the executor spent on it (0: not measured)
+    delivered: bool = False  # the returns went straight to the waiting owner (_deliveries.py)
 
 
 # -- client -> scheduler -----------------------------------------------------
@@ -272,6 +274,7 @@ class Assignment(Msg):
     inputs: list[Value]  # values of spec.deps, in order
     function: bytes = b""  # the function's code, the first time this worker sees it
     gpu_ids: list[int] = []
+    deliver: str = ""  # the owner waits for the returns here (taskgraph/_deliveries.py)
 
 
 class RunTasks(Msg):

@@ -277,7 +277,9 @@ class WorkerDaemon:
         if self._scheduler_flush_pending:
             return
         self._scheduler_flush_pending = True
-        if self.state.running:
+        if self.state.running or (
+            type(msg) is w.TasksDone and all(r.delivered for r in msg.results)
+        ):
             # Other tasks here will finish soon: gather their reports into one
             # frame. When nothing else runs, the scheduler waits on us: send now
             # (at the end of the frame we are reading, or on the next turn).

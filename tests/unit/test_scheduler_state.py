@@ -1297,3 +1297,40 @@ def test_a_released_promise_is_freed_when_its_client_leaves() -> None:
     h.send(b"c1", w.PromiseObjects([promised]), w.ReleaseRefs([promised]))
     h.handle(ClientLeft(b"c1"))
     assert promised not in h.state.objects
+
+
+# -- results handed to the waiting owner by the executor (_deliveries.py) ----
+
+
+def test_an_owner_waiting_on_the_workers_host_gets_its_results_handed_over() -> None:
+    h = Harness()
+    h.handle(ClientJoined(b"c1", None, "", "host-w1", "unix://owner"))
+    h.send(b"c1", w.ExportFunction(FUNCTION, CODE))
+    h.worker("w1")
+    waited, not_waited = h.spec("waited"), h.spec("not waited")
+    sends = h.send(b"c1", w.SubmitTasks([waited, not_waited]), w.WantObjects([ret(waited)]))
+    by_name = {a.spec.name: a for a in assigned(sends, "w1")}
+    assert by_name["waited"].deliver == "unix://owner"
+    assert by_name["not waited"].deliver == "", "nobody waits for it yet"
+
+    # The executor says it handed the value over: the scheduler does not send it again.
+    delivered = w.TaskResult(waited.task_id, returns=ok(waited).returns, delivered=True)
+    assert values(h.done("w1", delivered), b"c1") == {}
+    assert h.task_state(waited) is None, "done all the same"
+    # And what it did not hand over comes the usual way.
+    h.want(b"c1", ret(not_waited))
+    assert ret(not_waited) in values(h.done("w1", ok(not_waited)), b"c1")
+
+
+def test_results_are_not_handed_over_across_hosts_or_to_clients_without_an_address() -> None:
+    h = Harness()
+    h.handle(ClientJoined(b"far", None, "", "another-host", "unix://far"))
+    h.handle(ClientJoined(b"plain", None, "", "host-w1", ""))
+    for client_id in (b"far", b"plain"):
+        h.send(client_id, w.ExportFunction(FUNCTION, CODE))
+    h.worker("w1", {"CPU": 4.0})
+    for client_id in (b"far", b"plain"):
+        spec = h.spec()
+        sends = h.send(client_id, w.SubmitTasks([spec]), w.WantObjects([ret(spec)]))
+        [a] = assigned(sends, "w1")
+        assert a.deliver == ""
