@@ -101,6 +101,7 @@ class Client:
         # those that outlive the task (keep_borrowed), not of every one.
         self._deferring = False
         self._borrowed: set[bytes] = set()
+        self._blocked_waits = 0  # in an executor: the running task's threads waiting in get()
         self._values: dict[bytes, w.Value] = {}
         self._wanted: set[bytes] = set()
         self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
@@ -169,6 +170,12 @@ class Client:
         finally:
             with self._lock:
                 self._deferring = False
+
+    def task_ended(self) -> None:
+        """In an executor: the task is over (its waits too), before its report goes."""
+        with self._lock:
+            self._blocked_waits = 0
+        self.keep_borrowed()
 
     def keep_borrowed(self) -> None:
         """The task is over: acquire the refs from its arguments that are still alive here.
@@ -241,11 +248,6 @@ class Client:
     def send_soon(self, msg: Any) -> None:
         with self._lock:
             self._queue(msg)
-
-    def send_later(self, msg: Any) -> None:
-        """Queue without waking the flusher: the caller flushes soon (or the next send does)."""
-        with self._lock:
-            self._queue(msg, wake=False)
 
     def send_now(self, msg: Any) -> None:
         """Queue behind everything pending and send it all before returning."""
@@ -621,7 +623,7 @@ class Client:
         counts arrivals for us and wakes us once, when enough are here.
         """
         unique = list(dict.fromkeys(oids))
-        blocked = False
+        blocked = first = False
         with self._lock:
             self._want(unique)
             missing = [o for o in unique if o not in self._values]
@@ -634,8 +636,13 @@ class Client:
                 task = self.current_task
                 blocked = task is not None
                 if task is not None:
-                    self._queue(w.TaskBlocked(task), wake=False)
-        if blocked and self.on_block is not None:
+                    # Several threads of a task may wait at once: the task is
+                    # blocked from the first wait to the end of the last.
+                    self._blocked_waits += 1
+                    first = self._blocked_waits == 1
+                    if first:
+                        self._queue(w.TaskBlocked(task), wake=False)
+        if first and self.on_block is not None:
             self.on_block()
         self.flush()
         try:
@@ -650,10 +657,14 @@ class Client:
                         waiting.remove(waiter)
                         if not waiting:
                             del self._waiters[oid]
-            if blocked and self.on_unblock is not None:
-                self.on_unblock()
-            if blocked and self.current_task is not None:
-                self.send_soon(w.TaskUnblocked(self.current_task))
+            if blocked:
+                with self._lock:
+                    self._blocked_waits = max(0, self._blocked_waits - 1)
+                    last = self._blocked_waits == 0
+                if last and self.on_unblock is not None:
+                    self.on_unblock()
+                if last and self.current_task is not None:
+                    self.send_soon(w.TaskUnblocked(self.current_task))
         if self.broken is not None:
             raise ConnectionError(self.broken)
         if not arrived:

@@ -365,33 +365,42 @@ class WorkerState:
             out.append(ToScheduler(w.ActorDied(ex.actor_id, event.exit_code, ex.pid)))
             return out
         if ex.tasks:
-            head = ex.tasks.popleft()
-            task_id = head.spec.task_id
-            self.running.pop(task_id, None)
-            self._release_cpus(task_id)
-            code = event.exit_code
-            if task_id in ex.cancelling:
-                result = _cancelled(head, code)
-            else:
-                err = WorkerCrashedError(
-                    f"executor process {ex.pid} of worker {self.worker_id}",
-                    task_name=head.spec.name,
-                    exit_code=code,
-                )
-                result = w.TaskResult(
-                    task_id, error=pickle.dumps(err), failure="crashed", exit_code=code
-                )
-            out.append(ToScheduler(w.TasksDone([result])))
-            # The tasks waiting behind it never started: they run elsewhere.
-            for a in reversed(ex.tasks):
-                self.running.pop(a.spec.task_id, None)
-                if a.spec.task_id in ex.cancelling:
-                    out.append(ToScheduler(w.TasksDone([_cancelled(a)])))
-                else:
-                    self.queue.appendleft(a)
+            out.extend(self._lost_with(ex, event.exit_code))
         alive = sum(1 for e in self.executors.values() if not e.actor_id)
         if alive < self.min_executors:
             out.append(self._spawn())
+        return out
+
+    def _lost_with(self, ex: Executor, code: int) -> list[Instruction]:
+        """What an executor that died had in hand.
+
+        The first task handed over and not reported was running: it crashed
+        (or was cancelled). An executor reports each task before it starts the
+        next, so the others never started: they run elsewhere.
+        """
+        head = ex.tasks.popleft()
+        task_id = head.spec.task_id
+        self.running.pop(task_id, None)
+        self._release_cpus(task_id)
+        if task_id in ex.cancelling:
+            result = _cancelled(head, code)
+        else:
+            err = WorkerCrashedError(
+                f"executor process {ex.pid} of worker {self.worker_id}",
+                task_name=head.spec.name,
+                exit_code=code,
+            )
+            result = w.TaskResult(
+                task_id, error=pickle.dumps(err), failure="crashed", exit_code=code
+            )
+        out: list[Instruction] = [ToScheduler(w.TasksDone([result]))]
+        for a in reversed(ex.tasks):
+            self.running.pop(a.spec.task_id, None)
+            if a.spec.task_id in ex.cancelling:
+                out.append(ToScheduler(w.TasksDone([_cancelled(a, code)])))
+            else:
+                self.queue.appendleft(a)
+        ex.tasks.clear()
         return out
 
     def _cancel(self, event: CancelRequested) -> list[Instruction]:
@@ -466,6 +475,7 @@ class WorkerState:
         return out
 
     def _short(self, a: w.Assignment) -> bool:
+        """May wait in an executor behind another (and another behind it)."""
         mean = self.durations.get(a.spec.function_id)
         return mean is not None and mean < SHORT_TASK and not a.gpu_ids and not a.spec.generator
 

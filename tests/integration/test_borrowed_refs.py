@@ -59,3 +59,22 @@ def test_a_ref_a_task_keeps_after_it_returned_keeps_its_object(fresh_cluster):
     assert tg.get(read_kept.remote()) == [3.0]
     assert tg.get(forget_kept.remote()) == 0
     wait_for(lambda: not stored(), what="the kept object to be freed once let go")
+
+
+@tg.remote
+def boxed_put(refs):
+    """Given refs (borrowed), return a ref to a new object inside a list."""
+    return [tg.put(np.full(BIG, float(len(refs))))]
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
+def test_a_ref_returned_inside_a_value_survives_the_task_that_made_it(fresh_cluster):
+    # The task's own ref to the put dies as it returns, before its report is
+    # sent: the object must still be there for whoever reads the return.
+    arg = tg.put(1)
+    for _ in range(20):
+        (inner,) = tg.get(boxed_put.remote([arg]), timeout=30)
+        assert tg.get(inner, timeout=30)[0] == 1.0
+    del inner, arg
+    gc.collect()
+    wait_for(lambda: not stored(), what="the objects to be freed")

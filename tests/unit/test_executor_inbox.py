@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import pickle
 import signal
-import threading
-import time
-
-import pytest
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import TaskCancelledError
@@ -84,37 +80,6 @@ def test_a_new_task_is_never_handed_back_for_the_last_ones_wait() -> None:
     assert len(out.sent) == 1
 
 
-def test_reports_are_held_while_more_tasks_wait() -> None:
-    box, _ = inbox()
-    for name in "abc":
-        box.put(task(name))
-    box.get()
-    assert box.more_soon(), "b waits: hold a's report"
-    box.get()
-    assert box.more_soon(), "c waits: hold b's report too"
-    box.get()
-    assert not box.more_soon(), "nothing waits: send c's, and with it the others"
-
-
-def test_held_reports_go_out_before_the_executor_sleeps() -> None:
-    box, out = inbox()
-    box.put(task("a"))
-    box.put(task("b"))
-    box.get()
-    assert box.more_soon(), "a's report held: b waits"
-    box.cancel(task("b").spec.task_id, force=False)  # and then b is gone
-    taken: list[object] = []
-    thread = threading.Thread(target=lambda: taken.append(box.get()))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not out.flushes and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert out.flushes == 1, "held reports sent before waiting for more"
-    box.put(None)
-    thread.join(10)
-    assert taken == [None]
-
-
 def test_cancel_drops_a_waiting_task_and_reports_it_cancelled() -> None:
     box, out = inbox()
     box.put(task("running"))
@@ -143,17 +108,3 @@ def test_cancel_of_the_running_task_interrupts_this_process_for_that_task() -> N
     assert caught == [signal.SIGINT]
     assert box.cancelling == task("running").spec.task_id
     assert out.sent == []
-
-
-@pytest.mark.parametrize("held", [0, 3])
-def test_more_soon_holds_at_most_a_batch(held: int) -> None:
-    box, _ = inbox()
-    for i in range(Inbox.BATCH + 3):
-        box.put(task(f"t{i}"))
-    box._held = held
-    kept = 0
-    while box.get() is not None and box.more_soon():
-        kept += 1
-        if kept > 2 * Inbox.BATCH:
-            break
-    assert kept == Inbox.BATCH - held

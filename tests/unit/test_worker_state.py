@@ -432,6 +432,8 @@ def test_an_executor_that_dies_fails_its_running_task_and_requeues_the_rest() ->
     h.assign(*tasks)
     head, *behind = list(h.state.executors[1].tasks)
     out = h.handle(ExecutorDied(1, -signal.SIGSEGV))
+    # It reported every task before starting the next: the first one not
+    # reported was running, the others never started.
     [result] = reported(out)
     assert result.task_id == head.spec.task_id and result.failure == "crashed"
     assert [a.spec.task_id for a in list(h.state.queue)[:2]] == [a.spec.task_id for a in behind]
