@@ -152,6 +152,9 @@ class Executor:
     client_id: bytes = b""
     tasks: deque[w.Assignment] = field(default_factory=deque)  # handed over; the first runs
     cancelling: set[bytes] = field(default_factory=set)  # tasks asked to stop
+    # It handed tasks back (its task blocked, or runs long): send it no more
+    # to wait behind that task.
+    handed_back: bool = False
     functions: set[bytes] = field(default_factory=set)
     actor_id: bytes = b""  # a dedicated actor process: never idle, never in the pool
     backlog: list[w.Assignment] = field(default_factory=list)  # calls before it started
@@ -297,6 +300,7 @@ class WorkerState:
             self._hold_cpus(ex.tasks[0])
         else:
             ex.state = "idle"
+        ex.handed_back = False
         self.tasks_done += 1
 
     def _hold_cpus(self, a: w.Assignment) -> None:
@@ -308,6 +312,7 @@ class WorkerState:
         """Tasks an executor handed back unstarted: queue them first, or end the cancelled."""
         out: list[Instruction] = []
         wanted = set(task_ids)
+        ex.handed_back = ex.task not in wanted
         if ex.task in wanted:
             # It had finished its task and still thought itself blocked: this
             # one never started either. Not expected; nothing may hang on it.
@@ -463,6 +468,7 @@ class WorkerState:
                 e
                 for e in self.executors.values()
                 if e.state == "busy"
+                and not e.handed_back
                 and len(e.tasks) < limit
                 and e.tasks[0].spec.task_id not in self.blocked
                 and e.tasks[0].spec.resources.get("CPU", 0.0) == cpus

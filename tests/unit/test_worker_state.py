@@ -463,3 +463,17 @@ def test_an_executor_holds_about_a_few_milliseconds_of_work() -> None:
     out = h.assign(*tasks)
     assert len(of(ToExecutor, out)) == 5
     assert h.state.statistics()["queued"] == 15
+
+
+def test_an_executor_that_handed_tasks_back_gets_none_until_its_task_ends() -> None:
+    h = prefetching(prefetch=4)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(8)]
+    h.assign(*tasks)
+    head, *behind = list(h.state.executors[1].tasks)
+    h.handle(TasksReturned(1, [a.spec.task_id for a in behind]))  # its task runs long
+    assert list(h.state.executors[1].tasks) == [head]
+    more = [h.assignment(f"m{i}", cpus=1.0) for i in range(4)]
+    out = h.assign(*more)
+    assert all(i.executor_id != 1 for i in of(ToExecutor, out)), "none behind the long task"
+    h.finish(1, head, duration=1e-5)
+    assert len(h.state.executors[1].tasks) > 1, "its next task is an ordinary one again"
