@@ -7,7 +7,7 @@
    cluster ran N no-op tasks as fast as it could, divided by N — decoding,
    encoding, sockets and the event loop included.
 
-    python -m benchmarks.scheduler_cpu [--tasks 20000]
+    python -m benchmarks.scheduler_cpu [--tasks 20000] [--rate 10000]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def state_machine_us(n: int) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
-def scheduler_process_us(n: int) -> tuple[float, float]:
+def scheduler_process_us(n: int, rate: float | None = None) -> tuple[float, float]:
     import taskgraph as tg
 
     tg.init(num_cpus=2)
@@ -89,9 +89,21 @@ def scheduler_process_us(n: int) -> tuple[float, float]:
         )
         before = scheduler.cpu_times()
         start = time.perf_counter()
-        batch = 2000
-        for _ in range(n // batch):
-            tg.get([noop.remote() for _ in range(batch)])
+        if rate is None:  # as fast as the driver can: 2,000 at a time
+            batch = 2000
+            for _ in range(n // batch):
+                tg.get([noop.remote() for _ in range(batch)])
+        else:  # paced: 50 every 50/rate seconds, results collected as they go
+            batch, pending = 50, []
+            for i in range(n // batch):
+                pending.append([noop.remote() for _ in range(batch)])
+                if len(pending) > 40:
+                    tg.get(pending.pop(0))
+                pause = start + (i + 1) * batch / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            for refs in pending:
+                tg.get(refs)
         elapsed = time.perf_counter() - start
         after = scheduler.cpu_times()
         cpu = (after.user - before.user) + (after.system - before.system)
@@ -105,9 +117,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument(
+        "--rate", type=float, default=None, help="submit at this many tasks/s (default: flat out)"
+    )
     args = parser.parse_args()
     print(f"state machine alone : {state_machine_us(args.tasks):6.1f} µs of CPU per task")
-    per_task, rate = scheduler_process_us(args.tasks)
+    per_task, rate = scheduler_process_us(args.tasks, args.rate)
     print(f"scheduler process   : {per_task:6.1f} µs of CPU per task at {rate:,.0f} tasks/s")
 
 

@@ -50,6 +50,7 @@ class _Cancelled(BaseException):
 # A task that has run this long hands back the tasks waiting behind it: the
 # daemon sent them because its function is usually quick, but this call is not.
 LONG_TASK = 0.02
+WATCH_LINGER = 50  # looks (one per LONG_TASK) the watchdog keeps taking once idle
 
 
 class Inbox:
@@ -138,6 +139,7 @@ class Inbox:
             )
             self._watcher.start()
         elif self._watcher_idle:
+            self._watcher_idle = False  # one wake-up, however many tasks come before it runs
             self._watch.notify()
 
     def close(self) -> None:
@@ -149,18 +151,26 @@ class Inbox:
             self._watcher.join(timeout=5)
 
     def _watch_loop(self) -> None:
+        quiet = 0  # looks in a row that found nothing waiting
         with self._lock:
             while not self._closed:
                 if self._waiting and self.current is not None and not self.too_long:
-                    self._watcher_idle = False
+                    self._watcher_idle, quiet = False, 0
                     left = self._started + LONG_TASK - time.monotonic()
                     if left > 0:
                         self._watch.wait(left)  # the task may change meanwhile: look again
                         continue
                     self.too_long = True
                     self._hand_back()
+                elif quiet < WATCH_LINGER:
+                    # Tasks come in bursts: keep looking now and then for a
+                    # while, rather than be woken for every task of the next.
+                    quiet += 1
+                    self._watch.wait(LONG_TASK)
+                    continue
                 self._watcher_idle = True
                 self._watch.wait()
+                quiet = 0  # woken: tasks wait behind a running one
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         with self._lock:

@@ -143,3 +143,24 @@ def test_quick_transfer_rows_run_on_two_taskgraph_hosts(tmp_path: Path) -> None:
     for cell in cells.values():
         assert cell["status"] == "ok", cell
         assert cell["median"] > 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("rate", [None, "4000"])
+def test_scheduler_cpu_measures_both_ways(rate: str | None) -> None:
+    paced = ["--rate", rate] if rate else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scheduler_cpu", "--tasks", "2000", *paced],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    alone, process = proc.stdout.strip().splitlines()[-2:]
+    assert alone.startswith("state machine alone") and "µs of CPU per task" in alone
+    assert process.startswith("scheduler process") and "tasks/s" in process
+    achieved = float(process.rsplit(" at ", 1)[1].split()[0].replace(",", ""))
+    if rate:
+        assert achieved <= float(rate) * 1.05, "paced at the rate asked for"
