@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -40,6 +41,14 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.01)
+
+
+def warm(fn: Any, *args: Any, n: int = 60, value: Any = None) -> None:
+    """Run remote function ``fn`` ``n`` times, so the cluster knows how long its tasks take
+    (short ones then wait in busy executors: worker/state.py). Each call must return
+    ``value``, or its first argument when ``value`` is None."""
+    expected = args[0] if value is None else value
+    assert tg.get([fn.remote(*args) for _ in range(n)], timeout=60) == [expected] * n
 
 
 def descendants() -> set[int]:

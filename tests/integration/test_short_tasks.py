@@ -15,6 +15,7 @@ import time
 import pytest
 
 import taskgraph as tg
+from conftest import warm
 from taskgraph.exceptions import TaskCancelledError
 
 
@@ -51,15 +52,6 @@ class Gate:
 
     def open(self):
         self.event.set()
-
-
-def warm(fn, *args):
-    """Run ``fn`` enough times that the cluster knows its tasks are short."""
-    assert tg.get([fn.remote(*args) for _ in range(60)], timeout=60) == [fn_value(args)] * 60
-
-
-def fn_value(args):
-    return args[0] if args else None
 
 
 def test_tasks_behind_a_blocked_task_run_elsewhere(fresh_cluster):

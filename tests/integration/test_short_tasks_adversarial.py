@@ -18,7 +18,7 @@ import time
 import pytest
 
 import taskgraph as tg
-from conftest import wait_for
+from conftest import wait_for, warm
 from taskgraph.exceptions import TaskCancelledError, WorkerCrashedError
 
 
@@ -52,11 +52,6 @@ def job(x, log=None):
     if isinstance(x, tuple) and x[0] == "sleep":
         time.sleep(x[1])
     return x
-
-
-def warm(fn, *args, n=60, value=None):
-    expected = args[0] if value is None else value
-    assert tg.get([fn.remote(*args) for _ in range(n)], timeout=60) == [expected] * n
 
 
 one_cpu = pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
