@@ -7,9 +7,10 @@
 
 The main thread runs tasks so that a cancel (SIGINT, which the reader thread
 raises when the daemon says ``CancelTask``) lands in the task's own code. The
-daemon may hand over a few short tasks at once; they run in order, their
-reports go together, and if the running task blocks in get() the ones not
-started go back to the daemon (``Returned``) so that nothing waits on it. The process is also a full client: a task may submit
+daemon may hand over a few short tasks at once; they run in order, each
+reported before the next starts, and if the running task blocks in get() or
+runs long the ones not started go back to the daemon (``Returned``), so that
+none waits on it. The process is also a full client: a task may submit
 tasks, put, get and wait, all relayed by the daemon. Functions arrive once
 per process and stay cached by content hash.
 """

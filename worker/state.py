@@ -12,11 +12,13 @@ Executor states::
         └──────────┴─────────┴──▶ dead
 
 A busy executor may hold a few more tasks behind the one it runs (up to
-``prefetch`` in all, and about ``HELD_SECONDS`` of work), so that it starts the
-next without waiting for us, but only tasks of functions seen to take under
-``SHORT_TASK`` seconds, on the CPU the running task holds. It runs them in order, so the first task handed
-to it and not yet reported is the one running. If that task blocks in get(),
-the executor hands the others back (``Returned``) and they queue here again.
+``prefetch`` in all, and about ``HELD_SECONDS`` of work), so that it starts
+the next without waiting for us: only tasks of functions seen to take under
+``SHORT_TASK`` seconds, on the CPU the running task holds. It runs them in
+order and reports each before the next, so the first task handed to it and
+not yet reported is the one running. If that task blocks in get() or runs
+long, the executor hands the others back (``Returned``): they queue here
+again, and that executor gets no more until its task ends.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class CancelRequested:
 
 @dataclass(frozen=True, slots=True)
 class TasksReturned:
-    """An executor will not start these tasks it was handed: its running task blocked."""
+    """An executor will not start these tasks it was handed: its running task
+    blocked in get() or runs long."""
 
     executor_id: int
     task_ids: list[bytes]
@@ -312,17 +315,19 @@ class WorkerState:
         """Tasks an executor handed back unstarted: queue them first, or end the cancelled."""
         out: list[Instruction] = []
         wanted = set(task_ids)
-        ex.handed_back = ex.task not in wanted
-        if ex.task in wanted:
-            # It had finished its task and still thought itself blocked: this
-            # one never started either. Not expected; nothing may hang on it.
+        # Not expected (an executor hands back only tasks behind a running
+        # one), but nothing may hang on it: if the one we count as running
+        # comes back, the next (if any) runs in its place.
+        head_back = ex.task in wanted
+        if head_back:
             self._release_cpus(ex.tasks[0].spec.task_id)
-            if len(ex.tasks) > 1:
-                self._hold_cpus(ex.tasks[1])
         back = [a for a in ex.tasks if a.spec.task_id in wanted]
         for a in back:
             ex.tasks.remove(a)
             self.running.pop(a.spec.task_id, None)
+        if head_back and ex.tasks:
+            self._hold_cpus(ex.tasks[0])
+        ex.handed_back = not head_back and bool(ex.tasks)
         if not ex.tasks:
             ex.state = "idle"
         for a in reversed(back):

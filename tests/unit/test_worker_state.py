@@ -477,3 +477,16 @@ def test_an_executor_that_handed_tasks_back_gets_none_until_its_task_ends() -> N
     assert all(i.executor_id != 1 for i in of(ToExecutor, out)), "none behind the long task"
     h.finish(1, head, duration=1e-5)
     assert len(h.state.executors[1].tasks) > 1, "its next task is an ordinary one again"
+
+
+def test_an_executor_handing_back_what_we_count_as_running_frees_its_cpu() -> None:
+    h = prefetching(prefetch=3)
+    tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(6)]
+    h.assign(*tasks)
+    head, second, third = list(h.state.executors[1].tasks)
+    # Not expected, but it must not leak a CPU: the third runs in their place.
+    h.handle(TasksReturned(1, [head.spec.task_id, second.spec.task_id]))  # validate()s
+    assert h.state.executors[1].task == third.spec.task_id
+    assert h.state.task_cpus.get(third.spec.task_id) == 1.0
+    assert head.spec.task_id not in h.state.task_cpus
+    assert h.state.cpus_used == 2.0
