@@ -8,9 +8,9 @@
 The main thread runs tasks so that a cancel (SIGINT, which the reader thread
 raises when the daemon says ``CancelTask``) lands in the task's own code. The
 daemon may hand over a few short tasks at once; they run in order, each
-reported before the next starts, and if the running task blocks in get() or
-runs long the ones not started go back to the daemon (``Returned``), so that
-none waits on it. The process is also a full client: a task may submit
+reported before the next starts, and if the running task blocks in get() the
+ones not started go back to the daemon (``Returned``), so that none waits on
+it. The process is also a full client: a task may submit
 tasks, put, get and wait, all relayed by the daemon. Functions arrive once
 per process and stay cached by content hash.
 """
@@ -48,12 +48,6 @@ class _Cancelled(BaseException):
     """Raised into a running task by SIGINT when the user cancelled it."""
 
 
-# A task that has run this long hands back the tasks waiting behind it: the
-# daemon sent them because its function is usually quick, but this call is not.
-LONG_TASK = 0.02
-WATCH_LINGER = 50  # looks (one per LONG_TASK) the watchdog keeps taking once idle
-
-
 class Inbox:
     """The tasks handed to this process, in order, and what the running one is doing.
 
@@ -61,10 +55,8 @@ class Inbox:
     task crosses threads for about a microsecond). The plain tasks waiting
     here go back to the daemon (``Returned``: it queues them for other
     executors) when the running task blocks in get(), so that none waits
-    behind a task that may be waiting for it, and when it has run for
-    ``LONG_TASK`` (a watchdog thread looks), so that none waits long while
-    other executors could run it; so do those that arrive until that task
-    ends. A task handed back or cancelled stays in the queue but is skipped:
+    behind a task that may be waiting for it; so do those that arrive until
+    it goes on. A task handed back or cancelled stays in the queue but is skipped:
     only the ids in ``_waiting`` are still ours to run. Messages are queued
     under the lock, so that a ``Returned`` always goes before the
     ``TaskUnblocked`` after it.
@@ -78,28 +70,20 @@ class Inbox:
         self.current: bytes | None = None  # the task the main thread runs
         self.cancelling: bytes | None = None  # the task the next SIGINT is for
         self.blocked = False  # the running task waits in get()
-        self.too_long = False  # the running task has run for LONG_TASK
-        self._started = 0.0  # when the running task started (monotonic)
-        self._watch = threading.Condition(self._lock)
-        self._watcher: threading.Thread | None = None
-        self._watcher_idle = False  # waiting for tasks to wait behind a running one
-        self._closed = False
 
     def put(self, a: w.Assignment | None) -> None:
         if a is not None and not a.spec.actor_id:
             with self._lock:
-                if self.blocked or self.too_long:
+                if self.blocked:
                     self.client.send_soon(w.Returned([a.spec.task_id]))
                     return
                 self._waiting[a.spec.task_id] = a.spec.name
-                if self.current is not None:
-                    self._wake_watcher()
         self._queue.put(a)
 
     def done(self) -> None:
         """The main thread finished its task: whatever it waited on is over too."""
         with self._lock:
-            self.current, self.blocked, self.too_long = None, False, False
+            self.current, self.blocked = None, False
 
     def get(self) -> w.Assignment | None:
         while True:
@@ -111,9 +95,6 @@ class Inbox:
                 if self._waiting.pop(a.spec.task_id, None) is None:
                     continue  # cancelled or handed back while it waited
                 self.current = a.spec.task_id
-                self._started = time.monotonic()
-                if self._waiting:  # they may have arrived before it started
-                    self._wake_watcher()
                 return a
 
     def block(self) -> None:
@@ -131,47 +112,6 @@ class Inbox:
             back = list(self._waiting)
             self._waiting.clear()
             self.client.send_soon(w.Returned(back))
-
-    def _wake_watcher(self) -> None:
-        """Tasks wait behind a running one: make sure the watchdog looks (lock held)."""
-        if self._watcher is None:
-            self._watcher = threading.Thread(
-                target=self._watch_loop, name="taskgraph-executor-watch", daemon=True
-            )
-            self._watcher.start()
-        elif self._watcher_idle:
-            self._watcher_idle = False  # one wake-up, however many tasks come before it runs
-            self._watch.notify()
-
-    def close(self) -> None:
-        """Stop the watchdog (the process's end does too)."""
-        with self._lock:
-            self._closed = True
-            self._watch.notify()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
-
-    def _watch_loop(self) -> None:
-        quiet = 0  # looks in a row that found nothing waiting
-        with self._lock:
-            while not self._closed:
-                if self._waiting and self.current is not None and not self.too_long:
-                    self._watcher_idle, quiet = False, 0
-                    left = self._started + LONG_TASK - time.monotonic()
-                    if left > 0:
-                        self._watch.wait(left)  # the task may change meanwhile: look again
-                        continue
-                    self.too_long = True
-                    self._hand_back()
-                elif quiet < WATCH_LINGER:
-                    # Tasks come in bursts: keep looking now and then for a
-                    # while, rather than be woken for every task of the next.
-                    quiet += 1
-                    self._watch.wait(LONG_TASK)
-                    continue
-                self._watcher_idle = True
-                self._watch.wait()
-                quiet = 0  # woken: tasks wait behind a running one
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         with self._lock:

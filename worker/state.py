@@ -16,8 +16,8 @@ A busy executor may hold a few more tasks behind the one it runs (up to
 the next without waiting for us: only tasks of functions seen to take under
 ``SHORT_TASK`` seconds, on the CPU the running task holds. It runs them in
 order and reports each before the next, so the first task handed to it and
-not yet reported is the one running. If that task blocks in get() or runs
-long, the executor hands the others back (``Returned``): they queue here
+not yet reported is the one running. If that task blocks in get(), the
+executor hands the others back (``Returned``): they queue here
 again, and that executor gets no more until its task ends.
 """
 
@@ -73,7 +73,7 @@ class CancelRequested:
 @dataclass(frozen=True, slots=True)
 class TasksReturned:
     """An executor will not start these tasks it was handed: its running task
-    blocked in get() or runs long."""
+    blocked in get()."""
 
     executor_id: int
     task_ids: list[bytes]
@@ -155,7 +155,7 @@ class Executor:
     client_id: bytes = b""
     tasks: deque[w.Assignment] = field(default_factory=deque)  # handed over; the first runs
     cancelling: set[bytes] = field(default_factory=set)  # tasks asked to stop
-    # It handed tasks back (its task blocked, or runs long): send it no more
+    # It handed tasks back (its task blocked): send it no more
     # to wait behind that task.
     handed_back: bool = False
     functions: set[bytes] = field(default_factory=set)

@@ -91,17 +91,3 @@ def test_cancel_reaches_tasks_waiting_in_an_executor_and_the_one_running(fresh_c
     # The others were not cancelled: they run once the CPUs are free.
     assert tg.get(behind[1:], timeout=30) == [0] * 5
     assert tg.get(nap.remote(0), timeout=30) == 0
-
-
-def test_tasks_behind_a_rare_long_call_of_a_quick_function_run_elsewhere(fresh_cluster):
-    warm(nap, 0)
-    # nap is quick, so its calls may wait in an executor behind another; this
-    # one is not: what waits behind it must not wait for it.
-    long = nap.remote(30)
-    quick = [nap.remote(0) for _ in range(40)]
-    assert tg.get(quick, timeout=10) == [0] * 40
-    ready, _ = tg.wait([long], timeout=0)
-    assert ready == [], "the long call still runs"
-    tg.cancel(long, force=True)
-    with pytest.raises(TaskCancelledError):
-        tg.get(long, timeout=30)

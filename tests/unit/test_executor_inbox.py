@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import pickle
 import signal
-import time
-from collections.abc import Iterator
-
-import pytest
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import TaskCancelledError
@@ -42,21 +38,9 @@ def task(name: str, actor: bool = False) -> w.Assignment:
     return w.Assignment(spec, [])
 
 
-OPEN: list[Inbox] = []
-
-
-@pytest.fixture(autouse=True)
-def close_inboxes() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
 def inbox() -> tuple[Inbox, Outbox]:
     out = Outbox()
-    box = Inbox(out)  # type: ignore[arg-type]
-    OPEN.append(box)
-    return box, out
+    return Inbox(out), out  # type: ignore[arg-type]
 
 
 def test_tasks_come_out_in_the_order_they_went_in() -> None:
@@ -124,30 +108,3 @@ def test_cancel_of_the_running_task_interrupts_this_process_for_that_task() -> N
     assert caught == [signal.SIGINT]
     assert box.cancelling == task("running").spec.task_id
     assert out.sent == []
-
-
-def test_tasks_behind_a_task_that_runs_long_go_back_and_so_do_later_ones() -> None:
-    box, out = inbox()
-    box.put(task("long"))
-    box.get()
-    box.put(task("behind"))
-    deadline = time.monotonic() + 10
-    while not out.sent and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert out.sent == [w.Returned([task("behind").spec.task_id])], "the watchdog handed it back"
-    box.put(task("later"))
-    assert out.sent[-1] == w.Returned([task("later").spec.task_id])
-    box.done()
-    box.put(task("next"))
-    assert box.get().spec.name == "next"  # type: ignore[union-attr]
-
-
-def test_tasks_that_arrived_before_a_long_task_started_go_back_too() -> None:
-    box, out = inbox()
-    box.put(task("long"))
-    box.put(task("behind"))  # before the main thread took the first one
-    box.get()
-    deadline = time.monotonic() + 10
-    while not out.sent and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert out.sent == [w.Returned([task("behind").spec.task_id])]

@@ -470,7 +470,7 @@ def test_an_executor_that_handed_tasks_back_gets_none_until_its_task_ends() -> N
     tasks = [h.assignment(f"t{i}", cpus=1.0) for i in range(8)]
     h.assign(*tasks)
     head, *behind = list(h.state.executors[1].tasks)
-    h.handle(TasksReturned(1, [a.spec.task_id for a in behind]))  # its task runs long
+    h.handle(TasksReturned(1, [a.spec.task_id for a in behind]))  # its task blocked
     assert list(h.state.executors[1].tasks) == [head]
     more = [h.assignment(f"m{i}", cpus=1.0) for i in range(4)]
     out = h.assign(*more)
