@@ -23,6 +23,8 @@ from taskgraph import config
 from taskgraph._client import Client, host_id
 from taskgraph._deliveries import ENABLED as deliveries_enabled
 from taskgraph._deliveries import DeliveryListener
+from taskgraph._leases import ENABLED as leases_enabled
+from taskgraph._leases import Leases
 from taskgraph._local_cluster import LocalCluster
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
@@ -175,6 +177,8 @@ def _connect(address: str, token: str, namespace: str) -> Client:
     if deliveries is not None:
         deliveries.client = client
         client.deliveries = deliveries
+        if leases_enabled:
+            client.leases = Leases(client)
     return client
 
 

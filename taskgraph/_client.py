@@ -35,6 +35,7 @@ from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ENABLED as DIRECT_ENABLED
 from taskgraph._direct import ActorRoute, DirectChannel
 from taskgraph._ids import return_ids
+from taskgraph._leases import Leases
 from taskgraph._object_ref import ObjectRef
 from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
@@ -118,6 +119,9 @@ class Client:
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
         # A driver's listener for results executors hand over themselves (_deliveries.py).
         self.deliveries: DeliveryListener | None = None
+        # A driver's task leases (_leases.py): set with ``deliveries``.
+        self.leases: Leases | None = None
+        self._functions: dict[bytes, bytes] = {}  # exported code by id, for leased executors
         # In an executor: told when the running task starts and stops waiting in get().
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
@@ -255,6 +259,10 @@ class Client:
             self._queue(msg, wake=False)
         self.flush()
 
+    def flush_if_pending(self) -> None:
+        if self._pending:
+            self.flush()
+
     def flush(self) -> None:
         """Send everything queued, in order, before returning."""
         with self._send_lock:
@@ -358,9 +366,19 @@ class Client:
         with self._lock:
             if function_id not in self._exported:
                 self._exported.add(function_id)
+                self._functions[function_id] = payload
                 self._queue(w.ExportFunction(function_id, payload))
 
+    def function_payload(self, function_id: bytes) -> bytes:
+        return self._functions[function_id]
+
     def submit(self, spec: w.TaskSpec) -> None:
+        if self.leases is not None and self.leases.submit(spec):
+            return
+        self.submit_later(spec)
+
+    def submit_later(self, spec: w.TaskSpec) -> None:
+        """Queue a task for the scheduler (the flusher sends it)."""
         with self._lock:
             self._queue(w.SubmitTasks([spec]))
 
@@ -513,6 +531,26 @@ class Client:
         with self._lock:
             self._direct.update(oids)
 
+    def unexpect_direct(self, oids: Sequence[bytes]) -> None:
+        """A direct call or leased task never left: nobody will answer for these."""
+        with self._lock:
+            self._direct.difference_update(oids)
+
+    def resubmit(self, spec: w.TaskSpec, oids: Sequence[bytes]) -> bool:
+        """Send a leased task whose executor died the usual way; False if it cannot be.
+
+        It cannot once a ref to one of its returns has left this client: the
+        scheduler then awaits that return from us (``PromiseObjects``).
+        """
+        with self._lock:
+            if any(oid in self._promised for oid in oids):
+                return False
+            self._direct.difference_update(oids)
+            self._queue(w.SubmitTasks([spec]))
+            held = [oid for oid in oids if oid in self._counts]
+            self._want(held)  # what waits for them now hears from the scheduler
+        return True
+
     def direct_answered(self, values: Sequence[w.Value], contains: Sequence[list[bytes]]) -> None:
         """Returns of a direct call arrived: the scheduler hears of them first."""
         with self._lock:
@@ -561,8 +599,13 @@ class Client:
         fut.add_done_callback(lambda f: callback(None if f.exception() else f.result()))
 
     def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
+        oids = [r.id for r in refs]
+        if self.leases is not None:
+            oids = self.leases.cancel(oids, force)  # those on a lease go to its executor
+        if not oids:
+            return
         with self._lock:
-            self._queue(w.CancelTasks([r.id for r in refs], force, recursive), wake=False)
+            self._queue(w.CancelTasks(oids, force, recursive), wake=False)
         self.flush()
 
     def query(self, what: str, arg: Any = None, timeout: float = 30.0) -> Any:
@@ -677,6 +720,8 @@ class Client:
         unique = list(dict.fromkeys(oids))
         if self.wait_values(unique, len(unique), timeout) is None:
             raise GetTimeoutError(timeout, len(unique))
+        if self.leases is not None:
+            self.leases.got(unique)
         with self._lock:
             values = [self._values[o] for o in oids]
         return [self.decode_value(v) for v in values]
@@ -743,6 +788,8 @@ class Client:
             self._flush_cond.notify_all()
         self._flusher.join(timeout=5)
         self.conn.close()
+        if self.leases is not None:
+            self.leases.close()
         if self.deliveries is not None:
             self.deliveries.close()
         for channel in list(self._channels.values()):

@@ -35,6 +35,7 @@ from taskgraph.exceptions import AuthenticationError, TaskgraphError
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
+    from taskgraph._leases import LeaseChannel
 
 
 ENABLED = os.environ.get("TASKGRAPH_DIRECT_RESULTS", "1") != "0"
@@ -62,6 +63,7 @@ class DeliveryListener:
         self._selector.register(self._sock, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._buffers: dict[socket.socket, bytearray] = {}
+        self._leases: dict[socket.socket, LeaseChannel] = {}  # sockets that became leases
         self.closed = False
         self._thread = threading.Thread(target=self._run, name="taskgraph-deliveries", daemon=True)
         self._thread.start()
@@ -123,16 +125,43 @@ class DeliveryListener:
                 self._drop(sock)
                 return
             del buffer[: 4 + n]
-            if not all(isinstance(m, w.ObjectsReady) for m in msgs):
-                self._drop(sock)  # an executor sends nothing else here
+            if not self._handle(sock, msgs):
+                self._drop(sock)
                 return
-            if self.client is not None:
-                self.client.on_messages(msgs)
+
+    def _handle(self, sock: socket.socket, msgs: list[w.Msg]) -> bool:
+        """Act on what an executor sent; False if the connection should close."""
+        client = self.client
+        if client is None:
+            return False
+        lease = self._leases.get(sock)
+        for msg in msgs:
+            if isinstance(msg, w.ObjectsReady):
+                client.on_messages([msg])
+            elif lease is not None and isinstance(msg, w.DirectResult):
+                lease.answered(msg.result, msg.needs_ack)
+            elif lease is not None and isinstance(msg, w.LeaseEnding):
+                lease.ending_asked()
+            elif lease is None and isinstance(msg, w.LeaseReady) and client.leases is not None:
+                # From here the executor serves our tasks on this socket: we
+                # send from the submitting threads (blocking), read here.
+                sock.setblocking(True)
+                lease = client.leases.granted(msg.lease_id, sock)
+                if lease is None:
+                    return False  # not wanted (any more): the executor's lease ends
+                self._leases[sock] = lease
+            else:
+                return False  # an executor sends nothing else here
+        return True
 
     def _drop(self, sock: socket.socket) -> None:
         self._selector.unregister(sock)
         self._buffers.pop(sock, None)
-        sock.close()
+        lease = self._leases.pop(sock, None)
+        if lease is not None:
+            lease.lost()  # closes it
+        else:
+            sock.close()
 
     def close(self) -> None:
         if self.closed:
@@ -143,8 +172,13 @@ class DeliveryListener:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         for sock in list(self._buffers):
-            sock.close()
+            lease = self._leases.get(sock)
+            if lease is not None:
+                lease.conn.close()
+            else:
+                sock.close()
         self._buffers.clear()
+        self._leases.clear()
         self._selector.close()
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()

@@ -131,6 +131,7 @@ class TaskSpec(Msg):
     method: str = ""  # the method a call runs; "" on the creation task
     actor: ActorSpec | None = None  # set on the creation task only
     namespace: str = ""  # the submitter's: code in the task sees the same named actors
+    lease: str = ""  # a lease: its executor serves this client's address (taskgraph/_leases.py)
 
 
 class Value(Msg):
@@ -445,6 +446,28 @@ class DirectAck(Msg):
     task_id: bytes
 
 
+# -- a client <-> the executor it leased (task leases, taskgraph/_leases.py) ---
+
+
+class LeaseReady(Msg):
+    """Executor to client, first on the connection it opens: this is lease ``lease_id``."""
+
+    lease_id: bytes
+
+
+class LeasedTask(Msg):
+    """Client to its leased executor: run this task (answered with ``DirectResult``).
+    ``function`` is the code, the first time this lease runs it."""
+
+    spec: TaskSpec
+    function: bytes = b""
+
+
+class LeaseEnding(Msg):
+    """Executor to client: idle a while, the lease ends; the client closes its side
+    (after it, nothing more is sent), and what it sent before still runs."""
+
+
 class ExecutorHello(Msg):
     pid: int
     client_id: bytes
@@ -530,6 +553,9 @@ AnyMessage = (
     | DirectCall
     | DirectResult
     | DirectAck
+    | LeaseReady
+    | LeasedTask
+    | LeaseEnding
 )
 
 CLIENT_MESSAGES = ClientMessage.__args__

@@ -42,6 +42,7 @@ from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
 from taskgraph.worker.direct import DirectServer
+from taskgraph.worker.lease import Lease
 
 
 class _Cancelled(BaseException):
@@ -138,6 +139,7 @@ class Executor:
         self.gpu_ids: list[int] = []  # an actor's, for its whole life
         self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.direct: DirectServer | None = None  # an actor's call socket for callers here
+        self.lease: Lease | None = None  # the lease this process serves (worker/lease.py)
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
         self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
@@ -151,10 +153,14 @@ class Executor:
             try:
                 msgs = conn.recv()
             except (OSError, ConnectionError, TaskgraphError):
+                if self.lease is not None:
+                    self.lease.stop()
                 self.tasks.put(None)
                 return
             forward = []
             for msg in msgs:
+                if isinstance(msg, w.Shutdown) and self.lease is not None:
+                    self.lease.stop()  # the daemon stops us: end a lease we serve
                 if isinstance(msg, w.Fetched):
                     waiting = self._fetches.pop(msg.request_id, None)
                     if waiting is not None:
@@ -185,8 +191,14 @@ class Executor:
     def on_sigint(self, signum: int, frame: Any) -> None:
         # Only the cancel the reader thread raised, and only into its task: a
         # Ctrl-C meant for the driver, or one that lands as the task ends, is ignored.
-        if self.running and self.tasks.cancelling == self.tasks.current:
+        running = self.lease.running if self.lease is not None else self.tasks.current
+        if self.running and self.tasks.cancelling == running:
             raise _Cancelled()
+
+    def interrupt(self, task_id: bytes, force: bool) -> None:
+        """Cancel the leased task that runs now (see on_sigint)."""
+        self.tasks.cancelling = task_id
+        os.kill(os.getpid(), signal.SIGKILL if force else signal.SIGINT)
 
     def serve(self) -> None:
         while True:
@@ -199,6 +211,11 @@ class Executor:
             elif spec.actor_id:
                 assert self.actor is not None, "a method call reached a process with no actor"
                 self.actor.submit(assignment)
+            elif spec.lease:
+                result = self.serve_lease(assignment)
+                self.tasks.done()
+                self.client.task_ended()
+                self.report(result)
             else:
                 result = self.call(assignment, self._function(assignment))
                 self.tasks.done()
@@ -206,6 +223,30 @@ class Executor:
                 if assignment.deliver:
                     result = self.deliver(assignment.deliver, result)
                 self.report(result)
+
+    def serve_lease(self, a: w.Assignment) -> w.TaskResult:
+        """Run the tasks of the client that leased us until it lets go (worker/lease.py)."""
+        began = time.perf_counter()
+        try:
+            lease = Lease(self, a)
+        except (OSError, ConnectionError, TaskgraphError):
+            return self.returns_none(a)  # the client is gone: nothing to serve
+        self.lease = lease
+        try:
+            while (leased := lease.next()) is not None:
+                task = w.Assignment(leased.spec, [], leased.function, lease.gpu_ids)
+                try:
+                    fn = self._function(task)
+                except BaseException as exc:
+                    result = self._failed(task, exc)
+                else:
+                    result = self.call(task, fn)
+                self.client.task_ended()
+                lease.answer(result, self._until_reported.pop(task.spec.task_id, None))
+        finally:
+            self.lease = None
+            lease.close()
+        return w.TaskResult(a.spec.task_id, duration=time.perf_counter() - began)
 
     def deliver(self, address: str, result: w.TaskResult) -> w.TaskResult:
         """Hand a small result to its owner, who waits for it on this host (_deliveries.py)."""
@@ -304,8 +345,9 @@ class Executor:
             # A task sees its job's named actors; an actor keeps its creator's.
             _api.set_namespace(spec.namespace)
         if not spec.actor_id:
-            # Only plain tasks hold CPUs that a blocking get() can lend out.
-            self.client.current_task = spec.task_id
+            # Only plain tasks hold CPUs that a blocking get() can lend out; a
+            # leased task's are the lease's.
+            self.client.current_task = self.lease.lease_id if self.lease else spec.task_id
             self.running = True
 
     def _leave(self, a: w.Assignment, keep_gpus: bool = False) -> None:

@@ -1,0 +1,309 @@
+"""Task leases, the client's side: tasks run one after another skip the scheduler.
+
+A driver that submits a task, waits for it, submits the next (``get(f.remote())``
+in a loop) pays for four process crossings per task even with direct results
+(client -> scheduler -> worker daemon -> executor -> client). After it has done
+that ``SYNC_STREAK`` times with tasks of one shape (their resources), the
+client asks for a *lease*: an ordinary task, placed by the scheduler on the
+worker of the client's host with that shape's resources, whose executor
+connects back to the client (on its delivery socket, with the cluster token)
+and runs tasks sent straight to it::
+
+    client ──LeasedTask(spec)──▶ leased executor      (two crossings a task)
+    client ◀──DirectResult─────┘
+
+While the lease runs it holds its resources like any task; if a leased task
+blocks in get(), the lease lends its CPU out as a blocked task does. The
+executor ends the lease after ``TASKGRAPH_LEASE_IDLE`` seconds without a task
+(``LeaseEnding``; the client closes its side, and what it sent before runs).
+The client ends it itself when a task comes while the leased one still runs:
+the caller is no longer waiting on each task, and tasks sent the usual way
+spread over every CPU.
+
+Only plain tasks go this way: no ref arguments, a fixed number of returns,
+no GPUs, the default scheduling strategy, no retry on exceptions. Their
+returns are this client's to register with the scheduler, as for direct
+actor calls (``Client.direct_answered``, ``Client.settle``). If the leased
+executor dies, a task in flight is sent again the usual way when it has
+retries left (and no ref to its returns has left this client), else it fails
+with ``WorkerCrashedError``; a task cancelled with ``force=True`` fails with
+``TaskCancelledError``. The scheduler does not see leased tasks one by one:
+it sees the lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from taskgraph import _wire as w
+from taskgraph._ids import return_ids
+from taskgraph._transport import BlockingConnection
+from taskgraph.exceptions import TaskCancelledError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from taskgraph._client import Client
+
+ENABLED = os.environ.get("TASKGRAPH_TASK_LEASES", "1") != "0"
+SYNC_STREAK = 2  # tasks of a shape awaited one by one before a lease is asked for
+ASK_AGAIN = 10.0  # seconds: a lease asked for and not come by then is asked for again
+LEASE_FUNCTION = b"taskgraph.lease"  # a lease's "function" id (it runs none of its own)
+
+Shape = tuple[tuple[str, float], ...]
+
+
+def lease_shape(spec: w.TaskSpec) -> Shape | None:
+    """The resources a leased executor must hold for ``spec``; None if it may not be leased."""
+    if (
+        spec.deps
+        or spec.nested
+        or spec.generator
+        or spec.actor_id
+        or spec.retry_exceptions
+        or spec.strategy != "DEFAULT"
+        or spec.num_returns < 1
+        or spec.resources.get("GPU", 0.0) > 0
+    ):
+        return None
+    return tuple(sorted(spec.resources.items()))
+
+
+class _Route:
+    """Tasks of one shape: their lease, or how close they are to asking for one."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.lock = threading.Lock()  # one task routed at a time
+        self.channel: LeaseChannel | None = None
+        self.asked = b""  # the lease asked for and not come yet
+        self.asked_at = 0.0
+        self.last = b""  # first return of the last task sent the usual way
+        self.answered = False  # a get() returned it before the next task came
+        self.streak = 0
+
+
+class LeaseChannel:
+    """One lease: the connection its executor opened, and the tasks in flight on it.
+
+    The client's delivery thread reads the connection (``_deliveries.py``)
+    and calls ``answered``, ``ending`` and ``lost``; submitting threads send.
+    """
+
+    def __init__(self, leases: Leases, route: _Route, lease_id: bytes, sock: socket.socket) -> None:
+        self.leases = leases
+        self.route = route
+        self.lease_id = lease_id
+        self.conn = BlockingConnection(sock)
+        self.in_flight: dict[bytes, w.TaskSpec] = {}
+        self.functions: set[bytes] = set()  # sent on this lease already
+        self.forced: set[bytes] = set()  # tasks cancelled with force=True
+        self.ending = False
+        self.runs = 0  # tasks sent on it (tests and benchmarks look)
+        self._lock = threading.Lock()
+
+    def idle(self) -> bool:
+        return not self.ending and not self.in_flight
+
+    def send(self, spec: w.TaskSpec) -> bool:
+        """Send a task (route lock held); False if the lease is gone (send it the usual way)."""
+        client = self.leases.client
+        oids = return_ids(spec.task_id, spec.num_returns)
+        fid = spec.function_id
+        function = b"" if fid in self.functions else client.function_payload(fid)
+        client.expect_direct(oids)  # before it can be answered
+        with self._lock:
+            self.in_flight[spec.task_id] = spec
+        self.leases.by_task[spec.task_id] = self
+        client.flush_if_pending()  # what the client said before goes first
+        try:
+            self.conn.send([w.LeasedTask(spec, function)])
+        except OSError:
+            with self._lock:
+                self.in_flight.pop(spec.task_id, None)
+            self.leases.by_task.pop(spec.task_id, None)
+            client.unexpect_direct(oids)
+            self.ending = True
+            return False
+        self.functions.add(fid)
+        self.runs += 1
+        return True
+
+    def end(self) -> None:
+        """Let the lease go: nothing more is sent; what was sent still runs."""
+        self.ending = True
+        with contextlib.suppress(OSError):
+            self.conn.sock.shutdown(socket.SHUT_WR)
+
+    def answered(self, result: w.TaskResult, needs_ack: bool) -> None:
+        with self._lock:
+            spec = self.in_flight.pop(result.task_id, None)
+            self.forced.discard(result.task_id)
+        if spec is None:
+            return
+        self.leases.by_task.pop(result.task_id, None)
+        client = self.leases.client
+        if result.error is not None:
+            oids = return_ids(spec.task_id, spec.num_returns)
+            values = [w.Value(o, error=result.error) for o in oids]
+            contains: list[list[bytes]] = [[] for _ in values]
+        else:
+            values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
+            contains = [list(r.contains) for r in result.returns]
+        client.direct_answered(values, contains)
+        if needs_ack:
+            # The executor keeps the refs inside the returns alive until the
+            # scheduler has the returns (and so holds what they contain).
+            def ack(_: object) -> None:
+                with contextlib.suppress(OSError):
+                    self.conn.send([w.DirectAck(result.task_id)])
+
+            client.ask(w.Query(0, "ping"), ack)
+
+    def ending_asked(self) -> None:
+        """The executor was idle and ends the lease: close our side."""
+        route = self.route
+        with route.lock:
+            if route.channel is self:
+                route.channel = None
+            self.end()
+
+    def lost(self) -> None:
+        """The connection closed: after the lease's end, or because the executor died."""
+        route = self.route
+        with route.lock:
+            if route.channel is self:
+                route.channel = None
+            self.ending = True
+        with self._lock:
+            lost, self.in_flight = self.in_flight, {}
+            forced, self.forced = self.forced, set()
+        client = self.leases.client
+        for spec in lost.values():
+            self.leases.by_task.pop(spec.task_id, None)
+            oids = return_ids(spec.task_id, spec.num_returns)
+            err: Exception
+            if spec.task_id in forced:
+                err = TaskCancelledError(spec.name, spec.task_id.hex())
+            elif spec.max_retries > 0 and client.resubmit(
+                msgspec.structs.replace(spec, max_retries=spec.max_retries - 1), oids
+            ):
+                continue
+            else:
+                err = WorkerCrashedError("its leased executor went away", task_name=spec.name)
+            error = pickle.dumps(err)
+            client.direct_answered([w.Value(o, error=error) for o in oids], [[] for _ in oids])
+        self.conn.close()
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        if force:
+            with self._lock:
+                self.forced.add(task_id)
+        with contextlib.suppress(OSError):
+            self.conn.send([w.CancelTask(task_id, force)])
+
+
+class Leases:
+    """A driver's leases, one route per task shape."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.routes: dict[Shape, _Route] = {}
+        self.asked: dict[bytes, _Route] = {}  # lease id -> the route that asked for it
+        self.by_task: dict[bytes, LeaseChannel] = {}  # tasks in flight on a lease
+        self.closed = False
+
+    def submit(self, spec: w.TaskSpec) -> bool:
+        """Send ``spec`` on a lease if one is idle; False: send it the usual way."""
+        shape = lease_shape(spec)
+        if shape is None:
+            return False
+        route = self.routes.get(shape)
+        if route is None:
+            route = self.routes.setdefault(shape, _Route(shape))
+        with route.lock:
+            channel = route.channel
+            if channel is not None:
+                if channel.idle() and channel.send(spec):
+                    return True
+                # A task while the last one runs: its caller does not wait on
+                # each, and the usual way spreads them over every CPU.
+                route.channel = None
+                channel.end()
+                route.streak, route.answered = 0, False
+            route.streak = route.streak + 1 if route.answered else 0
+            route.answered = False
+            route.last = return_ids(spec.task_id, 1)[0]
+            if route.streak >= SYNC_STREAK and not self.closed:
+                self._ask(route)
+        return False
+
+    def got(self, oids: list[bytes]) -> None:
+        """A get() returned these: a task awaited one by one counts toward a lease."""
+        for route in self.routes.values():
+            if route.last and route.last in oids:
+                route.answered = True
+
+    def _ask(self, route: _Route) -> None:
+        now = time.monotonic()
+        if route.asked and now - route.asked_at < ASK_AGAIN:
+            return
+        client = self.client
+        worker = client.local_worker()
+        if worker is None or client.deliveries is None:
+            return
+        lease_id = client.new_id() + b"\0\0\0\0"
+        self.asked.pop(route.asked, None)
+        route.asked, route.asked_at = lease_id, now
+        self.asked[lease_id] = route
+        client.submit_later(
+            w.TaskSpec(
+                task_id=lease_id,
+                function_id=LEASE_FUNCTION,
+                name="lease",
+                args=b"",
+                deps=[],
+                num_returns=0,
+                resources=dict(route.shape),
+                strategy=f"node:{worker.worker_id}",
+                lease=client.deliveries.address,
+            )
+        )
+
+    def granted(self, lease_id: bytes, sock: socket.socket) -> LeaseChannel | None:
+        """An executor serves lease ``lease_id`` on ``sock``; None: not wanted (close it)."""
+        route = self.asked.pop(lease_id, None)
+        if route is None or self.closed:
+            return None
+        with route.lock:
+            if route.asked != lease_id or route.channel is not None:
+                return None
+            route.asked = b""
+            channel = route.channel = LeaseChannel(self, route, lease_id, sock)
+            return channel
+
+    def cancel(self, oids: list[bytes], force: bool) -> list[bytes]:
+        """Cancel the tasks of ``oids`` that run on a lease; return the other ids."""
+        others = []
+        for oid in oids:
+            task_id = oid[:12] + b"\0\0\0\0"
+            channel = self.by_task.get(task_id)
+            if channel is None:
+                others.append(oid)
+            else:
+                channel.cancel(task_id, force)
+        return others
+
+    def close(self) -> None:
+        self.closed = True
+        for route in list(self.routes.values()):
+            with route.lock:
+                channel, route.channel = route.channel, None
+            if channel is not None:
+                channel.end()

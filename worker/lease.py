@@ -1,0 +1,138 @@
+"""Task leases, the executor's side (see ``taskgraph/_leases.py`` for the client's).
+
+A lease is a task like any other to the scheduler and the worker daemon: it
+holds its resources on this executor until it ends. Running it means
+connecting to the client that asked for it and running the tasks it sends,
+one at a time on the main thread, until the client closes its side::
+
+    client ◀──connect, LeaseReady──  this executor
+    client ──LeasedTask──▶ reader thread ──▶ main thread runs it
+    client ◀──DirectResult────────────────── (answered at once)
+
+After ``IDLE_SECONDS`` with nothing to run the executor says ``LeaseEnding``;
+the client closes its side, and the tasks it sent before that still run. A
+``CancelTask`` from the client drops a task not started, or interrupts the
+running one (SIGINT, or SIGKILL with force: the lease dies with it).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pickle
+import threading
+from typing import TYPE_CHECKING
+
+from taskgraph import _wire as w
+from taskgraph._object_ref import ObjectRef
+from taskgraph._transport import connect_blocking
+from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+
+if TYPE_CHECKING:
+    from taskgraph.worker.executor import Executor
+
+IDLE_SECONDS = float(os.environ.get("TASKGRAPH_LEASE_IDLE", "0.05"))
+
+
+class Lease:
+    """One lease being served: the client's connection and the tasks it sent."""
+
+    def __init__(self, executor: Executor, lease: w.Assignment) -> None:
+        self.executor = executor
+        self.lease_id = lease.spec.task_id
+        self.gpu_ids = list(lease.gpu_ids)
+        client = executor.client
+        hello = w.Hello("executor", b"", client.client_id, pid=os.getpid())
+        self.conn, _ = connect_blocking(lease.spec.lease, client.token, hello)
+        self.conn.send([w.LeaseReady(self.lease_id)])
+        self.running: bytes | None = None  # the leased task the main thread runs
+        self._queue: collections.deque[w.LeasedTask] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False  # the client closed its side, or we stop
+        self._kept: dict[bytes, list[ObjectRef]] = {}  # refs in returns, until acked
+        self._reader = threading.Thread(target=self._read, name="taskgraph-lease", daemon=True)
+        self._reader.start()
+
+    def next(self) -> w.LeasedTask | None:
+        """The next task to run (the main thread); None when the lease is over."""
+        with self._cond:
+            said_ending = False
+            while not self._queue:
+                if self._closed:
+                    return None
+                if said_ending:
+                    self._cond.wait()
+                elif not self._cond.wait(IDLE_SECONDS) and not self._queue and not self._closed:
+                    said_ending = True
+                    with contextlib.suppress(OSError):
+                        self.conn.send([w.LeaseEnding()])
+            task = self._queue.popleft()
+            self.running = task.spec.task_id
+            return task
+
+    def answer(self, result: w.TaskResult, inner: list[ObjectRef] | None) -> None:
+        """Send a task's result; ``inner``: refs inside its returns, kept until acked."""
+        client = self.executor.client
+        if inner:
+            self._kept[result.task_id] = inner
+            # The scheduler must have heard what the task sent about the
+            # objects inside before the client records the returns.
+            with contextlib.suppress(OSError, ConnectionError, TimeoutError):
+                client.query("ping")
+        else:
+            client.flush_if_pending()  # what the task sent goes before its answer
+        with self._cond:
+            self.running = None
+        try:
+            self.conn.send([w.DirectResult(result, bool(inner))])
+        except OSError:  # the client is gone: what the task stored is nobody's
+            self._kept.pop(result.task_id, None)
+            for ret in result.returns:
+                if ret.location is not None:
+                    client.send_soon(w.PutObject(ret.object_id, location=ret.location))
+                    client.send_soon(w.ReleaseRefs([ret.object_id]))
+
+    def _read(self) -> None:
+        try:
+            while True:
+                for msg in self.conn.recv():
+                    if isinstance(msg, w.LeasedTask):
+                        with self._cond:
+                            self._queue.append(msg)
+                            self._cond.notify()
+                    elif isinstance(msg, w.CancelTask):
+                        self._cancel(msg.task_id, msg.force)
+                    elif isinstance(msg, w.DirectAck):
+                        self._kept.pop(msg.task_id, None)
+                    else:
+                        return  # a client sends nothing else here
+        except (OSError, ConnectionError, TaskgraphError):
+            pass  # the client closed its side: the lease ends after what it sent
+        finally:
+            self.stop()
+
+    def _cancel(self, task_id: bytes, force: bool) -> None:
+        with self._cond:
+            for task in self._queue:
+                if task.spec.task_id == task_id:
+                    self._queue.remove(task)
+                    err = TaskCancelledError(task.spec.name, task_id.hex())
+                    cancelled = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
+                    with contextlib.suppress(OSError):
+                        self.conn.send([w.DirectResult(cancelled)])
+                    return
+            if self.running == task_id:
+                self.executor.interrupt(task_id, force)
+
+    def stop(self) -> None:
+        """No more tasks: ``next`` returns None once those queued have run."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+        self._kept.clear()
