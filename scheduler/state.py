@@ -209,6 +209,7 @@ class SchedulerState:
         self.clients: dict[bytes, ClientRec] = {}
         self.functions: dict[bytes, bytes] = {}
         self.children: dict[bytes, set[bytes]] = {}  # parent task -> submitted tasks
+        self.leases: set[bytes] = set()  # lease tasks not yet asked to end (taskgraph/_leases.py)
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
         self.tasks_finished = 0
@@ -318,6 +319,8 @@ class SchedulerState:
         task = Task(spec=spec, owner=client.client_id, need=need, retries_left=spec.max_retries)
         task.shape = (tuple(sorted(need.items())), spec.strategy)
         self.tasks[spec.task_id] = task
+        if spec.lease:
+            self.leases.add(spec.task_id)
         if spec.parent:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
         for oid in return_ids(spec.task_id, spec.num_returns):
@@ -937,11 +940,32 @@ class SchedulerState:
                     task.need, task.spec.strategy, workers, local, self._queue_depth(task)
                 )
                 if worker is None:
+                    if self.leases and not task.spec.lease:
+                        self._revoke_leases(task)
                     break
                 queue.popleft()
                 gpu_ids = placement.pick_gpus(task.need.get("GPU", 0.0), worker.gpu_free) or []
                 self._transition(task, "processing", worker, gpu_ids)
         self._dirty = False
+
+    def _revoke_leases(self, waiting: Task) -> None:
+        """A task waits for resources: leases held on workers that could run it end.
+
+        A lease keeps its resources between the tasks its client sends; they
+        go back when someone else needs them (its executor ends it as if idle).
+        """
+        for lease_id in list(self.leases):
+            lease = self.tasks.get(lease_id)
+            if lease is None or lease.state not in ("waiting", "ready", "processing"):
+                self.leases.discard(lease_id)
+                continue
+            if lease.state != "processing":
+                continue
+            assert lease.worker is not None
+            worker = self.workers.get(lease.worker)
+            if worker is not None and placement.fits(waiting.need, worker.total):
+                self.leases.discard(lease_id)
+                self._send_worker(lease.worker, w.CancelRunning(lease_id))
 
     def _queue_depth(self, task: Task) -> float:
         if self.queue_depth <= 0:

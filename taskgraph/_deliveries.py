@@ -18,6 +18,10 @@ may be retried, and refs inside a value must be known to the scheduler before
 anyone holds them. A delivery that cannot be made is simply not made; the
 scheduler sends the value as before. Connections are authenticated with the
 cluster token like every other.
+
+The same socket takes the executors that serve this client's task leases
+(``_leases.py``): such an executor's first message is ``LeaseReady``, and from
+then on its connection carries the lease both ways (this thread reads it).
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ class DeliveryListener:
             elif lease is not None and isinstance(msg, w.DirectResult):
                 lease.answered(msg.result, msg.needs_ack)
             elif lease is not None and isinstance(msg, w.LeaseEnding):
-                lease.ending_asked()
+                lease.ending_asked(msg.revoked)
             elif lease is None and isinstance(msg, w.LeaseReady) and client.leases is not None:
                 # From here the executor serves our tasks on this socket: we
                 # send from the submitting threads (blocking), read here.

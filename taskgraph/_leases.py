@@ -12,13 +12,18 @@ and runs tasks sent straight to it::
     client ──LeasedTask(spec)──▶ leased executor      (two crossings a task)
     client ◀──DirectResult─────┘
 
+The task that asked waits up to ``GRANT_WAIT`` for the lease and goes on it
+(had it gone the usual way, it could wait for the very CPU the lease took).
 While the lease runs it holds its resources like any task; if a leased task
 blocks in get(), the lease lends its CPU out as a blocked task does. The
-executor ends the lease after ``TASKGRAPH_LEASE_IDLE`` seconds without a task
-(``LeaseEnding``; the client closes its side, and what it sent before runs).
-The client ends it itself when a task comes while the leased one still runs:
-the caller is no longer waiting on each task, and tasks sent the usual way
-spread over every CPU.
+executor ends the lease after ``TASKGRAPH_LEASE_IDLE`` seconds without a task,
+or at once when a task elsewhere waits for its resources (the worker daemon
+or the scheduler cancels the lease, softly): it says ``LeaseEnding``, the
+client closes its side, and what it sent before still runs. After such a
+revoke the client does not ask again for ``QUIET_AFTER_REVOKE``. The client
+ends a lease itself when a task comes while the leased one still runs: the
+caller is no longer waiting on each task, and tasks sent the usual way spread
+over every CPU.
 
 Only plain tasks go this way: no ref arguments, a fixed number of returns,
 no GPUs, the default scheduling strategy, no retry on exceptions. Their
@@ -39,12 +44,14 @@ import pickle
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from taskgraph import _wire as w
 from taskgraph._ids import return_ids
+from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import TaskCancelledError, WorkerCrashedError
 
@@ -54,6 +61,8 @@ if TYPE_CHECKING:
 ENABLED = os.environ.get("TASKGRAPH_TASK_LEASES", "1") != "0"
 SYNC_STREAK = 2  # tasks of a shape awaited one by one before a lease is asked for
 ASK_AGAIN = 10.0  # seconds: a lease asked for and not come by then is asked for again
+GRANT_WAIT = 0.005  # seconds a task waits for the lease just asked for, before going the usual way
+QUIET_AFTER_REVOKE = 1.0  # seconds without asking, once the scheduler took a lease back
 LEASE_FUNCTION = b"taskgraph.lease"  # a lease's "function" id (it runs none of its own)
 
 Shape = tuple[tuple[str, float], ...]
@@ -81,9 +90,12 @@ class _Route:
     def __init__(self, shape: Shape) -> None:
         self.shape = shape
         self.lock = threading.Lock()  # one task routed at a time
+        self.granted = threading.Condition(self.lock)
         self.channel: LeaseChannel | None = None
         self.asked = b""  # the lease asked for and not come yet
         self.asked_at = 0.0
+        self.asked_ref: ObjectRef | None = None  # its return (an error if its executor died)
+        self.quiet_until = 0.0  # no asking before this (monotonic seconds)
         self.last = b""  # first return of the last task sent the usual way
         self.answered = False  # a get() returned it before the next task came
         self.streak = 0
@@ -96,10 +108,13 @@ class LeaseChannel:
     and calls ``answered``, ``ending`` and ``lost``; submitting threads send.
     """
 
-    def __init__(self, leases: Leases, route: _Route, lease_id: bytes, sock: socket.socket) -> None:
+    def __init__(
+        self, leases: Leases, route: _Route, lease_id: bytes, ref: ObjectRef, sock: socket.socket
+    ) -> None:
         self.leases = leases
         self.route = route
         self.lease_id = lease_id
+        self.ref = ref  # the lease's return: why it ended, once it has
         self.conn = BlockingConnection(sock)
         self.in_flight: dict[bytes, w.TaskSpec] = {}
         self.functions: set[bytes] = set()  # sent on this lease already
@@ -166,12 +181,15 @@ class LeaseChannel:
 
             client.ask(w.Query(0, "ping"), ack)
 
-    def ending_asked(self) -> None:
-        """The executor was idle and ends the lease: close our side."""
+    def ending_asked(self, revoked: bool) -> None:
+        """The executor ends the lease (idle, or ``revoked`` by the scheduler): close our side."""
         route = self.route
         with route.lock:
             if route.channel is self:
                 route.channel = None
+                route.streak = 0  # the next lease waits for a new streak
+            if revoked:  # others need the resources: do not ask again at once
+                route.quiet_until = time.monotonic() + QUIET_AFTER_REVOKE
             self.end()
 
     def lost(self) -> None:
@@ -185,21 +203,24 @@ class LeaseChannel:
             lost, self.in_flight = self.in_flight, {}
             forced, self.forced = self.forced, set()
         client = self.leases.client
+        crashed = []
         for spec in lost.values():
             self.leases.by_task.pop(spec.task_id, None)
             oids = return_ids(spec.task_id, spec.num_returns)
-            err: Exception
             if spec.task_id in forced:
-                err = TaskCancelledError(spec.name, spec.task_id.hex())
-            elif spec.max_retries > 0 and client.resubmit(
+                cancelled = pickle.dumps(TaskCancelledError(spec.name, spec.task_id.hex()))
+                client.direct_answered(
+                    [w.Value(o, error=cancelled) for o in oids], [[]] * len(oids)
+                )
+            elif spec.max_retries <= 0 or not client.resubmit(
                 msgspec.structs.replace(spec, max_retries=spec.max_retries - 1), oids
             ):
-                continue
-            else:
-                err = WorkerCrashedError("its leased executor went away", task_name=spec.name)
-            error = pickle.dumps(err)
-            client.direct_answered([w.Value(o, error=error) for o in oids], [[] for _ in oids])
+                crashed.append(spec)
         self.conn.close()
+        if crashed:
+            # The scheduler hears how the executor died (its exit code) and
+            # fails the lease's return with it: the tasks fail the same way.
+            client.future(self.ref).add_done_callback(lambda f: _crashed(client, crashed, f))
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         if force:
@@ -207,6 +228,19 @@ class LeaseChannel:
                 self.forced.add(task_id)
         with contextlib.suppress(OSError):
             self.conn.send([w.CancelTask(task_id, force)])
+
+
+def _crashed(client: Client, specs: list[w.TaskSpec], lease: Future[Any]) -> None:
+    """Fail tasks that were in flight on a lease whose executor died."""
+    why = lease.exception()
+    reason, exit_code = "its leased executor went away", None
+    if isinstance(why, WorkerCrashedError):
+        reason, exit_code = why.reason, why.exit_code
+    for spec in specs:
+        oids = return_ids(spec.task_id, spec.num_returns)
+        err = WorkerCrashedError(reason, task_name=spec.name, exit_code=exit_code)
+        error = pickle.dumps(err)
+        client.direct_answered([w.Value(o, error=error) for o in oids], [[]] * len(oids))
 
 
 class Leases:
@@ -229,6 +263,17 @@ class Leases:
             route = self.routes.setdefault(shape, _Route(shape))
         with route.lock:
             channel = route.channel
+            if channel is None:
+                route.streak = route.streak + 1 if route.answered else 0
+                route.answered = False
+                if route.streak >= SYNC_STREAK:
+                    self._ask(route)
+                if route.asked:
+                    # Placed at once when a CPU is free: this task may go on it.
+                    left = route.asked_at + GRANT_WAIT - time.monotonic()
+                    if left > 0:
+                        route.granted.wait(left)
+                channel = route.channel
             if channel is not None:
                 if channel.idle() and channel.send(spec):
                     return True
@@ -237,11 +282,7 @@ class Leases:
                 route.channel = None
                 channel.end()
                 route.streak, route.answered = 0, False
-            route.streak = route.streak + 1 if route.answered else 0
-            route.answered = False
             route.last = return_ids(spec.task_id, 1)[0]
-            if route.streak >= SYNC_STREAK and not self.closed:
-                self._ask(route)
         return False
 
     def got(self, oids: list[bytes]) -> None:
@@ -251,8 +292,13 @@ class Leases:
                 route.answered = True
 
     def _ask(self, route: _Route) -> None:
+        """Submit a lease for ``route`` (its lock held) unless one is on its way."""
         now = time.monotonic()
-        if route.asked and now - route.asked_at < ASK_AGAIN:
+        if (
+            self.closed
+            or now < route.quiet_until
+            or (route.asked and now - route.asked_at < ASK_AGAIN)
+        ):
             return
         client = self.client
         worker = client.local_worker()
@@ -261,6 +307,7 @@ class Leases:
         lease_id = client.new_id() + b"\0\0\0\0"
         self.asked.pop(route.asked, None)
         route.asked, route.asked_at = lease_id, now
+        route.asked_ref = ObjectRef(return_ids(lease_id, 1)[0], client)
         self.asked[lease_id] = route
         client.submit_later(
             w.TaskSpec(
@@ -269,12 +316,12 @@ class Leases:
                 name="lease",
                 args=b"",
                 deps=[],
-                num_returns=0,
                 resources=dict(route.shape),
                 strategy=f"node:{worker.worker_id}",
                 lease=client.deliveries.address,
             )
         )
+        client.flush()  # now: the task that asked waits for it
 
     def granted(self, lease_id: bytes, sock: socket.socket) -> LeaseChannel | None:
         """An executor serves lease ``lease_id`` on ``sock``; None: not wanted (close it)."""
@@ -284,8 +331,10 @@ class Leases:
         with route.lock:
             if route.asked != lease_id or route.channel is not None:
                 return None
-            route.asked = b""
-            channel = route.channel = LeaseChannel(self, route, lease_id, sock)
+            ref, route.asked, route.asked_ref = route.asked_ref, b"", None
+            assert ref is not None
+            channel = route.channel = LeaseChannel(self, route, lease_id, ref, sock)
+            route.granted.notify_all()
             return channel
 
     def cancel(self, oids: list[bytes], force: bool) -> list[bytes]:

@@ -464,8 +464,11 @@ class LeasedTask(Msg):
 
 
 class LeaseEnding(Msg):
-    """Executor to client: idle a while, the lease ends; the client closes its side
-    (after it, nothing more is sent), and what it sent before still runs."""
+    """Executor to client: idle a while (or ``revoked``: the scheduler wants the
+    resources back), the lease ends; the client closes its side (after it,
+    nothing more is sent), and what it sent before still runs."""
+
+    revoked: bool = False
 
 
 class ExecutorHello(Msg):

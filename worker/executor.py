@@ -140,6 +140,8 @@ class Executor:
         self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.direct: DirectServer | None = None  # an actor's call socket for callers here
         self.lease: Lease | None = None  # the lease this process serves (worker/lease.py)
+        self.leases: set[bytes] = set()  # leases handed to us and not over
+        self.revoked: set[bytes] = set()  # of those, the ones the scheduler wants back
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
         self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
@@ -166,9 +168,14 @@ class Executor:
                     if waiting is not None:
                         waiting.set_result(msg)
                 elif isinstance(msg, w.Execute):
+                    if msg.assignment.spec.lease:
+                        self.leases.add(msg.assignment.spec.task_id)
                     self.tasks.put(msg.assignment)
                 elif isinstance(msg, w.CancelTask):
-                    self.tasks.cancel(msg.task_id, msg.force)
+                    if msg.task_id in self.leases and not msg.force:
+                        self.revoke(msg.task_id)
+                    else:
+                        self.tasks.cancel(msg.task_id, msg.force)
                 elif isinstance(msg, w.Shutdown):
                     self.tasks.put(None)
                     return
@@ -194,6 +201,13 @@ class Executor:
         running = self.lease.running if self.lease is not None else self.tasks.current
         if self.running and self.tasks.cancelling == running:
             raise _Cancelled()
+
+    def revoke(self, lease_id: bytes) -> None:
+        """The scheduler wants a lease's resources back: end it as if idle."""
+        self.revoked.add(lease_id)
+        lease = self.lease
+        if lease is not None and lease.lease_id == lease_id:
+            lease.revoke()
 
     def interrupt(self, task_id: bytes, force: bool) -> None:
         """Cancel the leased task that runs now (see on_sigint)."""
@@ -227,11 +241,24 @@ class Executor:
     def serve_lease(self, a: w.Assignment) -> w.TaskResult:
         """Run the tasks of the client that leased us until it lets go (worker/lease.py)."""
         began = time.perf_counter()
+        lease_id = a.spec.task_id
         try:
-            lease = Lease(self, a)
-        except (OSError, ConnectionError, TaskgraphError):
-            return self.returns_none(a)  # the client is gone: nothing to serve
-        self.lease = lease
+            if lease_id in self.revoked:
+                return self.returns_none(a)  # wanted back before it began
+            try:
+                lease = Lease(self, a)
+            except (OSError, ConnectionError, TaskgraphError):
+                return self.returns_none(a)  # the client is gone: nothing to serve
+            self.lease = lease
+            if lease_id in self.revoked:  # (the reader thread may have missed self.lease)
+                lease.revoke()
+            self._serve(lease)
+        finally:
+            self.leases.discard(lease_id)
+            self.revoked.discard(lease_id)
+        return msgspec.structs.replace(self.returns_none(a), duration=time.perf_counter() - began)
+
+    def _serve(self, lease: Lease) -> None:
         try:
             while (leased := lease.next()) is not None:
                 task = w.Assignment(leased.spec, [], leased.function, lease.gpu_ids)
@@ -246,7 +273,6 @@ class Executor:
         finally:
             self.lease = None
             lease.close()
-        return w.TaskResult(a.spec.task_id, duration=time.perf_counter() - began)
 
     def deliver(self, address: str, result: w.TaskResult) -> w.TaskResult:
         """Hand a small result to its owner, who waits for it on this host (_deliveries.py)."""

@@ -9,7 +9,9 @@ one at a time on the main thread, until the client closes its side::
     client ──LeasedTask──▶ reader thread ──▶ main thread runs it
     client ◀──DirectResult────────────────── (answered at once)
 
-After ``IDLE_SECONDS`` with nothing to run the executor says ``LeaseEnding``;
+After ``IDLE_SECONDS`` with nothing to run, or when the scheduler wants the
+resources back (a task waits for them: ``CancelTask`` naming the lease), the
+executor says ``LeaseEnding``;
 the client closes its side, and the tasks it sent before that still run. A
 ``CancelTask`` from the client drops a task not started, or interrupts the
 running one (SIGINT, or SIGKILL with force: the lease dies with it).
@@ -50,6 +52,7 @@ class Lease:
         self._queue: collections.deque[w.LeasedTask] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False  # the client closed its side, or we stop
+        self._revoked = False  # the scheduler wants our resources back
         self._kept: dict[bytes, list[ObjectRef]] = {}  # refs in returns, until acked
         self._reader = threading.Thread(target=self._read, name="taskgraph-lease", daemon=True)
         self._reader.start()
@@ -63,10 +66,12 @@ class Lease:
                     return None
                 if said_ending:
                     self._cond.wait()
-                elif not self._cond.wait(IDLE_SECONDS) and not self._queue and not self._closed:
+                elif self._revoked or (
+                    not self._cond.wait(IDLE_SECONDS) and not self._queue and not self._closed
+                ):
                     said_ending = True
                     with contextlib.suppress(OSError):
-                        self.conn.send([w.LeaseEnding()])
+                        self.conn.send([w.LeaseEnding(revoked=self._revoked)])
             task = self._queue.popleft()
             self.running = task.spec.task_id
             return task
@@ -124,6 +129,12 @@ class Lease:
                     return
             if self.running == task_id:
                 self.executor.interrupt(task_id, force)
+
+    def revoke(self) -> None:
+        """End the lease as soon as nothing runs (the scheduler wants it back)."""
+        with self._cond:
+            self._revoked = True
+            self._cond.notify()
 
     def stop(self) -> None:
         """No more tasks: ``next`` returns None once those queued have run."""

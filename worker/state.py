@@ -182,6 +182,7 @@ class WorkerState:
         self.cpus_used = 0.0
         self.task_cpus: dict[bytes, float] = {}  # running task -> CPUs it holds
         self.blocked: set[bytes] = set()
+        self.revoked: set[bytes] = set()  # leases asked to end: a task here waits for their CPUs
         self.actor_cpus: dict[bytes, float] = {}  # CPUs each actor here holds
         self.executors: dict[int, Executor] = {}
         self.queue: deque[w.Assignment] = deque()
@@ -262,6 +263,7 @@ class WorkerState:
 
     def _release_cpus(self, task_id: bytes) -> None:
         cpus = self.task_cpus.pop(task_id, 0.0)
+        self.revoked.discard(task_id)
         if task_id in self.blocked:
             self.blocked.discard(task_id)
         else:
@@ -443,8 +445,26 @@ class WorkerState:
         )
         for _ in range(self._runnable() - len(idle) - starting):
             out.append(self._spawn())
-        if self.queue and self.prefetch > 1 and not self._fits(self.queue[0], self.cpus_used):
-            out.extend(self._prefetch())
+        if self.queue and not self._fits(self.queue[0], self.cpus_used):
+            out.extend(self._revoke_leases())
+            if self.prefetch > 1:
+                out.extend(self._prefetch())
+        return out
+
+    def _revoke_leases(self) -> list[Instruction]:
+        """A task waits here for CPUs: leases keep theirs between their client's
+        tasks (taskgraph/_leases.py), so ask them to end (a cancel, to a lease)."""
+        out: list[Instruction] = []
+        for ex in self.executors.values():
+            lease = ex.task
+            if (
+                lease is not None
+                and ex.tasks[0].spec.lease
+                and lease not in self.revoked
+                and lease not in self.blocked
+            ):
+                self.revoked.add(lease)
+                out.append(ToExecutor(ex.executor_id, w.CancelTask(lease)))
         return out
 
     def _hand_over(self, ex: Executor, a: w.Assignment) -> ToExecutor:

@@ -82,20 +82,20 @@ def nested(x):
     return tg.get(double.remote(x))
 
 
-def route():
-    """The lease route of one-CPU tasks (the shape every task here has)."""
-    return tg._api.client().leases.routes.get((("CPU", 1.0),))
+ONE_CPU = (("CPU", 1.0),)  # the shape of most tasks here
 
 
-def lease():
-    r = route()
-    return r.channel if r is not None else None
+def lease(shape=ONE_CPU):
+    route = tg._api.client().leases.routes.get(shape)
+    return route.channel if route is not None else None
 
 
-def leased(fn=pid, *args):
+def leased(fn=pid, *args, shape=ONE_CPU):
     """Await ``fn`` one call at a time until its calls go on a lease; return the lease."""
-    wait_for(lambda: tg.get(fn.remote(*args), timeout=30) is not None and lease(), what="a lease")
-    return lease()
+    wait_for(
+        lambda: tg.get(fn.remote(*args), timeout=30) is not None and lease(shape), what="a lease"
+    )
+    return lease(shape)
 
 
 def test_tasks_awaited_one_by_one_go_on_a_lease(lasting, fresh_cluster):
@@ -138,7 +138,7 @@ def test_failures_on_a_lease_are_the_tasks_own(lasting, fresh_cluster):
 
 def test_a_crash_on_a_lease_fails_the_task_or_retries_it(lasting, fresh_cluster, tmp_path):
     leased()
-    with pytest.raises(WorkerCrashedError):
+    with pytest.raises(WorkerCrashedError, match="exit code 3"):
         tg.get(crash.remote(), timeout=60)
     leased()
     assert tg.get(crash_once.remote(str(tmp_path / "marker")), timeout=60) == "second try"
@@ -191,6 +191,26 @@ def test_a_burst_of_tasks_ends_the_lease(lasting, fresh_cluster):
     assert lease() is None and channel.ending
     assert tg.get(refs) == [2 * i for i in range(100)]
     wait_for(lambda: tg.available_resources().get("CPU") == 2, what="every CPU free")
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
+def test_a_task_that_needs_the_leased_cpu_gets_it(lasting, fresh_cluster):
+    channel = leased()
+    # A ref argument: the usual way, where it waits for the CPU the lease holds.
+    assert tg.get(double.remote(tg.put(2)), timeout=30) == 4
+    assert channel.ending and lease() is not channel, "the scheduler took the lease back"
+    # Another client's work needs the CPU: no new lease for a while.
+    assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert lease() is None
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 2, "resources": {"R": 1}}], indirect=True)
+def test_a_task_waiting_at_the_scheduler_for_a_leased_resource_gets_it(lasting, fresh_cluster):
+    with_r = double.options(resources={"R": 1})
+    channel = leased(with_r, 1, shape=(("CPU", 1.0), ("R", 1.0)))
+    # Custom resources wait at the scheduler, which takes the lease back.
+    assert tg.get(with_r.remote(tg.put(3)), timeout=30) == 6
+    assert channel.ending
 
 
 def test_threads_awaiting_tasks_at_once_get_their_own_results(lasting, fresh_cluster):

@@ -1334,3 +1334,36 @@ def test_results_are_not_handed_over_across_hosts_or_to_clients_without_an_addre
         sends = h.send(client_id, w.SubmitTasks([spec]), w.WantObjects([ret(spec)]))
         [a] = assigned(sends, "w1")
         assert a.deliver == ""
+
+
+def test_a_task_waiting_for_a_leased_resource_takes_the_lease_back() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1", {"CPU": 2.0, "R": 1.0})
+    lease = h.spec("lease", resources={"CPU": 1.0, "R": 1.0}, num_returns=0, lease="unix://c1")
+    h.submit(b"c1", lease)
+    assert h.task_state(lease) == "processing"
+    waiting = h.spec("t", resources={"CPU": 1.0, "R": 1.0})
+    sends = h.submit(b"c1", waiting)
+    assert h.task_state(waiting) == "ready"
+    assert messages(sends, "worker", "w1", w.CancelRunning) == [w.CancelRunning(lease.task_id)]
+    # Asked once; when the lease ends, the task runs.
+    assert (
+        messages(
+            h.submit(b"c1", h.spec("u", resources={"R": 1.0})), "worker", "w1", w.CancelRunning
+        )
+        == []
+    )
+    h.done("w1", w.TaskResult(lease.task_id))
+    assert h.task_state(waiting) == "processing"
+    assert not h.state.leases
+
+
+def test_a_task_that_could_not_run_there_anyway_leaves_the_lease() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1", {"CPU": 2.0})
+    lease = h.spec("lease", num_returns=0, lease="unix://c1")
+    h.submit(b"c1", lease)
+    sends = h.submit(b"c1", h.spec("gpu", resources={"CPU": 1.0, "GPU": 1.0}))
+    assert messages(sends, "worker", "w1", w.CancelRunning) == []

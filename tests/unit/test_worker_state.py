@@ -10,6 +10,7 @@ import pickle
 import signal
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from taskgraph import _wire as w
@@ -490,3 +491,37 @@ def test_an_executor_handing_back_what_we_count_as_running_frees_its_cpu() -> No
     assert h.state.task_cpus.get(third.spec.task_id) == 1.0
     assert head.spec.task_id not in h.state.task_cpus
     assert h.state.cpus_used == 2.0
+
+
+def test_a_lease_is_asked_to_end_when_a_task_waits_for_its_cpu() -> None:
+    h = Harness(min_executors=1, cpus=1.0)
+    h.start()
+    h.ready(1)
+    lease = h.assignment("lease", cpus=1.0)
+    lease = w.Assignment(msgspec.structs.replace(lease.spec, lease="unix://client"), [], b"")
+    h.assign(lease)
+    task = h.assignment("t", cpus=1.0)
+    out = h.assign(task)
+    cancels = [i for i in of(ToExecutor, out) if isinstance(i.message, w.CancelTask)]
+    assert cancels == [ToExecutor(1, w.CancelTask(lease.spec.task_id))], "the lease ends, softly"
+    assert not [
+        i
+        for i in of(ToExecutor, h.assign(h.assignment("u", cpus=1.0)))
+        if isinstance(i.message, w.CancelTask)
+    ], "asked once"
+    # The lease ends; the waiting task gets its CPU.
+    out = h.finish(1, lease)
+    assert executes(out)[1].spec == task.spec
+    assert not h.state.revoked
+
+
+def test_a_blocked_lease_is_not_asked_to_end() -> None:
+    h = Harness(min_executors=1, cpus=1.0)
+    h.start()
+    h.ready(1)
+    lease = h.assignment("lease", cpus=1.0)
+    lease = w.Assignment(msgspec.structs.replace(lease.spec, lease="unix://client"), [], b"")
+    h.assign(lease)
+    h.handle(TaskBlocked(lease.spec.task_id))  # its task waits in get(): its CPU is lent
+    out = h.assign(h.assignment("t", cpus=1.0), h.assignment("u", cpus=1.0))
+    assert not [i for i in of(ToExecutor, out) if isinstance(i.message, w.CancelTask)]
