@@ -138,6 +138,7 @@ class Client:
         self._promised: set[bytes] = set()  # returns not back yet that the scheduler awaits
         self._slow_calls: dict[bytes, tuple[ActorRoute, int]] = {}
         self._stores_lock = threading.Lock()
+        self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
         )
@@ -334,12 +335,18 @@ class Client:
                     self.notices.append(msg.text)
                     if self.on_notice is not None:
                         fire.append(partial(self.on_notice, msg.level, msg.text))
-        # Outside the lock: callbacks may block, or call back into the client.
-        for callback in fire:
+        # Outside the lock: callbacks may call back into the client.
+        if fire:
+            outer = getattr(self._in_callback, "active", False)
+            self._in_callback.active = True
             try:
-                callback()
-            except Exception:
-                logging.getLogger("taskgraph").exception("a ref callback failed")
+                for callback in fire:
+                    try:
+                        callback()
+                    except Exception:
+                        logging.getLogger("taskgraph").exception("a ref callback failed")
+            finally:
+                self._in_callback.active = outer
 
     def _break(self, reason: str) -> None:
         with self._lock:
@@ -674,6 +681,13 @@ class Client:
             if waiter.remaining > 0:
                 if self.broken is not None:
                     raise ConnectionError(self.broken)
+                if getattr(self._in_callback, "active", False):
+                    # This thread delivers results: waiting here, it would wait for itself.
+                    raise RuntimeError(
+                        "get() or wait() inside a ref's future callback cannot wait for a "
+                        "value that is not here yet: the callback runs on the thread that "
+                        "delivers values. Hand the work to a thread or executor of your own."
+                    )
                 for oid in missing:
                     self._waiters.setdefault(oid, []).append(waiter)
                 task = self.current_task

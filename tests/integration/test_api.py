@@ -414,3 +414,28 @@ def test_runtime_context_and_cluster_info():
     wait_for(lambda: tg.available_resources()["CPU"] == 2, what="the task's CPU to be free")
     assert tg.get_runtime_context().get_task_id() is None
     assert tg.get_gpu_ids() == []
+
+
+def test_a_future_callback_that_would_wait_for_a_value_gets_a_clear_error():
+    @tg.remote
+    def inc(x, delay=0.0):
+        time.sleep(delay)  # still running when the callback is added
+        return x + 1
+
+    seen = []
+    done = threading.Event()
+
+    def callback(fut):
+        try:
+            seen.append(tg.get(inc.remote(fut.result())))  # would wait on its own thread
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        try:
+            seen.append(tg.get(ref))  # already here: no wait, fine
+        finally:
+            done.set()
+
+    ref = inc.remote(1, 0.5)
+    ref.future().add_done_callback(callback)
+    assert done.wait(30)
+    assert "callback" in seen[0] and seen[1] == 2
