@@ -96,6 +96,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         limit=True,
     ),
     Benchmark(
+        # ray_perf's 4 client actors, each submitting n tasks and getting them; the
+        # driver gets from all 4. ray_perf's n is 10,000: 40k tasks a run would take
+        # Ray ~20 s and Dask over a minute per run here, so n is 1,000.
+        "multi_tasks_async",
+        "tasks",
+        _one("multi_tasks_async", "multi client tasks async", "tasks/s"),
+        full=1000,
+        quick=250,
+        timeout=180.0,  # Dask: ~10 s a run, at least 7 runs
+    ),
+    Benchmark(
         "wait_1k",
         "tasks",
         _one("wait_1k", "single client wait 1k refs", "rounds/s"),
@@ -116,6 +127,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         _one("put_small", "single client put calls", "calls/s"),
         full=1,
         quick=1,
+    ),
+    Benchmark(
+        # ray_perf's 10 tasks, each making n puts of a small value; counted per put.
+        "multi_put_small",
+        "objects",
+        _one("multi_put_small", "multi client put calls", "calls/s"),
+        full=100,
+        quick=100,
     ),
     Benchmark(
         "put_get_small",
@@ -141,6 +160,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         full=_BIG,
         quick=_BIG // 8,
         limit=True,
+    ),
+    Benchmark(
+        # ray_perf's 10 tasks, each putting an 80 MiB int64 array 10 times: 8,000 MiB
+        # a run. Each task makes its array once (pages touched), so only puts are timed.
+        "multi_put_gigabytes",
+        "large",
+        _one("multi_put_gigabytes", "multi client put gigabytes", "GB/s"),
+        full=_BIG // 10,
+        quick=_BIG // 80,
     ),
     Benchmark(
         "get_large",
@@ -200,6 +228,42 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         quick=1000,
     ),
     Benchmark(
+        "actor_concurrent",
+        "actors",
+        _one("actor_concurrent", "1:1 actor calls concurrent", "calls/s"),
+        full=1000,
+        quick=1000,
+        peers=("ray",),
+        why_no_peer=(
+            "not run: a Dask actor runs its (non-async) methods one at a time, on its "
+            "worker's single actor thread; it has no max_concurrency"
+        ),
+    ),
+    Benchmark(
+        # Not a ray_perf row: ray_perf passes arguments only to async actors (below).
+        "actor_args_async",
+        "actors",
+        _one("actor_args_async", "1:1 actor calls with args async", "calls/s"),
+        full=1000,
+        quick=1000,
+    ),
+    Benchmark(
+        # One client actor calls each of 2 server actors n times and gets the results.
+        "actor_1_n",
+        "actors",
+        _one("actor_1_n", "1:n actor calls async", "calls/s"),
+        full=5000,
+        quick=500,
+        timeout=150.0,  # 10,000 calls a run: up to ~9 s for Ray and Dask here
+    ),
+    Benchmark(
+        "async_actor_sync",
+        "actors",
+        _one("async_actor_sync", "1:1 async-actor calls sync", "calls/s"),
+        full=1,
+        quick=1,
+    ),
+    Benchmark(
         "async_actor_async",
         "actors",
         _one("async_actor_async", "1:1 async-actor calls async", "calls/s"),
@@ -207,11 +271,43 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         quick=1000,
     ),
     Benchmark(
+        "async_actor_args",
+        "actors",
+        _one("async_actor_args", "1:1 async-actor calls with args async", "calls/s"),
+        full=1000,
+        quick=1000,
+    ),
+    Benchmark(
+        "async_actor_1_n",
+        "actors",
+        _one("async_actor_1_n", "1:n async-actor calls async", "calls/s"),
+        full=5000,
+        quick=500,
+        timeout=150.0,  # 10,000 calls a run: up to ~9 s for Ray and Dask here
+    ),
+    Benchmark(
         # ray_perf's Client pattern: 2 client actors each call each of 2 server actors
         # n times and get the results; the driver waits for both clients. Counted per call.
         "actor_n_n",
         "actors",
         _one("actor_n_n", "n:n actor calls async", "calls/s"),
+        full=500,
+        quick=250,
+    ),
+    Benchmark(
+        # As ray_perf: 2 pairs of a client actor and its own server; each client
+        # puts 0 and passes the ref in n calls. Dask passes the value (see _engine).
+        "actor_n_n_arg",
+        "actors",
+        _one("actor_n_n_arg", "n:n actor calls with arg async", "calls/s"),
+        full=1000,
+        quick=250,
+    ),
+    Benchmark(
+        # actor_n_n's shape with async-actor servers.
+        "async_actor_n_n",
+        "actors",
+        _one("async_actor_n_n", "n:n async-actor calls async", "calls/s"),
         full=500,
         quick=250,
     ),

@@ -76,6 +76,19 @@ class DaskEngine:
                 lambda: client.gather([client.submit(f, pure=False) for _ in range(n)]),
                 n if key == "tasks_async" else 1,
             )
+        if key == "multi_tasks_async":
+            clients = [
+                client.submit(_engine.TaskClient, "dask", actor=True, pure=False).result()
+                for _ in range(_engine.N_TASK_CLIENTS)
+            ]
+
+            def multi_tasks() -> None:
+                # Each client submits through its worker's client (get_client()).
+                for call in [c.small_value_batch(n) for c in clients]:
+                    call.result()
+
+            multi_tasks()
+            return Workload(multi_tasks, n * _engine.N_TASK_CLIENTS)
         if key == "wait_1k":
 
             def wait_one_at_a_time() -> None:
@@ -91,44 +104,61 @@ class DaskEngine:
             return Workload(future.result, 1)
         if key == "put_small":
             return Workload(lambda: client.scatter(0, hash=False), 1)
+        if key == "multi_put_small":
+            return Workload(
+                lambda: client.gather(
+                    [
+                        client.submit(_engine.put_small_batch, "dask", n, pure=False)
+                        for _ in range(_engine.N_PUT_TASKS)
+                    ]
+                ),
+                n * _engine.N_PUT_TASKS,
+            )
         if key == "put_get_small":
             return Workload(lambda: client.scatter(1, hash=False).result(), 1)
         if key == "put_gigabytes":
             array = _engine.big_array(n)
             return Workload(lambda: client.scatter(array, hash=False), array.nbytes / 1e9)
+        if key == "multi_put_gigabytes":
+            tasks, count = _engine.N_PUT_TASKS, _engine.LARGE_PUTS
+
+            def put_multi() -> None:
+                done = client.gather(
+                    [
+                        client.submit(_engine.put_large_batch, "dask", n, count, pure=False)
+                        for _ in range(tasks)
+                    ]
+                )
+                _engine.check_bytes(sum(done), 8 * n * count * tasks)
+
+            return Workload(put_multi, 8 * n * count * tasks / 1e9)
         if key == "get_large":
             array = _engine.big_array(n)
             future = client.scatter(array, hash=False)
             return Workload(future.result, array.nbytes / 1e9)
-        if key in ("actor_sync", "actor_async", "async_actor_async"):
-            cls = _engine.AsyncActor if key == "async_actor_async" else _engine.Actor
+        one_to_one = {
+            "actor_sync": (_engine.Actor, "small_value"),
+            "actor_async": (_engine.Actor, "small_value"),
+            "actor_args_async": (_engine.Actor, "small_value_arg"),
+            "async_actor_sync": (_engine.AsyncActor, "small_value"),
+            "async_actor_async": (_engine.AsyncActor, "small_value"),
+            "async_actor_args": (_engine.AsyncActor, "small_value_with_arg"),
+        }
+        if key in one_to_one:
+            cls, name = one_to_one[key]
             actor = client.submit(cls, actor=True, pure=False).result()
-            if key == "actor_sync":
+            if key.endswith("_sync"):
                 return Workload(lambda: actor.small_value().result(), 1)
+            method = getattr(actor, name)
+            with_arg = name != "small_value"
 
             def calls() -> None:
-                for call in [actor.small_value() for _ in range(n)]:
+                for call in [method(i) if with_arg else method() for i in range(n)]:
                     call.result()
 
             return Workload(calls, n)
-        if key == "actor_n_n":
-            servers = [
-                client.submit(_engine.Actor, actor=True, pure=False).result()
-                for _ in range(_engine.N_SERVERS)
-            ]
-            clients = [
-                client.submit(_engine.ActorClient, "dask", servers, actor=True, pure=False).result()
-                for _ in range(_engine.N_CLIENTS)
-            ]
-
-            def n_to_n(servers: list[Any] = servers) -> None:
-                # Dask releases an actor once the driver drops its last reference (the
-                # clients' copies do not count), so the servers ride along in a default.
-                for call in [c.small_value_batch(n) for c in clients]:
-                    call.result()
-
-            n_to_n()
-            return Workload(n_to_n, n * _engine.N_CLIENTS * _engine.N_SERVERS)
+        if key in ("actor_1_n", "async_actor_1_n", "actor_n_n", "async_actor_n_n", "actor_n_n_arg"):
+            return self._actor_clients(key, n)
         if key == "tree":
             import dask
 
@@ -144,6 +174,46 @@ class DaskEngine:
         if key in ("transfer_gigabytes", "shuffle_1gb"):
             return self._transfer_workload(key, n)
         raise Unsupported(f"no Dask version of {key!r}")
+
+    def _actor_clients(self, key: str, n: int) -> Workload:
+        """Client actors that call server actors and wait for them (ray_perf's ``Client``).
+
+        The clients live on one worker and the servers on the other. Dask runs a
+        call to an actor on the caller's own worker as a plain function call (and
+        hands back a bare coroutine for an ``async def`` method), where taskgraph
+        and Ray send every call to the actor's own process; apart, every Dask call
+        is a message too. All actors on a Dask worker share its one actor thread.
+        """
+        client = self.client
+        client_worker, server_worker = sorted(client.scheduler_info()["workers"])
+        server_class = _engine.AsyncActor if key.startswith("async") else _engine.Actor
+        servers = [
+            client.submit(server_class, actor=True, workers=[server_worker], pure=False).result()
+            for _ in range(_engine.N_SERVERS)
+        ]
+
+        def make_client(of: list[Any]) -> Any:
+            return client.submit(
+                _engine.ActorClient, "dask", of, actor=True, workers=[client_worker], pure=False
+            ).result()
+
+        if key == "actor_n_n_arg":
+            clients = [make_client([s]) for s in servers]  # each client calls its own server
+            calls_per_run = n * len(clients)
+        else:
+            n_clients = 1 if key.endswith("1_n") else _engine.N_CLIENTS
+            clients = [make_client(servers) for _ in range(n_clients)]
+            calls_per_run = n * n_clients * _engine.N_SERVERS
+        method = "small_value_batch_arg" if key == "actor_n_n_arg" else "small_value_batch"
+
+        def run(servers: list[Any] = servers) -> None:
+            # Dask releases an actor once the driver drops its last reference (the
+            # clients' copies do not count), so the servers ride along in a default.
+            for call in [getattr(c, method)(n) for c in clients]:
+                call.result()
+
+        run()
+        return Workload(run, calls_per_run)
 
     def _transfer_workload(self, key: str, n: int) -> Workload:
         import operator

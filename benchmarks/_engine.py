@@ -19,8 +19,19 @@ import psutil
 NUM_CPUS = 2
 MIB = 1024 * 1024
 # "n:n actor calls async": N_CLIENTS client actors each call each of N_SERVERS server actors.
+# "1:n actor calls async": one client actor calls each of N_SERVERS server actors.
+# "n:n actor calls with arg async": N_SERVERS pairs of one client and its own server.
+# (ray_perf uses cpu_count // 2 servers: one on this 2-core machine, which would make
+# 1:n a 1:1 row; two keep it 1:n on any machine.)
 N_CLIENTS = 2
 N_SERVERS = 2
+# "multi client tasks async": this many client actors each submit a batch of tasks
+# and get them (ray_perf's 4).
+N_TASK_CLIENTS = 4
+# "multi client put calls" / "gigabytes": this many tasks each put small values, or
+# LARGE_PUTS times one array (ray_perf's 10 tasks of 10 puts).
+N_PUT_TASKS = 10
+LARGE_PUTS = 10
 # The transfer group's clusters have two nodes acting as two hosts; the second
 # one offers this custom resource, and tasks are pinned to one or the other.
 FAR = "far"
@@ -99,8 +110,44 @@ def shuffle_reduce(*parts: np.ndarray) -> int:
     return int(np.concatenate(parts).nbytes)
 
 
+def _put_function(api_module: str) -> Callable[[Any], Any]:
+    """``put`` as seen from inside a task or an actor: Dask's is ``scatter``."""
+    import importlib
+
+    if api_module == "dask":
+        from distributed import get_client
+
+        client = get_client()
+        return lambda value: client.scatter(value, hash=False)
+    return importlib.import_module(api_module).put
+
+
+def put_small_batch(api_module: str, n: int) -> int:
+    """One client of "multi client put calls": ``n`` puts of a small value."""
+    put = _put_function(api_module)
+    for _ in range(n):
+        put(0)
+    return n
+
+
+def put_large_batch(api_module: str, n: int, count: int) -> int:
+    """One client of "multi client put gigabytes": ``count`` puts of an array of ``n`` int64s.
+
+    The array is made once (pages touched) so only the puts are timed, as in
+    "single client put gigabytes".
+    """
+    array = big_array(n)
+    put = _put_function(api_module)
+    for _ in range(count):
+        put(array)
+    return count * int(array.nbytes)
+
+
 class Actor:
     def small_value(self) -> bytes:
+        return b"ok"
+
+    def small_value_arg(self, x: Any) -> bytes:
         return b"ok"
 
 
@@ -109,6 +156,32 @@ class AsyncActor:
 
     async def small_value(self) -> bytes:
         return b"ok"
+
+    async def small_value_with_arg(self, x: Any) -> bytes:
+        return b"ok"
+
+
+class TaskClient:
+    """One client of "multi client tasks async": an actor that submits tasks and gets them."""
+
+    def __init__(self, api_module: str) -> None:
+        self.api_module = api_module
+        self.remote_small_value: Any = None
+
+    def small_value_batch(self, n: int) -> int:
+        if self.api_module == "dask":
+            from distributed import get_client
+
+            client = get_client()
+            client.gather([client.submit(small_value, pure=False) for _ in range(n)])
+            return n
+        import importlib
+
+        api = importlib.import_module(self.api_module)
+        if self.remote_small_value is None:
+            self.remote_small_value = api.remote(small_value)
+        f = self.remote_small_value
+        return len(api.get([f.remote() for _ in range(n)]))
 
 
 class ActorClient:
@@ -135,6 +208,26 @@ class ActorClient:
             api.get(refs)
             return len(refs)
         return len(calls)
+
+    def small_value_batch_arg(self, n: int) -> int:
+        """``n`` calls to each server, each passing an argument.
+
+        taskgraph and Ray pass a ref to ``put(0)``, which the server receives
+        resolved. Dask passes the value 0: a Dask actor's method receives
+        futures as futures, unresolved.
+        """
+        if self.api_module == "dask":
+            calls = [s.small_value_arg(0) for s in self.servers for _ in range(n)]
+            for call in calls:
+                call.result()
+            return len(calls)
+        import importlib
+
+        api = importlib.import_module(self.api_module)
+        x = api.put(0)
+        refs = [s.small_value_arg.remote(x) for s in self.servers for _ in range(n)]
+        api.get(refs)
+        return len(refs)
 
 
 # -- shared helpers ------------------------------------------------------------------

@@ -148,6 +148,16 @@ class RayLikeEngine:
             return Workload(
                 lambda: api.get([f.remote() for _ in range(n)]), n if key == "tasks_async" else 1
             )
+        if key == "multi_tasks_async":
+            clients = [
+                self._actor(_engine.TaskClient, self.module_name)
+                for _ in range(_engine.N_TASK_CLIENTS)
+            ]
+            api.get([c.small_value_batch.remote(n) for c in clients])  # the clients' first calls
+            return Workload(
+                lambda: api.get([c.small_value_batch.remote(n) for c in clients]),
+                n * _engine.N_TASK_CLIENTS,
+            )
         if key == "wait_1k":
 
             def wait_one_at_a_time() -> None:
@@ -163,6 +173,14 @@ class RayLikeEngine:
             return Workload(lambda: api.get(ref), 1)
         if key == "put_small":
             return Workload(lambda: api.put(0), 1)
+        if key == "multi_put_small":
+            puts = api.remote(_engine.put_small_batch)
+            return Workload(
+                lambda: api.get(
+                    [puts.remote(self.module_name, n) for _ in range(_engine.N_PUT_TASKS)]
+                ),
+                n * _engine.N_PUT_TASKS,
+            )
         if key == "put_get_small":
             return Workload(lambda: api.get(api.put(1)), 1)
         if key == "get_10k_refs":
@@ -172,6 +190,15 @@ class RayLikeEngine:
         if key == "put_gigabytes":
             array = _engine.big_array(n)
             return Workload(lambda: api.put(array), array.nbytes / 1e9)
+        if key == "multi_put_gigabytes":
+            puts = api.remote(_engine.put_large_batch)
+            clients, count = _engine.N_PUT_TASKS, _engine.LARGE_PUTS
+
+            def put_multi() -> None:
+                done = api.get([puts.remote(self.module_name, n, count) for _ in range(clients)])
+                _engine.check_bytes(sum(done), 8 * n * count * clients)
+
+            return Workload(put_multi, 8 * n * count * clients / 1e9)
         if key == "get_large":
             array = _engine.big_array(n)
             ref = api.put(array)
@@ -181,21 +208,47 @@ class RayLikeEngine:
             if key == "actor_sync":
                 return Workload(lambda: api.get(actor.small_value.remote()), 1)
             return Workload(lambda: api.get([actor.small_value.remote() for _ in range(n)]), n)
+        if key == "actor_concurrent":
+            actor = self._actor(_engine.Actor, max_concurrency=16)
+            return Workload(lambda: api.get([actor.small_value.remote() for _ in range(n)]), n)
+        if key == "actor_args_async":
+            actor = self._actor(_engine.Actor)
+            return Workload(lambda: api.get([actor.small_value_arg.remote(i) for i in range(n)]), n)
+        if key == "async_actor_sync":
+            actor = self._actor(_engine.AsyncActor)
+            return Workload(lambda: api.get(actor.small_value.remote()), 1)
         if key == "async_actor_async":
             actor = self._actor(_engine.AsyncActor)
             return Workload(lambda: api.get([actor.small_value.remote() for _ in range(n)]), n)
-        if key == "actor_n_n":
-            servers = [self._actor(_engine.Actor) for _ in range(_engine.N_SERVERS)]
+        if key == "async_actor_args":
+            actor = self._actor(_engine.AsyncActor)
+            return Workload(
+                lambda: api.get([actor.small_value_with_arg.remote(i) for i in range(n)]), n
+            )
+        if key in ("actor_1_n", "async_actor_1_n", "actor_n_n", "async_actor_n_n"):
+            server_class = _engine.AsyncActor if key.startswith("async") else _engine.Actor
+            servers = [self._actor(server_class) for _ in range(_engine.N_SERVERS)]
+            n_clients = 1 if key.endswith("1_n") else _engine.N_CLIENTS
             clients = [
                 self._actor(_engine.ActorClient, self.module_name, servers)
-                for _ in range(_engine.N_CLIENTS)
+                for _ in range(n_clients)
             ]
             api.get([c.small_value_batch.remote(n) for c in clients])  # the clients' first calls
 
             def n_to_n() -> None:
                 api.get([c.small_value_batch.remote(n) for c in clients])
 
-            return Workload(n_to_n, n * _engine.N_CLIENTS * _engine.N_SERVERS)
+            return Workload(n_to_n, n * n_clients * _engine.N_SERVERS)
+        if key == "actor_n_n_arg":
+            # As ray_perf: each client calls its own server, passing a ref to put(0).
+            servers = [self._actor(_engine.Actor) for _ in range(_engine.N_SERVERS)]
+            clients = [self._actor(_engine.ActorClient, self.module_name, [s]) for s in servers]
+            api.get([c.small_value_batch_arg.remote(n) for c in clients])
+
+            def n_to_n_arg() -> None:
+                api.get([c.small_value_batch_arg.remote(n) for c in clients])
+
+            return Workload(n_to_n_arg, n * len(clients))
         if key == "tree":
 
             def tree() -> None:
@@ -240,12 +293,17 @@ class RayLikeEngine:
 
         return Workload(shuffle, 8 * n / 1e9)
 
-    def _actor(self, cls: type, *args: Any) -> Any:
-        """A ``@remote(num_cpus=0)`` actor of ``cls``, created and called once."""
+    def _actor(self, cls: type, *args: Any, **options: Any) -> Any:
+        """A ``@remote(num_cpus=0)`` actor of ``cls``, created and called once.
+
+        ``options`` (such as ``max_concurrency``) go to ``.options()``.
+        """
         try:
             actor_class = self.api.remote(num_cpus=0)(cls)
         except NotImplementedError as exc:
             raise Unsupported(f"skipped: actors are not implemented yet ({exc})") from None
+        if options:
+            actor_class = actor_class.options(**options)
         actor = actor_class.remote(*args)
         if hasattr(cls, "small_value"):
             self.api.get(actor.small_value.remote())
