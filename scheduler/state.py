@@ -504,6 +504,10 @@ class SchedulerState:
             obj = self.objects.get(oid)
             if obj is not None and obj.task is not None:
                 self._cancel(obj.task, msg.force, msg.recursive)
+            elif msg.recursive:
+                # A task we never saw (a leased one, taskgraph/_leases.py): the
+                # tasks it submitted name it as their parent all the same.
+                self._cancel(oid[:12] + b"\0\0\0\0", msg.force, msg.recursive)
 
     def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         task = self.tasks.get(task_id)

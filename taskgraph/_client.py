@@ -113,7 +113,10 @@ class Client:
         self.on_notice: Callable[[str, str], None] | None = None
         self.broken: str | None = None
         self.closed = False
-        self.current_task: bytes | None = None  # set in an executor while a task runs
+        # In an executor while a task runs: the task whose CPUs a blocking get()
+        # lends out (a leased task's lease), and the task that submissions come from.
+        self.current_task: bytes | None = None
+        self.parent_task: bytes | None = None
         self.token = b""  # to pull objects from other hosts' workers
         # In an executor: ask our worker daemon for a local copy of a remote object.
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
@@ -311,31 +314,39 @@ class Client:
             self.on_messages(msgs)
 
     def on_messages(self, msgs: list[Any]) -> None:
-        fire: list[Callable[[], None]] = []
         with self._lock:
-            for msg in msgs:
-                if isinstance(msg, w.ObjectsReady):
-                    for value in msg.values:
-                        oid = value.object_id
-                        if oid in self._slow_calls:
-                            self._slow_call_ended(oid, value.error is None)
-                        self._wanted.discard(oid)
-                        if oid in self._counts:
-                            self._values[oid] = value
-                        for waiter in self._waiters.pop(oid, ()):
-                            waiter.remaining -= 1
-                            if waiter.remaining <= 0:
-                                waiter.event.set()
-                        fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
-                elif isinstance(msg, w.QueryReply):
-                    fut = self._queries.pop(msg.request_id, None)
-                    if fut is not None:
-                        fire.append(partial(fut.set_result, msg.result))
-                elif isinstance(msg, w.Notice):
-                    self.notices.append(msg.text)
-                    if self.on_notice is not None:
-                        fire.append(partial(self.on_notice, msg.level, msg.text))
-        # Outside the lock: callbacks may call back into the client.
+            fire = self._arrived(msgs)
+        self._fire(fire)
+
+    def _arrived(self, msgs: list[Any]) -> list[Callable[[], None]]:
+        """Take in what a peer sent (lock held); return the callbacks to run after."""
+        fire: list[Callable[[], None]] = []
+        for msg in msgs:
+            if isinstance(msg, w.ObjectsReady):
+                for value in msg.values:
+                    oid = value.object_id
+                    if oid in self._slow_calls:
+                        self._slow_call_ended(oid, value.error is None)
+                    self._wanted.discard(oid)
+                    if oid in self._counts:
+                        self._values[oid] = value
+                    for waiter in self._waiters.pop(oid, ()):
+                        waiter.remaining -= 1
+                        if waiter.remaining <= 0:
+                            waiter.event.set()
+                    fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
+            elif isinstance(msg, w.QueryReply):
+                fut = self._queries.pop(msg.request_id, None)
+                if fut is not None:
+                    fire.append(partial(fut.set_result, msg.result))
+            elif isinstance(msg, w.Notice):
+                self.notices.append(msg.text)
+                if self.on_notice is not None:
+                    fire.append(partial(self.on_notice, msg.level, msg.text))
+        return fire
+
+    def _fire(self, fire: list[Callable[[], None]]) -> None:
+        """Run callbacks (outside the lock: they may call back into the client)."""
         if fire:
             outer = getattr(self._in_callback, "active", False)
             self._in_callback.active = True
@@ -558,13 +569,28 @@ class Client:
             self._want(held)  # what waits for them now hears from the scheduler
         return True
 
-    def direct_answered(self, values: Sequence[w.Value], contains: Sequence[list[bytes]]) -> None:
-        """Returns of a direct call arrived: the scheduler hears of them first."""
+    def direct_answered(
+        self, values: Sequence[w.Value], contains: Sequence[list[bytes]], registered: bool = False
+    ) -> None:
+        """Returns of a direct call arrived: the scheduler hears of them first.
+
+        ``registered``: those in a store were registered by the executor that
+        stored them; we acquire the ones we still hold.
+        """
         with self._lock:
             for value, inner in zip(values, contains, strict=True):
                 oid = value.object_id
                 held = oid in self._counts
                 put = w.PutObject(oid, value.data, value.location, inner, value.error)
+                if registered and value.location is not None:
+                    if held:
+                        self._queue(w.AcquireRefs([oid]))
+                    if oid in self._promised:
+                        # Promised before the executor's registration reached the
+                        # scheduler: this keeps the promise (else it is ignored).
+                        self._promised.discard(oid)
+                        self._queue(put)
+                    continue
                 if oid in self._promised:
                     self._promised.discard(oid)
                     self._queue(put)  # the scheduler holds it for us already
@@ -574,11 +600,12 @@ class Client:
                     self._queue(put)  # it holds bytes in a store, or refs: tell now
                     if not held:  # dropped while in flight: stored for nobody
                         self._queue(w.ReleaseRefs([oid]))
-        self.on_messages([w.ObjectsReady(list(values))])
-        # Only now: until the values are here, _want must not ask the scheduler
-        # for them (it has never heard of them and would say they are lost).
-        with self._lock:
+            fire = self._arrived([w.ObjectsReady(list(values))])
+            # Only now that the values are here (until then, _want must not ask
+            # the scheduler, which has never heard of them), and before any
+            # callback may drop a ref: a release must find them registered.
             self._direct.difference_update(v.object_id for v in values)
+        self._fire(fire)
 
     def settle(self, oids: Sequence[bytes]) -> None:
         """Refs to ``oids`` are about to leave this client: make sure the scheduler
@@ -608,7 +635,9 @@ class Client:
     def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
         oids = [r.id for r in refs]
         if self.leases is not None:
-            oids = self.leases.cancel(oids, force)  # those on a lease go to its executor
+            others = self.leases.cancel(oids, force)  # those on a lease go to its executor
+            # The scheduler still cancels what a leased task submitted.
+            oids = oids if recursive else others
         if not oids:
             return
         with self._lock:
@@ -814,3 +843,5 @@ class Client:
             store_client.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
+        # Threads still blocked in get() or wait() hear that it is over.
+        self._break("the client was shut down (tg.shutdown())")

@@ -143,7 +143,7 @@ class DeliveryListener:
             if isinstance(msg, w.ObjectsReady):
                 client.on_messages([msg])
             elif lease is not None and isinstance(msg, w.DirectResult):
-                lease.answered(msg.result, msg.needs_ack)
+                lease.answered(msg.result, msg.needs_ack, msg.registered)
             elif lease is not None and isinstance(msg, w.LeaseEnding):
                 lease.ending_asked(msg.revoked)
             elif lease is None and isinstance(msg, w.LeaseReady) and client.leases is not None:

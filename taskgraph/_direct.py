@@ -158,9 +158,9 @@ class DirectChannel:
                 return
             for msg in msgs:
                 if isinstance(msg, w.DirectResult):
-                    self._answered(msg.result, msg.needs_ack)
+                    self._answered(msg.result, msg.needs_ack, msg.registered)
 
-    def _answered(self, result: w.TaskResult, needs_ack: bool) -> None:
+    def _answered(self, result: w.TaskResult, needs_ack: bool, registered: bool) -> None:
         with self._lock:
             entry = self.pending.pop(result.task_id, None)
         if entry is None:
@@ -172,7 +172,7 @@ class DirectChannel:
         else:
             values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
             contains = [list(r.contains) for r in result.returns]
-        self.client.direct_answered(values, contains)
+        self.client.direct_answered(values, contains, registered)
         del keep
         if needs_ack:
             # The scheduler has the returns (and so holds what they contain)

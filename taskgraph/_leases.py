@@ -63,6 +63,7 @@ SYNC_STREAK = 2  # tasks of a shape awaited one by one before a lease is asked f
 ASK_AGAIN = 10.0  # seconds: a lease asked for and not come by then is asked for again
 GRANT_WAIT = 0.005  # seconds a task waits for the lease just asked for, before going the usual way
 QUIET_AFTER_REVOKE = 1.0  # seconds without asking, once the scheduler took a lease back
+MAX_ROUTES = 64  # shapes remembered; beyond, those with no lease are forgotten
 LEASE_FUNCTION = b"taskgraph.lease"  # a lease's "function" id (it runs none of its own)
 
 Shape = tuple[tuple[str, float], ...]
@@ -121,6 +122,8 @@ class LeaseChannel:
         self.forced: set[bytes] = set()  # tasks cancelled with force=True
         self.ending = False
         self.runs = 0  # tasks sent on it (tests and benchmarks look)
+        self._acks = 0  # answers whose DirectAck is not sent yet
+        self._shut = False  # our side is closed
         self._lock = threading.Lock()
 
     def idle(self) -> bool:
@@ -153,13 +156,27 @@ class LeaseChannel:
     def end(self) -> None:
         """Let the lease go: nothing more is sent; what was sent still runs."""
         self.ending = True
+        self._shut_when_done()
+
+    def _shut_when_done(self) -> None:
+        """Close our side once the lease ends and every answer is in and acked.
+
+        The executor's lease ends when it reads our end: before the acks, it
+        would let go of what the answers' returns hold too early.
+        """
+        with self._lock:
+            if self._shut or not self.ending or self.in_flight or self._acks:
+                return
+            self._shut = True
         with contextlib.suppress(OSError):
             self.conn.sock.shutdown(socket.SHUT_WR)
 
-    def answered(self, result: w.TaskResult, needs_ack: bool) -> None:
+    def answered(self, result: w.TaskResult, needs_ack: bool, registered: bool) -> None:
         with self._lock:
             spec = self.in_flight.pop(result.task_id, None)
             self.forced.discard(result.task_id)
+            if spec is not None and needs_ack:
+                self._acks += 1
         if spec is None:
             return
         self.leases.by_task.pop(result.task_id, None)
@@ -171,15 +188,21 @@ class LeaseChannel:
         else:
             values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
             contains = [list(r.contains) for r in result.returns]
-        client.direct_answered(values, contains)
-        if needs_ack:
-            # The executor keeps the refs inside the returns alive until the
-            # scheduler has the returns (and so holds what they contain).
-            def ack(_: object) -> None:
-                with contextlib.suppress(OSError):
-                    self.conn.send([w.DirectAck(result.task_id)])
+        client.direct_answered(values, contains, registered)
+        if not needs_ack:
+            self._shut_when_done()
+            return
 
-            client.ask(w.Query(0, "ping"), ack)
+        # The executor keeps what the returns hold (and the returns it stored)
+        # alive until the scheduler has what we sent about them.
+        def ack(_: object) -> None:
+            with contextlib.suppress(OSError):
+                self.conn.send([w.DirectAck(result.task_id)])
+            with self._lock:
+                self._acks -= 1
+            self._shut_when_done()
+
+        client.ask(w.Query(0, "ping"), ack)
 
     def ending_asked(self, revoked: bool) -> None:
         """The executor ends the lease (idle, or ``revoked`` by the scheduler): close our side."""
@@ -260,6 +283,8 @@ class Leases:
             return False
         route = self.routes.get(shape)
         if route is None:
+            if len(self.routes) >= MAX_ROUTES:  # many shapes (memory= per task, say)
+                self.routes = {s: r for s, r in self.routes.items() if r.channel or r.asked}
             route = self.routes.setdefault(shape, _Route(shape))
         with route.lock:
             channel = route.channel
@@ -287,7 +312,7 @@ class Leases:
 
     def got(self, oids: list[bytes]) -> None:
         """A get() returned these: a task awaited one by one counts toward a lease."""
-        for route in self.routes.values():
+        for route in list(self.routes.values()):  # (another thread may add one)
             if route.last and route.last in oids:
                 route.answered = True
 

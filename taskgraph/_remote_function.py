@@ -149,7 +149,7 @@ class RemoteFunction:
             max_retries=p.max_retries,
             retry_exceptions=p.retry_exceptions,
             strategy=p.strategy,
-            parent=client.current_task or b"",
+            parent=client.parent_task or b"",
             generator=streaming,
             namespace=_api.current_namespace(),
         )

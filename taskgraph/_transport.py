@@ -97,11 +97,14 @@ class BlockingConnection:
             self.sock.sendall(frame)
 
     def recv(self) -> list[Any]:
-        header = self._rfile.read(4)
-        if len(header) < 4:
-            raise ConnectionError("the peer closed the connection")
-        n = w.frame_length(header)
-        body = self._rfile.read(n)
+        try:
+            header = self._rfile.read(4)
+            if len(header) < 4:
+                raise ConnectionError("the peer closed the connection")
+            n = w.frame_length(header)
+            body = self._rfile.read(n)
+        except ValueError:  # close() from another thread, under our read
+            raise ConnectionError("the connection was closed") from None
         if len(body) < n:
             raise ConnectionError("the peer closed the connection mid-frame")
         return w.decode(body)

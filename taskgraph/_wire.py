@@ -440,6 +440,9 @@ class DirectResult(Msg):
 
     result: TaskResult
     needs_ack: bool = False
+    # The returns left in the executor's store are registered with the scheduler
+    # already (by the executor): the caller acquires them instead.
+    registered: bool = False
 
 
 class DirectAck(Msg):

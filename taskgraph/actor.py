@@ -172,7 +172,7 @@ class ActorClass:
             resources=place,
             max_retries=0,
             strategy=_options.strategy_string(options.get("scheduling_strategy")),
-            parent=client.current_task or b"",
+            parent=client.parent_task or b"",
             actor_id=actor_id,
             actor=actor,
             namespace=actor.namespace,
@@ -317,7 +317,7 @@ class ActorMethod:
             nested=[*nested, handle._anchor.id],
             num_returns=num_returns,
             resources={},
-            parent=client.current_task or b"",
+            parent=client.parent_task or b"",
             actor_id=handle._actor_id,
             method=self._name,
         )

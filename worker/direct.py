@@ -35,6 +35,7 @@ from taskgraph._transport import BlockingConnection, accept_blocking
 from taskgraph.exceptions import AuthenticationError, ObjectLostError, TaskgraphError
 
 if TYPE_CHECKING:
+    from taskgraph._client import Client
     from taskgraph.worker.executor import Executor
 
 log = logging.getLogger("taskgraph.worker")
@@ -161,11 +162,16 @@ class DirectServer:
         """Answer a direct call; False if the call came through the daemon."""
         with self._lock:
             conn = self.replies.pop(result.task_id, None)
-            needs_ack = result.task_id in self._kept
             sync = result.task_id in self._sync
             self._sync.discard(result.task_id)
         if conn is None:
             return False
+        holds = register_stored(self.executor.client, result)
+        with self._lock:
+            if holds:
+                _, inner = self._kept.get(result.task_id, (conn, []))
+                self._kept[result.task_id] = (conn, inner + holds)
+            needs_ack = result.task_id in self._kept
         if needs_ack or sync:
             # Refs in the returns may be to objects this call just made; refs in
             # the arguments may have been taken by the actor (AcquireRefs). The
@@ -177,16 +183,28 @@ class DirectServer:
             except (OSError, ConnectionError, TimeoutError):
                 pass
         try:
-            conn.send([w.DirectResult(result, needs_ack)])
-        except OSError:  # the caller left: nobody will record the returns
+            conn.send([w.DirectResult(result, needs_ack, registered=bool(holds))])
+        except OSError:  # the caller left: what we stored is nobody's, and freed
             with self._lock:
                 self._kept.pop(result.task_id, None)
-            client = self.executor.client
-            for ret in result.returns:
-                if ret.location is not None:  # in the store: record it, to be freed
-                    client.send_soon(w.PutObject(ret.object_id, location=ret.location))
-                    client.send_soon(w.ReleaseRefs([ret.object_id]))
         return True
+
+
+def register_stored(client: Client, result: w.TaskResult) -> list[ObjectRef]:
+    """Register with the scheduler the returns a direct answer leaves in our store.
+
+    Left to the caller, they would stay in the store for good if it died with
+    the answer unread. Returns our holds on them: kept until the caller acks,
+    which it does once it has acquired its own (``DirectResult.registered``).
+    """
+    holds = []
+    for ret in result.returns:
+        if ret.location is not None:
+            client.send_soon(
+                w.PutObject(ret.object_id, location=ret.location, contains=list(ret.contains))
+            )
+            holds.append(ObjectRef(ret.object_id, client))
+    return holds
 
 
 def resolve_inputs(executor: Executor, a: w.Assignment) -> w.Assignment | w.TaskResult:

@@ -261,7 +261,8 @@ class Executor:
     def _serve(self, lease: Lease) -> None:
         try:
             while (leased := lease.next()) is not None:
-                task = w.Assignment(leased.spec, [], leased.function, lease.gpu_ids)
+                code = lease.code.get(leased.spec.function_id, b"")  # (sent with an earlier task)
+                task = w.Assignment(leased.spec, [], code, lease.gpu_ids)
                 try:
                     fn = self._function(task)
                 except BaseException as exc:
@@ -374,11 +375,12 @@ class Executor:
             # Only plain tasks hold CPUs that a blocking get() can lend out; a
             # leased task's are the lease's.
             self.client.current_task = self.lease.lease_id if self.lease else spec.task_id
+            self.client.parent_task = spec.task_id
             self.running = True
 
     def _leave(self, a: w.Assignment, keep_gpus: bool = False) -> None:
         self.running = False
-        self.client.current_task = None
+        self.client.current_task = self.client.parent_task = None
         if not self.actor_id:
             _api.set_task_context(None)
         if keep_gpus:

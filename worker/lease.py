@@ -30,6 +30,7 @@ from taskgraph import _wire as w
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+from taskgraph.worker.direct import register_stored
 
 if TYPE_CHECKING:
     from taskgraph.worker.executor import Executor
@@ -54,6 +55,9 @@ class Lease:
         self._closed = False  # the client closed its side, or we stop
         self._revoked = False  # the scheduler wants our resources back
         self._kept: dict[bytes, list[ObjectRef]] = {}  # refs in returns, until acked
+        # Code as it arrives (the first task of a function brings it), so that
+        # a cancelled task does not take it away from those after it.
+        self.code: dict[bytes, bytes] = {}
         self._reader = threading.Thread(target=self._read, name="taskgraph-lease", daemon=True)
         self._reader.start()
 
@@ -77,12 +81,19 @@ class Lease:
             return task
 
     def answer(self, result: w.TaskResult, inner: list[ObjectRef] | None) -> None:
-        """Send a task's result; ``inner``: refs inside its returns, kept until acked."""
+        """Send a task's result; ``inner``: refs inside its returns.
+
+        Those, and our holds on the returns left in our store (registered
+        here, see ``register_stored``), are kept until the client acks.
+        """
         client = self.executor.client
-        if inner:
-            self._kept[result.task_id] = inner
-            # The scheduler must have heard what the task sent about the
-            # objects inside before the client records the returns.
+        holds = register_stored(client, result)
+        kept = holds + (inner or [])
+        if kept:
+            self._kept[result.task_id] = kept
+            # The scheduler must have what we sent (the stored returns, what the
+            # task sent about the objects inside) before the client acquires or
+            # records the returns.
             with contextlib.suppress(OSError, ConnectionError, TimeoutError):
                 client.query("ping")
         else:
@@ -90,19 +101,17 @@ class Lease:
         with self._cond:
             self.running = None
         try:
-            self.conn.send([w.DirectResult(result, bool(inner))])
-        except OSError:  # the client is gone: what the task stored is nobody's
+            self.conn.send([w.DirectResult(result, bool(kept), registered=bool(holds))])
+        except OSError:  # the client is gone: what the task stored is nobody's, and freed
             self._kept.pop(result.task_id, None)
-            for ret in result.returns:
-                if ret.location is not None:
-                    client.send_soon(w.PutObject(ret.object_id, location=ret.location))
-                    client.send_soon(w.ReleaseRefs([ret.object_id]))
 
     def _read(self) -> None:
         try:
             while True:
                 for msg in self.conn.recv():
                     if isinstance(msg, w.LeasedTask):
+                        if msg.function:
+                            self.code[msg.spec.function_id] = msg.function
                         with self._cond:
                             self._queue.append(msg)
                             self._cond.notify()
