@@ -27,8 +27,9 @@ over every CPU.
 
 Only plain tasks go this way: no ref arguments, a fixed number of returns,
 no GPUs, the default scheduling strategy, no retry on exceptions. Their
-returns are this client's to register with the scheduler, as for direct
-actor calls (``Client.direct_answered``, ``Client.settle``). If the leased
+returns are registered with the scheduler as a direct actor call's are
+(``Client.direct_answered``, ``Client.settle``; stored ones by the
+executor). If the leased
 executor dies, a task in flight is sent again the usual way when it has
 retries left (and no ref to its returns has left this client), else it fails
 with ``WorkerCrashedError``; a task cancelled with ``force=True`` fails with
@@ -329,6 +330,8 @@ class Leases:
         worker = client.local_worker()
         if worker is None or client.deliveries is None:
             return
+        if any(worker.resources.get(name, 0.0) < amount for name, amount in route.shape):
+            return  # more than the worker here has: the usual way finds one
         lease_id = client.new_id() + b"\0\0\0\0"
         self.asked.pop(route.asked, None)
         route.asked, route.asked_at = lease_id, now

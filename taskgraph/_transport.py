@@ -218,6 +218,9 @@ class FrameReader:
     """
 
     CHUNK = 1 << 16
+    # A large frame is read in pieces this big: Tornado refuses a single read
+    # beyond its stream's buffer limit (100 MB by default).
+    PIECE = 32 << 20
 
     def __init__(self, stream: IOStream) -> None:
         self.stream = stream
@@ -231,7 +234,7 @@ class FrameReader:
                 return messages
             wanted = self._missing()
             if wanted > self.CHUNK:
-                self.buffer += await self.stream.read_bytes(wanted)
+                self.buffer += await self.stream.read_bytes(min(wanted, self.PIECE))
             else:
                 self.buffer += await self.stream.read_bytes(self.CHUNK, partial=True)
 

@@ -439,3 +439,15 @@ def test_a_future_callback_that_would_wait_for_a_value_gets_a_clear_error():
     ref.future().add_done_callback(callback)
     assert done.wait(30)
     assert "callback" in seen[0] and seen[1] == 2
+
+
+def test_a_batch_of_puts_larger_than_a_read_buffer_arrives():
+    # Queued while the client's lock is held, the puts leave in one frame of
+    # ~117 MB: more than a Tornado stream reads at once (100 MB by default).
+    client = tg._api.client()
+    value = b"x" * 90_000
+    with client._lock:
+        refs = [tg.put(value) for _ in range(1300)]
+    assert tg.get(refs[-1], timeout=60) == value
+    assert tg.get(refs[0], timeout=60) == value
+    del refs

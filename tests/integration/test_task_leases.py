@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import wait_for
+from conftest import start_worker, stop_process, wait_for
 from taskgraph import _wire as w
 from taskgraph._leases import lease_shape
 from taskgraph._transport import BlockingConnection, digest
@@ -211,6 +211,21 @@ def test_a_task_waiting_at_the_scheduler_for_a_leased_resource_gets_it(lasting, 
     # Custom resources wait at the scheduler, which takes the lease back.
     assert tg.get(with_r.remote(tg.put(3)), timeout=30) == 6
     assert channel.ending
+
+
+def test_no_lease_is_asked_of_a_worker_that_could_not_hold_it(lasting, fresh_cluster):
+    far = double.options(resources={"far": 1})
+    worker = start_worker("--num-cpus", "1", "--resources", '{"far": 1}')
+    try:
+        wait_for(lambda: len(tg.nodes()) == 2, what="the second worker")
+        # The local worker (the driver's, which leases) has no "far": the tasks
+        # go the usual way, to the other worker, with no warning about a lease.
+        assert [tg.get(far.remote(i), timeout=60) for i in range(10)] == [2 * i for i in range(10)]
+        assert lease((("CPU", 1.0), ("far", 1.0))) is None
+        assert not [n for n in tg._api.client().notices if "lease" in n]
+    finally:
+        stop_process(worker)
+    wait_for(lambda: len(tg.nodes()) == 1, what="the second worker to leave")
 
 
 def test_threads_awaiting_tasks_at_once_get_their_own_results(lasting, fresh_cluster):
