@@ -10,8 +10,10 @@ raises when the daemon says ``CancelTask``) lands in the task's own code. The
 daemon may hand over a few short tasks at once; they run in order, each
 reported before the next starts, and if the running task blocks in get() the
 ones not started go back to the daemon (``Returned``), so that none waits on
-it. The process is also a full client: a task may submit
-tasks, put, get and wait, all relayed by the daemon. Functions arrive once
+it. A lease (worker/lease.py) is a task that runs, instead of a function of
+its own, the tasks its client sends straight here, until it ends. The
+process is also a full client: a task may submit tasks, put, get and wait,
+all relayed by the daemon. Functions arrive once
 per process and stay cached by content hash.
 """
 
