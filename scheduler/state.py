@@ -324,6 +324,10 @@ class SchedulerState:
         if spec.parent:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
         for oid in return_ids(spec.task_id, spec.num_returns):
+            if oid in self.objects:
+                # A leased task sent again after its executor died, which had
+                # registered a return it stored (worker/direct.py): that copy goes.
+                self._drop_registered(self.objects[oid])
             self.objects[oid] = Obj(oid, spec.task_id, refs=1)
             client.held.add(oid)
         missing = None
@@ -416,8 +420,25 @@ class SchedulerState:
     def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
         promised = self.objects.get(msg.object_id)
         if promised is not None:
-            if promised.promised_by == client.client_id and promised.state == "pending":
+            if promised.state == "pending" and promised.promised_by == client.client_id:
                 self._keep_promise(promised, msg)
+            elif promised.state == "pending" and promised.promised_by and msg.location:
+                # The executor that stored a direct answer's return registers it
+                # (worker/direct.py register_stored) after its caller promised
+                # it: the bytes are here, held by that executor until the caller
+                # has them (or, if the caller is gone, freed when it lets go).
+                promised.refs += 1
+                client.held.add(msg.object_id)
+                self._keep_promise(promised, msg)
+            elif promised.state == "ready" and promised.task is None and msg.error is not None:
+                # The caller of a direct call or leased task saw its executor
+                # die after the executor had registered the stored return: the
+                # call failed, for every holder alike.
+                self._drop_bytes(promised)
+                if msg.object_id not in client.held:
+                    client.held.add(msg.object_id)
+                    promised.refs += 1
+                self._object_failed(promised, msg.error)
             return
         obj = Obj(msg.object_id, None, state="ready", data=msg.data, location=msg.location)
         if msg.error is not None:
@@ -906,6 +927,24 @@ class SchedulerState:
         if obj.refs < 0:
             raise RuntimeError(f"object {oid.hex()} released more often than held")
         return obj if obj.refs == 0 and obj.state != "pending" else None
+
+    def _drop_bytes(self, obj: Obj) -> None:
+        """Free an object's copies in stores (the record stays)."""
+        places = (obj.location, *obj.copies.values()) if obj.location is not None else ()
+        for loc in places:
+            worker = self.workers.get(loc.worker_id)
+            if worker is not None:
+                worker.segments.pop(obj.id, None)
+                self._send_worker(worker.worker_id, w.FreeObjects([obj.id]))
+        obj.location = None
+        obj.copies.clear()
+
+    def _drop_registered(self, obj: Obj) -> None:
+        """Forget an object and its holders at once (see _submit)."""
+        for holder in self.clients.values():
+            holder.held.discard(obj.id)
+        obj.refs = 0
+        self._free(obj)
 
     def _free(self, obj: Obj) -> None:
         # A worklist, not recursion: objects may nest thousands deep.

@@ -1367,3 +1367,46 @@ def test_a_task_that_could_not_run_there_anyway_leaves_the_lease() -> None:
     h.submit(b"c1", lease)
     sends = h.submit(b"c1", h.spec("gpu", resources={"CPU": 1.0, "GPU": 1.0}))
     assert messages(sends, "worker", "w1", w.CancelRunning) == []
+
+
+def test_an_executor_fills_the_promise_of_a_return_it_stored_and_holds_it() -> None:
+    h = Harness()
+    h.client(b"c1")
+    h.client(b"ex")  # the executor's client (relayed by its daemon in a real cluster)
+    h.worker("w1")
+    oid = h.new_id()[:12] + b"\1\0\0\0"
+    h.send(b"c1", w.PromiseObjects([oid]))  # a ref left the caller before the answer
+    where = w.Location("w1", "seg", 1 << 20, "host-w1")
+    h.send(b"ex", w.PutObject(oid, location=where))  # register_stored
+    assert h.state.objects[oid].state == "ready" and h.state.objects[oid].location == where
+    # The caller goes away unanswered; the executor lets go: the bytes are freed.
+    h.send(b"c1", w.ReleaseRefs([oid]))
+    sends = h.send(b"ex", w.ReleaseRefs([oid]))
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([oid])]
+
+
+def test_a_failed_direct_call_turns_its_registered_return_into_the_error() -> None:
+    h = Harness()
+    h.client(b"c1")
+    h.client(b"ex")
+    h.worker("w1")
+    oid = h.new_id()[:12] + b"\1\0\0\0"
+    h.send(b"ex", w.PutObject(oid, location=w.Location("w1", "seg", 1 << 20, "host-w1")))
+    error = pickle.dumps(RuntimeError("its process died"))
+    sends = h.send(b"c1", w.PutObject(oid, error=error))  # the caller saw the call fail
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([oid])]
+    obj = h.state.objects[oid]
+    assert obj.state == "error" and obj.error == error and obj.location is None
+
+
+def test_a_task_sent_again_replaces_what_its_dead_executor_registered() -> None:
+    h = Harness()
+    h.client(b"c1")
+    h.client(b"ex")
+    h.worker("w1")
+    spec = h.spec()
+    h.send(b"ex", w.PutObject(ret(spec), location=w.Location("w1", "seg", 1 << 20, "host-w1")))
+    sends = h.submit(b"c1", spec)  # a leased task resubmitted with the same id
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([ret(spec)])]
+    assert h.state.objects[ret(spec)].task == spec.task_id
+    assert ret(spec) not in h.state.clients[b"ex"].held
