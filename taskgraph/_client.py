@@ -569,6 +569,20 @@ class Client:
             self._want(held)  # what waits for them now hears from the scheduler
         return True
 
+    def direct_result(
+        self, oids: Sequence[bytes], result: w.TaskResult, registered: bool = False
+    ) -> None:
+        """A direct call's (or leased task's) result arrived; ``oids``: its return ids."""
+        if result.error is not None:
+            self.direct_failed(oids, result.error)
+            return
+        values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
+        self.direct_answered(values, [list(r.contains) for r in result.returns], registered)
+
+    def direct_failed(self, oids: Sequence[bytes], error: bytes) -> None:
+        """A direct call (or leased task) failed: each of its returns is the error."""
+        self.direct_answered([w.Value(oid, error=error) for oid in oids], [[] for _ in oids])
+
     def direct_answered(
         self, values: Sequence[w.Value], contains: Sequence[list[bytes]], registered: bool = False
     ) -> None:

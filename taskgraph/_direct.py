@@ -166,13 +166,7 @@ class DirectChannel:
         if entry is None:
             return
         oids, keep = entry
-        if result.error is not None:
-            values = [w.Value(oid, error=result.error) for oid in oids]
-            contains: list[list[bytes]] = [[] for _ in oids]
-        else:
-            values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
-            contains = [list(r.contains) for r in result.returns]
-        self.client.direct_answered(values, contains, registered)
+        self.client.direct_result(oids, result, registered)
         del keep
         if needs_ack:
             # The scheduler has the returns (and so holds what they contain)
@@ -191,9 +185,7 @@ class DirectChannel:
             self._outbox = []
         error = pickle.dumps(ActorDiedError(self.class_name, reason))
         for oids, _keep in pending.values():
-            self.client.direct_answered(
-                [w.Value(oid, error=error) for oid in oids], [[] for _ in oids]
-            )
+            self.client.direct_failed(oids, error)
 
     def close(self) -> None:
         """Stop; calls still in flight fail with ActorDiedError."""

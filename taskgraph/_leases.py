@@ -182,14 +182,7 @@ class LeaseChannel:
             return
         self.leases.by_task.pop(result.task_id, None)
         client = self.leases.client
-        if result.error is not None:
-            oids = return_ids(spec.task_id, spec.num_returns)
-            values = [w.Value(o, error=result.error) for o in oids]
-            contains: list[list[bytes]] = [[] for _ in values]
-        else:
-            values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
-            contains = [list(r.contains) for r in result.returns]
-        client.direct_answered(values, contains, registered)
+        client.direct_result(return_ids(spec.task_id, spec.num_returns), result, registered)
         if not needs_ack:
             self._shut_when_done()
             return
@@ -233,9 +226,7 @@ class LeaseChannel:
             oids = return_ids(spec.task_id, spec.num_returns)
             if spec.task_id in forced:
                 cancelled = pickle.dumps(TaskCancelledError(spec.name, spec.task_id.hex()))
-                client.direct_answered(
-                    [w.Value(o, error=cancelled) for o in oids], [[]] * len(oids)
-                )
+                client.direct_failed(oids, cancelled)
             elif spec.max_retries <= 0 or not client.resubmit(
                 msgspec.structs.replace(spec, max_retries=spec.max_retries - 1), oids
             ):
@@ -263,8 +254,7 @@ def _crashed(client: Client, specs: list[w.TaskSpec], lease: Future[Any]) -> Non
     for spec in specs:
         oids = return_ids(spec.task_id, spec.num_returns)
         err = WorkerCrashedError(reason, task_name=spec.name, exit_code=exit_code)
-        error = pickle.dumps(err)
-        client.direct_answered([w.Value(o, error=error) for o in oids], [[]] * len(oids))
+        client.direct_failed(oids, pickle.dumps(err))
 
 
 class Leases:
