@@ -355,7 +355,8 @@ def test_a_pending_leased_ref_passed_on_then_its_executor_is_killed(
     assert on_lease(ref, channel)
     dependent = double.remote(ref)  # the ref leaves the driver before its value is there
     boxed = tg.put([ref])
-    wait_for(marker.exists, what="the leased task to start")
+    # (the file exists a moment before the pid is in it)
+    wait_for(lambda: marker.exists() and marker.read_text(), what="the leased task to start")
     executor = int(marker.read_text())
     os.kill(executor, signal.SIGKILL)
     # Its return is promised to the scheduler, so it is not run again: it fails,
@@ -609,7 +610,8 @@ def test_shutdown_while_a_leased_task_runs(lasting, fresh_cluster, tmp_path):
     marker = tmp_path / "started"
     ref = sleep.remote(60, str(marker))
     assert on_lease(ref, channel)
-    wait_for(marker.exists, what="the leased task to start")
+    # (the file exists a moment before the pid is in it)
+    wait_for(lambda: marker.exists() and marker.read_text(), what="the leased task to start")
     executor = int(marker.read_text())
     tg.shutdown()  # the fixture then checks that processes, arenas and threads are gone
     wait_for(lambda: dead(executor), what="the leased executor to end")
