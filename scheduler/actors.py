@@ -175,6 +175,10 @@ class Actors:
         task.retries_left = rec.actor.max_task_retries
         rec.calls.append(task)
 
+    def call_direct(self, task: Task) -> None:
+        """A call its caller sent straight to the actor's process: it runs there now."""
+        self.actors[task.spec.actor_id].running[task.id] = task
+
     def call_ready(self, task: Task) -> None:
         rec = self.actors.get(task.spec.actor_id)
         if rec is not None:

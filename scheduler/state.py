@@ -29,9 +29,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from taskgraph import _wire as w
-from taskgraph._ids import generator_item_id, return_ids
+from taskgraph._ids import client_of, generator_item_id, return_ids
 from taskgraph.exceptions import (
+    ActorDiedError,
     NodeDiedError,
     ObjectLostError,
     TaskCancelledError,
@@ -40,6 +43,8 @@ from taskgraph.exceptions import (
 )
 from taskgraph.scheduler import placement
 from taskgraph.scheduler.actors import Actors, is_call
+
+HISTORY = 10_000  # finished tasks remembered for the task list (query "tasks")
 
 # -- events ------------------------------------------------------------------
 
@@ -115,6 +120,8 @@ class Task:
     blocked: bool = False
     cancel_requested: bool = False
     items: list[bytes] = field(default_factory=list)  # a generator task's item objects
+    started: float = 0.0  # wall-clock times from its report (0: not reported)
+    ended: float = 0.0
 
     @property
     def id(self) -> bytes:
@@ -134,7 +141,6 @@ class Obj:
     waiters: set[bytes] = field(default_factory=set)
     dependents: list[Task] = field(default_factory=list)
     copies: dict[str, w.Location] = field(default_factory=dict)  # pulled by other workers
-    promised_by: bytes | None = None  # pending, to be put by this client (no task makes it)
 
     def as_value(self) -> w.Value:
         return w.Value(self.id, data=self.data, location=self.location, error=self.error)
@@ -166,6 +172,16 @@ class ClientRec:
     warned_shapes: set[tuple[Any, ...]] = field(default_factory=set)
 
 
+@dataclass(slots=True, eq=False)
+class EarlyReport:
+    """A channel task's report that came before its client's record of it. It
+    holds the objects its returns contain until the record applies it."""
+
+    worker_id: str
+    result: w.TaskResult
+    held: list[bytes]
+
+
 def error_bytes(exc: TaskgraphError) -> bytes:
     return pickle.dumps(exc)
 
@@ -180,6 +196,9 @@ class SchedulerState:
         ("new", "waiting"): "_to_waiting",
         ("new", "ready"): "_to_ready",
         ("new", "erred"): "_to_erred",
+        # Sent down a channel (a lease, or an actor called directly): it runs (or
+        # ran: its report may have come first) without being placed.
+        ("new", "processing"): "_to_channel",
         ("waiting", "ready"): "_to_ready",
         ("waiting", "erred"): "_to_erred",
         ("waiting", "cancelled"): "_to_cancelled",
@@ -210,6 +229,12 @@ class SchedulerState:
         self.functions: dict[bytes, bytes] = {}
         self.children: dict[bytes, set[bytes]] = {}  # parent task -> submitted tasks
         self.leases: set[bytes] = set()  # lease tasks not yet asked to end (taskgraph/_leases.py)
+        self.lease_tasks: dict[bytes, set[bytes]] = {}  # lease -> tasks sent down it, running
+        # Reports of channel tasks that came before their client's record of them.
+        self.early_reports: dict[bytes, EarlyReport] = {}
+        self.clients_gone: dict[bytes, None] = {}  # the last HISTORY that left, oldest first
+        self.finished_by_path = {"scheduled": 0, "lease": 0, "actor_direct": 0}
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)  # the last tasks finished
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
         self.tasks_finished = 0
@@ -324,10 +349,6 @@ class SchedulerState:
         if spec.parent:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
         for oid in return_ids(spec.task_id, spec.num_returns):
-            if oid in self.objects:
-                # A leased task sent again after its executor died, which had
-                # registered a return it stored (worker/direct.py): that copy goes.
-                self._drop_registered(self.objects[oid])
             self.objects[oid] = Obj(oid, spec.task_id, refs=1)
             client.held.add(oid)
         missing = None
@@ -338,7 +359,7 @@ class SchedulerState:
                 missing = oid
                 continue
             obj.refs += 1
-            if obj.state == "pending":
+            if obj.state == "pending" and not spec.channel:  # (a channel's executor waits)
                 task.waiting_on.add(oid)
                 obj.dependents.append(task)
             elif failed is None and self._dep_failed(obj):
@@ -347,6 +368,9 @@ class SchedulerState:
             obj = self.objects.get(oid)
             if obj is not None:
                 obj.refs += 1
+        if spec.channel:
+            self._record_channel_task(task)
+            return
         if spec.actor is not None:
             self.actors.created(task)
         elif is_call(spec):
@@ -365,6 +389,97 @@ class SchedulerState:
             self._transition(task, "waiting")
         else:
             self._transition(task, "ready")
+
+    def _record_channel_task(self, task: Task) -> None:
+        """A task its client sent straight to an executor (a lease, or an actor's
+        process): record it as running there, or apply its report if it came first."""
+        spec = task.spec
+        early = self.early_reports.pop(task.id, None)
+        if early is not None:
+            worker_id: str | None = early.worker_id
+        elif is_call(spec):
+            rec = self.actors.actors.get(spec.actor_id)
+            worker_id = rec.worker if rec is not None and rec.state == "alive" else None
+        else:
+            lease = self.tasks.get(spec.channel)
+            worker_id = lease.worker if lease is not None and lease.state == "processing" else None
+        worker = self.workers.get(worker_id or "")
+        if worker is None:
+            # The channel ended before we heard of the task, and nobody reported
+            # it (or its worker left since): its executor died with it, or (an
+            # actor) its process is gone.
+            if early is not None:
+                self._drop_report(early)
+            if is_call(spec):
+                dead = self.actors.call_error(spec) or error_bytes(
+                    ActorDiedError(spec.actor_id.hex(), "its process is gone")
+                )
+                self._transition(task, "erred", dead)
+            else:
+                why = WorkerCrashedError("its leased executor went away", task_name=spec.name)
+                self._lost(task, why)
+            return
+        self._transition(task, "processing", worker)
+        if early is not None:
+            self._task_done(worker, early.result)
+            for oid in early.held:  # the returns hold them now
+                self._decref(oid)
+
+    def _report_early(self, worker: WorkerRec, result: w.TaskResult) -> None:
+        """A channel task's report before its record: kept (with what its returns
+        hold) for the record to apply, unless its client is gone."""
+        report = EarlyReport(worker.worker_id, result, [])
+        if client_of(result.task_id) in self.clients_gone:
+            self._drop_report(report)  # nobody will record it
+            return
+        for ret in result.returns:
+            for inner in ret.contains:
+                if inner in self.objects:
+                    self.objects[inner].refs += 1
+                    report.held.append(inner)
+        self.early_reports[result.task_id] = report
+
+    def _drop_report(self, report: EarlyReport) -> None:
+        """Forget a report no record will apply: what it stored and held is nobody's."""
+        stored = [r.object_id for r in report.result.returns if r.location is not None]
+        if stored and report.worker_id in self.workers:
+            self._send_worker(report.worker_id, w.FreeObjects(stored))
+        for oid in report.held:
+            self._decref(oid)
+
+    def _lease_ended(self, lease: Task, result: w.TaskResult) -> None:
+        """Tasks still running on a lease that ended were never reported: its
+        executor died (or was killed to cancel one of them)."""
+        worker = self.workers[lease.worker or ""]
+        exit_code = result.exit_code if result.failure == "crashed" else None
+        for task_id in self.lease_tasks.pop(lease.id, ()):
+            task = self.tasks[task_id]
+            worker.running.discard(task_id)
+            why = WorkerCrashedError(
+                "its leased executor went away", task_name=task.spec.name, exit_code=exit_code
+            )
+            self._lost(task, why)
+
+    def _lost(self, task: Task, why: TaskgraphError) -> None:
+        """A running task lost with its process or its node: cancelled if that was
+        asked, else retried while it may be (the usual way, a channel's too), else
+        failed with ``why``."""
+        running = self.lease_tasks.get(task.spec.channel)
+        if running is not None:
+            running.discard(task.id)
+        task.worker = None
+        task.blocked = False
+        if task.cancel_requested:
+            err = TaskCancelledError(task.spec.name, task.id.hex())
+            self._transition(task, "cancelled", error_bytes(err))
+        elif task.retries_left > 0:
+            task.retries_left -= 1
+            if task.spec.channel:
+                task.spec = msgspec.structs.replace(task.spec, channel=b"")
+                task.need = dict(task.spec.resources)
+            self._transition(task, "ready")
+        else:
+            self._transition(task, "erred", error_bytes(why))
 
     def _resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None:
         """Restart an actor: its creation task again, with the arguments it kept alive."""
@@ -396,53 +511,10 @@ class SchedulerState:
     def _dep_failed(obj: Obj) -> bool:
         return obj.state == "error"
 
-    def _on_promise(self, client: ClientRec, msg: w.PromiseObjects) -> None:
-        for oid in msg.object_ids:
-            if oid not in self.objects:
-                self.objects[oid] = Obj(oid, None, refs=1, promised_by=client.client_id)
-                client.held.add(oid)
-
-    def _keep_promise(self, obj: Obj, msg: w.PutObject) -> None:
-        obj.promised_by = None
-        if msg.error is not None:
-            self._object_failed(obj, msg.error)
-        else:
-            obj.state, obj.data, obj.location = "ready", msg.data, msg.location
-            if msg.location is not None:
-                worker = self.workers.get(msg.location.worker_id)
-                if worker is not None:
-                    worker.segments[obj.id] = msg.location.store
-            self._hold_contained(obj, msg.contains)
-            self._object_done(obj)
-        if obj.refs == 0:  # every holder let go while it was on its way
-            self._free(obj)
-
     def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
-        promised = self.objects.get(msg.object_id)
-        if promised is not None:
-            if promised.state == "pending" and promised.promised_by == client.client_id:
-                self._keep_promise(promised, msg)
-            elif promised.state == "pending" and promised.promised_by and msg.location:
-                # The executor that stored a direct answer's return registers it
-                # (worker/direct.py register_stored) after its caller promised
-                # it: the bytes are here, held by that executor until the caller
-                # has them (or, if the caller is gone, freed when it lets go).
-                promised.refs += 1
-                client.held.add(msg.object_id)
-                self._keep_promise(promised, msg)
-            elif promised.state == "ready" and promised.task is None and msg.error is not None:
-                # The caller of a direct call or leased task saw its executor
-                # die after the executor had registered the stored return: the
-                # call failed, for every holder alike.
-                self._drop_bytes(promised)
-                if msg.object_id not in client.held:
-                    client.held.add(msg.object_id)
-                    promised.refs += 1
-                self._object_failed(promised, msg.error)
-            return
+        if msg.object_id in self.objects:
+            return  # ids are fresh: a second put of one is a client's bug, and ignored
         obj = Obj(msg.object_id, None, state="ready", data=msg.data, location=msg.location)
-        if msg.error is not None:
-            obj.state, obj.error = "error", msg.error
         obj.refs = 1
         client.held.add(msg.object_id)
         self.objects[msg.object_id] = obj
@@ -543,7 +615,7 @@ class SchedulerState:
         elif task.state == "processing" and not task.cancel_requested:
             task.cancel_requested = True
             assert task.worker is not None
-            self._send_worker(task.worker, w.CancelRunning(task_id, force))
+            self._send_worker(task.worker, w.CancelRunning(task_id, force, task.spec.channel))
 
     def _on_blocked(self, client: ClientRec, msg: w.TaskBlocked) -> None:
         task = self.tasks.get(msg.task_id)
@@ -580,7 +652,6 @@ class SchedulerState:
         w.ExportFunction: _on_export,
         w.SubmitTasks: _on_submit,
         w.PutObject: _on_put,
-        w.PromiseObjects: _on_promise,
         w.AcquireRefs: _on_acquire,
         w.ReleaseRefs: _on_release,
         w.WantObjects: _on_want,
@@ -599,13 +670,11 @@ class SchedulerState:
         client = self.clients.pop(client_id, None)
         if client is None:
             return
-        for obj in [o for o in self.objects.values() if o.promised_by == client_id]:
-            if obj.state == "pending":
-                obj.promised_by = None
-                lost = ObjectLostError(obj.id.hex(), "the client that was to store it left")
-                self._object_failed(obj, error_bytes(lost))
-                if obj.refs == 0:  # released while pending: nobody waits for the error
-                    self._free(obj)
+        self.clients_gone[client_id] = None
+        if len(self.clients_gone) > HISTORY:
+            del self.clients_gone[next(iter(self.clients_gone))]
+        for task_id in [t for t in self.early_reports if client_of(t) == client_id]:
+            self._drop_report(self.early_reports.pop(task_id))  # its record will never come
         for oid in client.held:
             self._decref(oid)
         client.held.clear()
@@ -677,21 +746,14 @@ class SchedulerState:
         for client_id in [c.client_id for c in self.clients.values() if c.via_worker == worker_id]:
             self._client_left(client_id)
         for task_id in list(worker.running):
-            task = self.tasks[task_id]
-            task.worker = None
-            task.blocked = False
-            if task.cancel_requested:
-                err: TaskgraphError = TaskCancelledError(task.spec.name, task_id.hex())
-                self._transition(task, "cancelled", error_bytes(err))
-            elif task.retries_left > 0:
-                task.retries_left -= 1
-                self._transition(task, "ready")
-            else:
-                err = NodeDiedError(
-                    f"the worker {worker_id} running task '{task.spec.name}' left the "
-                    f"cluster ({reason})"
-                )
-                self._transition(task, "erred", error_bytes(err))
+            task = self.tasks.get(task_id)
+            if task is None:
+                continue  # a lease's task, dealt with as its lease ended
+            why = NodeDiedError(
+                f"the worker {worker_id} running task '{task.spec.name}' left the "
+                f"cluster ({reason})"
+            )
+            self._lost(task, why)
         for oid in list(worker.segments):
             obj = self.objects.get(oid)
             if obj is None:
@@ -709,8 +771,15 @@ class SchedulerState:
 
     def _task_done(self, worker: WorkerRec, result: w.TaskResult) -> None:
         task = self.tasks.get(result.task_id)
+        if task is None and result.channel:
+            self._report_early(worker, result)
+            return
         if task is None or task.state != "processing" or task.worker != worker.worker_id:
             return  # stale report of a task that moved on (e.g. retried elsewhere)
+        if result.started:
+            task.started, task.ended = result.started, result.started + result.duration
+        if task.id in self.lease_tasks:
+            self._lease_ended(task, result)
         if task.spec.actor is not None:
             self.actors.creation_done(worker, task, result)
             return
@@ -728,7 +797,9 @@ class SchedulerState:
         if result.failure == "cancelled" or task.cancel_requested:
             err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
             self._transition(task, "cancelled", err)
-        elif task.retries_left > 0 and (result.failure == "crashed" or task.spec.retry_exceptions):
+        elif task.retries_left > 0 and (
+            result.failure == "crashed" or (task.spec.retry_exceptions and not task.spec.channel)
+        ):
             task.retries_left -= 1
             self._transition(task, "ready")
         else:
@@ -787,6 +858,16 @@ class SchedulerState:
             node = task.spec.strategy.split(":", 1)[1]
             if node not in self.workers:
                 self._warn_missing_node(task, node)
+
+    def _to_channel(self, task: Task, worker: WorkerRec) -> None:
+        task.state = "processing"
+        task.worker = worker.worker_id
+        task.need = {}  # what the channel's executor holds, it holds for the channel
+        worker.running.add(task.id)
+        if is_call(task.spec):
+            self.actors.call_direct(task)
+        else:
+            self.lease_tasks.setdefault(task.spec.channel, set()).add(task.id)
 
     def _to_processing(self, task: Task, worker: WorkerRec, gpu_ids: list[int]) -> None:
         task.state = "processing"
@@ -855,6 +936,16 @@ class SchedulerState:
     def _forget(self, task: Task) -> None:
         """A finished task lets go of its arguments and leaves the table."""
         self.tasks_finished += 1
+        spec = task.spec
+        path = _path(spec)
+        if spec.channel:
+            running = self.lease_tasks.get(spec.channel)
+            if running is not None:
+                running.discard(task.id)
+        if spec.lease:
+            self.lease_tasks.pop(task.id, None)
+        self.finished_by_path[path] += 1
+        self.history.append(_task_record(task, path))
         if is_call(task.spec):
             self.actors.call_finished(task)
         for oid in task.spec.deps:
@@ -938,13 +1029,6 @@ class SchedulerState:
                 self._send_worker(worker.worker_id, w.FreeObjects([obj.id]))
         obj.location = None
         obj.copies.clear()
-
-    def _drop_registered(self, obj: Obj) -> None:
-        """Forget an object and its holders at once (see _submit)."""
-        for holder in self.clients.values():
-            holder.held.discard(obj.id)
-        obj.refs = 0
-        self._free(obj)
 
     def _free(self, obj: Obj) -> None:
         # A worklist, not recursion: objects may nest thousands deep.
@@ -1097,7 +1181,13 @@ class SchedulerState:
             return self.actors.direct_address(bytes.fromhex(arg))
         if what == "memory":
             return self.memory(top=int(arg or 10))
+        if what == "tasks":
+            return self.task_list()
         raise ValueError(f"unknown query {what!r}")
+
+    def task_list(self) -> list[dict[str, Any]]:
+        """The last ``HISTORY`` tasks that finished, then those not finished yet."""
+        return [*self.history, *(_task_record(t, _path(t.spec)) for t in self.tasks.values())]
 
     def memory(self, top: int = 10) -> dict[str, Any]:
         """Objects and bytes per node, and the largest objects with who holds them."""
@@ -1151,6 +1241,8 @@ class SchedulerState:
         return {
             "tasks": by_state,
             "tasks_finished": self.tasks_finished,
+            "tasks_finished_by_path": dict(self.finished_by_path),
+            "reports_before_records": len(self.early_reports),
             "objects": len(self.objects),
             "workers": len(self.workers),
             "clients": len(self.clients),
@@ -1190,13 +1282,14 @@ class SchedulerState:
             if task.state == "processing":
                 assert task.worker in self.workers, "processing on unknown worker"
                 assert task.id in self.workers[task.worker].running
+        for report in self.early_reports.values():
+            for oid in report.held:
+                refs[oid] += 1
         for obj in self.objects.values():
             for inner in obj.contains:
                 if inner in refs:
                     refs[inner] += 1
-            if obj.state == "pending" and obj.promised_by is not None:
-                assert obj.promised_by in self.clients, "promised by a client that left"
-            elif obj.state == "pending":
+            if obj.state == "pending":
                 assert obj.task in self.tasks, "pending object without its task"
             else:
                 assert obj.refs > 0, "finished object with no holder was not freed"
@@ -1236,6 +1329,38 @@ class SchedulerState:
                         )
                         assert chosen is None, "a ready task fits a worker but was not placed"
                         break
+
+
+# Task states as Ray's state API names them (CONVENTIONS.md).
+_STATE_NAMES = {
+    "new": "PENDING_ARGS_AVAIL",
+    "waiting": "PENDING_ARGS_AVAIL",
+    "ready": "PENDING_NODE_ASSIGNMENT",
+    "processing": "RUNNING",
+    "memory": "FINISHED",
+    "erred": "FAILED",
+    "cancelled": "FAILED",
+}
+
+
+def _path(spec: w.TaskSpec) -> str:
+    """How a task travels: placed by the scheduler, or sent down a channel."""
+    if not spec.channel:
+        return "scheduled"
+    return "actor_direct" if spec.actor_id else "lease"
+
+
+def _task_record(task: Task, path: str) -> dict[str, Any]:
+    return {
+        "task_id": task.id.hex(),
+        "name": task.spec.name,
+        "state": _STATE_NAMES[task.state],
+        "node_id": task.worker,
+        "start_time_ms": int(task.started * 1000),
+        "end_time_ms": int(task.ended * 1000),
+        "actor_id": task.spec.actor_id.hex(),
+        "path": path,
+    }
 
 
 def _sum_resources(parts: Iterable[dict[str, float]]) -> dict[str, float]:

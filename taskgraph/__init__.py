@@ -30,6 +30,7 @@ from taskgraph._api import (
     object_store_stats,
     put,
     shutdown,
+    statistics,
     wait,
 )
 from taskgraph._executor import Executor
@@ -88,5 +89,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "statistics",
     "wait",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 
 from taskgraph import _wire as w
 from taskgraph import config
-from taskgraph._client import Client, host_id
+from taskgraph._client import Client, ClientStatistics, host_id
 from taskgraph._deliveries import ENABLED as deliveries_enabled
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._leases import ENABLED as leases_enabled
@@ -391,6 +391,12 @@ def cluster_resources() -> dict[str, float]:
 def available_resources() -> dict[str, float]:
     result: dict[str, float] = client().query("available_resources")
     return result
+
+
+def statistics() -> ClientStatistics:
+    """How this process's tasks and actor calls travelled, and how their results
+    came back: a frozen snapshot of counts (see ``ClientStatistics``)."""
+    return client().statistics()
 
 
 def object_store_stats(top: int = 10) -> dict[str, Any]:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import os
 import pickle
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -60,6 +62,29 @@ def host_id() -> str:
     except OSError:
         boot = ""
     return f"{os.uname().nodename}/{boot}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    """A snapshot of how this client's tasks ran and how their results came back."""
+
+    tasks_submitted: int  # plain tasks (not actor calls), whichever way they went
+    tasks_leased: int  # of those, sent down a lease to an executor (_leases.py)
+    direct_actor_calls: int  # actor calls sent straight to the actor's process
+    results_direct: int  # values handed over by an executor on this host
+    results_via_scheduler: int  # values the scheduler sent
+    awaiting_channels: int  # returns whose values are awaited from a channel now
+    open_leases: int  # leased executors serving this client now
+    direct_actors: int  # actors this client calls directly now
+
+
+@dataclass(slots=True)
+class _Counts:
+    tasks_submitted: int = 0
+    tasks_leased: int = 0
+    direct_actor_calls: int = 0
+    results_direct: int = 0
+    results_via_scheduler: int = 0
 
 
 class _Waiter:
@@ -134,11 +159,10 @@ class Client:
         # call that went through the scheduler -> (its route, its number there).
         self._routes: dict[bytes, ActorRoute] = {}
         self._channels: dict[bytes, DirectChannel] = {}  # the open ones, by actor
+        # Returns of tasks sent down a channel (a lease, an actor called directly)
+        # whose values come from that channel, not from the scheduler.
         self._direct: set[bytes] = set()
-        # Small returns of direct calls the scheduler has not heard of: it needs
-        # to only when a ref to them leaves this client (see settle).
-        self._unregistered: dict[bytes, w.PutObject] = {}
-        self._promised: set[bytes] = set()  # returns not back yet that the scheduler awaits
+        self._stats = _Counts()
         self._slow_calls: dict[bytes, tuple[ActorRoute, int]] = {}
         self._stores_lock = threading.Lock()
         self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
@@ -217,10 +241,6 @@ class Client:
                 if self._borrowed and oid in self._borrowed:
                     self._borrowed.discard(oid)
                     continue  # never acquired: nothing to give back
-                if self._unregistered.pop(oid, None) is not None or (
-                    oid in self._direct and oid not in self._promised
-                ):
-                    continue  # the scheduler never heard of it (see direct_answered)
                 if oid in self._slow_calls:
                     # Nobody will ask for it, so we would never see the call end;
                     # a later call's end still tells us (see _slow_call_ended).
@@ -313,16 +333,21 @@ class Client:
                 return
             self.on_messages(msgs)
 
-    def on_messages(self, msgs: list[Any]) -> None:
+    def on_messages(self, msgs: list[Any], direct: bool = False) -> None:
+        """What the scheduler sent, or (``direct``) an executor on this host."""
         with self._lock:
-            fire = self._arrived(msgs)
+            fire = self._arrived(msgs, direct)
         self._fire(fire)
 
-    def _arrived(self, msgs: list[Any]) -> list[Callable[[], None]]:
+    def _arrived(self, msgs: list[Any], direct: bool = False) -> list[Callable[[], None]]:
         """Take in what a peer sent (lock held); return the callbacks to run after."""
         fire: list[Callable[[], None]] = []
         for msg in msgs:
             if isinstance(msg, w.ObjectsReady):
+                if direct:
+                    self._stats.results_direct += len(msg.values)
+                else:
+                    self._stats.results_via_scheduler += len(msg.values)
                 for value in msg.values:
                     oid = value.object_id
                     if oid in self._slow_calls:
@@ -391,9 +416,58 @@ class Client:
         return self._functions[function_id]
 
     def submit(self, spec: w.TaskSpec) -> None:
+        self._stats.tasks_submitted += 1
         if self.leases is not None and self.leases.submit(spec):
             return
         self.submit_later(spec)
+
+    def record_channel_task(self, spec: w.TaskSpec) -> list[bytes]:
+        """A task about to go down a channel: the scheduler records it (in our next
+        batch; no placement), and its values are awaited from the channel."""
+        oids = return_ids(spec.task_id, spec.num_returns)
+        with self._lock:
+            if spec.actor_id:
+                self._stats.direct_actor_calls += 1
+            else:
+                self._stats.tasks_leased += 1
+            self._direct.update(oids)
+            self._queue(w.SubmitTasks([spec]), wake=False)
+        return oids
+
+    def channel_answered(self, oids: Sequence[bytes], answer: w.DirectResult) -> None:
+        """A channel task's result came from its executor (reported already)."""
+        result = answer.result
+        if answer.via_scheduler:
+            self.channel_lost(oids)
+            return
+        if result.error is not None:
+            values = [w.Value(oid, error=result.error) for oid in oids]
+        else:
+            values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
+        with self._lock:
+            self._direct.difference_update(oids)
+            fire = self._arrived([w.ObjectsReady(values)], direct=True)
+        self._fire(fire)
+
+    def channel_lost(self, oids: Sequence[bytes]) -> None:
+        """No answer will come down the channel: ask the scheduler, which decides
+        (the task's report, a retry, or its failure)."""
+        with self._lock:
+            self._direct.difference_update(oids)
+            self._want([o for o in oids if o in self._counts])
+        self.flush()
+
+    def statistics(self) -> ClientStatistics:
+        """How this client's tasks and their results travelled (counts since it began)."""
+        with self._lock:
+            awaiting = len(self._direct)
+        leases = self.leases.open() if self.leases is not None else 0
+        return ClientStatistics(
+            **dataclasses.asdict(self._stats),
+            awaiting_channels=awaiting,
+            open_leases=leases,
+            direct_actors=sum(1 for c in list(self._channels.values()) if c.broken is None),
+        )
 
     def submit_later(self, spec: w.TaskSpec) -> None:
         """Queue a task for the scheduler (the flusher sends it)."""
@@ -421,8 +495,6 @@ class Client:
             header, contains = serialization.dumps(value, what=what, plain=True)
         else:
             header, buffers, contains = serialization.dumps_oob(value, what=what)
-        if contains:
-            self.settle(contains)
         size = serialization.serialized_size(header, buffers)
         worker = self.local_worker() if size > INLINE_LIMIT else None
         if worker is None:
@@ -489,7 +561,6 @@ class Client:
                 # The actor will ask the scheduler for these: it must have heard of
                 # every object we made first. The call (and those after it) waits
                 # in the channel until the scheduler answers a ping sent now.
-                self.settle([*spec.deps, *spec.nested])
                 channel.hold()
             try:
                 channel.call(spec)
@@ -545,99 +616,6 @@ class Client:
             if earlier and earlier != oid:
                 self._slow_calls.pop(earlier, None)
 
-    def expect_direct(self, oids: Sequence[bytes]) -> None:
-        with self._lock:
-            self._direct.update(oids)
-
-    def unexpect_direct(self, oids: Sequence[bytes]) -> None:
-        """A direct call or leased task never left: nobody will answer for these."""
-        with self._lock:
-            self._direct.difference_update(oids)
-
-    def resubmit(self, spec: w.TaskSpec, oids: Sequence[bytes]) -> bool:
-        """Send a leased task whose executor died the usual way; False if it cannot be.
-
-        It cannot once a ref to one of its returns has left this client: the
-        scheduler then awaits that return from us (``PromiseObjects``).
-        """
-        with self._lock:
-            if any(oid in self._promised for oid in oids):
-                return False
-            self._direct.difference_update(oids)
-            self._queue(w.SubmitTasks([spec]))
-            held = [oid for oid in oids if oid in self._counts]
-            self._want(held)  # what waits for them now hears from the scheduler
-        return True
-
-    def direct_result(
-        self, oids: Sequence[bytes], result: w.TaskResult, registered: bool = False
-    ) -> None:
-        """A direct call's (or leased task's) result arrived; ``oids``: its return ids."""
-        if result.error is not None:
-            self.direct_failed(oids, result.error)
-            return
-        values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
-        self.direct_answered(values, [list(r.contains) for r in result.returns], registered)
-
-    def direct_failed(self, oids: Sequence[bytes], error: bytes) -> None:
-        """A direct call (or leased task) failed: each of its returns is the error."""
-        self.direct_answered([w.Value(oid, error=error) for oid in oids], [[] for _ in oids])
-
-    def direct_answered(
-        self, values: Sequence[w.Value], contains: Sequence[list[bytes]], registered: bool = False
-    ) -> None:
-        """Returns of a direct call arrived: the scheduler hears of them first.
-
-        ``registered``: those in a store were registered by the executor that
-        stored them; we acquire the ones we still hold.
-        """
-        with self._lock:
-            for value, inner in zip(values, contains, strict=True):
-                oid = value.object_id
-                held = oid in self._counts
-                put = w.PutObject(oid, value.data, value.location, inner, value.error)
-                if registered and value.location is not None:
-                    if held:
-                        self._queue(w.AcquireRefs([oid]))
-                    if oid in self._promised:
-                        # Promised before the executor's registration reached the
-                        # scheduler: this keeps the promise (else it is ignored).
-                        self._promised.discard(oid)
-                        self._queue(put)
-                    continue
-                if oid in self._promised:
-                    self._promised.discard(oid)
-                    self._queue(put)  # the scheduler holds it for us already
-                elif held and value.location is None and not inner:
-                    self._unregistered[oid] = put  # told to the scheduler if it leaves
-                elif held or value.location is not None:
-                    self._queue(put)  # it holds bytes in a store, or refs: tell now
-                    if not held:  # dropped while in flight: stored for nobody
-                        self._queue(w.ReleaseRefs([oid]))
-            fire = self._arrived([w.ObjectsReady(list(values))])
-            # Only now that the values are here (until then, _want must not ask
-            # the scheduler, which has never heard of them), and before any
-            # callback may drop a ref: a release must find them registered.
-            self._direct.difference_update(v.object_id for v in values)
-        self._fire(fire)
-
-    def settle(self, oids: Sequence[bytes]) -> None:
-        """Refs to ``oids`` are about to leave this client: make sure the scheduler
-        knows every one that is the return of a direct actor call (queued ahead)."""
-        if not self._direct and not self._unregistered:
-            return
-        with self._lock:
-            promise = []
-            for oid in oids:
-                put = self._unregistered.pop(oid, None)
-                if put is not None:
-                    self._queue(put)
-                elif oid in self._direct and oid not in self._promised:
-                    promise.append(oid)  # not back yet: what waits for it, waits
-            if promise:
-                self._promised.update(promise)
-                self._queue(w.PromiseObjects(promise))
-
     def ask(self, msg: w.Query, callback: Callable[[Any], None]) -> None:
         """Send a query; ``callback`` gets the answer (None if it failed) on another thread."""
         try:
@@ -648,12 +626,6 @@ class Client:
 
     def cancel(self, refs: Sequence[ObjectRef], force: bool, recursive: bool) -> None:
         oids = [r.id for r in refs]
-        if self.leases is not None:
-            others = self.leases.cancel(oids, force)  # those on a lease go to its executor
-            # The scheduler still cancels what a leased task submitted.
-            oids = oids if recursive else others
-        if not oids:
-            return
         with self._lock:
             self._queue(w.CancelTasks(oids, force, recursive), wake=False)
         self.flush()
@@ -683,7 +655,7 @@ class Client:
     def _want(self, oids: Sequence[bytes]) -> None:
         """Ask for values not yet here (lock held; the caller flushes).
 
-        Returns of direct actor calls come from the actor, not the scheduler.
+        Returns of tasks sent down a channel come from the channel.
         """
         missing = [
             o

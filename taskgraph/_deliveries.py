@@ -141,9 +141,9 @@ class DeliveryListener:
         lease = self._leases.get(sock)
         for msg in msgs:
             if isinstance(msg, w.ObjectsReady):
-                client.on_messages([msg])
+                client.on_messages([msg], direct=True)
             elif lease is not None and isinstance(msg, w.DirectResult):
-                lease.answered(msg.result, msg.needs_ack, msg.registered)
+                lease.answered(msg)
             elif lease is not None and isinstance(msg, w.LeaseEnding):
                 lease.ending_asked(msg.revoked)
             elif lease is None and isinstance(msg, w.LeaseReady) and client.leases is not None:

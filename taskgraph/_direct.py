@@ -14,26 +14,25 @@ still run in the order it made them:
   ``ActorDiedError`` and later ones go through the scheduler again.
 
 Only an actor on this client's host, that cannot restart, is called
-directly. The returns of a direct call are registered with the scheduler by
-this client: before a ref to one leaves it (``Client.settle``), a
-``PutObject`` if the return is back, else a ``PromiseObjects`` that the
-``PutObject`` keeps when it comes (tasks that need the return wait for it at
-the scheduler, as for any pending object).
+directly. Each direct call is recorded with the scheduler in this client's
+ordinary batches (``Client.record_channel_task``) and reported by the actor's
+process like any call, so the scheduler knows its returns, holds its
+arguments, and fails it if the actor dies; the answer on this connection only
+brings the values sooner.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from taskgraph import _wire as w
-from taskgraph._ids import return_ids
-from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import BlockingConnection, connect_blocking
-from taskgraph.exceptions import ActorDiedError, TaskgraphError
+from taskgraph.exceptions import TaskgraphError
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
@@ -90,8 +89,7 @@ class DirectChannel:
         self.conn: BlockingConnection
         self.conn, _ = connect_blocking(address, client.token, hello)
         self.broken: str | None = None
-        # task id -> (return ids, refs held until the call is answered)
-        self.pending: dict[bytes, tuple[list[bytes], list[ObjectRef]]] = {}
+        self.pending: dict[bytes, list[bytes]] = {}  # task id -> return ids, until answered
         self._outbox: list[w.Msg] = []
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()  # batches leave in the order they were taken
@@ -103,17 +101,14 @@ class DirectChannel:
 
     def call(self, spec: w.TaskSpec) -> list[bytes]:
         """Queue a call; the client's flush sends it. Returns its return ids."""
-        client = self.client
-        oids = return_ids(spec.task_id, spec.num_returns)
-        # The arguments' objects stay held here until the actor has used them.
-        keep = [ObjectRef(oid, client) for oid in (*spec.deps, *spec.nested)]
+        spec = msgspec.structs.replace(spec, channel=self.actor_id)
         with self._lock:
             if self.broken is not None:
                 raise ConnectionError(self.broken)
-            # Expected before it can be sent (another thread may flush us): an
+            # Recorded before it can be sent (another thread may flush us): an
             # answer must never find its ids unexpected.
-            client.expect_direct(oids)
-            self.pending[spec.task_id] = (oids, keep)
+            oids = self.client.record_channel_task(spec)
+            self.pending[spec.task_id] = oids
             self._outbox.append(w.DirectCall(spec))
         return oids
 
@@ -158,34 +153,20 @@ class DirectChannel:
                 return
             for msg in msgs:
                 if isinstance(msg, w.DirectResult):
-                    self._answered(msg.result, msg.needs_ack, msg.registered)
-
-    def _answered(self, result: w.TaskResult, needs_ack: bool, registered: bool) -> None:
-        with self._lock:
-            entry = self.pending.pop(result.task_id, None)
-        if entry is None:
-            return
-        oids, keep = entry
-        self.client.direct_result(oids, result, registered)
-        del keep
-        if needs_ack:
-            # The scheduler has the returns (and so holds what they contain)
-            # once it answers a query sent after them: then the actor may let go.
-            try:
-                self.client.query("ping")
-                self.conn.send([w.DirectAck(result.task_id)])
-            except (OSError, ConnectionError, TimeoutError):
-                pass
+                    with self._lock:
+                        oids = self.pending.pop(msg.result.task_id, None)
+                    if oids is not None:
+                        self.client.channel_answered(oids, msg)
 
     def _fail_all(self, reason: str) -> None:
+        """No answers will come: the scheduler has each call's report or fails it."""
         with self._lock:
             if self.broken is None:
                 self.broken = reason
             pending, self.pending = self.pending, {}
             self._outbox = []
-        error = pickle.dumps(ActorDiedError(self.class_name, reason))
-        for oids, _keep in pending.values():
-            self.client.direct_failed(oids, error)
+        for oids in pending.values():
+            self.client.channel_lost(oids)
 
     def close(self) -> None:
         """Stop; calls still in flight fail with ActorDiedError."""

@@ -19,3 +19,8 @@ def return_ids(task_id: bytes, count: int) -> list[bytes]:
 def generator_item_id(task_id: bytes, index: int) -> bytes:
     """Items of a generator task follow its single return (the item count)."""
     return task_id[:12] + (index + 2).to_bytes(4, "little")
+
+
+def client_of(task_or_object_id: bytes) -> bytes:
+    """The id of the client that submitted the task (or made the object)."""
+    return task_or_object_id[:8]

@@ -26,35 +26,29 @@ caller is no longer waiting on each task, and tasks sent the usual way spread
 over every CPU.
 
 Only plain tasks go this way: no ref arguments, a fixed number of returns,
-no GPUs, the default scheduling strategy, no retry on exceptions. Their
-returns are registered with the scheduler as a direct actor call's are
-(``Client.direct_answered``, ``Client.settle``; stored ones by the
-executor). If the leased
-executor dies, a task in flight is sent again the usual way when it has
-retries left (and no ref to its returns has left this client), else it fails
-with ``WorkerCrashedError``; a task cancelled with ``force=True`` fails with
-``TaskCancelledError``. The scheduler does not see leased tasks one by one:
-it sees the lease.
+no GPUs, the default scheduling strategy, no retry on exceptions. The
+scheduler sees every one: the client records each task it sends down a lease
+in its ordinary batches (``Client.record_channel_task``; no placement), and
+the executor reports it on its ordered stream to its daemon before it answers
+here. So the scheduler's rules serve leased tasks as any: ``cancel`` reaches
+them through the daemon, and if the leased executor dies, the tasks it never
+reported are retried the usual way (or fail with ``WorkerCrashedError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import socket
 import threading
 import time
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from taskgraph import _wire as w
 from taskgraph._ids import return_ids
-from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import BlockingConnection
-from taskgraph.exceptions import TaskCancelledError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
@@ -96,7 +90,6 @@ class _Route:
         self.channel: LeaseChannel | None = None
         self.asked = b""  # the lease asked for and not come yet
         self.asked_at = 0.0
-        self.asked_ref: ObjectRef | None = None  # its return (an error if its executor died)
         self.quiet_until = 0.0  # no asking before this (monotonic seconds)
         self.last = b""  # first return of the last task sent the usual way
         self.answered = False  # a get() returned it before the next task came
@@ -107,23 +100,17 @@ class LeaseChannel:
     """One lease: the connection its executor opened, and the tasks in flight on it.
 
     The client's delivery thread reads the connection (``_deliveries.py``)
-    and calls ``answered``, ``ending`` and ``lost``; submitting threads send.
+    and calls ``answered``, ``ending_asked`` and ``lost``; submitting threads send.
     """
 
-    def __init__(
-        self, leases: Leases, route: _Route, lease_id: bytes, ref: ObjectRef, sock: socket.socket
-    ) -> None:
+    def __init__(self, leases: Leases, route: _Route, lease_id: bytes, sock: socket.socket) -> None:
         self.leases = leases
         self.route = route
         self.lease_id = lease_id
-        self.ref = ref  # the lease's return: why it ended, once it has
         self.conn = BlockingConnection(sock)
-        self.in_flight: dict[bytes, w.TaskSpec] = {}
+        self.in_flight: dict[bytes, list[bytes]] = {}  # task id -> its return ids
         self.functions: set[bytes] = set()  # sent on this lease already
-        self.forced: set[bytes] = set()  # tasks cancelled with force=True
         self.ending = False
-        self.runs = 0  # tasks sent on it (tests and benchmarks look)
-        self._acks = 0  # answers whose DirectAck is not sent yet
         self._shut = False  # our side is closed
         self._lock = threading.Lock()
 
@@ -133,25 +120,19 @@ class LeaseChannel:
     def send(self, spec: w.TaskSpec) -> bool:
         """Send a task (route lock held); False if the lease is gone (send it the usual way)."""
         client = self.leases.client
-        oids = return_ids(spec.task_id, spec.num_returns)
         fid = spec.function_id
         function = b"" if fid in self.functions else client.function_payload(fid)
-        client.expect_direct(oids)  # before it can be answered
-        with self._lock:
-            self.in_flight[spec.task_id] = spec
-        self.leases.by_task[spec.task_id] = self
-        client.flush_if_pending()  # what the client said before goes first
+        spec = msgspec.structs.replace(spec, channel=self.lease_id)
         try:
+            # The scheduler records it in our next batch; its answer comes here.
+            with self._lock:
+                self.in_flight[spec.task_id] = client.record_channel_task(spec)
             self.conn.send([w.LeasedTask(spec, function)])
         except OSError:
-            with self._lock:
-                self.in_flight.pop(spec.task_id, None)
-            self.leases.by_task.pop(spec.task_id, None)
-            client.unexpect_direct(oids)
+            # Recorded, but never sent: the scheduler retries it when the lease ends.
             self.ending = True
-            return False
+            return True
         self.functions.add(fid)
-        self.runs += 1
         return True
 
     def end(self) -> None:
@@ -160,43 +141,21 @@ class LeaseChannel:
         self._shut_when_done()
 
     def _shut_when_done(self) -> None:
-        """Close our side once the lease ends and every answer is in and acked.
-
-        The executor's lease ends when it reads our end: before the acks, it
-        would let go of what the answers' returns hold too early.
-        """
+        """Close our side once the lease ends and every answer is in: the executor's
+        lease ends when it reads our end."""
         with self._lock:
-            if self._shut or not self.ending or self.in_flight or self._acks:
+            if self._shut or not self.ending or self.in_flight:
                 return
             self._shut = True
         with contextlib.suppress(OSError):
             self.conn.sock.shutdown(socket.SHUT_WR)
 
-    def answered(self, result: w.TaskResult, needs_ack: bool, registered: bool) -> None:
+    def answered(self, answer: w.DirectResult) -> None:
         with self._lock:
-            spec = self.in_flight.pop(result.task_id, None)
-            self.forced.discard(result.task_id)
-            if spec is not None and needs_ack:
-                self._acks += 1
-        if spec is None:
-            return
-        self.leases.by_task.pop(result.task_id, None)
-        client = self.leases.client
-        client.direct_result(return_ids(spec.task_id, spec.num_returns), result, registered)
-        if not needs_ack:
-            self._shut_when_done()
-            return
-
-        # The executor keeps what the returns hold (and the returns it stored)
-        # alive until the scheduler has what we sent about them.
-        def ack(_: object) -> None:
-            with contextlib.suppress(OSError):
-                self.conn.send([w.DirectAck(result.task_id)])
-            with self._lock:
-                self._acks -= 1
-            self._shut_when_done()
-
-        client.ask(w.Query(0, "ping"), ack)
+            oids = self.in_flight.pop(answer.result.task_id, None)
+        if oids is not None:
+            self.leases.client.channel_answered(oids, answer)
+        self._shut_when_done()
 
     def ending_asked(self, revoked: bool) -> None:
         """The executor ends the lease (idle, or ``revoked`` by the scheduler): close our side."""
@@ -210,7 +169,11 @@ class LeaseChannel:
             self.end()
 
     def lost(self) -> None:
-        """The connection closed: after the lease's end, or because the executor died."""
+        """The connection closed: after the lease's end, or because the executor died.
+
+        What was in flight is the scheduler's to settle: it retries or fails
+        tasks their lease's executor never reported.
+        """
         route = self.route
         with route.lock:
             if route.channel is self:
@@ -218,43 +181,9 @@ class LeaseChannel:
             self.ending = True
         with self._lock:
             lost, self.in_flight = self.in_flight, {}
-            forced, self.forced = self.forced, set()
-        client = self.leases.client
-        crashed = []
-        for spec in lost.values():
-            self.leases.by_task.pop(spec.task_id, None)
-            oids = return_ids(spec.task_id, spec.num_returns)
-            if spec.task_id in forced:
-                cancelled = pickle.dumps(TaskCancelledError(spec.name, spec.task_id.hex()))
-                client.direct_failed(oids, cancelled)
-            elif spec.max_retries <= 0 or not client.resubmit(
-                msgspec.structs.replace(spec, max_retries=spec.max_retries - 1), oids
-            ):
-                crashed.append(spec)
+        for oids in lost.values():
+            self.leases.client.channel_lost(oids)
         self.conn.close()
-        if crashed:
-            # The scheduler hears how the executor died (its exit code) and
-            # fails the lease's return with it: the tasks fail the same way.
-            client.future(self.ref).add_done_callback(lambda f: _crashed(client, crashed, f))
-
-    def cancel(self, task_id: bytes, force: bool) -> None:
-        if force:
-            with self._lock:
-                self.forced.add(task_id)
-        with contextlib.suppress(OSError):
-            self.conn.send([w.CancelTask(task_id, force)])
-
-
-def _crashed(client: Client, specs: list[w.TaskSpec], lease: Future[Any]) -> None:
-    """Fail tasks that were in flight on a lease whose executor died."""
-    why = lease.exception()
-    reason, exit_code = "its leased executor went away", None
-    if isinstance(why, WorkerCrashedError):
-        reason, exit_code = why.reason, why.exit_code
-    for spec in specs:
-        oids = return_ids(spec.task_id, spec.num_returns)
-        err = WorkerCrashedError(reason, task_name=spec.name, exit_code=exit_code)
-        client.direct_failed(oids, pickle.dumps(err))
 
 
 class Leases:
@@ -264,7 +193,6 @@ class Leases:
         self.client = client
         self.routes: dict[Shape, _Route] = {}
         self.asked: dict[bytes, _Route] = {}  # lease id -> the route that asked for it
-        self.by_task: dict[bytes, LeaseChannel] = {}  # tasks in flight on a lease
         self.closed = False
 
     def submit(self, spec: w.TaskSpec) -> bool:
@@ -325,7 +253,6 @@ class Leases:
         lease_id = client.new_id() + b"\0\0\0\0"
         self.asked.pop(route.asked, None)
         route.asked, route.asked_at = lease_id, now
-        route.asked_ref = ObjectRef(return_ids(lease_id, 1)[0], client)
         self.asked[lease_id] = route
         client.submit_later(
             w.TaskSpec(
@@ -349,23 +276,14 @@ class Leases:
         with route.lock:
             if route.asked != lease_id or route.channel is not None:
                 return None
-            ref, route.asked, route.asked_ref = route.asked_ref, b"", None
-            assert ref is not None
-            channel = route.channel = LeaseChannel(self, route, lease_id, ref, sock)
+            route.asked = b""
+            channel = route.channel = LeaseChannel(self, route, lease_id, sock)
             route.granted.notify_all()
             return channel
 
-    def cancel(self, oids: list[bytes], force: bool) -> list[bytes]:
-        """Cancel the tasks of ``oids`` that run on a lease; return the other ids."""
-        others = []
-        for oid in oids:
-            task_id = oid[:12] + b"\0\0\0\0"
-            channel = self.by_task.get(task_id)
-            if channel is None:
-                others.append(oid)
-            else:
-                channel.cancel(task_id, force)
-        return others
+    def open(self) -> int:
+        """How many leases serve this client now."""
+        return sum(1 for route in list(self.routes.values()) if route.channel is not None)
 
     def close(self) -> None:
         self.closed = True

@@ -39,7 +39,6 @@ class ObjectRef:
             # Pickled by the user (out of band): nobody can tell when those bytes
             # die, so, as in Ray, the object stays alive while this client is
             # connected: a count that is never given back.
-            self._client.settle([self._id])
             self._client.incref(self._id, acquire=False)
         return (_rebuild_ref, (self._id,))
 

@@ -209,8 +209,6 @@ def encode_arguments(
     deps = list(dict.fromkeys(v.id for v in (*args, *kwargs.values()) if isinstance(v, ObjectRef)))
     top = set(deps)
     nested = [oid for oid in contained if oid not in top]
-    if contained:
-        client.settle(contained)  # returns of direct actor calls must be known first
     return data, nested, deps, held
 
 

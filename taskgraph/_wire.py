@@ -132,6 +132,9 @@ class TaskSpec(Msg):
     actor: ActorSpec | None = None  # set on the creation task only
     namespace: str = ""  # the submitter's: code in the task sees the same named actors
     lease: str = ""  # a lease: its executor serves this client's address (taskgraph/_leases.py)
+    # Sent down a channel (a lease's task id, or an actor's id): the client sends
+    # it straight to the executor and tells the scheduler only to record it.
+    channel: bytes = b""
 
 
 class Value(Msg):
@@ -157,7 +160,9 @@ class TaskResult(Msg):
     failure: str = ""  # "" | "task" | "crashed" | "cancelled"
     exit_code: int = 0
     duration: float = 0.0  # seconds the executor spent on it (0: not measured)
+    started: float = 0.0  # wall-clock time it started (time.time(); 0: it never ran)
     delivered: bool = False  # the returns went straight to the waiting owner (_deliveries.py)
+    channel: bytes = b""  # it came down a channel (TaskSpec.channel): the daemon only relays it
 
 
 # -- client -> scheduler -----------------------------------------------------
@@ -177,14 +182,6 @@ class PutObject(Msg):
     data: bytes | None = None
     location: Location | None = None
     contains: list[bytes] = []
-    error: bytes | None = None  # a direct actor call's failure, recorded by its caller
-
-
-class PromiseObjects(Msg):
-    """Objects this client will ``PutObject`` later (returns of its direct actor
-    calls, not back yet, whose refs it is sending on): tasks may wait for them."""
-
-    object_ids: list[bytes]
 
 
 class AcquireRefs(Msg):
@@ -309,6 +306,7 @@ class FreeObjects(Msg):
 class CancelRunning(Msg):
     task_id: bytes
     force: bool = False
+    channel: bytes = b""  # the task came down this channel (a lease's id, or an actor's)
 
 
 class ObjectCopied(Msg):
@@ -435,18 +433,11 @@ class DirectCall(Msg):
 
 
 class DirectResult(Msg):
-    """``needs_ack``: the returns hold refs, which the actor keeps alive until the
-    caller has registered the returns with the scheduler and says so (DirectAck)."""
+    """A channel task's result, sent after its report. ``via_scheduler``: the
+    values are not in it (their returns hold refs): ask the scheduler for them."""
 
     result: TaskResult
-    needs_ack: bool = False
-    # The returns left in the executor's store are registered with the scheduler
-    # already (by the executor): the caller acquires them instead.
-    registered: bool = False
-
-
-class DirectAck(Msg):
-    task_id: bytes
+    via_scheduler: bool = False
 
 
 # -- a client <-> the executor it leased (task leases, taskgraph/_leases.py) ---
@@ -505,7 +496,6 @@ ClientMessage = (
     ExportFunction
     | SubmitTasks
     | PutObject
-    | PromiseObjects
     | AcquireRefs
     | ReleaseRefs
     | WantObjects
@@ -558,7 +548,6 @@ AnyMessage = (
     | StoreReply
     | DirectCall
     | DirectResult
-    | DirectAck
     | LeaseReady
     | LeasedTask
     | LeaseEnding

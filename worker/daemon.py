@@ -112,6 +112,10 @@ class WorkerDaemon:
         self.executor_streams: dict[int, IOStream] = {}
         self.by_client: dict[bytes, int] = {}
         self._exit_codes: dict[int, int] = {}  # exited, stream not yet drained
+        # Objects an executor sealed in our store and has not told the scheduler
+        # of yet (in a report, a put, a generator item), by its client id: if it
+        # dies first, nobody else knows them, and they are freed here.
+        self.unannounced: dict[bytes, set[bytes]] = {}
         self.scheduler: IOStream | None = None
         self._outbox: list[Any] = []
         self._executor_outbox: dict[int, list[Any]] = {}
@@ -260,7 +264,7 @@ class WorkerDaemon:
                 self.puller.forget(object_id)
                 self.objects.free(object_id)
         elif isinstance(msg, w.CancelRunning):
-            self._carry_out(self.state.handle(CancelRequested(msg.task_id, msg.force)))
+            self._carry_out(self.state.handle(CancelRequested(msg.task_id, msg.force, msg.channel)))
         elif isinstance(msg, w.KillActor):
             self._carry_out(self.state.handle(KillActorRequested(msg.actor_id, msg.graceful)))
         elif isinstance(msg, w.Shutdown):
@@ -278,7 +282,7 @@ class WorkerDaemon:
             return
         self._scheduler_flush_pending = True
         if self.state.running or (
-            type(msg) is w.TasksDone and all(r.delivered for r in msg.results)
+            type(msg) is w.TasksDone and all(r.delivered or r.channel for r in msg.results)
         ):
             # Other tasks here will finish soon: gather their reports into one
             # frame. When nothing else runs, the scheduler waits on us: send now
@@ -382,7 +386,11 @@ class WorkerDaemon:
         self._to_executor(executor_id, w.Fetched(msg.request_id, local))
 
     def _report_exit(self, executor_id: int, code: int) -> None:
-        self.by_client = {c: e for c, e in self.by_client.items() if e != executor_id}
+        for client_id in [c for c, e in self.by_client.items() if e == executor_id]:
+            del self.by_client[client_id]
+            for object_id in self.unannounced.pop(client_id, ()):
+                if self.objects is not None:
+                    self.objects.free(object_id)
         if self._stopping or executor_id not in self.state.executors:
             return
         self._carry_out(self.state.handle(ExecutorDied(executor_id, code)))
@@ -396,7 +404,7 @@ class WorkerDaemon:
             log.warning("rejected an executor connection: %s", exc)
             return
         if hello.role == "store":
-            await self.serve_store(stream)
+            await self.serve_store(stream, hello.client_id)
             return
         executor_id = next((e for e, p in self.processes.items() if p.pid == hello.pid), None)
         if executor_id is None or executor_id not in self.state.executors:
@@ -433,6 +441,9 @@ class WorkerDaemon:
         """
         relay: list[Any] = []
         events: list[Any] = []
+        sealed = self.unannounced.get(client_id)
+        if sealed:
+            _announced(sealed, msgs)
         for msg in msgs:
             if isinstance(msg, w.Executed | w.Returned):
                 if relay:
@@ -460,11 +471,11 @@ class WorkerDaemon:
         if relay:
             self._to_scheduler(w.FromClient(client_id, relay))
 
-    async def serve_store(self, stream: IOStream) -> None:
+    async def serve_store(self, stream: IOStream, client_id: bytes) -> None:
         """One process on this host writing and reading objects; see worker/store.py."""
         objects = self.objects
         assert objects is not None
-        holder = ("store", id(stream))
+        holder = ("store", id(stream), client_id)
         reader = FrameReader(stream)
         try:
             while True:
@@ -503,6 +514,8 @@ class WorkerDaemon:
             return w.StoreReply(msg.object_id, offset=offset, size=msg.size)
         if isinstance(msg, w.StoreSeal):
             objects.seal(msg.object_id, holder)
+            if holder[2] in self.by_client:  # an executor's: see unannounced
+                self.unannounced.setdefault(holder[2], set()).add(msg.object_id)
             return w.StoreReply(msg.object_id)
         if isinstance(msg, w.StorePin):
             try:
@@ -515,6 +528,17 @@ class WorkerDaemon:
         if isinstance(msg, w.StoreStats):
             return w.StoreReply(b"", stats=objects.stats(), object_ids=list(objects.entries))
         raise ProtocolError(f"a store client may not send {type(msg).__name__}")
+
+
+def _announced(sealed: set[bytes], msgs: list[Any]) -> None:
+    """Drop from ``sealed`` the objects these executor messages tell the scheduler of."""
+    for msg in msgs:
+        if isinstance(msg, w.Executed):
+            sealed.difference_update(r.object_id for r in msg.result.returns)
+        elif isinstance(msg, w.PutObject):
+            sealed.discard(msg.object_id)
+        elif isinstance(msg, w.GeneratorItem):
+            sealed.discard(msg.value.object_id)
 
 
 def default_resources(

@@ -1,26 +1,25 @@
-"""Direct actor calls, the actor's side: callers on this host skip the scheduler.
+"""Direct actor calls, the actor's side: callers on this host skip the scheduler's dispatch.
 
 ::
 
     caller ──DirectCall(spec)──▶ this process's call socket ──▶ the executor's queue
-    caller ◀──DirectResult────── (the call ran like any other)
+    caller ◀──DirectResult────── (after the call's report, Executed, to the daemon)
 
-A call that went through the scheduler crosses six process boundaries
-(caller, scheduler, daemon, actor and back); a direct call crosses two. The
-caller registers the returns with the scheduler itself (as a ``put``), so
-refs to them work everywhere. Only actors that cannot restart take direct
-calls: a restart would need the scheduler's record of calls in flight.
+A call that went through the scheduler crosses six process boundaries (caller,
+scheduler, daemon, actor and back); a direct call crosses two. The caller
+records the call with the scheduler in its ordinary batches, and this process
+reports it like any call, on its one ordered stream, before it answers: the
+scheduler knows every call, its returns and what they hold. Only actors that
+cannot restart take direct calls.
 
 Each caller gets a connection and a thread that reads it; the executor's
 main thread runs the calls in arrival order with the ones the daemon hands
-over, and answers on the connection the call came from. If the returns hold
-refs, the actor keeps those alive until the caller acknowledges that the
-scheduler has the returns (``DirectAck``), so the inner objects never go
-unheld in between.
+over, and answers on the connection the call came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -35,7 +34,6 @@ from taskgraph._transport import BlockingConnection, accept_blocking
 from taskgraph.exceptions import AuthenticationError, ObjectLostError, TaskgraphError
 
 if TYPE_CHECKING:
-    from taskgraph._client import Client
     from taskgraph.worker.executor import Executor
 
 log = logging.getLogger("taskgraph.worker")
@@ -47,9 +45,6 @@ class DirectServer:
         self.token = token
         self.path = os.path.join(folder, f"actor-{os.getpid()}.sock")
         self.replies: dict[bytes, BlockingConnection] = {}  # call's task id -> its caller
-        # refs in a direct call's returns, held until its caller acks
-        self._kept: dict[bytes, tuple[BlockingConnection, list[ObjectRef]]] = {}
-        self._sync: set[bytes] = set()  # calls whose answer waits for a scheduler round trip
         self._lock = threading.Lock()
 
     def start(self) -> str:
@@ -92,38 +87,31 @@ class DirectServer:
         try:
             while True:
                 for msg in conn.recv():
-                    if isinstance(msg, w.DirectCall):
-                        with self._lock:
-                            self.replies[msg.spec.task_id] = conn
-                            direct = not msg.spec.deps and not waiting[0]
-                            if not direct:
-                                waiting[0] += 1
-                        if direct:
-                            self._take(msg.spec)
-                            continue
-                        if taker is None:
-                            taker = threading.Thread(
-                                target=self._take_all,
-                                args=(calls, waiting),
-                                name="taskgraph-direct-take",
-                                daemon=True,
-                            )
-                            taker.start()
-                        calls.put(msg.spec)
-                    elif isinstance(msg, w.DirectAck):
-                        with self._lock:
-                            self._kept.pop(msg.task_id, None)
-                    else:
+                    if not isinstance(msg, w.DirectCall):
                         log.warning("a direct caller sent %s; closing", type(msg).__name__)
                         return
+                    with self._lock:
+                        self.replies[msg.spec.task_id] = conn
+                        direct = not msg.spec.deps and not waiting[0]
+                        if not direct:
+                            waiting[0] += 1
+                    if direct:
+                        self._take(msg.spec)
+                        continue
+                    if taker is None:
+                        taker = threading.Thread(
+                            target=self._take_all,
+                            args=(calls, waiting),
+                            name="taskgraph-direct-take",
+                            daemon=True,
+                        )
+                        taker.start()
+                    calls.put(msg.spec)
         except (OSError, ConnectionError, TaskgraphError):
-            pass  # the caller is gone; calls it sent still run, their answers go nowhere
+            pass  # the caller is gone; calls it sent still run and are reported
         finally:
             calls.put(None)
             conn.close()
-            with self._lock:  # nobody will ack these any more
-                for task_id in [t for t, (c, _) in self._kept.items() if c is conn]:
-                    del self._kept[task_id]
 
     def _take_all(self, calls: queue.SimpleQueue[w.TaskSpec | None], waiting: list[int]) -> None:
         while (spec := calls.get()) is not None:
@@ -132,9 +120,6 @@ class DirectServer:
                 waiting[0] -= 1
 
     def _take(self, spec: w.TaskSpec) -> None:
-        if len(spec.nested) > 1:  # beyond the actor's anchor: see reply()
-            with self._lock:
-                self._sync.add(spec.task_id)
         assignment = w.Assignment(spec, [])
         if spec.deps:
             # Fetched here, on this caller's thread: its later calls wait (its
@@ -142,7 +127,7 @@ class DirectServer:
             # or one through the scheduler, may be what these wait for).
             resolved = resolve_inputs(self.executor, assignment)
             if isinstance(resolved, w.TaskResult):
-                self.reply(resolved)
+                self.executor.report(resolved)
                 return
             assignment = resolved
         self.executor.tasks.put(assignment)
@@ -151,60 +136,22 @@ class DirectServer:
         with self._lock:
             return task_id in self.replies
 
-    def keep(self, task_id: bytes, refs: list[ObjectRef]) -> None:
-        """Hold the refs inside a direct call's returns until its caller acks."""
-        with self._lock:
-            conn = self.replies.get(task_id)
-            if conn is not None:
-                self._kept[task_id] = (conn, refs)
-
-    def reply(self, result: w.TaskResult) -> bool:
-        """Answer a direct call; False if the call came through the daemon."""
+    def reply(self, result: w.TaskResult) -> None:
+        """Answer a direct call, once it is reported."""
         with self._lock:
             conn = self.replies.pop(result.task_id, None)
-            sync = result.task_id in self._sync
-            self._sync.discard(result.task_id)
         if conn is None:
-            return False
-        holds = register_stored(self.executor.client, result)
-        with self._lock:
-            if holds:
-                _, inner = self._kept.get(result.task_id, (conn, []))
-                self._kept[result.task_id] = (conn, inner + holds)
-            needs_ack = result.task_id in self._kept
-        if needs_ack or sync:
-            # Refs in the returns may be to objects this call just made; refs in
-            # the arguments may have been taken by the actor (AcquireRefs). The
-            # scheduler must have what we sent about them before the caller,
-            # answered, records the returns or lets go of the arguments: a round
-            # trip after what we sent makes sure.
-            try:
-                self.executor.client.query("ping")
-            except (OSError, ConnectionError, TimeoutError):
-                pass
-        try:
-            conn.send([w.DirectResult(result, needs_ack, registered=bool(holds))])
-        except OSError:  # the caller left: what we stored is nobody's, and freed
-            with self._lock:
-                self._kept.pop(result.task_id, None)
-        return True
+            return
+        with contextlib.suppress(OSError):  # the caller left: the scheduler has the result
+            conn.send([direct_answer(result)])
 
 
-def register_stored(client: Client, result: w.TaskResult) -> list[ObjectRef]:
-    """Register with the scheduler the returns a direct answer leaves in our store.
-
-    Left to the caller, they would stay in the store for good if it died with
-    the answer unread. Returns our holds on them: kept until the caller acks,
-    which it does once it has acquired its own (``DirectResult.registered``).
-    """
-    holds = []
-    for ret in result.returns:
-        if ret.location is not None:
-            client.send_soon(
-                w.PutObject(ret.object_id, location=ret.location, contains=list(ret.contains))
-            )
-            holds.append(ObjectRef(ret.object_id, client))
-    return holds
+def direct_answer(result: w.TaskResult) -> w.DirectResult:
+    """What a channel task's caller gets straight from its executor: the values,
+    unless they hold refs (the caller then asks the scheduler, which holds those)."""
+    if any(r.contains for r in result.returns):
+        return w.DirectResult(w.TaskResult(result.task_id), via_scheduler=True)
+    return w.DirectResult(result)
 
 
 def resolve_inputs(executor: Executor, a: w.Assignment) -> w.Assignment | w.TaskResult:

@@ -174,8 +174,11 @@ class Executor:
                         self.leases.add(msg.assignment.spec.task_id)
                     self.tasks.put(msg.assignment)
                 elif isinstance(msg, w.CancelTask):
+                    lease = self.lease
                     if msg.task_id in self.leases and not msg.force:
                         self.revoke(msg.task_id)
+                    elif lease is not None and msg.task_id != lease.lease_id:
+                        lease.cancel(msg.task_id, msg.force)  # a task sent down it
                     else:
                         self.tasks.cancel(msg.task_id, msg.force)
                 elif isinstance(msg, w.Shutdown):
@@ -272,7 +275,7 @@ class Executor:
                 else:
                     result = self.call(task, fn)
                 self.client.task_ended()
-                lease.answer(result, self._until_reported.pop(task.spec.task_id, None))
+                lease.finish(result)
         finally:
             self.lease = None
             lease.close()
@@ -297,11 +300,13 @@ class Executor:
         (Measured: holding up to 8 reports back gained nothing.)
         """
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
-        if self.direct is not None:
-            self.client.flush()  # what the call sent goes before its answer
-            if self.direct.reply(result):
-                return
+        direct = self.direct is not None and self.direct.is_direct(result.task_id)
+        if direct:
+            result.channel = self.actor_id
         self.client.send_now(w.Executed(result))
+        if direct:
+            assert self.direct is not None
+            self.direct.reply(result)
         del held
 
     def _function(self, a: w.Assignment) -> Any:
@@ -396,7 +401,7 @@ class Executor:
     def call(self, a: w.Assignment, fn: Any) -> w.TaskResult:
         """Run a task or a sequential/threaded actor call; its failure becomes data."""
         spec = a.spec
-        began = time.perf_counter()
+        started, began = time.time(), time.perf_counter()
         try:
             args, kwargs = self._arguments(a)
             self._enter(a)
@@ -406,21 +411,25 @@ class Executor:
                     out = self._stream(spec, out)
             finally:
                 self._leave(a)
-            returns = self._pack(spec, out)
-            return w.TaskResult(spec.task_id, returns=returns, duration=time.perf_counter() - began)
+            result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
-            return self._failed(a, exc)
+            result = self._failed(a, exc)
+        result.started, result.duration = started, time.perf_counter() - began
+        return result
 
     async def call_async(self, a: w.Assignment, method: Any) -> w.TaskResult:
         spec = a.spec
+        started, began = time.time(), time.perf_counter()
         try:
             args, kwargs = self._arguments(a)
             out = method(*args, **kwargs)
             if inspect.isawaitable(out):
                 out = await out
-            return w.TaskResult(spec.task_id, returns=self._pack(spec, out))
+            result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
-            return self._failed(a, exc)
+            result = self._failed(a, exc)
+        result.started, result.duration = started, time.perf_counter() - began
+        return result
 
     def _failed(self, a: w.Assignment, exc: BaseException) -> w.TaskResult:
         spec = a.spec
@@ -472,16 +481,11 @@ class Executor:
         ]
         inner = [oid for r in returns for oid in r.contains]
         if inner:
-            refs = [ObjectRef(oid, self.client) for oid in inner]
-            if self.direct is not None and self.direct.is_direct(spec.task_id):
-                # Held from here, while the value that holds them is still alive.
-                self.direct.keep(spec.task_id, refs)
-            else:
-                # Held until the report is sent: released sooner (the value that
-                # holds them dies as the task returns), the scheduler could hear
-                # of the release first and free them before it hears they are
-                # inside a return.
-                self._until_reported[spec.task_id] = refs
+            # Held until the report is sent: released sooner (the value that
+            # holds them dies as the task returns), the scheduler could hear
+            # of the release first and free them before it hears they are
+            # inside a return.
+            self._until_reported[spec.task_id] = [ObjectRef(oid, self.client) for oid in inner]
         return returns
 
 

@@ -7,14 +7,17 @@ one at a time on the main thread, until the client closes its side::
 
     client ◀──connect, LeaseReady──  this executor
     client ──LeasedTask──▶ reader thread ──▶ main thread runs it
-    client ◀──DirectResult────────────────── (answered at once)
+    client ◀──DirectResult────────────────── (after its report, Executed, to the daemon)
 
-After ``IDLE_SECONDS`` with nothing to run, or when the scheduler wants the
-resources back (a task waits for them: ``CancelTask`` naming the lease), the
-executor says ``LeaseEnding``;
-the client closes its side, and the tasks it sent before that still run. A
-``CancelTask`` from the client drops a task not started, or interrupts the
-running one (SIGINT, or SIGKILL with force: the lease dies with it).
+The client records each task with the scheduler as it sends it, and the
+executor reports each one on its ordered stream to its daemon, like any task:
+the scheduler knows them all. After ``IDLE_SECONDS`` with nothing to run, or
+when the scheduler wants the resources back (a task waits for them:
+``CancelTask`` naming the lease), the executor says ``LeaseEnding``; the
+client closes its side, and the tasks it sent before that still run. A
+``CancelTask`` naming a leased task (from the scheduler, through the daemon)
+drops it if not started, or interrupts it (SIGINT, or SIGKILL with force: the
+lease dies with it, and the scheduler fails or retries what was on it).
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from taskgraph import _wire as w
-from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import TaskCancelledError, TaskgraphError
-from taskgraph.worker.direct import register_stored
+from taskgraph.worker.direct import direct_answer
 
 if TYPE_CHECKING:
     from taskgraph.worker.executor import Executor
@@ -54,7 +56,7 @@ class Lease:
         self._cond = threading.Condition()
         self._closed = False  # the client closed its side, or we stop
         self._revoked = False  # the scheduler wants our resources back
-        self._kept: dict[bytes, list[ObjectRef]] = {}  # refs in returns, until acked
+        self._cancelled: set[bytes] = set()  # cancelled before they arrived
         # Code as it arrives (the first task of a function brings it), so that
         # a cancelled task does not take it away from those after it.
         self.code: dict[bytes, bytes] = {}
@@ -80,30 +82,16 @@ class Lease:
             self.running = task.spec.task_id
             return task
 
-    def answer(self, result: w.TaskResult, inner: list[ObjectRef] | None) -> None:
-        """Send a task's result; ``inner``: refs inside its returns.
-
-        Those, and our holds on the returns left in our store (registered
-        here, see ``register_stored``), are kept until the client acks.
-        """
-        client = self.executor.client
-        holds = register_stored(client, result)
-        kept = holds + (inner or [])
-        if kept:
-            self._kept[result.task_id] = kept
-            # The scheduler must have what we sent (the stored returns, what the
-            # task sent about the objects inside) before the client acquires or
-            # records the returns.
-            with contextlib.suppress(OSError, ConnectionError, TimeoutError):
-                client.query("ping")
-        else:
-            client.flush_if_pending()  # what the task sent goes before its answer
+    def finish(self, result: w.TaskResult) -> None:
+        """Report a leased task (Executed, on our one stream to the daemon), then
+        answer its client."""
+        result.channel = self.lease_id
+        self.executor.report(result)
         with self._cond:
-            self.running = None
-        try:
-            self.conn.send([w.DirectResult(result, bool(kept), registered=bool(holds))])
-        except OSError:  # the client is gone: what the task stored is nobody's, and freed
-            self._kept.pop(result.task_id, None)
+            if self.running == result.task_id:
+                self.running = None
+        with contextlib.suppress(OSError):  # the client is gone: the scheduler has it
+            self.conn.send([direct_answer(result)])
 
     def _read(self) -> None:
         try:
@@ -112,13 +100,7 @@ class Lease:
                     if isinstance(msg, w.LeasedTask):
                         if msg.function:
                             self.code[msg.spec.function_id] = msg.function
-                        with self._cond:
-                            self._queue.append(msg)
-                            self._cond.notify()
-                    elif isinstance(msg, w.CancelTask):
-                        self._cancel(msg.task_id, msg.force)
-                    elif isinstance(msg, w.DirectAck):
-                        self._kept.pop(msg.task_id, None)
+                        self._arrived(msg)
                     else:
                         return  # a client sends nothing else here
         except (OSError, ConnectionError, TaskgraphError):
@@ -126,18 +108,34 @@ class Lease:
         finally:
             self.stop()
 
-    def _cancel(self, task_id: bytes, force: bool) -> None:
+    def _arrived(self, task: w.LeasedTask) -> None:
         with self._cond:
-            for task in self._queue:
-                if task.spec.task_id == task_id:
-                    self._queue.remove(task)
-                    err = TaskCancelledError(task.spec.name, task_id.hex())
-                    cancelled = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
-                    with contextlib.suppress(OSError):
-                        self.conn.send([w.DirectResult(cancelled)])
-                    return
-            if self.running == task_id:
+            if task.spec.task_id in self._cancelled:  # (the cancel came first)
+                self._cancelled.discard(task.spec.task_id)
+            else:
+                self._queue.append(task)
+                self._cond.notify()
+                return
+        self._cancel_queued(task.spec)
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        """The scheduler cancels a task sent down this lease: dropped if not started,
+        interrupted if running, remembered if it has not arrived yet."""
+        with self._cond:
+            queued = next((t for t in self._queue if t.spec.task_id == task_id), None)
+            if queued is not None:
+                self._queue.remove(queued)
+            elif self.running == task_id:
                 self.executor.interrupt(task_id, force)
+                return
+            else:
+                self._cancelled.add(task_id)
+                return
+        self._cancel_queued(queued.spec)
+
+    def _cancel_queued(self, spec: w.TaskSpec) -> None:
+        err = TaskCancelledError(spec.name, spec.task_id.hex())
+        self.finish(w.TaskResult(spec.task_id, error=pickle.dumps(err), failure="cancelled"))
 
     def revoke(self) -> None:
         """End the lease as soon as nothing runs (the scheduler wants it back)."""
@@ -155,4 +153,3 @@ class Lease:
         self.conn.close()
         if self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
-        self._kept.clear()

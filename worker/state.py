@@ -68,6 +68,7 @@ class ExecutorDied:
 class CancelRequested:
     task_id: bytes
     force: bool
+    channel: bytes = b""  # the task came down this lease or to this actor directly
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,10 @@ class WorkerState:
                 ex.backlog.clear()
             else:
                 ex.state = "idle"
+        elif isinstance(event, ExecutorFinished) and event.result.channel:
+            # Sent straight to the executor (a lease's task, a direct actor call):
+            # nothing here to update, the scheduler hears of it in this order.
+            out.append(ToScheduler(w.TasksDone([event.result])))
         elif isinstance(event, ExecutorFinished) and self.executors[event.executor_id].actor_id:
             ex = self.executors[event.executor_id]
             if event.result.task_id == ex.actor_id and not event.result.failure:
@@ -416,6 +421,11 @@ class WorkerState:
         return out
 
     def _cancel(self, event: CancelRequested) -> list[Instruction]:
+        if event.channel:  # the executor serving the lease or the actor knows the task
+            executor_id = self.actors.get(event.channel, self.running.get(event.channel))
+            if executor_id is None:
+                return []
+            return [ToExecutor(executor_id, w.CancelTask(event.task_id, event.force))]
         for a in self.queue:
             if a.spec.task_id == event.task_id:
                 self.queue.remove(a)
