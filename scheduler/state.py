@@ -43,8 +43,9 @@ from taskgraph.exceptions import (
 )
 from taskgraph.scheduler import placement
 from taskgraph.scheduler.actors import Actors, is_call
+from taskgraph.scheduler.history import TaskHistory
 
-HISTORY = 10_000  # finished tasks remembered for the task list (query "tasks")
+CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
 
 # -- events ------------------------------------------------------------------
 
@@ -232,9 +233,8 @@ class SchedulerState:
         self.lease_tasks: dict[bytes, set[bytes]] = {}  # lease -> tasks sent down it, running
         # Reports of channel tasks that came before their client's record of them.
         self.early_reports: dict[bytes, EarlyReport] = {}
-        self.clients_gone: dict[bytes, None] = {}  # the last HISTORY that left, oldest first
-        self.finished_by_path = {"scheduled": 0, "lease": 0, "actor_direct": 0}
-        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)  # the last tasks finished
+        self.clients_gone: dict[bytes, None] = {}  # the last that left, oldest first
+        self.history = TaskHistory()
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
         self.tasks_finished = 0
@@ -615,7 +615,9 @@ class SchedulerState:
         elif task.state == "processing" and not task.cancel_requested:
             task.cancel_requested = True
             assert task.worker is not None
-            self._send_worker(task.worker, w.CancelRunning(task_id, force, task.spec.channel))
+            # A call goes to its actor's process; a channel task to the executor serving it.
+            channel = task.spec.channel or task.spec.actor_id
+            self._send_worker(task.worker, w.CancelRunning(task_id, force, channel))
 
     def _on_blocked(self, client: ClientRec, msg: w.TaskBlocked) -> None:
         task = self.tasks.get(msg.task_id)
@@ -671,7 +673,7 @@ class SchedulerState:
         if client is None:
             return
         self.clients_gone[client_id] = None
-        if len(self.clients_gone) > HISTORY:
+        if len(self.clients_gone) > CLIENTS_GONE:
             del self.clients_gone[next(iter(self.clients_gone))]
         for task_id in [t for t in self.early_reports if client_of(t) == client_id]:
             self._drop_report(self.early_reports.pop(task_id))  # its record will never come
@@ -937,15 +939,13 @@ class SchedulerState:
         """A finished task lets go of its arguments and leaves the table."""
         self.tasks_finished += 1
         spec = task.spec
-        path = _path(spec)
         if spec.channel:
             running = self.lease_tasks.get(spec.channel)
             if running is not None:
                 running.discard(task.id)
         if spec.lease:
             self.lease_tasks.pop(task.id, None)
-        self.finished_by_path[path] += 1
-        self.history.append(_task_record(task, path))
+        self.history.finished(task)
         if is_call(task.spec):
             self.actors.call_finished(task)
         for oid in task.spec.deps:
@@ -1186,8 +1186,7 @@ class SchedulerState:
         raise ValueError(f"unknown query {what!r}")
 
     def task_list(self) -> list[dict[str, Any]]:
-        """The last ``HISTORY`` tasks that finished, then those not finished yet."""
-        return [*self.history, *(_task_record(t, _path(t.spec)) for t in self.tasks.values())]
+        return self.history.task_list(self.tasks.values())
 
     def memory(self, top: int = 10) -> dict[str, Any]:
         """Objects and bytes per node, and the largest objects with who holds them."""
@@ -1241,7 +1240,7 @@ class SchedulerState:
         return {
             "tasks": by_state,
             "tasks_finished": self.tasks_finished,
-            "tasks_finished_by_path": dict(self.finished_by_path),
+            "tasks_finished_by_path": dict(self.history.finished_by_path),
             "reports_before_records": len(self.early_reports),
             "objects": len(self.objects),
             "workers": len(self.workers),
@@ -1329,38 +1328,6 @@ class SchedulerState:
                         )
                         assert chosen is None, "a ready task fits a worker but was not placed"
                         break
-
-
-# Task states as Ray's state API names them (CONVENTIONS.md).
-_STATE_NAMES = {
-    "new": "PENDING_ARGS_AVAIL",
-    "waiting": "PENDING_ARGS_AVAIL",
-    "ready": "PENDING_NODE_ASSIGNMENT",
-    "processing": "RUNNING",
-    "memory": "FINISHED",
-    "erred": "FAILED",
-    "cancelled": "FAILED",
-}
-
-
-def _path(spec: w.TaskSpec) -> str:
-    """How a task travels: placed by the scheduler, or sent down a channel."""
-    if not spec.channel:
-        return "scheduled"
-    return "actor_direct" if spec.actor_id else "lease"
-
-
-def _task_record(task: Task, path: str) -> dict[str, Any]:
-    return {
-        "task_id": task.id.hex(),
-        "name": task.spec.name,
-        "state": _STATE_NAMES[task.state],
-        "node_id": task.worker,
-        "start_time_ms": int(task.started * 1000),
-        "end_time_ms": int(task.ended * 1000),
-        "actor_id": task.spec.actor_id.hex(),
-        "path": path,
-    }
 
 
 def _sum_resources(parts: Iterable[dict[str, float]]) -> dict[str, float]:

@@ -44,6 +44,9 @@ from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import GetTimeoutError, ObjectLostError, TaskgraphError
 
 INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
+# Seconds messages nothing waits on (records and reports of channel tasks) may
+# gather before the flusher sends them: their reader wakes once per burst.
+LAZY_DELAY = 0.002
 MAX_ROUTES = 1000  # actors whose way this client remembers, beyond those it calls directly
 
 
@@ -120,6 +123,10 @@ class Client:
         self._waiters: dict[bytes, list[_Waiter]] = {}  # object id -> blocked callers
         self._pending: list[Any] = []
         self._flush_requested = False
+        # Pending holds something a blocking call must send before it waits; or
+        # only messages that may gather a while (see send_lazily).
+        self._urgent = False
+        self._lazy_waiting = False
         self._counts: dict[bytes, int] = {}
         self.released: collections.deque[bytes] = collections.deque()
         # In an executor: refs that a task's arguments made here. The task holds
@@ -252,12 +259,14 @@ class Client:
 
     # -- sending ---------------------------------------------------------
 
-    def _queue(self, msg: Any, wake: bool = True) -> None:
+    def _queue(self, msg: Any, wake: bool = True, urgent: bool = True) -> None:
         """Append a message, merging with the last one of the same kind (lock held).
 
         ``wake=False`` when the caller flushes right away itself: waking the
         flusher thread for nothing costs a context switch on the hot path.
+        ``urgent=False``: nothing waits on it (a channel task's record).
         """
+        self._urgent = self._urgent or urgent
         pending = self._pending
         if pending:
             last = pending[-1]
@@ -283,8 +292,10 @@ class Client:
             self._queue(msg, wake=False)
         self.flush()
 
-    def flush_if_pending(self) -> None:
-        if self._pending:
+    def flush_urgent(self) -> None:
+        """Flush if anything but lazy messages waits: before a task goes down a
+        channel, what its code may name (a put, its function) goes first."""
+        if self._urgent:
             self.flush()
 
     def flush(self) -> None:
@@ -293,7 +304,7 @@ class Client:
             with self._lock:
                 self._drain_released()
                 batch, self._pending = self._pending, []
-                self._flush_requested = False
+                self._flush_requested = self._urgent = self._lazy_waiting = False
             if batch and self.broken is None:
                 try:
                     self._send(batch)
@@ -312,6 +323,9 @@ class Client:
                 if not self._flush_requested:
                     # Wake now and then to return refs dropped by garbage collection.
                     self._flush_cond.wait(0.05 if self.released else 0.5)
+                if self._lazy_waiting and not self._flush_requested:
+                    # Records only: let more gather, so that they go in one frame.
+                    self._flush_cond.wait(LAZY_DELAY)
                 if self.closed:
                     return
             self.flush()
@@ -431,8 +445,20 @@ class Client:
             else:
                 self._stats.tasks_leased += 1
             self._direct.update(oids)
-            self._queue(w.SubmitTasks([spec]), wake=False)
+            self._queue_lazily(w.SubmitTasks([spec]))
         return oids
+
+    def send_lazily(self, msg: Any) -> None:
+        """Queue a message nothing waits on: the flusher sends it within LAZY_DELAY,
+        with others (or any flush sooner), so that many go in one frame."""
+        with self._lock:
+            self._queue_lazily(msg)
+
+    def _queue_lazily(self, msg: Any) -> None:
+        self._queue(msg, wake=False, urgent=False)
+        if not self._lazy_waiting:
+            self._lazy_waiting = True
+            self._flush_cond.notify()
 
     def channel_answered(self, oids: Sequence[bytes], answer: w.DirectResult) -> None:
         """A channel task's result came from its executor (reported already)."""
@@ -569,6 +595,7 @@ class Client:
             else:
                 if barrier:
                     self.ask(w.Query(0, "ping"), lambda _: channel.release())
+                self.flush_urgent()  # what the call may name (a put) goes first
                 channel.flush()  # now, from this thread: no hand-off to the flusher
                 return refs
         if channel is not None:  # it broke: the scheduler says why from now on
@@ -714,9 +741,11 @@ class Client:
                     first = self._blocked_waits == 1
                     if first:
                         self._queue(w.TaskBlocked(task), wake=False)
+            urgent = self._urgent
         if first and self.on_block is not None:
             self.on_block()
-        self.flush()
+        if urgent:  # (values of channel tasks come from their channel)
+            self.flush()
         try:
             # Already here (perhaps while we flushed): no wait, but a task that
             # said it blocked still says it goes on.

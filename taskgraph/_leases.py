@@ -127,6 +127,7 @@ class LeaseChannel:
             # The scheduler records it in our next batch; its answer comes here.
             with self._lock:
                 self.in_flight[spec.task_id] = client.record_channel_task(spec)
+            client.flush_urgent()
             self.conn.send([w.LeasedTask(spec, function)])
         except OSError:
             # Recorded, but never sent: the scheduler retries it when the lease ends.

@@ -433,8 +433,9 @@ class DirectCall(Msg):
 
 
 class DirectResult(Msg):
-    """A channel task's result, sent after its report. ``via_scheduler``: the
-    values are not in it (their returns hold refs): ask the scheduler for them."""
+    """A channel task's result, straight from the executor that ran (and reports)
+    it. ``via_scheduler``: the values are not in it (their returns hold refs):
+    ask the scheduler for them."""
 
     result: TaskResult
     via_scheduler: bool = False

@@ -3,14 +3,15 @@
 ::
 
     caller ──DirectCall(spec)──▶ this process's call socket ──▶ the executor's queue
-    caller ◀──DirectResult────── (after the call's report, Executed, to the daemon)
+    caller ◀──DirectResult────── (the call is reported too: Executed, to the daemon)
 
 A call that went through the scheduler crosses six process boundaries (caller,
 scheduler, daemon, actor and back); a direct call crosses two. The caller
 records the call with the scheduler in its ordinary batches, and this process
 reports it like any call, on its one ordered stream, before it answers: the
-scheduler knows every call, its returns and what they hold. Only actors that
-cannot restart take direct calls.
+scheduler knows every call, its returns and what they hold (see
+``Executor.report`` for which goes first). Only actors that cannot restart
+take direct calls.
 
 Each caller gets a connection and a thread that reads it; the executor's
 main thread runs the calls in arrival order with the ones the daemon hands
@@ -137,7 +138,7 @@ class DirectServer:
             return task_id in self.replies
 
     def reply(self, result: w.TaskResult) -> None:
-        """Answer a direct call, once it is reported."""
+        """Answer a direct call (``Executor.report`` reports it)."""
         with self._lock:
             conn = self.replies.pop(result.task_id, None)
         if conn is None:

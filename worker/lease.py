@@ -7,7 +7,7 @@ one at a time on the main thread, until the client closes its side::
 
     client ◀──connect, LeaseReady──  this executor
     client ──LeasedTask──▶ reader thread ──▶ main thread runs it
-    client ◀──DirectResult────────────────── (after its report, Executed, to the daemon)
+    client ◀──DirectResult────────────────── (and its report, Executed, to the daemon)
 
 The client records each task with the scheduler as it sends it, and the
 executor reports each one on its ordered stream to its daemon, like any task:
@@ -27,6 +27,7 @@ import contextlib
 import os
 import pickle
 import threading
+from functools import partial
 from typing import TYPE_CHECKING
 
 from taskgraph import _wire as w
@@ -83,13 +84,15 @@ class Lease:
             return task
 
     def finish(self, result: w.TaskResult) -> None:
-        """Report a leased task (Executed, on our one stream to the daemon), then
-        answer its client."""
+        """Report a leased task (Executed, on our one stream to the daemon) and
+        answer its client (see ``Executor.report`` for which goes first)."""
         result.channel = self.lease_id
-        self.executor.report(result)
         with self._cond:
             if self.running == result.task_id:
                 self.running = None
+        self.executor.report(result, partial(self._answer, result))
+
+    def _answer(self, result: w.TaskResult) -> None:
         with contextlib.suppress(OSError):  # the client is gone: the scheduler has it
             self.conn.send([direct_answer(result)])
 

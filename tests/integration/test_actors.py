@@ -16,6 +16,7 @@ import taskgraph as tg
 from conftest import wait_for
 from taskgraph.exceptions import ActorDiedError, ActorError, TaskError
 from taskgraph.util import ActorPool
+from taskgraph.util.state import cluster_statistics, list_tasks
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -514,3 +515,47 @@ def test_a_worker_counts_the_cpus_its_actors_hold():
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.05, "two tasks ran beside an actor holding one of two CPUs"
     tg.kill(p)
+
+
+# -- cancelling calls -------------------------------------------------------------
+
+
+@tg.remote
+class Gate:
+    """A sequential actor whose first call waits for a file, so calls queue behind it."""
+
+    def wait_for(self, path):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "opened"
+
+    def value(self, x):
+        return x
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-scheduler"])
+def test_a_queued_actor_call_is_cancelled_and_the_running_one_goes_on(direct, tmp_path):
+    gate = Gate.options(max_restarts=0 if direct else 1).remote()
+    calls = tg.statistics().direct_actor_calls
+    for i in range(30):  # enough for a caller to go direct when it may
+        assert tg.get(gate.value.remote(i)) == i
+    went_direct = tg.statistics().direct_actor_calls > calls
+    assert went_direct == direct
+    path = tmp_path / "open"
+    running = gate.wait_for.remote(str(path))
+    queued = gate.value.remote("never")
+    tg.cancel(queued)
+    # Once the scheduler answers, it has sent the cancel on to the actor's daemon.
+    cluster_statistics()
+    path.touch()
+    with pytest.raises(tg.exceptions.TaskCancelledError):
+        tg.get(queued, timeout=30)
+    assert tg.get(running, timeout=30) == "opened"
+    assert tg.get(gate.value.remote("after")) == "after", "the actor goes on"
+    task_id = queued.id.hex()[:24] + "00000000"
+    wait_for(
+        lambda: any(t["task_id"] == task_id and t["state"] == "FAILED" for t in list_tasks()),
+        what="the scheduler to record the call as failed",
+    )
+    tg.kill(gate)

@@ -1,14 +1,22 @@
 """Task leases (taskgraph/_leases.py, worker/lease.py): tasks awaited one by one
-skip the scheduler, and behave exactly as they would have through it.
+go straight to a leased executor, and behave exactly as they would have through
+the scheduler, which records and hears the report of every one of them.
+
+Tests see the path a task took through public state only: the driver's
+``tg.statistics()`` (``tasks_leased`` grows as a task goes down a lease;
+``open_leases``), and the scheduler's ``list_tasks()`` and
+``cluster_statistics()`` (a lease is itself a task named "lease", RUNNING while
+it serves the driver).
 
 Most tests here make leases last (``TASKGRAPH_LEASE_IDLE``, read by the
-cluster's executors when they start), so that a lease does not end between
-two steps of a test on a slow machine; one test checks the idle end itself.
+cluster's executors when they start), so that a lease does not end between two
+steps of a test on a slow machine; one test checks the idle end itself.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +32,7 @@ from taskgraph import _wire as w
 from taskgraph._leases import lease_shape
 from taskgraph._transport import BlockingConnection, digest
 from taskgraph.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
+from taskgraph.util.state import cluster_statistics, list_tasks
 
 
 @pytest.fixture
@@ -82,33 +91,122 @@ def nested(x):
     return tg.get(double.remote(x))
 
 
+@tg.remote
+def dies_first(marker, how):
+    """The first run writes its pid and dies (``exit``: os._exit(3); ``kill``: waits
+    for the test's SIGKILL; ``unreported``: runs to the end, then its executor
+    dies as it reports); a run after that returns its pid."""
+    if os.path.exists(marker):
+        return os.getpid()
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)  # the pid is in it once it exists
+    if how == "exit":
+        os._exit(3)
+    if how == "kill":
+        time.sleep(60)
+    # The task's work is done; its executor dies before anyone hears of it. (An
+    # executor runs as ``python -m taskgraph.worker.executor``: its class is __main__'s.)
+    sys.modules["__main__"].Executor.report = lambda self, *args: os._exit(4)
+    return os.getpid()
+
+
 ONE_CPU = (("CPU", 1.0),)  # the shape of most tasks here
 
 
-def lease(shape=ONE_CPU):
-    route = tg._api.client().leases.routes.get(shape)
-    return route.channel if route is not None else None
+def leased_so_far() -> int:
+    """Tasks this driver sent down a lease so far."""
+    return tg.statistics().tasks_leased
 
 
-def leased(fn=pid, *args, shape=ONE_CPU):
-    """Await ``fn`` one call at a time until its calls go on a lease; return the lease."""
-    wait_for(
-        lambda: tg.get(fn.remote(*args), timeout=30) is not None and lease(shape), what="a lease"
-    )
-    return lease(shape)
+def leased(fn=pid, *args):
+    """Await ``fn`` one call at a time until a call goes on a lease."""
+
+    def one_went_on_a_lease():
+        before = leased_so_far()
+        tg.get(fn.remote(*args), timeout=30)
+        return leased_so_far() > before
+
+    wait_for(one_went_on_a_lease, what="a lease")
+
+
+def running_leases() -> set[str]:
+    """The leases the scheduler has running (a lease is a task named "lease")."""
+    return {t["task_id"] for t in list_tasks() if t["name"] == "lease" and t["state"] == "RUNNING"}
+
+
+def the_lease() -> str:
+    """The one lease serving this driver: its task id at the scheduler."""
+    assert tg.statistics().open_leases == 1
+    (lease_id,) = running_leases()
+    return lease_id
+
+
+def settled() -> None:
+    """Wait until the scheduler heard the report of every task sent down a lease
+    (none was retried or lost): an executor answers the driver right after its
+    report, which its daemon may hold a moment to batch."""
+    wait_for(lambda: finished_by_lease() == leased_so_far(), what="every leased task's report")
+
+
+def task_id(ref) -> str:
+    """The id of the task that returns ``ref`` (a return's id is its task's with an index)."""
+    return (ref.id[:12] + b"\0\0\0\0").hex()
+
+
+def task_record(tid: str) -> dict | None:
+    return next((t for t in list_tasks() if t["task_id"] == tid), None)
+
+
+def state_of(tid: str) -> str | None:
+    record = task_record(tid)
+    return record["state"] if record is not None else None
+
+
+def finished_by_lease() -> int:
+    return cluster_statistics()["tasks_finished_by_path"]["lease"]
 
 
 def test_tasks_awaited_one_by_one_go_on_a_lease(lasting, fresh_cluster):
-    channel = leased()
-    runs = channel.runs
+    leased()
+    lease_id, before = the_lease(), leased_so_far()
     pids = {tg.get(pid.remote()) for _ in range(30)}
-    assert lease() is channel and channel.runs == runs + 30, "every one went on the lease"
+    assert leased_so_far() == before + 30, "every one went on the lease"
+    assert the_lease() == lease_id, "the same lease"
     assert len(pids) == 1, "one executor ran them all"
     assert [tg.get(double.remote(i)) for i in range(20)] == [2 * i for i in range(20)]
     # A leased task's return may be passed on, like any ref.
     ref = double.remote(21)
-    assert channel.runs == runs + 51
+    assert leased_so_far() == before + 51
     assert tg.get(double.remote(ref)) == 84
+
+
+def test_a_thousand_leased_tasks_are_on_the_schedulers_record(lasting, fresh_cluster):
+    by_lease, leased_before = finished_by_lease(), leased_so_far()
+    ids = []
+    for i in range(1000):
+        ref = double.remote(i)
+        assert tg.get(ref, timeout=30) == 2 * i
+        ids.append(task_id(ref))
+    leased = leased_so_far() - leased_before
+    # Each was recorded by the driver and reported by its executor.
+    wait_for(
+        lambda: finished_by_lease() - by_lease == leased, what="the scheduler to count them all"
+    )
+    assert cluster_statistics()["reports_before_records"] == 0
+    records = {t["task_id"]: t for t in list_tasks()}
+    node = tg.nodes()[0]["node_id"]
+    for tid in ids:
+        record = records[tid]
+        assert record["state"] == "FINISHED", record
+        assert 0 < record["start_time_ms"] <= record["end_time_ms"], record
+        assert record["node_id"] == node and record["name"] == "double", record
+    # The first few went the usual way while the lease they asked for came; then
+    # every one went on it.
+    paths = [records[tid]["path"] for tid in ids]
+    first = paths.index("lease")
+    assert first < 100 and set(paths[first:]) == {"lease"}, paths[: first + 1]
+    assert set(paths[:first]) <= {"scheduled"} and leased == 1000 - first
 
 
 def test_leases_are_only_for_plain_tasks(lasting, fresh_cluster):
@@ -121,19 +219,26 @@ def test_leases_are_only_for_plain_tasks(lasting, fresh_cluster):
     assert lease_shape(w.TaskSpec(b"t" * 16, b"f", "f", b"", [], strategy="SPREAD")) is None
     assert lease_shape(w.TaskSpec(b"t" * 16, b"f", "f", b"", [], resources={"GPU": 1})) is None
     # A ref argument goes the usual way, even with a lease held.
-    channel = leased()
-    runs = channel.runs
-    assert tg.get(double.remote(tg.put(4))) == 8
-    assert channel.runs == runs
+    leased()
+    before = leased_so_far()
+    ref = double.remote(tg.put(4))
+    assert tg.get(ref) == 8
+    assert leased_so_far() == before
+    wait_for(lambda: state_of(task_id(ref)) == "FINISHED", what="its record")
+    assert task_record(task_id(ref))["path"] == "scheduled"
 
 
 def test_failures_on_a_lease_are_the_tasks_own(lasting, fresh_cluster):
     leased()
+    lease_id, before = the_lease(), leased_so_far()
+    ref = fails.remote("boom")
     with pytest.raises(ValueError, match="boom") as info:
-        tg.get(fails.remote("boom"))
+        tg.get(ref)
     assert isinstance(info.value, TaskError)
-    assert lease() is not None, "a failed task does not end the lease"
+    assert leased_so_far() == before + 1
+    assert the_lease() == lease_id, "a failed task does not end the lease"
     assert tg.get(double.remote(1)) == 2
+    wait_for(lambda: state_of(task_id(ref)) == "FAILED", what="the scheduler to see it fail")
 
 
 def test_a_crash_on_a_lease_fails_the_task_or_retries_it(lasting, fresh_cluster, tmp_path):
@@ -146,71 +251,131 @@ def test_a_crash_on_a_lease_fails_the_task_or_retries_it(lasting, fresh_cluster,
     assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
 
 
+@pytest.mark.parametrize("how", ["exit", "kill", "unreported"])
+def test_the_scheduler_retries_a_task_whose_leased_executor_died(
+    lasting, fresh_cluster, tmp_path, how
+):
+    """``exit``: the task ends its process; ``kill``: SIGKILL while it runs;
+    ``unreported``: its executor dies after running it, before its report."""
+    leased()
+    marker = tmp_path / "pid"
+    before = leased_so_far()
+    ref = dies_first.options(max_retries=1).remote(str(marker), how)
+    assert leased_so_far() == before + 1, "it went on the lease"
+    wait_for(marker.exists, what="the first run to start")
+    first = int(marker.read_text())
+    if how == "kill":
+        os.kill(first, signal.SIGKILL)
+    second = tg.get(ref, timeout=60)
+    assert second != first, "run again, by another executor"
+    wait_for(lambda: state_of(task_id(ref)) == "FINISHED", what="the scheduler's record")
+    # The driver goes on, on a lease again.
+    leased()
+    assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize(("how", "code"), [("exit", 3), ("kill", -9), ("unreported", 4)])
+def test_a_task_whose_leased_executor_died_fails_without_retries(
+    lasting, fresh_cluster, tmp_path, how, code
+):
+    leased()
+    marker = tmp_path / "pid"
+    before = leased_so_far()
+    ref = dies_first.options(max_retries=0).remote(str(marker), how)
+    assert leased_so_far() == before + 1, "it went on the lease"
+    wait_for(marker.exists, what="the task to start")
+    if how == "kill":
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+    with pytest.raises(WorkerCrashedError, match=f"exit code {code}") as info:
+        tg.get(ref, timeout=60)
+    assert info.value.exit_code == code
+    wait_for(lambda: state_of(task_id(ref)) == "FAILED", what="the scheduler's record")
+    assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_cancel_reaches_a_leased_task(lasting, fresh_cluster, force, tmp_path):
-    channel = leased(sleep, 0)
+    leased(sleep, 0)
+    settled()
+    lease_id, before, by_lease = the_lease(), leased_so_far(), finished_by_lease()
     marker = tmp_path / "started"
     ref = sleep.remote(60, str(marker))
-    assert ref.id[:12] + b"\0\0\0\0" in channel.in_flight, "it runs on the lease"
+    assert leased_so_far() == before + 1, "it runs on the lease"
     wait_for(marker.exists, what="the task to start")
+    wait_for(lambda: state_of(task_id(ref)) == "RUNNING", what="the scheduler to record it")
     tg.cancel(ref, force=force)
     with pytest.raises(TaskCancelledError):
         tg.get(ref, timeout=30)
+    # The scheduler cancelled it: its record says so, and it counts as a leased task.
+    wait_for(lambda: state_of(task_id(ref)) == "FAILED", what="the scheduler's record")
+    assert task_record(task_id(ref))["path"] == "lease"
+    assert finished_by_lease() == by_lease + 1
     if not force:
-        assert lease() is channel, "the lease goes on"
+        assert the_lease() == lease_id, "the lease goes on"
+    else:
+        wait_for(lambda: lease_id not in running_leases(), what="the killed lease to end")
     assert tg.get(double.remote(3)) == 6
 
 
 def test_large_results_and_refs_inside_come_back_from_a_lease(lasting, fresh_cluster):
-    channel = leased()
-    runs = channel.runs
+    leased()
+    before = leased_so_far()
     arr = tg.get(big.remote(1_000_000))
     assert arr[-1] == 999_999
     del arr
+    via_scheduler = tg.statistics().results_via_scheduler
     (inner,) = tg.get(holding.remote(5))
+    # A return holding a ref is read from the scheduler, which knows the ref.
+    assert tg.statistics().results_via_scheduler > via_scheduler
     assert tg.get(inner) == 5
     ref = big.remote(10)
     assert tg.get(double.remote(ref)).tolist() == [2 * i for i in range(10)]
-    assert channel.runs == runs + 3
+    assert leased_so_far() == before + 3
     del inner, ref  # the no_leaks check sees the store empty again
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
 def test_a_leased_task_that_waits_lends_its_cpu(lasting, fresh_cluster):
     leased(nested, 1)
-    channel = lease()
-    runs = channel.runs
+    before = leased_so_far()
     # The lease holds the only CPU; the inner task gets it while the outer waits.
     assert [tg.get(nested.remote(i), timeout=60) for i in range(5)] == [0, 2, 4, 6, 8]
-    assert channel.runs == runs + 5
+    assert leased_so_far() == before + 5
 
 
 def test_a_burst_of_tasks_ends_the_lease(lasting, fresh_cluster):
-    channel = leased()
+    leased()
+    before = leased_so_far()
     refs = [double.remote(i) for i in range(100)]
-    assert lease() is None and channel.ending
+    # (the first may go on the idle lease; the second ends it)
+    assert tg.statistics().open_leases == 0 and leased_so_far() <= before + 1
     assert tg.get(refs) == [2 * i for i in range(100)]
     wait_for(lambda: tg.available_resources().get("CPU") == 2, what="every CPU free")
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
 def test_a_task_that_needs_the_leased_cpu_gets_it(lasting, fresh_cluster):
-    channel = leased()
+    leased()
+    lease_id = the_lease()
     # A ref argument: the usual way, where it waits for the CPU the lease holds.
     assert tg.get(double.remote(tg.put(2)), timeout=30) == 4
-    assert channel.ending and lease() is not channel, "the scheduler took the lease back"
+    assert tg.statistics().open_leases == 0, "the lease was taken back"
+    wait_for(lambda: state_of(lease_id) == "FINISHED", what="the lease to end")
     # Another client's work needs the CPU: no new lease for a while.
+    before = leased_so_far()
     assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
-    assert lease() is None
+    assert tg.statistics().open_leases == 0 and leased_so_far() == before
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 2, "resources": {"R": 1}}], indirect=True)
 def test_a_task_waiting_at_the_scheduler_for_a_leased_resource_gets_it(lasting, fresh_cluster):
     with_r = double.options(resources={"R": 1})
-    channel = leased(with_r, 1, shape=(("CPU", 1.0), ("R", 1.0)))
+    leased(with_r, 1)
+    lease_id = the_lease()
     # Custom resources wait at the scheduler, which takes the lease back.
     assert tg.get(with_r.remote(tg.put(3)), timeout=30) == 6
-    assert channel.ending
+    assert tg.statistics().open_leases == 0
+    wait_for(lambda: state_of(lease_id) == "FINISHED", what="the lease to end")
 
 
 def test_no_lease_is_asked_of_a_worker_that_could_not_hold_it(lasting, fresh_cluster):
@@ -220,8 +385,10 @@ def test_no_lease_is_asked_of_a_worker_that_could_not_hold_it(lasting, fresh_clu
         wait_for(lambda: len(tg.nodes()) == 2, what="the second worker")
         # The local worker (the driver's, which leases) has no "far": the tasks
         # go the usual way, to the other worker, with no warning about a lease.
+        before = leased_so_far()
         assert [tg.get(far.remote(i), timeout=60) for i in range(10)] == [2 * i for i in range(10)]
-        assert lease((("CPU", 1.0), ("far", 1.0))) is None
+        assert leased_so_far() == before and tg.statistics().open_leases == 0
+        assert not running_leases()
         assert not [n for n in tg._api.client().notices if "lease" in n]
     finally:
         stop_process(worker)
@@ -230,6 +397,7 @@ def test_no_lease_is_asked_of_a_worker_that_could_not_hold_it(lasting, fresh_clu
 
 def test_threads_awaiting_tasks_at_once_get_their_own_results(lasting, fresh_cluster):
     leased()
+    before = leased_so_far()
     errors = []
 
     def loop(k):
@@ -245,14 +413,17 @@ def test_threads_awaiting_tasks_at_once_get_their_own_results(lasting, fresh_clu
     for t in threads:
         t.join()
     assert not errors
+    assert leased_so_far() > before, "some went on a lease"
+    assert tg.statistics().awaiting_channels == 0
 
 
 def test_an_idle_lease_ends_and_frees_its_cpu(fresh_cluster):
     leased()  # executors end a lease after 50 ms idle (the default)
-    wait_for(lambda: lease() is None, what="the lease to end")
+    wait_for(lambda: tg.statistics().open_leases == 0, what="the lease to end")
+    wait_for(lambda: not running_leases(), what="the scheduler to see it end")
     wait_for(lambda: tg.available_resources().get("CPU") == 2, what="its CPU back")
     # The next tasks awaited one by one get a lease again.
-    assert leased() is not None
+    leased()
 
 
 def test_a_lease_nobody_asked_for_is_refused(lasting, fresh_cluster):
@@ -270,16 +441,26 @@ def test_a_lease_nobody_asked_for_is_refused(lasting, fresh_cluster):
         conn.recv()  # closed on us
     conn.close()
     assert tg.get(double.remote(2)) == 4
+    assert tg.statistics().open_leases == 0
 
 
 def test_leases_can_be_turned_off(tmp_path):
     script = tmp_path / "off.py"
     script.write_text(
+        "import time\n"
         "import taskgraph as tg\n"
+        "from taskgraph.util.state import cluster_statistics\n"
         "tg.init(num_cpus=1)\n"
         "f = tg.remote(lambda x: x + 1)\n"
-        "assert [tg.get(f.remote(i)) for i in range(20)] == list(range(1, 21))\n"
-        "assert tg._api.client().leases is None\n"
+        "assert [tg.get(f.remote(i)) for i in range(50)] == list(range(1, 51))\n"
+        "stats = tg.statistics()\n"
+        "assert stats.tasks_submitted == 50, stats\n"
+        "assert stats.tasks_leased == 0 and stats.open_leases == 0, stats\n"
+        "deadline = time.monotonic() + 30\n"
+        "while (by_path := cluster_statistics()['tasks_finished_by_path'])['scheduled'] < 50:\n"
+        "    assert time.monotonic() < deadline, by_path\n"
+        "    time.sleep(0.01)\n"
+        "assert by_path == {'scheduled': 50, 'lease': 0, 'actor_direct': 0}, by_path\n"
         "tg.shutdown()\n"
         "print('ok')\n"
     )

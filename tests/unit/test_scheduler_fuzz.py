@@ -96,7 +96,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.objects: list[bytes] = []  # every object id ever named, freed ones too
         self.assigned: dict[bytes, tuple[str, w.TaskSpec]] = {}  # from RunTasks
         self.unblocked: set[bytes] = set()  # tasks that took their CPU back: may overcommit
-        self.promises: dict[bytes, bytes] = {}  # promised object -> the client that promised
+        # Tasks sent down a lease, recorded and not reported: task id -> (worker, spec).
+        self.channel: dict[bytes, tuple[str, w.TaskSpec]] = {}
 
     # -- plumbing ----------------------------------------------------------
 
@@ -108,6 +109,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now += 0.25
         sends = self.state.handle(Tick(self.now), *events)
         check_sends(self.state, sends)
+        # A channel task whose lease or worker went is retried the usual way or failed.
+        tasks = self.state.tasks
+        self.channel = {
+            t: c
+            for t, c in self.channel.items()
+            if t in tasks and tasks[t].state == "processing" and tasks[t].spec.channel
+        }
         for send in sends:
             for msg in send.messages:
                 self.check_message(send, msg)
@@ -264,34 +272,89 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.send(client_id, w.PutObject(oid, data=b"v", contains=contains))
         assert oid in self.state.objects
 
-    @precondition(lambda self: self.state.clients)
-    @rule(data=st.data())
-    def promise(self, data: st.DataObject) -> None:
-        """A direct actor call's return, not back yet, whose ref leaves its client."""
-        client_id = self.pick_client(data)
-        oid = self.new_id()
-        self.objects.append(oid)
-        self.send(client_id, w.PromiseObjects([oid]))
-        self.promises[oid] = client_id
-        assert self.state.objects[oid].state == "pending"
+    # -- leases and the tasks sent down them (channel tasks) ------------------
 
-    @precondition(lambda self: self.promises)
-    @rule(data=st.data(), how=st.sampled_from(["data", "location", "error"]))
-    def keep_promise(self, data: st.DataObject, how: str) -> None:
-        oid = data.draw(st.sampled_from(sorted(self.promises)), label="promised")
-        client_id = self.promises.pop(oid)
-        if client_id not in self.state.clients:
-            return  # it left: the promise failed then
-        contains = self.some_objects(data, "contains")
-        if how == "location" and self.state.workers:
-            where = self.located(self.pick_worker(data), oid)
-            self.send(client_id, w.PutObject(oid, location=where, contains=contains))
-        elif how == "error":
-            self.send(client_id, w.PutObject(oid, error=pickle.dumps(ValueError("no"))))
+    @rule()
+    def lease_client_asks_for_a_lease(self) -> None:
+        """A driver (8-byte id: its tasks' ids start with it) submits a lease."""
+        client_id = b"lease" + self.new_id()[9:12]
+        self.handle(ClientJoined(client_id))
+        self.send(client_id, *(w.ExportFunction(f, b"code " + f) for f in FUNCTIONS))
+        lease = w.TaskSpec(
+            task_id=client_id + self.new_id()[8:],
+            function_id=b"taskgraph.lease",
+            name="lease",
+            args=b"",
+            deps=[],
+            resources={"CPU": 1.0},
+            lease="unix://driver",
+        )
+        self.objects.extend(return_ids(lease.task_id, 1))
+        self.send(client_id, w.SubmitTasks([lease]))
+
+    def running_leases(self) -> list[bytes]:
+        return sorted(
+            t.id
+            for t in self.state.tasks.values()
+            if t.spec.lease and t.state == "processing" and t.owner in self.state.clients
+        )
+
+    @precondition(lambda self: self.running_leases())
+    @rule(data=st.data(), report_first=acts.filter(lambda a: a in ("ok", "located", "task")))
+    def send_down_a_lease(self, data: st.DataObject, report_first: str) -> None:
+        lease_id = data.draw(st.sampled_from(self.running_leases()), label="lease")
+        lease = self.state.tasks[lease_id]
+        spec = w.TaskSpec(
+            task_id=lease.owner + self.new_id()[8:],
+            function_id=FUNCTIONS[0],
+            name="leased",
+            args=b"",
+            deps=[],
+            resources={"CPU": 1.0},
+            max_retries=data.draw(st.integers(0, 1), label="max_retries"),
+            channel=lease_id,
+        )
+        self.objects.extend(return_ids(spec.task_id, 1))
+        worker_id = lease.worker
+        assert worker_id is not None
+        early = data.draw(st.booleans(), label="report before record")
+        if early:  # the executor's report overtakes the client's record
+            contains = [
+                o for o in self.some_objects(data, "contains", 2) if o in self.state.objects
+            ]
+            self.report_channel(worker_id, spec, report_first, contains)
+            assert self.state.statistics()["reports_before_records"] >= 1
+        self.send(lease.owner, w.SubmitTasks([spec]))
+        if early:
+            assert spec.task_id not in self.state.tasks or report_first == "task"
         else:
-            self.send(client_id, w.PutObject(oid, data=b"v", contains=contains))
-        obj = self.state.objects.get(oid)
-        assert obj is None or obj.state != "pending", "a kept promise is ready or failed"
+            self.channel[spec.task_id] = (worker_id, spec)
+
+    def report_channel(
+        self, worker_id: str, spec: w.TaskSpec, outcome: str, contains: list[bytes]
+    ) -> list[Send]:
+        if outcome in ("ok", "located"):
+            oid = return_ids(spec.task_id, 1)[0]
+            ret = (
+                w.ReturnValue(oid, location=self.located(worker_id, oid), contains=contains)
+                if outcome == "located"
+                else w.ReturnValue(oid, data=b"value", contains=contains)
+            )
+            result = w.TaskResult(spec.task_id, returns=[ret], channel=spec.channel)
+        else:
+            result = w.TaskResult(
+                spec.task_id, error=TASK_ERROR, failure="task", channel=spec.channel
+            )
+        return self.handle(WorkerSent(worker_id, [w.TasksDone([result])]))
+
+    @precondition(lambda self: self.channel)
+    @rule(data=st.data(), outcome=st.sampled_from(["ok", "located", "task"]))
+    def leased_task_reported(self, data: st.DataObject, outcome: str) -> None:
+        task_id = data.draw(st.sampled_from(sorted(self.channel)), label="leased task")
+        worker_id, spec = self.channel.pop(task_id)
+        contains = [o for o in self.some_objects(data, "contains", 2) if o in self.state.objects]
+        self.report_channel(worker_id, spec, outcome, contains)
+        assert task_id not in self.state.tasks
 
     @precondition(lambda self: self.state.clients)
     @rule(data=st.data(), acquire=st.booleans())
@@ -405,6 +468,9 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def drain(self) -> None:
         for _ in range(10_000):
+            for task_id in sorted(self.channel):
+                worker_id, spec = self.channel.pop(task_id)
+                self.report_channel(worker_id, spec, "ok", [])
             if not self.assigned:
                 break
             for task_id in sorted(self.assigned):
@@ -417,7 +483,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def every_processing_task_was_sent_to_its_worker(self) -> None:
         processing = {t.id: t.worker for t in self.state.tasks.values() if t.state == "processing"}
-        assert processing == {t: a[0] for t, a in self.assigned.items()}
+        sent = {t: a[0] for t, a in self.assigned.items()}
+        sent.update((t, c[0]) for t, c in self.channel.items())
+        assert processing == sent
 
     @invariant()
     def no_worker_holds_more_than_it_has(self) -> None:

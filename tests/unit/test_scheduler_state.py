@@ -12,6 +12,7 @@ import itertools
 import pickle
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from taskgraph import _wire as w
@@ -667,6 +668,8 @@ def test_a_leaving_worker_takes_its_relayed_clients_with_it() -> None:
     assert h.state.statistics() | {"transitions": 0} == {
         "tasks": {},
         "tasks_finished": 0,
+        "tasks_finished_by_path": {"scheduled": 0, "lease": 0, "actor_direct": 0},
+        "reports_before_records": 0,
         "objects": 0,
         "workers": 0,
         "clients": 1,
@@ -1226,77 +1229,132 @@ def test_validate_catches_a_broken_reference_count() -> None:
         h.state.validate()
 
 
-# -- promised objects (returns of direct actor calls still on their way) -------
+# -- channel tasks: sent straight to a leased executor or an actor's process ---------
+
+CALLER = b"caller-1"  # 8 bytes: a channel task's id starts with its client's id
 
 
-def test_a_promised_object_holds_its_dependents_until_its_put_arrives() -> None:
+def _granted_lease(h: Harness) -> w.TaskSpec:
+    """A caller with a lease running on w1 (one CPU held for it)."""
+    h.client(CALLER)
+    h.worker("w1", {"CPU": 2.0})
+    lease = h.spec("lease", num_returns=1, lease="unix://caller")
+    lease = msgspec.structs.replace(lease, task_id=CALLER + lease.task_id[8:])
+    assert assigned_ids(h.submit(CALLER, lease), "w1") == [lease.task_id]
+    return lease
+
+
+def _leased(h: Harness, lease: w.TaskSpec, **options: Any) -> w.TaskSpec:
+    spec = h.spec("leased", channel=lease.task_id, **options)
+    return msgspec.structs.replace(spec, task_id=CALLER + spec.task_id[8:])
+
+
+def _reported(spec: w.TaskSpec, **kw: Any) -> w.TaskResult:
+    return msgspec.structs.replace(ok(spec, **kw), channel=spec.channel, started=10.0, duration=0.5)
+
+
+def test_a_leased_task_is_recorded_as_running_on_its_lease_and_never_placed() -> None:
     h = Harness()
-    h.client()
-    h.worker("w1")
-    promised = h.new_id()
-    h.send(b"c1", w.PromiseObjects([promised]))
-    spec = h.spec(deps=[promised])
-    assert assigned_ids(h.submit(b"c1", spec), "w1") == []
-    assert h.task_state(spec) == "waiting"
-    assert values(h.want(b"c1", promised), b"c1") == {}, "not ready yet"
-    sends = h.send(b"c1", w.PutObject(promised, data=b"back"))
-    assert assigned(sends, "w1")[0].inputs == [w.Value(promised, data=b"back")]
-    assert values(sends, b"c1")[promised].data == b"back", "the waiting client hears"
+    lease = _granted_lease(h)
+    spec = _leased(h, lease)
+    sends = h.submit(CALLER, spec)
+    assert assigned(sends, "w1") == [], "the client sent it to its executor itself"
+    assert h.task_state(spec) == "processing"
+    assert h.state.workers["w1"].available["CPU"] == 1.0, "the lease holds the CPU, once"
+    sends = h.done("w1", _reported(spec))
+    assert h.task_state(spec) is None and h.state.objects[ret(spec)].state == "ready"
+    assert h.state.statistics()["tasks_finished_by_path"]["lease"] == 1
+    (record,) = [t for t in h.state.task_list() if t["task_id"] == spec.task_id.hex()]
+    assert record["state"] == "FINISHED" and record["path"] == "lease"
+    assert (record["start_time_ms"], record["end_time_ms"]) == (10_000, 10_500)
 
 
-def test_a_failed_direct_call_fails_what_waits_on_its_promise() -> None:
+def test_a_report_that_comes_before_its_record_is_applied_by_the_record() -> None:
     h = Harness()
-    h.client()
-    h.worker("w1")
-    promised = h.new_id()
-    spec = h.spec(deps=[promised])
-    h.send(b"c1", w.PromiseObjects([promised]))
-    h.submit(b"c1", spec)
-    error = pickle.dumps(TaskError.from_exception(ValueError("actor said no"), "A.f"))
-    h.send(b"c1", w.PutObject(promised, error=error))
-    assert h.task_state(spec) is None, "failed and forgotten"
-    assert isinstance(
-        pickle.loads(values(h.want(b"c1", ret(spec)), b"c1")[ret(spec)].error), TaskError
-    )
+    lease = _granted_lease(h)
+    inner = h.new_id()
+    h.from_worker("w1", w.FromClient(b"executor", [w.PutObject(inner, data=b"in")]))
+    spec = _leased(h, lease)
+    report = _reported(spec, contains=[inner])
+    h.done("w1", report)
+    assert h.state.statistics()["reports_before_records"] == 1
+    # The executor lets go of the inner object after its report: the early
+    # report holds it until the record applies it.
+    h.from_worker("w1", w.FromClient(b"executor", [w.ReleaseRefs([inner])]))
+    assert inner in h.state.objects
+    h.submit(CALLER, spec)
+    assert h.task_state(spec) is None and h.state.objects[ret(spec)].state == "ready"
+    assert h.state.objects[inner].refs == 1, "held by the return that contains it, only"
+    assert h.state.statistics()["reports_before_records"] == 0
 
 
-def test_a_promise_released_before_its_put_is_freed_when_the_put_arrives() -> None:
+def test_an_early_report_whose_client_left_frees_what_it_stored() -> None:
     h = Harness()
-    h.client()
-    h.worker("w1")
-    promised = h.new_id()
-    h.send(b"c1", w.PromiseObjects([promised]))
-    h.send(b"c1", w.ReleaseRefs([promised]))
-    assert promised in h.state.objects, "pending: kept until it is known"
-    where = w.Location("w1", "store", 1 << 20, "host-w1")
-    sends = h.send(b"c1", w.PutObject(promised, location=where))
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([promised])]
-    assert promised not in h.state.objects
+    lease = _granted_lease(h)
+    spec = _leased(h, lease)
+    where = w.Location("w1", "seg", 1 << 20, "host-w1")
+    h.done("w1", _reported(spec, location=where))
+    sends = h.handle(ClientLeft(CALLER))
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([ret(spec)])]
+    assert h.state.statistics()["reports_before_records"] == 0
+    # A report that comes after its client left is not kept at all.
+    late = _leased(h, lease)
+    sends = h.done("w1", _reported(late, location=where))
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([ret(late)])]
+    assert h.state.statistics()["reports_before_records"] == 0
 
 
-def test_a_promise_whose_client_left_fails_with_object_lost() -> None:
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_lease_that_crashed_retries_or_fails_the_tasks_it_never_reported(retries: int) -> None:
     h = Harness()
-    h.client(b"c1")
-    h.client(b"c2")
-    h.worker("w1")
-    promised = h.new_id()
-    h.send(b"c1", w.PromiseObjects([promised]))
-    h.send(b"c2", w.AcquireRefs([promised]))
-    h.want(b"c2", promised)
-    sends = h.handle(ClientLeft(b"c1"))
-    error = values(sends, b"c2")[promised].error
-    assert error is not None and isinstance(pickle.loads(error), ObjectLostError)
-    assert h.send(b"c2", w.PutObject(promised, data=b"late")) == [], "only its promiser fills it"
+    lease = _granted_lease(h)
+    spec = _leased(h, lease, max_retries=retries)
+    h.submit(CALLER, spec)
+    h.want(CALLER, ret(spec))
+    crash = w.TaskResult(lease.task_id, failure="crashed", exit_code=-9, error=b"crashed")
+    sends = h.done("w1", crash)
+    if retries:
+        (again,) = assigned(sends, "w1")
+        assert again.spec.task_id == spec.task_id and not again.spec.channel
+        h.done("w1", ok(again.spec))
+        assert h.state.objects[ret(spec)].state == "ready"
+    else:
+        err = error_of(values(sends, CALLER)[ret(spec)])
+        assert isinstance(err, WorkerCrashedError) and err.exit_code == -9
 
 
-def test_a_released_promise_is_freed_when_its_client_leaves() -> None:
-    # Found by the fuzzer: failing the promise left an error object nobody held.
+def test_a_record_whose_lease_already_ended_unreported_is_retried() -> None:
     h = Harness()
-    h.client()
-    promised = h.new_id()
-    h.send(b"c1", w.PromiseObjects([promised]), w.ReleaseRefs([promised]))
-    h.handle(ClientLeft(b"c1"))
-    assert promised not in h.state.objects
+    lease = _granted_lease(h)
+    h.done("w1", ok(lease))  # the lease ended (its executor died after it, say)
+    spec = _leased(h, lease, max_retries=1)
+    (again,) = assigned(h.submit(CALLER, spec), "w1")
+    assert again.spec.task_id == spec.task_id and again.spec.resources == {"CPU": 1.0}
+
+
+def test_cancelling_a_leased_task_goes_to_the_daemon_naming_its_lease() -> None:
+    h = Harness()
+    lease = _granted_lease(h)
+    spec = _leased(h, lease)
+    h.submit(CALLER, spec)
+    sends = h.send(CALLER, w.CancelTasks([ret(spec)], force=True))
+    assert messages(sends, "worker", "w1", w.CancelRunning) == [
+        w.CancelRunning(spec.task_id, True, lease.task_id)
+    ]
+    crash = w.TaskResult(lease.task_id, failure="crashed", exit_code=-9, error=b"crashed")
+    sends = h.done("w1", crash)
+    assert h.task_state(spec) is None
+    assert isinstance(error_of(h.state.objects[ret(spec)].as_value()), TaskCancelledError)
+
+
+def test_a_leased_tasks_worker_leaving_retries_it_the_usual_way() -> None:
+    h = Harness()
+    lease = _granted_lease(h)
+    h.worker("w2", {"CPU": 2.0})
+    spec = _leased(h, lease, max_retries=1)
+    h.submit(CALLER, spec)
+    sends = h.handle(WorkerLeft("w1"))
+    assert assigned_ids(sends, "w2") == [spec.task_id]
 
 
 # -- results handed to the waiting owner by the executor (_deliveries.py) ----
@@ -1367,46 +1425,3 @@ def test_a_task_that_could_not_run_there_anyway_leaves_the_lease() -> None:
     h.submit(b"c1", lease)
     sends = h.submit(b"c1", h.spec("gpu", resources={"CPU": 1.0, "GPU": 1.0}))
     assert messages(sends, "worker", "w1", w.CancelRunning) == []
-
-
-def test_an_executor_fills_the_promise_of_a_return_it_stored_and_holds_it() -> None:
-    h = Harness()
-    h.client(b"c1")
-    h.client(b"ex")  # the executor's client (relayed by its daemon in a real cluster)
-    h.worker("w1")
-    oid = h.new_id()[:12] + b"\1\0\0\0"
-    h.send(b"c1", w.PromiseObjects([oid]))  # a ref left the caller before the answer
-    where = w.Location("w1", "seg", 1 << 20, "host-w1")
-    h.send(b"ex", w.PutObject(oid, location=where))  # register_stored
-    assert h.state.objects[oid].state == "ready" and h.state.objects[oid].location == where
-    # The caller goes away unanswered; the executor lets go: the bytes are freed.
-    h.send(b"c1", w.ReleaseRefs([oid]))
-    sends = h.send(b"ex", w.ReleaseRefs([oid]))
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([oid])]
-
-
-def test_a_failed_direct_call_turns_its_registered_return_into_the_error() -> None:
-    h = Harness()
-    h.client(b"c1")
-    h.client(b"ex")
-    h.worker("w1")
-    oid = h.new_id()[:12] + b"\1\0\0\0"
-    h.send(b"ex", w.PutObject(oid, location=w.Location("w1", "seg", 1 << 20, "host-w1")))
-    error = pickle.dumps(RuntimeError("its process died"))
-    sends = h.send(b"c1", w.PutObject(oid, error=error))  # the caller saw the call fail
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([oid])]
-    obj = h.state.objects[oid]
-    assert obj.state == "error" and obj.error == error and obj.location is None
-
-
-def test_a_task_sent_again_replaces_what_its_dead_executor_registered() -> None:
-    h = Harness()
-    h.client(b"c1")
-    h.client(b"ex")
-    h.worker("w1")
-    spec = h.spec()
-    h.send(b"ex", w.PutObject(ret(spec), location=w.Location("w1", "seg", 1 << 20, "host-w1")))
-    sends = h.submit(b"c1", spec)  # a leased task resubmitted with the same id
-    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([ret(spec)])]
-    assert h.state.objects[ret(spec)].task == spec.task_id
-    assert ret(spec) not in h.state.clients[b"ex"].held

@@ -525,3 +525,21 @@ def test_a_blocked_lease_is_not_asked_to_end() -> None:
     h.handle(TaskBlocked(lease.spec.task_id))  # its task waits in get(): its CPU is lent
     out = h.assign(h.assignment("t", cpus=1.0), h.assignment("u", cpus=1.0))
     assert not [i for i in of(ToExecutor, out) if isinstance(i.message, w.CancelTask)]
+
+
+def test_a_leased_tasks_report_is_relayed_and_its_cancel_reaches_the_lease() -> None:
+    h = Harness(min_executors=1, cpus=1.0)
+    h.start()
+    h.ready(1)
+    lease = h.assignment("lease", cpus=1.0)
+    lease = w.Assignment(msgspec.structs.replace(lease.spec, lease="unix://client"), [], b"")
+    h.assign(lease)
+    leased = b"leased-task-id00"
+    out = h.handle(CancelRequested(leased, force=False, channel=lease.spec.task_id))
+    assert out == [ToExecutor(1, w.CancelTask(leased, False))], "to the executor serving it"
+    before = (h.state.cpus_used, dict(h.state.running), h.state.tasks_done)
+    report = w.TaskResult(leased, failure="cancelled", channel=lease.spec.task_id)
+    out = h.handle(ExecutorFinished(1, report))
+    assert out == [ToScheduler(w.TasksDone([report]))]
+    assert (h.state.cpus_used, dict(h.state.running), h.state.tasks_done) == before
+    assert h.state.executors[1].task == lease.spec.task_id, "the lease goes on"
