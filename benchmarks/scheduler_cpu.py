@@ -6,8 +6,14 @@
 2. The real scheduler process: CPU seconds it spent (psutil) while a local
    cluster ran N no-op tasks as fast as it could, divided by N — decoding,
    encoding, sockets and the event loop included.
+3. The same for tasks that skip the scheduler's dispatch but not its record
+   (docs/architecture.md, "One road for every task"): N no-op tasks awaited
+   one by one, which go down a lease, and N calls to an actor awaited one by
+   one, which go straight to its process. The scheduler and the worker
+   daemon still hear of each (a record, a report); their CPU per task is
+   what that costs.
 
-    python -m benchmarks.scheduler_cpu [--tasks 20000] [--rate 10000]
+    python -m benchmarks.scheduler_cpu [--tasks 20000] [--rate 10000] [--channel 5000]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from taskgraph.scheduler.state import (
     WorkerJoined,
     WorkerSent,
 )
+from taskgraph.util.state import cluster_statistics
 
 
 def state_machine_us(n: int) -> float:
@@ -112,6 +119,52 @@ def scheduler_process_us(n: int, rate: float | None = None) -> tuple[float, floa
         tg.shutdown()
 
 
+def channel_us(n: int) -> dict[str, tuple[float, float, float]]:
+    """(scheduler µs, daemon µs, calls/s) per leased task and per direct actor call."""
+    import taskgraph as tg
+
+    tg.init(num_cpus=2)
+    try:
+
+        @tg.remote
+        def noop() -> None:
+            return None
+
+        @tg.remote
+        class Actor:
+            def noop(self) -> None:
+                return None
+
+        actor = Actor.remote()
+        children = psutil.Process().children()
+        scheduler = next(p for p in children if "taskgraph.scheduler" in " ".join(p.cmdline()))
+        daemon = next(p for p in children if "taskgraph.worker" in " ".join(p.cmdline()))
+        out = {}
+        for name, call in (("leased task", noop.remote), ("direct actor call", actor.noop.remote)):
+            for _ in range(300):  # a lease, or the actor's address, and warm code
+                tg.get(call())
+            before = (scheduler.cpu_times(), daemon.cpu_times())
+            start = time.perf_counter()
+            for _ in range(n):
+                tg.get(call())
+            elapsed = time.perf_counter() - start
+            after = (scheduler.cpu_times(), daemon.cpu_times())
+            used = [
+                (a.user - b.user) + (a.system - b.system)
+                for a, b in zip(after, before, strict=True)
+            ]
+            out[name] = (used[0] / n * 1e6, used[1] / n * 1e6, n / elapsed)
+        deadline = time.monotonic() + 10  # the last reports gather for a few ms
+        while time.monotonic() < deadline:
+            paths = cluster_statistics()["tasks_finished_by_path"]
+            if paths["lease"] >= n and paths["actor_direct"] >= n:
+                return out
+            time.sleep(0.01)
+        raise AssertionError(f"the scheduler saw too few of them: {paths}")
+    finally:
+        tg.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,10 +173,16 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, default=None, help="submit at this many tasks/s (default: flat out)"
     )
+    parser.add_argument("--channel", type=int, default=5_000, help="tasks awaited one by one")
     args = parser.parse_args()
     print(f"state machine alone : {state_machine_us(args.tasks):6.1f} µs of CPU per task")
     per_task, rate = scheduler_process_us(args.tasks, args.rate)
     print(f"scheduler process   : {per_task:6.1f} µs of CPU per task at {rate:,.0f} tasks/s")
+    for name, (sched, daemon, rate) in channel_us(args.channel).items():
+        print(
+            f"{name:20s}: {sched:6.1f} µs of scheduler and {daemon:5.1f} µs of worker "
+            f"daemon CPU per task at {rate:,.0f}/s"
+        )
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ class Client:
     def _flush_loop(self) -> None:
         while not self.closed:
             with self._lock:
-                if not self._flush_requested:
+                if not self._flush_requested and not self._lazy_waiting:
                     # Wake now and then to return refs dropped by garbage collection.
                     self._flush_cond.wait(0.05 if self.released else 0.5)
                 if self._lazy_waiting and not self._flush_requested:

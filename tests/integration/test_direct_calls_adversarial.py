@@ -3,7 +3,8 @@
 Each test first drives its client (or a task's, or an actor's) onto the
 direct path, then checks that the calls behave as they do through the
 scheduler. The later sections pin races, hangs and losses that review
-found, all fixed since.
+found, all fixed since. Which way calls went is read from public counts
+(``tg.statistics()``: in a task or an actor, that process's client).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import direct, stored, switch_to_direct, wait_for
+from conftest import stored, wait_for
 from taskgraph import _client as client_module
 from taskgraph._direct import ActorRoute, DirectChannel
 from taskgraph.exceptions import ActorDiedError, GetTimeoutError, TaskError
 from taskgraph.util import ActorPool
+from taskgraph.util.state import list_tasks
 
 # -- actors and tasks used below ---------------------------------------------------
 
@@ -96,11 +98,11 @@ class Log:
         os._exit(1)
 
     def call_other(self, other, n):
-        """Call another actor n times from here; report whether it went direct."""
+        """Call another actor n times from here; report whether every call went direct."""
+        before = tg.statistics().direct_actor_calls
         refs = [other.add.remote(i) for i in range(n)]
         out = tg.get(refs)
-        route = tg._api.client()._routes.get(other._actor_id)
-        return out, route is not None and route.channel is not None
+        return out, tg.statistics().direct_actor_calls == before + n
 
     def other_total(self, other, n):
         """Pass refs to direct returns of one call on to the next, all to ``other``."""
@@ -182,33 +184,47 @@ def total_of(box):
     return sum(tg.get(list(box)))
 
 
+def goes_direct(handle) -> bool:
+    """Make one call (``history``) and say whether it went straight to the actor
+    (this process's client counts its direct calls)."""
+    before = tg.statistics().direct_actor_calls
+    tg.get(handle.history.remote(), timeout=30)
+    return tg.statistics().direct_actor_calls == before + 1
+
+
+def reach_directly(handle, timeout: float = 15.0) -> bool:
+    """Call the actor until this process calls it directly (False at the deadline).
+    Runs in tasks and actors too: the client asks where the actor listens every
+    0.1 s while its calls go through the scheduler."""
+    deadline = time.monotonic() + timeout
+    while not goes_direct(handle):
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+def switch_to_direct(handle) -> None:
+    assert reach_directly(handle), "this client never called the actor directly"
+
+
 @tg.remote
 def call_from_a_task(actor, n):
     """Switch this task's process to direct calls, then call n times."""
-    deadline = time.monotonic() + 15
-    route = None
-    while time.monotonic() < deadline:
-        tg.get(actor.history.remote())
-        route = tg._api.client()._routes.get(actor._actor_id)
-        if route is not None and route.channel is not None:
-            break
-        time.sleep(0.01)
-    went_direct = route is not None and route.channel is not None
+    switched = reach_directly(actor)
+    before = tg.statistics().direct_actor_calls
     results = tg.get([actor.add.remote(("task", i)) for i in range(n)])
+    went_direct = switched and tg.statistics().direct_actor_calls == before + n
     return went_direct, results
 
 
 @tg.remote
 def direct_refs_from_a_task(actor):
     """Return refs to direct returns, top-level and boxed."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        tg.get(actor.history.remote())
-        route = tg._api.client()._routes.get(actor._actor_id)
-        if route is not None and route.channel is not None:
-            break
-        time.sleep(0.01)
-    return [actor.echo.remote(41), actor.big.remote(50_000)]
+    assert reach_directly(actor)
+    before = tg.statistics().direct_actor_calls
+    refs = [actor.echo.remote(41), actor.big.remote(50_000)]
+    assert tg.statistics().direct_actor_calls == before + 2
+    return refs
 
 
 @tg.remote
@@ -220,18 +236,43 @@ def hand_back_a_call(actor, box):
 # -- helpers -------------------------------------------------------------------------
 
 
-def learn_the_address(handle) -> ActorRoute:
-    """Have this client learn where the actor listens, without switching yet."""
-    c = tg._api.client()
+def alive_log() -> tg.ActorHandle:
+    """A new Log, returned once it is alive (so it takes direct calls: its process
+    tells the scheduler where it listens before it reports its creation), and
+    not yet called by this client."""
+    known = {t["task_id"] for t in list_tasks()}
+    handle = Log.remote()
     wait_for(
-        lambda: c.query("actor_direct", handle._actor_id.hex()),
-        what="the actor to take direct calls",
+        lambda: any(
+            t["task_id"] not in known and t["name"] == "Log.__init__" and t["state"] == "FINISHED"
+            for t in list_tasks()
+        ),
+        what="the actor to be alive",
     )
-    tg.get(handle.history.remote())  # the first call: through the scheduler, and it asks
-    route = c._routes[handle._actor_id]
-    wait_for(lambda: route.address, what="the client to learn the actor's address")
-    assert route.channel is None and not route.unanswered
-    return route
+    return handle
+
+
+def listening(pid: int) -> list[str]:
+    """The socket files a process listens on (the actor's direct-call socket)."""
+    try:
+        return sorted({c.laddr for c in psutil.Process(pid).net_connections("unix") if c.laddr})
+    except psutil.NoSuchProcess:
+        return []
+
+
+def round_trip() -> None:
+    """One query answered by the scheduler: the answers to what this client asked
+    before (where an actor listens) have come and been taken in."""
+    tg.cluster_resources()
+
+
+def learn_the_address(handle) -> None:
+    """Have this client learn where an alive actor listens, without switching yet: its
+    first call goes through the scheduler and the client asks meanwhile."""
+    before = tg.statistics().direct_actor_calls
+    tg.get(handle.history.remote())  # answered: no call through the scheduler is pending
+    round_trip()
+    assert tg.statistics().direct_actor_calls == before, "switched already"
 
 
 def alive(pid: int) -> bool:
@@ -258,9 +299,8 @@ def _fails(handle) -> bool:
 
 
 def direct_state_is_clean() -> bool:
-    c = tg._api.client()
-    with c._lock:
-        return not c._direct and not c._unregistered
+    """No return of a direct call is awaited from a channel any more."""
+    return tg.statistics().awaiting_channels == 0
 
 
 def second_driver(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -284,14 +324,13 @@ import numpy as np
 import taskgraph as tg
 a = tg.get_actor({name!r}, namespace={namespace!r})
 deadline = time.monotonic() + 15
-while time.monotonic() < deadline:
+while True:
+    before = tg.statistics().direct_actor_calls
     tg.get(a.history.remote())
-    route = tg._api.client()._routes.get(a._actor_id)
-    if route is not None and route.channel is not None:
+    if tg.statistics().direct_actor_calls == before + 1:
         break
-    time.sleep(0.01)
-else:
-    sys.exit("never went direct")
+    if time.monotonic() > deadline:
+        sys.exit("never went direct")
 """
 
 
@@ -314,6 +353,7 @@ def test_calls_from_several_threads_all_return_the_right_results():
         except BaseException as exc:  # reported below, on the test's thread
             errors.append(exc)
 
+    before = tg.statistics().direct_actor_calls
     threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
     for thread in threads:
         thread.start()
@@ -321,7 +361,7 @@ def test_calls_from_several_threads_all_return_the_right_results():
         thread.join(timeout=60)
     assert not errors and not any(t.is_alive() for t in threads)
     assert results == {t: list(range(150)) for t in range(4)}
-    assert direct(log)
+    assert tg.statistics().direct_actor_calls == before + 600
     tg.kill(log)
 
 
@@ -386,13 +426,14 @@ def test_actor_pool_over_direct_actors():
     for actor in actors:
         switch_to_direct(actor)
     pool = ActorPool(actors)
+    before = tg.statistics().direct_actor_calls
     assert list(pool.map(lambda a, v: a.echo.remote(v * v), range(60))) == [
         v * v for v in range(60)
     ]
     assert sorted(
         pool.map_unordered(lambda a, v: a.slow.remote(v, 0.001 * (v % 5)), range(30))
     ) == (list(range(30)))
-    assert all(direct(a) for a in actors)
+    assert tg.statistics().direct_actor_calls == before + 90
     kill_and_wait(*actors)
 
 
@@ -426,16 +467,17 @@ def test_refs_to_direct_returns_travel_everywhere():
 def test_refs_dropped_before_their_answers_leave_nothing_behind():
     log = Log.remote()
     switch_to_direct(log)
+    before = tg.statistics().direct_actor_calls
     for _ in range(3):
         for i in range(30):
             log.slow.remote(i, 0.001)  # small, dropped at once
             log.slow_big.remote(200_000, 0.001)  # 1.6 MB in the store, dropped at once
             log.boxed.remote(20_000)  # holds a ref, dropped at once
         tg.get(log.history.remote())  # all of the above have been answered
+    assert tg.statistics().direct_actor_calls == before + 3 * 91
     gc.collect()
     wait_for(lambda: not stored(), what="the dropped returns to be freed")
     wait_for(direct_state_is_clean, what="the client to forget the direct calls")
-    assert direct(log)
     tg.kill(log)
 
 
@@ -518,6 +560,7 @@ def test_wait_as_completed_futures_and_await_on_direct_refs():
 def test_errors_in_direct_calls_keep_the_actor_and_its_state():
     log = Log.remote()
     switch_to_direct(log)
+    before = tg.statistics().direct_actor_calls
     tg.get(log.add.remote("before"))
     refs = [log.fail.remote(f"bad {i}") for i in range(5)]
     for i, ref in enumerate(refs):
@@ -528,7 +571,7 @@ def test_errors_in_direct_calls_keep_the_actor_and_its_state():
     # A method returning the wrong number of values fails like one that raised.
     with pytest.raises(TaskError, match="num_returns=2"):
         tg.get(log.triple.options(num_returns=2).remote(1)[0])
-    assert direct(log)
+    assert tg.statistics().direct_actor_calls == before + 9
     tg.kill(log)
 
 
@@ -659,7 +702,7 @@ def test_each_threads_calls_run_in_the_order_it_made_them():
 
 
 def test_threads_switching_together_open_one_channel(monkeypatch):
-    log = Log.remote()
+    log = alive_log()
     learn_the_address(log)
     opened: list[DirectChannel] = []
 
@@ -676,12 +719,14 @@ def test_threads_switching_together_open_one_channel(monkeypatch):
         start.wait()
         tg.get([log.add.remote((t, i)) for i in range(10)], timeout=30)
 
+    before = tg.statistics().direct_actor_calls
     threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert len(opened) == 1
+    assert tg.statistics().direct_actor_calls == before + 40  # each through that one
     history = tg.get(log.history.remote())
     for t in range(4):
         assert [i for (u, i) in history if u == t] == list(range(10))
@@ -689,18 +734,14 @@ def test_threads_switching_together_open_one_channel(monkeypatch):
 
 
 def test_a_thread_that_raced_the_switch_keeps_its_order(monkeypatch):
-    log = Log.remote()
-    c = tg._api.client()
-    wait_for(
-        lambda: c.query("actor_direct", log._actor_id.hex()),
-        what="the actor to take direct calls",
-    )
-    # The first call goes through the scheduler, unanswered for 0.3 s (no switch
-    # until it ends); the client asks for the address meanwhile.
-    pending = log.add.remote(slowly.remote("held", 0.3))
-    route = c._routes[log._actor_id]
-    wait_for(lambda: route.address, what="the client to learn the actor's address")
-    assert route.unanswered and route.channel is None
+    log = alive_log()
+    # Its first call goes through the scheduler, unanswered for a while (no switch until
+    # it ends); the client has learned the address by the round trip after it.
+    before = tg.statistics().direct_actor_calls
+    pending = log.add.remote(slowly.remote("held", 1.0))
+    round_trip()
+    assert tg.wait([pending], timeout=0)[0] == [], "the slow call ended already"
+    assert tg.statistics().direct_actor_calls == before
     # Thread A's "may I switch?" sees the unanswered call and says no; it is slowed
     # down so that this thread ends that call and calls meanwhile (the window is
     # between may_switch() and queueing the call through the scheduler).
@@ -730,6 +771,7 @@ def test_a_thread_that_raced_the_switch_keeps_its_order(monkeypatch):
     tg.get(made, timeout=30)
     history = tg.get(log.history.remote(), timeout=30)
     assert history.index("a1") < history.index("a2"), history
+    assert tg.statistics().direct_actor_calls > before  # the switch came meanwhile
     del made[:]
     kill_and_wait(log)
 
@@ -812,7 +854,7 @@ def test_calls_after_kill_do_not_try_the_dead_actors_socket(monkeypatch):
 def test_a_dead_actors_socket_file_is_removed():
     log = Log.remote()
     switch_to_direct(log)
-    path = tg._api.client()._routes[log._actor_id].address.removeprefix("unix://")
+    [path] = listening(tg.get(log.pid.remote()))
     assert os.path.exists(path)
     kill_and_wait(log)
     wait_for(lambda: not os.path.exists(path), timeout=3, what="the socket file to go")
@@ -826,7 +868,7 @@ def test_a_caller_that_keeps_calling_while_the_actor_waits_for_an_argument_does_
     finished = threading.Event()
 
     def flood() -> None:
-        late = b.slow.remote(1, 0.5)  # direct: its ref leaves as a promise
+        late = b.slow.remote(1, 0.5)  # direct: the actor asks the scheduler for it
         a.add.remote(late)  # the actor's serve thread waits for `late`
         pad = b"x" * 20_000  # inline (under the put threshold); 200 of them fill the socket
         for _ in range(200):
@@ -857,18 +899,11 @@ def test_a_done_callback_may_call_an_actor_directly_with_a_ref_argument():
         chained.set()
 
     slowly.remote(1, 0.05).future().add_done_callback(chain)
-    c = tg._api.client()
-    try:
-        assert chained.wait(5), "the callback is stuck in .remote()"
-    finally:
-        while not chained.wait(0.05):  # unstick the reader: answer its pending queries
-            for fut in list(c._queries.values()):
-                if not fut.done():
-                    fut.set_result(None)
-        tg.get(out, timeout=30)
-        del out[:]
-        box = None  # the last ref here
-        kill_and_wait(log)
+    assert chained.wait(5), "the callback is stuck in .remote()"
+    assert tg.get(out, timeout=30) == [len(tg.get(log.history.remote()))]
+    del out[:]
+    box = None  # the last ref here
+    kill_and_wait(log)
 
 
 def test_a_large_return_for_a_caller_that_left_is_freed():
@@ -892,14 +927,19 @@ def test_a_large_return_for_a_caller_that_left_is_freed():
 
 def test_the_routes_a_client_remembers_are_bounded(monkeypatch):
     monkeypatch.setattr(client_module, "MAX_ROUTES", 3)
-    c = tg._api.client()
     pids = []
     for _ in range(6):
         log = Log.remote()
         pids.append(tg.get(log.pid.remote()))
         del log  # its last handle: the actor is stopped
     wait_for(lambda: not any(alive(pid) for pid in pids), what="the actors to stop")
-    assert len([r for r in c._routes.values() if r.channel is None]) <= 3
+    gc.collect()
+    # What this process holds of its ways to actors (none is called directly).
+    assert len([o for o in gc.get_objects() if isinstance(o, ActorRoute)]) <= 3
+    # A forgotten actor called again is asked for again, and switched to.
+    log = Log.remote()
+    switch_to_direct(log)
+    kill_and_wait(log)
 
 
 def _free_orphans(hex_ids: set[str]) -> None:

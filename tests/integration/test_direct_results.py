@@ -52,8 +52,9 @@ def listener():
 
 
 def test_waited_for_results_come_from_the_executor(fresh_cluster):
+    before = tg.statistics().results_direct
     assert [tg.get(double.remote(i)) for i in range(50)] == [2 * i for i in range(50)]
-    assert listener()._buffers, "the executors that ran them connected to the driver"
+    assert tg.statistics().results_direct > before, "handed over by the executors that ran them"
     # Results nobody waits for yet still arrive the usual way.
     refs = [double.remote(i) for i in range(200)]
     assert tg.get(refs) == [2 * i for i in range(200)]
@@ -62,7 +63,11 @@ def test_waited_for_results_come_from_the_executor(fresh_cluster):
 def test_what_may_not_be_handed_over_goes_through_the_scheduler(fresh_cluster, tmp_path):
     arr = tg.get(big.remote(1_000_000))  # in the store, not inline
     assert arr[-1] == 999_999
+    before = tg.statistics()
     (inner,) = tg.get(holding.remote(5))  # a ref inside: the scheduler must know first
+    after = tg.statistics()
+    assert after.results_direct == before.results_direct
+    assert after.results_via_scheduler == before.results_via_scheduler + 1
     assert tg.get(inner) == 5
     # A failure is not handed over: the scheduler retries the task.
     assert tg.get(fails_once.remote(str(tmp_path / "marker"))) == "second try"
@@ -96,7 +101,7 @@ def test_direct_results_can_be_turned_off():
         "import taskgraph as tg\n"
         "tg.init(num_cpus=1)\n"
         "f = tg.remote(lambda x: x + 1)\n"
-        "print(tg._api.client().deliveries, [tg.get(f.remote(i)) for i in range(3)])\n"
+        "print([tg.get(f.remote(i)) for i in range(3)], tg.statistics().results_direct)\n"
         "tg.shutdown()\n"
     )
     env = {**os.environ, "TASKGRAPH_DIRECT_RESULTS": "0"}
@@ -104,7 +109,7 @@ def test_direct_results_can_be_turned_off():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "None [1, 2, 3]"
+    assert out.stdout.strip() == "[1, 2, 3] 0"
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)

@@ -1,12 +1,17 @@
 """Returns of direct actor calls and leased tasks, under attack.
 
-Three mechanisms: a large return left in the executor's store is registered
-with the scheduler by the executor itself (``register_stored``, held until the
-caller's ``DirectAck``); a lease's end waits for those acks
-(``LeaseChannel._shut_when_done``); ``Client.direct_answered`` stores values
-and clears ``_direct`` before it runs callbacks. Each test drives its calls
-onto the direct path or a lease, then races refs that leave the caller,
-refs that are dropped, callers and executors that die, and callbacks.
+A task sent straight to an executor (an actor called directly, a lease) is
+recorded with the scheduler by its caller and reported by its executor before
+that executor answers the caller (docs/architecture.md, "One road for every
+task"): a large return stays in the executor's store and the report says where;
+a return holding refs is not handed over (the caller asks the scheduler); when
+the channel is lost the caller asks the scheduler, which has the report, retries
+the task or fails it; and what a dying executor sealed in its store but never
+announced is freed by its daemon. ``Client.channel_answered`` stores values
+before it runs callbacks. Each test drives its calls onto the direct path or a
+lease, then races refs that leave the caller, refs that are dropped, callers
+and executors that die, and callbacks. Paths are read from public counts
+(``tg.statistics()``).
 
 The stored-object leak check of conftest cannot see into a fresh cluster once
 it is shut down, so each test checks the store itself before it ends.
@@ -21,6 +26,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -29,7 +35,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import stored, switch_to_direct, wait_for
+from conftest import stored, wait_for
 from taskgraph.exceptions import ActorDiedError, ObjectLostError
 
 BIG = 200_000  # float64/int64 elements: 1.6 MB, well above the 100 KiB inline limit
@@ -117,6 +123,14 @@ def pid():
 
 
 @tg.remote
+def wait_for_path(path):
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return os.path.exists(path)
+
+
+@tg.remote
 def slow_big(n, delay):
     time.sleep(delay)
     return np.arange(n)
@@ -137,34 +151,62 @@ def big_holding(n, delay):
 # -- helpers ------------------------------------------------------------------------
 
 
-ONE_CPU = (("CPU", 1.0),)
+def goes_direct(handle) -> bool:
+    """Make one call (``history``) and say whether it went straight to the actor."""
+    before = tg.statistics().direct_actor_calls
+    tg.get(handle.history.remote(), timeout=30)
+    return tg.statistics().direct_actor_calls == before + 1
 
 
-def lease(shape=ONE_CPU):
-    r = tg._api.client().leases.routes.get(shape)
-    return r.channel if r is not None else None
+def switch_to_direct(handle) -> None:
+    """Call the actor until this client calls it directly."""
+    wait_for(lambda: goes_direct(handle), what="the client to call the actor directly")
 
 
-def leased(fn=pid, *args, shape=ONE_CPU):
-    """Await ``fn`` one call at a time until its calls go on a lease; return the lease."""
-    wait_for(
-        lambda: tg.get(fn.remote(*args), timeout=30) is not None and lease(shape), what="a lease"
-    )
-    return lease(shape)
+def leased_so_far() -> int:
+    """Tasks this driver sent down a lease so far."""
+    return tg.statistics().tasks_leased
 
 
-def on_lease(ref, channel) -> bool:
-    return ref.id[:12] + b"\0\0\0\0" in channel.in_flight
+def leased(fn=pid, *args) -> None:
+    """Await ``fn`` one call at a time until a call goes on a lease (which is then idle)."""
+
+    def one_went_on_a_lease() -> bool:
+        before = leased_so_far()
+        tg.get(fn.remote(*args), timeout=30)
+        return leased_so_far() == before + 1
+
+    wait_for(one_went_on_a_lease, what="a lease")
+
+
+def on_lease(submit):
+    """Call ``submit`` (it submits one task); return what it returns, and whether
+    the task went down a lease."""
+    before = leased_so_far()
+    out = submit()
+    return out, leased_so_far() == before + 1
 
 
 def cpus_free(n=2.0) -> bool:
     return tg.available_resources().get("CPU") == n
 
 
+def end_leases(n=2.0) -> None:
+    """A burst lets this driver's lease go (the second task comes while the first,
+    held until then, is on it); then every CPU is free again."""
+    with tempfile.TemporaryDirectory() as folder:
+        go = os.path.join(folder, "go")
+        first = wait_for_path.remote(go)
+        second = pid.remote()
+        open(go, "w").close()
+        assert tg.get([first, second], timeout=30)
+    assert tg.statistics().open_leases == 0
+    wait_for(lambda: cpus_free(n), what="every CPU back")
+
+
 def direct_state_is_clean() -> bool:
-    c = tg._api.client()
-    with c._lock:
-        return not c._direct and not c._unregistered and not c._promised
+    """No return of a task sent down a channel is awaited from it any more."""
+    return tg.statistics().awaiting_channels == 0
 
 
 def store_empties(before: frozenset[str] | set[str] = frozenset(), timeout: float = 3) -> None:
@@ -202,12 +244,13 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, err
 
 
-# -- 1. register_stored: direct actor calls -------------------------------------------
+# -- 1. large returns of direct actor calls ------------------------------------------
 
 
 def test_a_large_direct_return_passed_on_before_and_after_its_answer(fresh_cluster):
-    """Before the answer the ref leaves as a promise (the executor's registration is
-    then ignored and the caller's put keeps the promise); after, it is registered."""
+    """Before the answer the ref leaves for a task, a put and another actor, which
+    wait for the call's report (the scheduler recorded the call); after, the
+    scheduler has that report already."""
     a, b = Store.remote(), Store.remote()
     switch_to_direct(a)
     switch_to_direct(b)
@@ -237,7 +280,7 @@ def test_large_direct_returns_dropped_before_and_after_their_answers(fresh_clust
     for _ in range(10):
         a.slow_big.remote(BIG, 0.01)  # dropped at once, in flight
         ref = a.slow_big.remote(BIG, 0.01)
-        box = tg.put([ref])  # promised, then both dropped while in flight
+        box = tg.put([ref])  # passed on, then both dropped while in flight
         del ref, box
         ref = a.big.remote(BIG)
         tg.wait([ref], timeout=30)
@@ -295,7 +338,7 @@ def total(x):
 for i in range(20):
     ref = a.slow_big.remote(200_000, 0.002 * (i % 3), float(i))
     if i % 2:
-        box = tg.put([ref])  # leaves before its answer (a promise)
+        box = tg.put([ref])  # leaves before its answer
         assert tg.get(total.remote(ref), timeout=30) == 200_000 * i
         del box
     elif i % 4:
@@ -352,6 +395,14 @@ def test_a_large_direct_return_that_holds_refs(fresh_cluster):
     a, keeper = Store.remote(), Store.remote()
     switch_to_direct(a)
     switch_to_direct(keeper)
+    # Holding refs, it is not handed over: the actor says so, the scheduler sends it.
+    before = tg.statistics()
+    d = tg.get(a.big_holding.remote(BIG, 0), timeout=30)
+    after = tg.statistics()
+    assert after.direct_actor_calls == before.direct_actor_calls + 1
+    assert after.results_via_scheduler == before.results_via_scheduler + 1
+    assert after.results_direct == before.results_direct
+    del d
     for _ in range(4):
         ref = a.big_holding.remote(BIG, 0.05)
         t = inner_total.remote(ref)  # leaves before the answer
@@ -362,7 +413,8 @@ def test_a_large_direct_return_that_holds_refs(fresh_cluster):
         outer = ref.hex()
         del d, ref, t
         gc.collect()
-        # The return itself is freed (the executor's hold went with the ack) ...
+        # The return itself is freed (the report held what it holds, until the
+        # scheduler had the refs taken out of it) ...
         wait_for(lambda o=outer: o not in stored(), what="the outer return to be freed")
         # ... and what it held is still there.
         assert float(tg.get(inner, timeout=30).sum()) == BIG * 7.0
@@ -384,37 +436,38 @@ from taskgraph import _wire as w
 a = tg.get_actor({name!r}, namespace={namespace!r})
 deadline = time.monotonic() + 15
 while True:
+    before = tg.statistics().direct_actor_calls
     tg.get(a.history.remote())
-    route = tg._api.client()._routes.get(a._actor_id)
-    if route is not None and route.channel is not None:
+    if tg.statistics().direct_actor_calls == before + 1:
         break
     if time.monotonic() > deadline:
         sys.exit("never went direct")
-    time.sleep(0.01)
 """
 
-DIE_ON_DIRECT_ANSWER = """
-from taskgraph._direct import DirectChannel
-answered = DirectChannel._answered
-def dying(self, result, needs_ack, registered):
-    if any(r.location is not None for r in result.returns):
-        os._exit(0)  # the answer is read, the caller dies before acting on it
-    return answered(self, result, needs_ack, registered)
-DirectChannel._answered = dying
+# The caller reads an answer with a large return (in the executor's store) from
+# its channel (an actor's connection, or a lease's), and dies before taking it in.
+DIE_ON_ANSWER = """
+from taskgraph._client import Client
+answered = Client.channel_answered
+def dying(self, oids, answer):
+    if any(r.location is not None for r in answer.result.returns):
+        os._exit(0)
+    return answered(self, oids, answer)
+Client.channel_answered = dying
 """
 
 
 @pytest.mark.parametrize("passed_on", [False, True], ids=["kept", "passed-on"])
 def test_a_caller_that_dies_as_a_large_direct_answer_reaches_it(fresh_cluster, passed_on):
-    """The actor stored and registered the return; the caller dies as the answer comes.
-    With ``passed_on``, a ref to it left the caller first (a promise)."""
+    """The actor stored and reported the return; the caller dies as the answer comes.
+    With ``passed_on``, a ref to it left the caller first (in a put)."""
     name = f"dying-caller-{passed_on}"
     actor = Store.options(name=name).remote()
     tg.get(actor.history.remote())
     before = stored()
     script = (
         SWITCH.format(name=name, namespace=tg._api._runtime.namespace)
-        + DIE_ON_DIRECT_ANSWER
+        + DIE_ON_ANSWER
         + "ref = a.slow_big.remote(200_000, 0.5)\n"
         + ("box = tg.put([ref])\n" if passed_on else "")
         + "tg.cluster_resources()\n"  # a round trip: what was sent is at the scheduler
@@ -441,15 +494,18 @@ def test_a_caller_killed_at_various_points_of_large_direct_answers(fresh_cluster
         + ("    box = tg.put([refs[-1]])\n" if passed_on else "")
         + "    if len(refs) > 4:\n"
         "        tg.wait([refs.pop(0)])\n"  # a few in flight at any time
+        "        print('answered', flush=True)\n"
     )
     script = SWITCH.format(name=name, namespace=tg._api._runtime.namespace) + loop
-    for delay in (0.0, 0.05, 0.2):
+    for answered in (0, 3, 20):  # killed after that many answers (a few more in flight)
         proc = driver(script)
         try:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 pytest.fail(f"the driver did not start: {proc.communicate()[1]}")
-            time.sleep(delay)  # lets it run for a while (not a wait for state)
+            for _ in range(answered):
+                if proc.stdout.readline().strip() != "answered":
+                    pytest.fail(f"the driver stopped: {proc.communicate()[1]}")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
@@ -459,20 +515,22 @@ def test_a_caller_killed_at_various_points_of_large_direct_answers(fresh_cluster
 
 @pytest.mark.parametrize("passed_on", [False, True], ids=["kept", "passed-on"])
 def test_kill_with_a_large_direct_answer_sent_but_unread(fresh_cluster, passed_on, tmp_path):
-    """The actor stored, registered and sent a large return; the caller's reader is
-    busy in a slow callback of an earlier answer when ``tg.kill`` closes the channel,
-    so it never reads that answer. With ``passed_on`` the ref left first (a promise)."""
+    """The actor stored, reported and sent a large return; the caller's reader is
+    busy in a slow callback of an earlier answer when ``tg.kill`` lets the channel
+    go, so it does not read that answer. The call ran and was reported before the
+    kill: its value comes from the scheduler; the call that was running fails.
+    With ``passed_on`` the ref left first (in a put)."""
     a = Store.remote()
     switch_to_direct(a)
-    channel = tg._api.client()._routes[a._actor_id].channel
+    assert tg.statistics().direct_actors == 1
     killing = threading.Event()
 
     def slow_callback(_):
         # On the channel's reader thread: it reads nothing more until the kill has
-        # closed the channel (a slow callback, as a user may write one).
+        # let the channel go (a slow callback, as a user may write one).
         killing.wait(30)
         deadline = time.monotonic() + 30
-        while not channel.conn._rfile.closed and time.monotonic() < deadline:
+        while tg.statistics().direct_actors and time.monotonic() < deadline:
             time.sleep(0.01)
 
     marker = tmp_path / "started"
@@ -485,53 +543,57 @@ def test_kill_with_a_large_direct_answer_sent_but_unread(fresh_cluster, passed_o
     wait_for(marker.exists, what="the actor to start its last call")
     killing.set()
     tg.kill(a)
-    for ref in (large, last):
-        with pytest.raises(ActorDiedError):
-            tg.get(ref, timeout=30)
-    del first, large, box, last, ref, a
+    assert tg.get(large, timeout=30)[-1] == 1.0
+    if passed_on:
+        assert tg.get(total.remote(tg.get(box)[0]), timeout=30) == BIG * 1.0
+    with pytest.raises(ActorDiedError):
+        tg.get(last, timeout=30)
+    del first, large, box, last, a
     store_empties()
     wait_for(direct_state_is_clean, what="the client to forget the direct calls")
 
 
-# -- 2. leases: registered returns and the lease's end -------------------------------
+# -- 2. leases: large returns, returns holding refs, and the lease's end -------------
 
 
 def test_large_leased_returns_passed_on_before_their_answers(lasting, fresh_cluster):
     for _ in range(5):
-        channel = leased()
-        ref = slow_big.remote(BIG, 0.05)
-        assert on_lease(ref, channel)
-        box = tg.put([ref])  # a promise: the executor's registration is then ignored
+        leased()
+        ref, went = on_lease(lambda: slow_big.remote(BIG, 0.05))
+        assert went
+        box = tg.put([ref])  # leaves before the answer: the put waits for its report
         t = total.options(scheduling_strategy="SPREAD").remote(ref)
         assert tg.get(t, timeout=30) == float(sum(range(BIG)))
         assert tg.get(tg.get(box)[0])[-1] == BIG - 1
         del ref, box, t
     store_empties()
-    tg._api.client().leases.close()
-    wait_for(cpus_free, what="every CPU back")
+    end_leases()
 
 
 def test_a_small_and_a_large_leased_return(lasting, fresh_cluster):
-    channel = leased()
+    leased()
     for i in range(5):
-        small, large = small_and_big.remote(i, BIG, 0.02)
-        assert on_lease(small, channel)
+        (small, large), went = on_lease(lambda i=i: small_and_big.remote(i, BIG, 0.02))
+        assert went
         boxed = tg.put([small])  # only the small one leaves
         assert tg.get(large, timeout=30)[0] == i
         assert tg.get(tg.get(boxed)[0]) == i
         del small, large, boxed
+        leased()
         small, large = small_and_big.remote(i, BIG, 0.02)
         boxed = tg.put([large])  # only the large one leaves
         assert tg.get(small, timeout=30) == i
         assert tg.get(tg.get(boxed)[0])[0] == i
         del small, large, boxed
-        channel = leased()
+        leased()
     store_empties()
+    end_leases()
 
 
 def test_large_leased_returns_holding_refs_as_leases_end_by_idle(fleeting, fresh_cluster):
-    """The executor keeps what the returns hold, and the returns it stored, until the
-    driver's acks; with a 1 ms idle limit each lease ends before those come."""
+    """Returns holding refs come through the scheduler (the executor's report holds
+    what they hold); with a 1 ms idle limit each lease ends before the driver has
+    asked the scheduler for them."""
     lost = []
     for i in range(30):
         d = tg.get(big_holding.options(max_retries=0).remote(BIG, 0), timeout=30)
@@ -548,43 +610,43 @@ def test_large_leased_returns_holding_refs_as_leases_end_by_idle(fleeting, fresh
     store_empties()
 
 
-def test_a_lease_ends_with_acks_outstanding_from_a_burst(lasting, fresh_cluster):
-    """A burst ends the lease from the driver's side while several large, ref-holding
-    answers wait for their acks: the lease must still end and free its CPU."""
+def test_a_burst_ends_a_lease_whose_ref_holding_return_is_still_coming(lasting, fresh_cluster):
+    """A burst ends the lease from the driver's side while a large, ref-holding return
+    is on its way through the scheduler: the lease must still end and free its CPU."""
     for _ in range(3):
-        channel = leased()
-        first = big_holding.remote(BIG, 0.05)
-        assert on_lease(first, channel)
+        leased()
+        first, went = on_lease(lambda: big_holding.remote(BIG, 0.05))
+        assert went
+        before = leased_so_far()
         burst = [slow_big.remote(BIG, 0) for _ in range(4)]  # ends the lease
-        assert channel.ending
+        assert leased_so_far() == before and tg.statistics().open_leases == 0
         assert tg.get(inner_total.remote(first), timeout=30) == BIG * 9.0
         assert [tg.get(r)[-1] for r in burst] == [BIG - 1] * 4
         del first, burst
-        wait_for(lambda ch=channel: ch._shut, what="the driver's side of the lease to close")
-    tg._api.client().leases.close()
-    wait_for(cpus_free, what="every CPU back")
+        # The lease lasts 60 s idle: only the driver's end lets its CPU go.
+        wait_for(cpus_free, what="the lease to end")
     store_empties()
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
-def test_a_revoked_lease_with_acks_outstanding_gives_its_cpu_back(lasting, fresh_cluster):
+def test_a_revoked_lease_with_a_ref_holding_return_gives_its_cpu_back(lasting, fresh_cluster):
     """One CPU: a task that cannot be leased (SPREAD) needs the leased CPU just as the
-    lease answered large, ref-holding returns whose acks are on their way."""
+    lease answered a large, ref-holding return (which the driver asks the scheduler for)."""
     for _ in range(3):
-        channel = leased()
-        ref = big_holding.remote(BIG, 0)
-        assert on_lease(ref, channel)
+        leased()
+        ref, went = on_lease(lambda: big_holding.remote(BIG, 0))
+        assert went
         other = total.options(scheduling_strategy="SPREAD").remote(1.0)  # revokes the lease
         d = tg.get(ref, timeout=30)
         assert tg.get(other, timeout=30) == 1.0
         assert float(tg.get(d["inner"], timeout=30).sum()) == BIG * 7.0
         del ref, d, other
-    tg._api.client().leases.close()
     wait_for(lambda: cpus_free(1.0), what="the CPU back")
     store_empties()
 
 
-DRIVER_ON_A_LEASE = """
+DRIVER_ON_A_LEASE = (
+    """
 import os, sys, time
 import numpy as np
 import taskgraph as tg
@@ -599,24 +661,22 @@ def slow_big(n, delay):
     return np.arange(n)
 
 tg.init()
-routes = tg._api.client().leases.routes
 deadline = time.monotonic() + 15
-while routes.get((("CPU", 1.0),)) is None or routes[(("CPU", 1.0),)].channel is None:
+while True:
+    before = tg.statistics().tasks_leased
     tg.get(pid.remote())
+    if tg.statistics().tasks_leased == before + 1:
+        break
     if time.monotonic() > deadline:
         sys.exit("no lease")
-from taskgraph import _wire as w
-from taskgraph._deliveries import DeliveryListener
-handle = DeliveryListener._handle
-def dying(self, sock, msgs):
-    for m in msgs:
-        if isinstance(m, w.DirectResult) and any(r.location for r in m.result.returns):
-            os._exit(0)  # read the answer, die before acting on it
-    return handle(self, sock, msgs)
-DeliveryListener._handle = dying
-ref = slow_big.remote(200_000, 0.5)
-assert routes[(("CPU", 1.0),)].channel.in_flight
 """
+    + DIE_ON_ANSWER
+    + """
+before = tg.statistics().tasks_leased
+ref = slow_big.remote(200_000, 0.5)
+assert tg.statistics().tasks_leased == before + 1
+"""
+)
 
 
 @pytest.mark.parametrize("passed_on", [False, True], ids=["kept", "passed-on"])
@@ -635,18 +695,21 @@ def test_a_driver_that_dies_as_a_large_leased_answer_reaches_it(lasting, fresh_c
     store_empties(before)
 
 
-# -- executors that die right after registering a return ------------------------------
+# -- executors that die with a large return sealed in their store ------------------
 
 
-CRASH_AT_REGISTERING = """
-def crash_at_registering(module, after, linger_pidfile):
-    original = module.register_stored
-    def register_and_die(client, result):
-        if not any(r.location is not None for r in result.returns):
-            return original(client, result)
-        holds = original(client, result) if after else []  # (kept: our hold on the returns)
-        if holds:
-            client.query("ping")  # the scheduler has the registration
+CRASH_AT_REPORTING = """
+def crash_at_reporting(client, after, linger_pidfile):
+    from taskgraph.worker import direct, lease
+
+    # An executor runs as ``python -m taskgraph.worker.executor``: its class is
+    # __main__'s (patching it there is patching taskgraph.worker.executor's).
+    Executor = sys.modules["__main__"].Executor
+
+    def large(result):
+        return any(r.location is not None for r in result.returns)
+
+    def die():
         if linger_pidfile and os.fork() == 0:
             # A child that keeps only our connection to the worker daemon open
             # for a second: the daemon (so the scheduler) hears of our death
@@ -666,18 +729,45 @@ def crash_at_registering(module, after, linger_pidfile):
             while not os.path.exists(linger_pidfile):
                 time.sleep(0.001)
         os._exit(1)
-    module.register_stored = register_and_die
+
+    if after:
+        # Reported (a stored return's report is sent before the answer: Executed
+        # is on our stream to the daemon), its caller not answered.
+        reply, answer = direct.DirectServer.reply, lease.direct_answer
+
+        def reply_or_die(server, result):
+            if large(result):
+                die()
+            return reply(server, result)
+
+        def answer_or_die(result):
+            if large(result):
+                die()
+            return answer(result)
+
+        direct.DirectServer.reply = reply_or_die
+        lease.direct_answer = answer_or_die
+    else:
+        # Sealed in our store, never announced: not reported.
+        report = Executor.report
+
+        def report_or_die(self, result, *args, **kwargs):
+            if large(result):
+                die()
+            return report(self, result, *args, **kwargs)
+
+        Executor.report = report_or_die
 """
 
 
-def crash_at_registering(module, after: bool, linger_pidfile: str = "") -> None:
-    """Make this executor die as it registers its next stored return: just before
-    (the return is sealed in the store, unregistered) or just after (registered,
-    the caller not answered). A crash at that point, injected. With
-    ``linger_pidfile``, the scheduler hears of the death a second after the caller."""
-    namespace = {"os": os, "time": time}
-    exec(CRASH_AT_REGISTERING, namespace)
-    namespace["crash_at_registering"](module, after, linger_pidfile)
+def crash_at_reporting(after: bool, linger_pidfile: str = "") -> None:
+    """Make this executor die with its next large return sealed in its store: just
+    before its report (``after=False``) or just after it, before answering the
+    caller. A crash at that point, injected. With ``linger_pidfile``, the
+    scheduler hears of the death a second after the caller."""
+    namespace = {"os": os, "sys": sys, "time": time}
+    exec(CRASH_AT_REPORTING, namespace)
+    namespace["crash_at_reporting"](tg._api.client(), after, linger_pidfile)
 
 
 def lingerer_gone(pidfile) -> None:
@@ -690,34 +780,39 @@ def lingerer_gone(pidfile) -> None:
 
 
 @tg.remote(max_retries=1)
-def big_then_crash(n, marker, pidfile):
-    """Returns a large array; the first time, its executor dies right after registering
-    it with the scheduler (before the driver hears of it)."""
+def big_then_crash(n, marker, runs, after, pidfile):
+    """Returns a large array; the first time, its executor dies with it sealed in its
+    store, before or after the report (before the driver hears of it)."""
+    with open(runs, "a") as f:
+        f.write("run\n")
     if not os.path.exists(marker):
         open(marker, "w").close()
-        from taskgraph.worker import lease as lease_module
-
-        crash_at_registering(lease_module, after=True, linger_pidfile=pidfile)
+        crash_at_reporting(after, pidfile)
     return np.arange(n)
 
 
-def test_a_leased_executor_that_dies_after_registering_a_large_return(
-    lasting, fresh_cluster, tmp_path
+@pytest.mark.parametrize("after", [False, True], ids=["before-report", "after-report"])
+def test_a_leased_executor_that_dies_with_a_large_return_sealed(
+    lasting, fresh_cluster, tmp_path, after
 ):
-    """The driver resends the task the usual way (it has a retry left); the rerun
-    makes the same return id that the dead executor registered and stored."""
-    channel = leased()
-    marker, pidfile = tmp_path / "crashed", tmp_path / "lingerer"
-    ref = big_then_crash.remote(BIG, str(marker), str(pidfile))
-    assert on_lease(ref, channel)
+    """Not reported: the scheduler runs it again (it has a retry left), and the rerun
+    makes the same return id that the dead executor sealed (and its daemon freed).
+    Reported: the scheduler has its value; it does not run again."""
+    leased()
+    marker, runs, pidfile = tmp_path / "crashed", tmp_path / "runs", tmp_path / "lingerer"
+    ref, went = on_lease(
+        lambda: big_then_crash.remote(BIG, str(marker), str(runs), after, str(pidfile))
+    )
+    assert went
     try:
         assert tg.get(ref, timeout=30)[-1] == BIG - 1
         assert marker.exists()
         assert tg.get(total.remote(ref), timeout=30) == float(sum(range(BIG)))
     finally:
         lingerer_gone(pidfile)
+    assert runs.read_text().count("run") == (1 if after else 2)
     del ref
-    wait_for(lambda: cpus_free(1.0 if lease() is not None else 2.0), what="dead leases' CPUs")
+    wait_for(lambda: cpus_free(2.0 - tg.statistics().open_leases), what="dead leases' CPUs")
     store_empties()
 
 
@@ -727,27 +822,35 @@ class Crashing:
         return []
 
     def arm(self, after, pidfile=""):
-        from taskgraph.worker import direct as direct_module
-
-        # reply() looks register_stored up in its module: patched there.
-        crash_at_registering(direct_module, after, pidfile)
+        crash_at_reporting(after, pidfile)
 
     def big(self, n):
         return np.full(n, 4.0)
 
 
-def test_an_actor_that_dies_after_registering_a_large_direct_return(fresh_cluster, tmp_path):
+@pytest.mark.parametrize("after", [False, True], ids=["before-report", "after-report"])
+def test_an_actor_that_dies_with_a_large_direct_return_sealed(fresh_cluster, tmp_path, after):
+    """Not reported: the call fails, and the daemon frees what the actor sealed.
+    Reported: the call ran; its value comes from the scheduler."""
     a = Crashing.remote()
     switch_to_direct(a)
     pidfile = tmp_path / "lingerer"
-    tg.get(a.arm.remote(True, str(pidfile)))
+    tg.get(a.arm.remote(after, str(pidfile)))
+    calls = tg.statistics().direct_actor_calls
     ref = a.big.remote(BIG)
+    assert tg.statistics().direct_actor_calls == calls + 1
     try:
-        with pytest.raises(ActorDiedError):
-            tg.get(ref, timeout=30)
-        # Passed on after the failure: what a task sees is what the driver saw.
-        with pytest.raises(ActorDiedError):
-            tg.get(total.remote(ref), timeout=30)
+        if after:
+            assert tg.get(ref, timeout=30)[-1] == 4.0
+            assert tg.get(total.remote(ref), timeout=30) == BIG * 4.0
+        else:
+            with pytest.raises(ActorDiedError):
+                tg.get(ref, timeout=30)
+            # Passed on after the failure: what a task sees is what the driver saw.
+            with pytest.raises(ActorDiedError):
+                tg.get(total.remote(ref), timeout=30)
+            # Sealed in the store and never announced: freed with the actor's process.
+            store_empties()
     finally:
         lingerer_gone(pidfile)
     del ref, a
@@ -755,7 +858,7 @@ def test_an_actor_that_dies_after_registering_a_large_direct_return(fresh_cluste
     wait_for(direct_state_is_clean, what="the client to forget the direct calls")
 
 
-# -- 3. direct_answered: values, then _direct cleared, then callbacks -----------------
+# -- 3. channel_answered: values, then callbacks ----------------------------------------
 
 
 def test_futures_and_callbacks_that_drop_large_direct_refs(fresh_cluster):
@@ -813,6 +916,7 @@ def test_asyncio_awaits_large_direct_and_leased_returns(lasting, fresh_cluster):
     a = Store.remote()
     switch_to_direct(a)
     leased(slow_big, 10, 0)
+    leased_before = leased_so_far()
 
     async def main():
         out = []
@@ -833,6 +937,7 @@ def test_asyncio_awaits_large_direct_and_leased_returns(lasting, fresh_cluster):
     for _ in range(10):
         expected += [[0.0, 1.0, 2.0], [BIG * 5.0, 5.0], [float(BIG - 1)]]
     assert out == expected
+    assert leased_so_far() > leased_before
     store_empties()
     wait_for(direct_state_is_clean, what="the client to forget the direct calls")
 
@@ -863,5 +968,4 @@ def test_leased_callbacks_drop_refs_and_submit_the_next_leased_task(lasting, fre
     assert finished.wait(30), seen
     assert seen == [BIG - 1] * 15
     store_empties()
-    tg._api.client().leases.close()
-    wait_for(cpus_free, what="every CPU back")
+    end_leases()
