@@ -171,6 +171,9 @@ class ClientRec:
     deliver: str = ""
     held: set[bytes] = field(default_factory=set)
     warned_shapes: set[tuple[Any, ...]] = field(default_factory=set)
+    # Actors whose processes lost our direct connection: the calls they got and
+    # had not answered then (see CallerLeft), applied when we leave.
+    channels_closed: dict[bytes, set[bytes]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -234,6 +237,9 @@ class SchedulerState:
         # Reports of channel tasks that came before their client's record of them.
         self.early_reports: dict[bytes, EarlyReport] = {}
         self.clients_gone: dict[bytes, None] = {}  # the last that left, oldest first
+        # What clients sealed in workers' stores, told as they left a store before
+        # they left us: (worker, object ids) to check once they are gone.
+        self.sealed_by_leaving: dict[bytes, list[tuple[str, list[bytes]]]] = {}
         self.history = TaskHistory()
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
@@ -647,6 +653,30 @@ class SchedulerState:
     def _on_actor_direct(self, client: ClientRec, msg: w.ActorDirect) -> None:
         self.actors.direct(msg)
 
+    def _on_caller_left(self, client: ClientRec, msg: w.CallerLeft) -> None:
+        """An actor's process lost a direct caller's connection. Decided once that
+        caller is gone (all its records read): until then it may still record."""
+        caller = self.clients.get(msg.client_id)
+        if caller is not None:
+            caller.channels_closed[msg.actor_id] = set(msg.in_flight)
+        else:
+            self._never_sent(msg.client_id, msg.actor_id, set(msg.in_flight))
+
+    def _never_sent(self, client_id: bytes, actor_id: bytes, in_flight: set[bytes]) -> None:
+        """Calls a departed caller recorded but never sent (held for a ping when it
+        left): they will not run, and let go of what they hold."""
+        rec = self.actors.actors.get(actor_id)
+        if rec is None:
+            return
+        for task in list(rec.running.values()):
+            if task.spec.channel and client_of(task.id) == client_id and task.id not in in_flight:
+                worker = self.workers.get(task.worker or "")
+                if worker is not None:
+                    self._release_resources(worker, task)
+                task.worker = None
+                why = TaskCancelledError(task.spec.name, task.id.hex())
+                self._transition(task, "cancelled", error_bytes(why))
+
     def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
         self._client_left(client.client_id)
 
@@ -665,6 +695,7 @@ class SchedulerState:
         w.CreateNamedActor: _on_create_named_actor,
         w.KillActor: _on_kill_actor,
         w.ActorDirect: _on_actor_direct,
+        w.CallerLeft: _on_caller_left,
         w.Goodbye: _on_goodbye,
     }
 
@@ -680,8 +711,19 @@ class SchedulerState:
         for oid in client.held:
             self._decref(oid)
         client.held.clear()
+        for worker_id, sealed in self.sealed_by_leaving.pop(client_id, ()):
+            self._free_unheard_of(worker_id, sealed)
+        for actor_id, in_flight in client.channels_closed.items():
+            self._never_sent(client_id, actor_id, in_flight)
         for obj in self.objects.values():
             obj.waiters.discard(client_id)
+
+    def _free_unheard_of(self, worker_id: str, sealed: list[bytes]) -> None:
+        """A client that is gone sealed these in a worker's store: those it never
+        told us of are nobody's."""
+        unheard = [oid for oid in sealed if oid not in self.objects]
+        if unheard:
+            self._send_worker(worker_id, w.FreeObjects(unheard))
 
     # -- workers ---------------------------------------------------------
 
@@ -718,6 +760,13 @@ class SchedulerState:
                 self._client_message(client, inner)
         elif isinstance(msg, w.ClientGone):
             self._client_left(msg.client_id)
+        elif isinstance(msg, w.StoreClientGone):
+            if msg.client_id in self.clients:  # what it sent us may still be on the way
+                self.sealed_by_leaving.setdefault(msg.client_id, []).append(
+                    (worker.worker_id, msg.object_ids)
+                )
+            else:
+                self._free_unheard_of(worker.worker_id, msg.object_ids)
         elif isinstance(msg, w.ObjectCopied):
             obj = self.objects.get(msg.object_id)
             if obj is None or obj.location is None:

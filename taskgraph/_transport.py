@@ -90,11 +90,13 @@ class BlockingConnection:
         self._rfile = sock.makefile("rb", buffering=1 << 16)
         self._wlock = threading.Lock()
         self.closed = False
+        self.frames_sent = 0  # whole frames written (worker/reports.py orders by it)
 
     def send(self, messages: list[w.Msg]) -> None:
         frame = w.encode(messages)
         with self._wlock:
             self.sock.sendall(frame)
+            self.frames_sent += 1
 
     def recv(self) -> list[Any]:
         try:
@@ -225,6 +227,8 @@ class FrameReader:
     def __init__(self, stream: IOStream) -> None:
         self.stream = stream
         self.buffer = bytearray()
+        # Messages per frame of the last burst (worker/reports.py orders by them).
+        self.counts: list[int] = []
 
     async def read(self) -> list[Any]:
         """The messages of all complete frames available (at least one frame)."""
@@ -247,17 +251,19 @@ class FrameReader:
         buffer = self.buffer
         pos, end = 0, len(buffer)
         messages: list[Any] = []
-        frames = 0
+        counts: list[int] = []
         with memoryview(buffer) as view:
             while end - pos >= 4:
                 n = w.frame_length(bytes(view[pos : pos + 4]))
                 if end - pos - 4 < n:
                     break
-                messages.extend(w.decode(view[pos + 4 : pos + 4 + n]))
+                frame = w.decode(view[pos + 4 : pos + 4 + n])
+                messages.extend(frame)
+                counts.append(len(frame))
                 pos += 4 + n
-                frames += 1
-        if frames == 0:
+        if not counts:
             return None
+        self.counts = counts
         del buffer[:pos]
         return messages
 

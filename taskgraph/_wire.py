@@ -309,6 +309,14 @@ class CancelRunning(Msg):
     channel: bytes = b""  # the task came down this channel (a lease's id, or an actor's)
 
 
+class StoreClientGone(Msg):
+    """A process other than our executors (a driver) left a worker's store: the
+    objects it sealed there that are not freed yet."""
+
+    client_id: bytes
+    object_ids: list[bytes]
+
+
 class ObjectCopied(Msg):
     """A worker pulled a copy of an object into its own store."""
 
@@ -332,6 +340,16 @@ class ActorDirect(Msg):
 
     actor_id: bytes
     address: str
+
+
+class CallerLeft(Msg):
+    """From an actor's process: a direct caller's connection closed. Of the calls
+    that caller recorded, only those in ``in_flight`` (or reported already)
+    reached the actor; the rest never will."""
+
+    actor_id: bytes
+    client_id: bytes
+    in_flight: list[bytes]
 
 
 class Heartbeat(Msg):
@@ -508,6 +526,7 @@ ClientMessage = (
     | CreateNamedActor
     | KillActor
     | ActorDirect
+    | CallerLeft
     | Goodbye
 )
 ToClientMessage = ObjectsReady | Notice | QueryReply
@@ -527,6 +546,7 @@ AnyMessage = (
     | FreeObjects
     | CancelRunning
     | ObjectCopied
+    | StoreClientGone
     | ActorDied
     | ActorStarted
     | Heartbeat

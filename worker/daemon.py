@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from tornado.tcpserver import TCPServer
 from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._client import host_id
+from taskgraph._ids import client_of
 from taskgraph._transport import (
     FrameReader,
     accept_handshake,
@@ -47,6 +49,7 @@ from taskgraph._transport import (
 )
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.worker import store
+from taskgraph.worker.reports import READ_DELAY, ReportReader
 from taskgraph.worker.state import (
     CancelRequested,
     ExecutorDied,
@@ -112,10 +115,17 @@ class WorkerDaemon:
         self.executor_streams: dict[int, IOStream] = {}
         self.by_client: dict[bytes, int] = {}
         self._exit_codes: dict[int, int] = {}  # exited, stream not yet drained
+        # Each executor's report pipe (worker/reports.py) and the client it speaks as.
+        self.report_pipes: dict[int, ReportReader] = {}
+        self.executor_client: dict[int, bytes] = {}
         # Objects an executor sealed in our store and has not told the scheduler
         # of yet (in a report, a put, a generator item), by its client id: if it
         # dies first, nobody else knows them, and they are freed here.
         self.unannounced: dict[bytes, set[bytes]] = {}
+        # The same for other processes (drivers), whose messages we do not see:
+        # kept until freed; when one leaves our store, the scheduler is told, and
+        # frees those it never heard of (the announcement died with it).
+        self.sealed_by_others: dict[bytes, set[bytes]] = {}
         self.scheduler: IOStream | None = None
         self._outbox: list[Any] = []
         self._executor_outbox: dict[int, list[Any]] = {}
@@ -263,6 +273,9 @@ class WorkerDaemon:
             for object_id in msg.object_ids:
                 self.puller.forget(object_id)
                 self.objects.free(object_id)
+                sealed = self.sealed_by_others.get(client_of(object_id))
+                if sealed:
+                    sealed.discard(object_id)
         elif isinstance(msg, w.CancelRunning):
             self._carry_out(self.state.handle(CancelRequested(msg.task_id, msg.force, msg.channel)))
         elif isinstance(msg, w.KillActor):
@@ -343,16 +356,28 @@ class WorkerDaemon:
     def _spawn(self, executor_id: int) -> None:
         if self._stopping:
             return
+        pipe_read, pipe_write = os.pipe()
         env = dict(os.environ)
         env.update(
             TASKGRAPH_EXECUTOR_SOCKET=self.socket_path,
             TASKGRAPH_TOKEN_HEX=self.token.hex(),
             TASKGRAPH_WORKER_ID=self.worker_id,
             TASKGRAPH_EXECUTOR_ID=str(executor_id),
+            TASKGRAPH_REPORT_FD=str(pipe_write),
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskgraph.worker.executor"], env=env, stdin=subprocess.DEVNULL
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "taskgraph.worker.executor"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(pipe_write,),
+            )
+        except BaseException:
+            os.close(pipe_read)
+            raise
+        finally:
+            os.close(pipe_write)  # the executor's now: we see EOF when it exits
+        self.report_pipes[executor_id] = ReportReader(pipe_read)
         self.processes[executor_id] = proc
         loop = IOLoop.current()
 
@@ -385,7 +410,83 @@ class WorkerDaemon:
             self._to_scheduler(w.ObjectCopied(msg.object_id, local))
         self._to_executor(executor_id, w.Fetched(msg.request_id, local))
 
+    # -- report pipes (worker/reports.py) --------------------------------------
+
+    def _watch_pipe(self, executor_id: int) -> None:
+        pipe = self.report_pipes.get(executor_id)
+        if pipe is not None and not pipe.watched and not pipe.closed:
+            self.loop.add_handler(pipe.fd, partial(self._pipe_readable, executor_id), IOLoop.READ)
+            pipe.watched = True
+
+    def _pipe_readable(self, executor_id: int, fd: int, events: int) -> None:
+        """Reports arrived: read them a moment later, with the ones that follow."""
+        pipe = self.report_pipes.get(executor_id)
+        if pipe is None or not pipe.watched:
+            return
+        self.loop.remove_handler(fd)
+        pipe.watched = False
+        self.loop.call_later(READ_DELAY, self._pipe_due, executor_id)
+
+    def _pipe_due(self, executor_id: int) -> None:
+        self._in_frame = True
+        try:
+            self._read_pipe(executor_id)
+        finally:
+            self._end_frame()
+        self._watch_pipe(executor_id)
+
+    def _read_pipe(self, executor_id: int, everything: bool = False) -> None:
+        """Handle the reports in the pipe that are due (see worker/reports.py)."""
+        pipe = self.report_pipes.get(executor_id)
+        client_id = self.executor_client.get(executor_id)
+        if pipe is None or client_id is None:
+            return
+        try:
+            pipe.read()
+        except ProtocolError as exc:
+            log.warning("executor %s wrote a bad report (%s); ignoring its pipe", executor_id, exc)
+            self._close_pipe(executor_id)
+            return
+        msgs = pipe.due(everything)
+        if msgs:
+            self._executor_frame(executor_id, client_id, msgs)
+
+    def _stream_frames(
+        self, executor_id: int, client_id: bytes, msgs: list[Any], counts: list[int]
+    ) -> None:
+        """A burst of frames from an executor's stream (``counts``: messages per
+        frame), with its pipe's reports in their places among them. Every report
+        written before one of these frames was sent is in the pipe by now."""
+        pipe = self.report_pipes.get(executor_id)
+        if pipe is None:
+            self._executor_frame(executor_id, client_id, msgs)
+            return
+        self._read_pipe(executor_id)  # those due before the burst
+        if not pipe.waiting():
+            self._executor_frame(executor_id, client_id, msgs)
+            pipe.frames += len(counts)
+        else:
+            start = 0
+            for count in counts:
+                self._executor_frame(executor_id, client_id, msgs[start : start + count])
+                start += count
+                pipe.frames += 1
+                self._read_pipe(executor_id)
+        self._read_pipe(executor_id)
+
+    def _close_pipe(self, executor_id: int) -> None:
+        pipe = self.report_pipes.pop(executor_id, None)
+        if pipe is None:
+            return
+        if pipe.watched:
+            self.loop.remove_handler(pipe.fd)
+        pipe.close()
+
     def _report_exit(self, executor_id: int, code: int) -> None:
+        # Its last reports first: a task it finished is not undone by its death.
+        self._read_pipe(executor_id, everything=True)
+        self._close_pipe(executor_id)
+        self.executor_client.pop(executor_id, None)
         for client_id in [c for c, e in self.by_client.items() if e == executor_id]:
             del self.by_client[client_id]
             for object_id in self.unannounced.pop(client_id, ()):
@@ -412,6 +513,8 @@ class WorkerDaemon:
             return
         self.executor_streams[executor_id] = stream
         self.by_client[hello.client_id] = executor_id
+        self.executor_client[executor_id] = hello.client_id
+        self._watch_pipe(executor_id)
         self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
         reader = FrameReader(stream)
         try:
@@ -419,7 +522,7 @@ class WorkerDaemon:
                 msgs = await reader.read()
                 self._in_frame = True
                 try:
-                    self._executor_frame(executor_id, hello.client_id, msgs)
+                    self._stream_frames(executor_id, hello.client_id, msgs, reader.counts)
                 finally:
                     self._end_frame()
         except (StreamClosedError, ProtocolError):
@@ -443,7 +546,9 @@ class WorkerDaemon:
         events: list[Any] = []
         sealed = self.unannounced.get(client_id)
         if sealed:
-            _announced(sealed, msgs)
+            for orphan in _announced(sealed, msgs):
+                if self.objects is not None:
+                    self.objects.free(orphan)
         for msg in msgs:
             if isinstance(msg, w.Executed | w.Returned):
                 if relay:
@@ -500,6 +605,9 @@ class WorkerDaemon:
             stream.close()
         finally:
             objects.drop_holder(holder)
+            sealed = self.sealed_by_others.pop(client_id, None)
+            if sealed:
+                self._to_scheduler(w.StoreClientGone(client_id, list(sealed)))
 
     def _store_request(self, objects: store.ObjectStore, msg: Any, holder: Any) -> w.StoreReply:
         if isinstance(msg, w.StoreCreate):
@@ -516,6 +624,8 @@ class WorkerDaemon:
             objects.seal(msg.object_id, holder)
             if holder[2] in self.by_client:  # an executor's: see unannounced
                 self.unannounced.setdefault(holder[2], set()).add(msg.object_id)
+            else:
+                self.sealed_by_others.setdefault(holder[2], set()).add(msg.object_id)
             return w.StoreReply(msg.object_id)
         if isinstance(msg, w.StorePin):
             try:
@@ -530,15 +640,26 @@ class WorkerDaemon:
         raise ProtocolError(f"a store client may not send {type(msg).__name__}")
 
 
-def _announced(sealed: set[bytes], msgs: list[Any]) -> None:
-    """Drop from ``sealed`` the objects these executor messages tell the scheduler of."""
+def _announced(sealed: set[bytes], msgs: list[Any]) -> list[bytes]:
+    """Drop from ``sealed`` the objects these executor messages tell the scheduler of.
+
+    Returns those no message ever will: returns a task stored before it failed
+    (a later return would not pickle), which only this daemon knows of.
+    """
+    orphans: list[bytes] = []
     for msg in msgs:
         if isinstance(msg, w.Executed):
-            sealed.difference_update(r.object_id for r in msg.result.returns)
+            result = msg.result
+            sealed.difference_update(r.object_id for r in result.returns)
+            if result.error is not None:
+                base = result.task_id[:12]  # its returns share the task id's base
+                orphans.extend(oid for oid in sealed if oid[:12] == base)
+                sealed.difference_update(orphans)
         elif isinstance(msg, w.PutObject):
             sealed.discard(msg.object_id)
         elif isinstance(msg, w.GeneratorItem):
             sealed.discard(msg.value.object_id)
+    return orphans
 
 
 def default_resources(

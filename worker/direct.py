@@ -74,7 +74,7 @@ class DirectServer:
         conn = BlockingConnection(sock)
         welcome = w.Welcome(b"", self.executor.worker_id)
         try:
-            accept_blocking(conn, self.token, welcome)
+            hello = accept_blocking(conn, self.token, welcome)
         except AuthenticationError as exc:
             log.warning("refused a direct caller: %s", exc)
             return
@@ -113,6 +113,18 @@ class DirectServer:
         finally:
             calls.put(None)
             conn.close()
+            self._caller_left(hello.client_id, conn)
+
+    def _caller_left(self, client_id: bytes, conn: BlockingConnection) -> None:
+        """Tell the scheduler which of this caller's calls we got and have not
+        answered: those it recorded and never sent (held when it left) are
+        failed there, not left running. After the reports of the calls answered
+        (``Executor.report`` queues a report before it answers)."""
+        with self._lock:
+            in_flight = [task_id for task_id, c in self.replies.items() if c is conn]
+        actor_id = self.executor.actor_id
+        assert actor_id is not None
+        self.executor.client.send_soon(w.CallerLeft(actor_id, client_id, in_flight))
 
     def _take_all(self, calls: queue.SimpleQueue[w.TaskSpec | None], waiting: list[int]) -> None:
         while (spec := calls.get()) is not None:

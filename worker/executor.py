@@ -47,6 +47,7 @@ from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphE
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
 from taskgraph.worker.direct import DirectServer
 from taskgraph.worker.lease import Lease
+from taskgraph.worker.reports import ReportWriter
 
 
 class _Cancelled(BaseException):
@@ -162,6 +163,7 @@ class Executor:
         self.leases: set[bytes] = set()  # leases handed to us and not over
         self.revoked: set[bytes] = set()  # of those, the ones the scheduler wants back
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
+        self.reports = ReportWriter(-1)  # the daemon's report pipe, set by main()
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
         self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
         self._fetch_ids = itertools.count(1)
@@ -325,9 +327,10 @@ class Executor:
 
         A channel task's caller is also ``answer``ed (a direct call's, here).
         Its report goes first when the answer names a stored return or one
-        holding refs: the caller will read or ask about those. A plain value is
-        answered first and its report rides with the next ones (``send_lazily``):
-        the daemon and the scheduler wake once per burst of calls, not per call.
+        holding refs: the caller will read or ask about those. A small plain
+        value's report goes into the report pipe, then the caller is answered:
+        the daemon reads a burst of them at once, and a task that kills the
+        process cannot take a finished one's report with it.
         """
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
         if self.direct is not None and self.direct.is_direct(result.task_id):
@@ -339,8 +342,13 @@ class Executor:
             self.client.send_now(w.Executed(result))
             answer()
         else:
+            # Into the report pipe before the caller hears: safe from a crash in
+            # the next task, with no wake-up of the daemon per task (see
+            # worker/reports.py). After what the task sent, which goes first.
+            self.client.flush()
+            if not self.reports.write(w.Executed(result)):
+                self.client.send_now(w.Executed(result))
             answer()
-            self.client.send_lazily(w.Executed(result))
         del held
 
     def _function(self, a: w.Assignment) -> Any:
@@ -531,10 +539,12 @@ def main() -> None:
     client_id = os.urandom(8)
     hello = w.Hello("executor", b"", client_id, pid=os.getpid())
     conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello)
+    reports = ReportWriter(int(os.environ.get("TASKGRAPH_REPORT_FD", "-1")), conn)
     client = Client(conn, client_id, welcome, start_reader=False)
     client.token = token
     _api.set_executor_client(client, welcome.cluster_id)
     executor = Executor(client, worker_id, f"{worker_id}/{executor_id}")
+    executor.reports = reports
     signal.signal(signal.SIGINT, executor.on_sigint)
     threading.Thread(target=executor.read_loop, name="taskgraph-executor-read", daemon=True).start()
     try:

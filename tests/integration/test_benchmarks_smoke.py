@@ -252,14 +252,23 @@ def test_quick_transfer_rows_run_on_two_taskgraph_hosts(tmp_path: Path) -> None:
 def test_scheduler_cpu_measures_both_ways(rate: str | None) -> None:
     paced = ["--rate", rate] if rate else []
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scheduler_cpu", "--tasks", "2000", *paced],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scheduler_cpu",
+            *("--tasks", "2000", "--channel", "300"),
+            *paced,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=110,
     )
     assert proc.returncode == 0, proc.stderr
-    alone, process = proc.stdout.strip().splitlines()[-2:]
+    lines = proc.stdout.strip().splitlines()
+    alone, process = lines[-4:-2]
+    for path, line in zip(("leased task", "direct actor call"), lines[-2:], strict=True):
+        assert line.startswith(path) and "µs of scheduler" in line, line
     assert alone.startswith("state machine alone") and "µs of CPU per task" in alone
     assert process.startswith("scheduler process") and "tasks/s" in process
     achieved = float(process.rsplit(" at ", 1)[1].split()[0].replace(",", ""))

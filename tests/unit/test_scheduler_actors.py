@@ -11,10 +11,14 @@ from __future__ import annotations
 import pickle
 from typing import Any, TypeVar
 
+import msgspec
+import pytest
+
 from taskgraph import _wire as w
 from taskgraph.exceptions import ActorDiedError, ActorError, ObjectLostError, TaskError
 from taskgraph.scheduler.state import (
     ClientJoined,
+    ClientLeft,
     ClientSent,
     Event,
     SchedulerState,
@@ -923,3 +927,55 @@ def test_a_death_reported_by_another_worker_is_ignored() -> None:
     assert h.actor_state(spec) == "alive"
     h.died("w1", spec)
     assert h.actor_state(spec) == "restarting"
+
+
+# -- direct calls whose caller left --------------------------------------------------
+
+
+def direct_call(h: Harness, actor: w.TaskSpec, caller: bytes) -> w.TaskSpec:
+    """A call its caller (an 8-byte client id) sends straight to the actor's process."""
+    spec = h.call(actor)
+    task_id = caller + spec.task_id[8:]
+    return w.TaskSpec(
+        **{**msgspec.structs.asdict(spec), "task_id": task_id, "channel": actor.actor_id}
+    )
+
+
+@pytest.mark.parametrize("caller_left_first", [False, True])
+def test_direct_calls_a_departed_caller_recorded_but_never_sent_are_cancelled(
+    caller_left_first: bool,
+) -> None:
+    """A caller records its direct calls, then sends them (calls with ref arguments
+    wait for a ping first); it dies in between. The actor's process says which of
+    its calls it got and has not answered: the ones it never got are cancelled and
+    let go of their arguments once the caller is gone, in either order; the ones
+    it got run on and are reported."""
+    h = Harness()
+    h.client()
+    caller = b"caller-1"
+    h.client(caller)
+    h.worker("w1")
+    actor, _ = alive_actor(h)
+    arg = h.new_id()
+    h.send(caller, w.PutObject(arg, data=b"argument"))
+    got, answered, never = (direct_call(h, actor, caller) for _ in range(3))
+    never = w.TaskSpec(**{**msgspec.structs.asdict(never), "deps": [arg]})
+    h.submit(got, answered, never, client_id=caller)
+    h.done("w1", ok(answered))
+    assert h.task_state(never) == "processing"
+
+    executor = b"executor"
+    left = w.FromClient(executor, [w.CallerLeft(actor.actor_id, caller, [got.task_id])])
+    if caller_left_first:
+        h.handle(ClientLeft(caller))
+        h.from_worker("w1", left)
+    else:
+        h.from_worker("w1", left)
+        assert h.task_state(never) == "processing", "its records may still be on the way"
+        h.handle(ClientLeft(caller))
+    assert h.task_state(never) is None, "never sent: cancelled"
+    assert arg not in h.state.objects, "and its argument let go"
+    assert h.task_state(got) == "processing"
+    h.done("w1", ok(got))
+    assert h.task_state(got) is None
+    assert h.state.workers["w1"].running == set()

@@ -272,6 +272,30 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.send(client_id, w.PutObject(oid, data=b"v", contains=contains))
         assert oid in self.state.objects
 
+    @precondition(lambda self: self.state.workers)
+    @rule(data=st.data())
+    def a_client_leaves_a_store(self, data: st.DataObject) -> None:
+        """A worker lists what a client (here or gone) sealed in its store: what we
+        know is never freed for it, now or when the client leaves."""
+        worker_id = self.pick_worker(data)
+        clients = sorted(self.state.clients) or [b"nobody"]
+        client_id = data.draw(st.sampled_from(clients), label="store client")
+        sealed = [*self.some_objects(data, "sealed"), self.new_id()]
+        known = {oid for oid in sealed if oid in self.state.objects}
+        sends = self.handle(WorkerSent(worker_id, [w.StoreClientGone(client_id, sealed)]))
+        if client_id in self.state.clients:
+            sends += self.handle(ClientLeft(client_id))
+        freed = {
+            oid
+            for send in sends
+            if send.to == "worker" and send.id == worker_id
+            for m in send.messages
+            if isinstance(m, w.FreeObjects)
+            for oid in m.object_ids
+        }
+        assert sealed[-1] in freed, "an object nobody announced is freed"
+        assert not {o for o in known & freed if o in self.state.objects}
+
     # -- leases and the tasks sent down them (channel tasks) ------------------
 
     @rule()

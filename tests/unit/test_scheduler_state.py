@@ -677,6 +677,31 @@ def test_a_leaving_worker_takes_its_relayed_clients_with_it() -> None:
     }
 
 
+def test_what_a_departed_client_sealed_but_never_announced_is_freed() -> None:
+    """A driver seals values in a worker's store, then tells us; killed in between,
+    only the worker knows them. When it leaves the store, the worker lists what it
+    sealed and has not freed; once the client has left us too (its announcements
+    read), the ones we never heard of are freed, and only those."""
+    h = Harness()
+    h.client()
+    h.client(b"c2")
+    h.worker("w1")
+    announced, unheard = h.new_id(), h.new_id()
+    on_w1 = w.Location("w1", "seg", 1 << 20, "host-w1")
+    h.send(b"c1", w.PutObject(announced, location=on_w1))
+    h.send(b"c2", w.AcquireRefs([announced]))  # another client keeps it alive
+
+    gone = w.StoreClientGone(b"c1", [announced, unheard])
+    assert h.from_worker("w1", gone) == [], "c1's announcements may still be on the way"
+    sends = h.handle(ClientLeft(b"c1"))
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([unheard])]
+
+    # A client already gone is answered at once.
+    later = h.new_id()
+    sends = h.from_worker("w1", w.StoreClientGone(b"c1", [later, announced]))
+    assert messages(sends, "worker", "w1", w.FreeObjects) == [w.FreeObjects([later])]
+
+
 def test_a_worker_joining_again_under_its_id_starts_afresh() -> None:
     h = Harness()
     h.client()

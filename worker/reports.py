@@ -1,0 +1,115 @@
+"""The report pipe: how an executor's small channel reports reach its daemon.
+
+A task sent down a channel (a lease, or a direct actor call) whose returns are
+small plain values is answered by its executor straight to its caller; its
+report (``Executed``) must still reach the daemon and the scheduler, and must
+never be lost once the caller has the value: a crash in the next task must not
+undo a finished one. Sending each report on the executor's stream before it
+answers costs a daemon wake-up per task (measured: 20 -> 95 µs of daemon CPU
+per direct call, a quarter of the calls per second gone); holding reports
+back and sending them in bursts loses them when the process dies.
+
+So the executor writes such a report into a pipe the daemon gave it, before it
+answers: one ``write``, and the report is safe in the kernel even if the
+process dies the moment after. The daemon reads the pipe lazily (a few
+milliseconds after it turns readable, so a burst of reports is one wake-up),
+and before each frame of the executor's stream and before it reports the
+executor's exit.
+
+The daemon still sees one ordered stream: each report carries how many frames
+the executor had sent on its stream when it wrote it (after sending what it had
+queued), and the daemon handles it only once it has handled that many frames
+(the actor's ``AcquireRefs`` of an argument it keeps must reach the scheduler
+before the report that lets the call's hold on it go), and before the frames
+sent after it (``CallerLeft`` counts on the reports of the calls answered). A report larger than
+``PIPE_BUF`` goes on the stream instead: pipe writes up to that size are whole
+even when several threads write at once.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+from collections import deque
+from typing import Any
+
+from taskgraph import _wire as w
+from taskgraph._transport import BlockingConnection
+
+ATOMIC = select.PIPE_BUF  # bytes a pipe write delivers whole, even with several writers
+READ_DELAY = 0.002  # seconds the daemon lets reports gather once the pipe is readable
+AFTER = struct.Struct("<Q")  # frames sent on the stream before the report
+
+
+class ReportWriter:
+    """The executor's end: ``conn`` is its stream to the daemon, just connected."""
+
+    def __init__(self, fd: int, conn: BlockingConnection | None = None) -> None:
+        self.fd = fd
+        self.conn = conn
+        self.base = conn.frames_sent if conn is not None else 0  # the handshake's
+
+    def write(self, msg: w.Msg) -> bool:
+        """Write one report, to follow every frame sent so far; False when it cannot
+        go this way (too large): send it on the stream instead."""
+        if self.fd < 0 or self.conn is None:
+            return False
+        frame = AFTER.pack(self.conn.frames_sent - self.base) + w.encode([msg])
+        if len(frame) > ATOMIC:
+            return False
+        os.write(self.fd, frame)  # whole or not at all (atomic below PIPE_BUF)
+        return True
+
+
+class ReportReader:
+    """The daemon's end: the reports written so far, released in stream order."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.frames = 0  # frames of the executor's stream handled so far
+        self.closed = False  # the writer's end is closed (the executor exited)
+        self.watched = False  # the daemon's loop wakes when it turns readable
+        self._buffer = bytearray()
+        self._held: deque[tuple[int, list[Any]]] = deque()  # written, not yet due
+
+    def read(self) -> None:
+        """Take in what has arrived (never blocks)."""
+        while not self.closed:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.closed = True
+                break
+            self._buffer += chunk
+        buffer, start, head = self._buffer, 0, AFTER.size + w.HEADER.size
+        while len(buffer) - start >= head:
+            (after,) = AFTER.unpack_from(buffer, start)
+            length = w.frame_length(bytes(buffer[start + AFTER.size : start + head]))
+            end = start + head + length
+            if end > len(buffer):
+                break
+            self._held.append((after, w.decode(bytes(buffer[start + head : end]))))
+            start = end
+        if start:
+            del buffer[:start]
+
+    def waiting(self) -> bool:
+        """Whether reports wait for frames not yet handled."""
+        return bool(self._held)
+
+    def due(self, everything: bool = False) -> list[Any]:
+        """The reports whose stream frames have all been handled (``everything``:
+        all, when the executor is gone)."""
+        msgs: list[Any] = []
+        held = self._held
+        while held and (everything or held[0][0] <= self.frames):
+            msgs.extend(held.popleft()[1])
+        return msgs
+
+    def close(self) -> None:
+        self.closed = True
+        os.close(self.fd)
