@@ -122,6 +122,7 @@ class Task:
     cancel_requested: bool = False
     items: list[bytes] = field(default_factory=list)  # a generator task's item objects
     started: float = 0.0  # wall-clock times from its report (0: not reported)
+    awaited: bool = False  # its worker was asked to send its report at once
     ended: float = 0.0
 
     @property
@@ -368,6 +369,7 @@ class SchedulerState:
             if obj.state == "pending" and not spec.channel:  # (a channel's executor waits)
                 task.waiting_on.add(oid)
                 obj.dependents.append(task)
+                self._awaited(obj)
             elif failed is None and self._dep_failed(obj):
                 failed = obj
         for oid in spec.nested:
@@ -561,10 +563,27 @@ class SchedulerState:
                 values.append(w.Value(oid, error=error_bytes(err)))
             elif obj.state == "pending":
                 obj.waiters.add(client.client_id)
+                self._awaited(obj)
             else:
                 values.append(obj.as_value())
         if values:
             self._send_client(client.client_id, w.ObjectsReady(values))
+
+    def _awaited(self, obj: Obj) -> None:
+        """Something waits on a pending object that a channel task makes. Its
+        report may be gathering in its worker (in its executor's report pipe,
+        read lazily): ask for it the moment it is in. (Other tasks' reports
+        gather for at most a millisecond there: not worth a message each.)"""
+        task = self.tasks.get(obj.task) if obj.task is not None else None
+        if (
+            task is not None
+            and task.spec.channel
+            and task.state == "processing"
+            and task.worker is not None
+            and not task.awaited
+        ):
+            task.awaited = True
+            self._send_worker(task.worker, w.ReadReports([task.id]))
 
     def _generator_placeholder(self, oid: bytes) -> Obj | None:
         """A pending object for an item a running generator task has not yielded yet."""

@@ -44,9 +44,10 @@ from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import GetTimeoutError, ObjectLostError, TaskgraphError
 
 INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
-# Seconds messages nothing waits on (records and reports of channel tasks) may
-# gather before the flusher sends them: their reader wakes once per burst.
-LAZY_DELAY = 0.002
+# Seconds messages nothing waits on (records of channel tasks) may gather before
+# the flusher sends them: the scheduler wakes once per burst (10 ms, not 2: sync
+# direct calls 4.5k -> 4.8k/s). Any urgent message takes them along sooner.
+LAZY_DELAY = 0.01
 MAX_ROUTES = 1000  # actors whose way this client remembers, beyond those it calls directly
 
 
@@ -296,6 +297,12 @@ class Client:
         """Flush if anything but lazy messages waits: before a task goes down a
         channel, what its code may name (a put, its function) goes first."""
         if self._urgent:
+            self.flush()
+
+    def sent(self) -> None:
+        """Return once everything queued so far has been sent (a flush when
+        something waits or is being sent; nothing to do, most of the time)."""
+        if self._pending or self.released or self._send_lock.locked():
             self.flush()
 
     def flush(self) -> None:

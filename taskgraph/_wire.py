@@ -362,6 +362,14 @@ class Shutdown(Msg):
     reason: str = ""
 
 
+class ReadReports(Msg):
+    """To a worker: something waits on these tasks, running there; send their
+    reports the moment they are in (read the report pipes now, and do not
+    gather them with others: worker/reports.py)."""
+
+    task_ids: list[bytes]
+
+
 # -- executor <-> worker daemon ----------------------------------------------
 
 
@@ -551,6 +559,7 @@ AnyMessage = (
     | ActorStarted
     | Heartbeat
     | Shutdown
+    | ReadReports
     | ExecutorHello
     | Execute
     | Executed

@@ -73,6 +73,7 @@ log = logging.getLogger("taskgraph.worker")
 
 # How long a busy worker gathers task reports before sending them on.
 BATCH_DELAY = float(os.environ.get("TASKGRAPH_BATCH_DELAY", "0.001"))
+AWAITED_MAX = 10_000  # tasks remembered as awaited (one that never reports is forgotten)
 
 
 class _ExecutorServer(TCPServer):
@@ -118,6 +119,8 @@ class WorkerDaemon:
         # Each executor's report pipe (worker/reports.py) and the client it speaks as.
         self.report_pipes: dict[int, ReportReader] = {}
         self.executor_client: dict[int, bytes] = {}
+        # Tasks the scheduler waits on (ReadReports): their reports go at once.
+        self.awaited: set[bytes] = set()
         # Objects an executor sealed in our store and has not told the scheduler
         # of yet (in a report, a put, a generator item), by its client id: if it
         # dies first, nobody else knows them, and they are freed here.
@@ -268,6 +271,14 @@ class WorkerDaemon:
             if executor_id is not None:
                 for inner in msg.messages:
                     self._to_executor(executor_id, inner)
+        elif isinstance(msg, w.ReadReports):
+            if len(self.awaited) > AWAITED_MAX:
+                self.awaited.clear()  # (of tasks that never reported: batched, then)
+            self.awaited.update(msg.task_ids)
+            for executor_id in list(self.report_pipes):
+                self._read_pipe(executor_id)
+            if self._outbox:
+                self._scheduler_now = True  # what we gathered goes with it
         elif isinstance(msg, w.FreeObjects):
             assert self.objects is not None and self.puller is not None
             for object_id in msg.object_ids:
@@ -287,6 +298,14 @@ class WorkerDaemon:
 
     def _to_scheduler(self, msg: Any) -> None:
         outbox = self._outbox
+        if type(msg) is w.TasksDone and self.awaited:
+            awaited = [r.task_id for r in msg.results if r.task_id in self.awaited]
+            if awaited:
+                self.awaited.difference_update(awaited)
+                if self._in_frame:
+                    self._scheduler_now = True
+                else:
+                    self.loop.add_callback(self._flush_scheduler)
         if type(msg) is w.TasksDone and outbox and type(outbox[-1]) is w.TasksDone:
             outbox[-1].results.extend(msg.results)  # one message for a burst of reports
         else:
@@ -419,13 +438,14 @@ class WorkerDaemon:
             pipe.watched = True
 
     def _pipe_readable(self, executor_id: int, fd: int, events: int) -> None:
-        """Reports arrived: read them a moment later, with the ones that follow."""
+        """Reports arrived: read them a moment later, with the ones that follow
+        (at once while the scheduler waits on some)."""
         pipe = self.report_pipes.get(executor_id)
         if pipe is None or not pipe.watched:
             return
         self.loop.remove_handler(fd)
         pipe.watched = False
-        self.loop.call_later(READ_DELAY, self._pipe_due, executor_id)
+        self.loop.call_later(0 if self.awaited else READ_DELAY, self._pipe_due, executor_id)
 
     def _pipe_due(self, executor_id: int) -> None:
         self._in_frame = True
@@ -487,6 +507,9 @@ class WorkerDaemon:
         self._read_pipe(executor_id, everything=True)
         self._close_pipe(executor_id)
         self.executor_client.pop(executor_id, None)
+        # Awaited tasks it never reported will not report: forget them all (a hint
+        # only: one still running here is then sent within READ_DELAY).
+        self.awaited.clear()
         for client_id in [c for c, e in self.by_client.items() if e == executor_id]:
             del self.by_client[client_id]
             for object_id in self.unannounced.pop(client_id, ()):

@@ -345,7 +345,7 @@ class Executor:
             # Into the report pipe before the caller hears: safe from a crash in
             # the next task, with no wake-up of the daemon per task (see
             # worker/reports.py). After what the task sent, which goes first.
-            self.client.flush()
+            self.client.sent()
             if not self.reports.write(w.Executed(result)):
                 self.client.send_now(w.Executed(result))
             answer()

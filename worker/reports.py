@@ -11,10 +11,11 @@ back and sending them in bursts loses them when the process dies.
 
 So the executor writes such a report into a pipe the daemon gave it, before it
 answers: one ``write``, and the report is safe in the kernel even if the
-process dies the moment after. The daemon reads the pipe lazily (a few
-milliseconds after it turns readable, so a burst of reports is one wake-up),
-and before each frame of the executor's stream and before it reports the
-executor's exit.
+process dies the moment after. The daemon reads the pipe lazily (``READ_DELAY``
+after it turns readable, so a burst of reports is one wake-up), before each
+frame of the executor's stream, before it reports the executor's exit, and
+at once when the scheduler asks (``ReadReports``: a task or a client waits on
+a channel task's returns, and would otherwise wait out the delay).
 
 The daemon still sees one ordered stream: each report carries how many frames
 the executor had sent on its stream when it wrote it (after sending what it had
@@ -38,7 +39,10 @@ from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection
 
 ATOMIC = select.PIPE_BUF  # bytes a pipe write delivers whole, even with several writers
-READ_DELAY = 0.002  # seconds the daemon lets reports gather once the pipe is readable
+# Seconds the daemon lets reports gather once the pipe turns readable (10 ms, not
+# 2: sync direct calls 4.8k -> 5.2k/s); the scheduler asks for them at once when
+# something waits on a channel task's returns (ReadReports).
+READ_DELAY = 0.01
 AFTER = struct.Struct("<Q")  # frames sent on the stream before the report
 
 

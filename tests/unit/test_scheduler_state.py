@@ -1372,6 +1372,25 @@ def test_cancelling_a_leased_task_goes_to_the_daemon_naming_its_lease() -> None:
     assert isinstance(error_of(h.state.objects[ret(spec)].as_value()), TaskCancelledError)
 
 
+def test_waiting_on_a_running_task_asks_its_worker_for_the_report_once() -> None:
+    """A channel task's report gathers in its worker for a while (its executor's
+    report pipe, read lazily); a task or a client that waits on its return asks
+    for it at once, once."""
+    h = Harness()
+    lease = _granted_lease(h)
+    spec = _leased(h, lease)
+    h.submit(CALLER, spec)
+    dependent = h.spec("dependent", deps=[ret(spec)])
+    sends = h.submit(CALLER, dependent)
+    assert messages(sends, "worker", "w1", w.ReadReports) == [w.ReadReports([spec.task_id])]
+    assert messages(h.want(CALLER, ret(spec)), "worker", "w1", w.ReadReports) == [], "once"
+    # Nothing is asked for a task that the scheduler placed itself.
+    waiting = h.spec("waiting", deps=[ret(dependent)])
+    h.done("w1", _reported(spec))
+    assert h.task_state(dependent) == "processing"
+    assert messages(h.submit(CALLER, waiting), "worker", "w1", w.ReadReports) == []
+
+
 def test_a_leased_tasks_worker_leaving_retries_it_the_usual_way() -> None:
     h = Harness()
     lease = _granted_lease(h)
