@@ -148,19 +148,43 @@ def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[tg.ClusterContext]
     yield from _checked_cluster(**kwargs)
 
 
-def direct(handle: object) -> bool:
-    """Whether this client calls the actor straight (taskgraph/_direct.py)."""
-    route = tg._api.client()._routes.get(handle._actor_id)  # type: ignore[attr-defined]
-    return route is not None and route.channel is not None
+def goes_direct(handle: Any) -> bool:
+    """Make one call (the actor's ``history`` method) and say whether it went
+    straight to the actor (this process's client counts its direct calls)."""
+    before = tg.statistics().direct_actor_calls
+    tg.get(handle.history.remote(), timeout=30)
+    return tg.statistics().direct_actor_calls == before + 1
 
 
-def switch_to_direct(handle: object) -> None:
-    """Call the actor (its ``history`` method) until this client calls it directly;
-    the client asks where the actor listens every 0.1 s while its calls go slow."""
-    wait_for(
-        lambda: tg.get(handle.history.remote()) is not None and direct(handle),  # type: ignore[attr-defined]
-        what="the client to call the actor directly",
-    )
+def switch_to_direct(handle: Any) -> None:
+    """Call the actor until this client calls it directly; the client asks where
+    the actor listens every 0.1 s while its calls go through the scheduler."""
+    wait_for(lambda: goes_direct(handle), what="the client to call the actor directly")
+
+
+def leased_so_far() -> int:
+    """Tasks this driver sent down a lease so far."""
+    return tg.statistics().tasks_leased
+
+
+def leased(fn: Any, *args: Any) -> None:
+    """Await ``fn`` one call at a time until a call goes down a lease (which is then
+    idle)."""
+
+    def one_went_on_a_lease() -> bool:
+        before = leased_so_far()
+        tg.get(fn.remote(*args), timeout=30)
+        return leased_so_far() > before
+
+    wait_for(one_went_on_a_lease, what="a lease")
+
+
+def on_lease(submit: Callable[[], Any]) -> tuple[Any, bool]:
+    """Call ``submit`` (it submits one task); return what it returns, and whether
+    the task went down a lease."""
+    before = leased_so_far()
+    out = submit()
+    return out, leased_so_far() == before + 1
 
 
 def start_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import goes_direct, stored, switch_to_direct, wait_for
 from taskgraph.exceptions import ActorDiedError, TaskError
 from taskgraph.util.state import cluster_statistics, list_tasks
 
@@ -70,19 +70,6 @@ def slowly(x, delay):
 
 def direct_calls() -> int:
     return tg.statistics().direct_actor_calls
-
-
-def goes_direct(handle) -> bool:
-    """Make one call (``history``) and say whether it went straight to the actor."""
-    before = direct_calls()
-    tg.get(handle.history.remote(), timeout=30)
-    return direct_calls() == before + 1
-
-
-def switch_to_direct(handle) -> None:
-    """Call the actor until this client calls it directly; the client asks where the
-    actor listens every 0.1 s while its calls go through the scheduler."""
-    wait_for(lambda: goes_direct(handle), what="the client to call the actor directly")
 
 
 def _alive(pid: int) -> bool:

@@ -35,7 +35,14 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import (
+    leased,
+    leased_so_far,
+    on_lease,
+    stored,
+    switch_to_direct,
+    wait_for,
+)
 from taskgraph.exceptions import ActorDiedError, ObjectLostError
 
 BIG = 200_000  # float64/int64 elements: 1.6 MB, well above the 100 KiB inline limit
@@ -149,42 +156,6 @@ def big_holding(n, delay):
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def goes_direct(handle) -> bool:
-    """Make one call (``history``) and say whether it went straight to the actor."""
-    before = tg.statistics().direct_actor_calls
-    tg.get(handle.history.remote(), timeout=30)
-    return tg.statistics().direct_actor_calls == before + 1
-
-
-def switch_to_direct(handle) -> None:
-    """Call the actor until this client calls it directly."""
-    wait_for(lambda: goes_direct(handle), what="the client to call the actor directly")
-
-
-def leased_so_far() -> int:
-    """Tasks this driver sent down a lease so far."""
-    return tg.statistics().tasks_leased
-
-
-def leased(fn=pid, *args) -> None:
-    """Await ``fn`` one call at a time until a call goes on a lease (which is then idle)."""
-
-    def one_went_on_a_lease() -> bool:
-        before = leased_so_far()
-        tg.get(fn.remote(*args), timeout=30)
-        return leased_so_far() == before + 1
-
-    wait_for(one_went_on_a_lease, what="a lease")
-
-
-def on_lease(submit):
-    """Call ``submit`` (it submits one task); return what it returns, and whether
-    the task went down a lease."""
-    before = leased_so_far()
-    out = submit()
-    return out, leased_so_far() == before + 1
 
 
 def cpus_free(n=2.0) -> bool:
@@ -558,7 +529,7 @@ def test_kill_with_a_large_direct_answer_sent_but_unread(fresh_cluster, passed_o
 
 def test_large_leased_returns_passed_on_before_their_answers(lasting, fresh_cluster):
     for _ in range(5):
-        leased()
+        leased(pid)
         ref, went = on_lease(lambda: slow_big.remote(BIG, 0.05))
         assert went
         box = tg.put([ref])  # leaves before the answer: the put waits for its report
@@ -571,7 +542,7 @@ def test_large_leased_returns_passed_on_before_their_answers(lasting, fresh_clus
 
 
 def test_a_small_and_a_large_leased_return(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     for i in range(5):
         (small, large), went = on_lease(lambda i=i: small_and_big.remote(i, BIG, 0.02))
         assert went
@@ -579,13 +550,13 @@ def test_a_small_and_a_large_leased_return(lasting, fresh_cluster):
         assert tg.get(large, timeout=30)[0] == i
         assert tg.get(tg.get(boxed)[0]) == i
         del small, large, boxed
-        leased()
+        leased(pid)
         small, large = small_and_big.remote(i, BIG, 0.02)
         boxed = tg.put([large])  # only the large one leaves
         assert tg.get(small, timeout=30) == i
         assert tg.get(tg.get(boxed)[0])[0] == i
         del small, large, boxed
-        leased()
+        leased(pid)
     store_empties()
     end_leases()
 
@@ -614,7 +585,7 @@ def test_a_burst_ends_a_lease_whose_ref_holding_return_is_still_coming(lasting, 
     """A burst ends the lease from the driver's side while a large, ref-holding return
     is on its way through the scheduler: the lease must still end and free its CPU."""
     for _ in range(3):
-        leased()
+        leased(pid)
         first, went = on_lease(lambda: big_holding.remote(BIG, 0.05))
         assert went
         before = leased_so_far()
@@ -633,7 +604,7 @@ def test_a_revoked_lease_with_a_ref_holding_return_gives_its_cpu_back(lasting, f
     """One CPU: a task that cannot be leased (SPREAD) needs the leased CPU just as the
     lease answered a large, ref-holding return (which the driver asks the scheduler for)."""
     for _ in range(3):
-        leased()
+        leased(pid)
         ref, went = on_lease(lambda: big_holding.remote(BIG, 0))
         assert went
         other = total.options(scheduling_strategy="SPREAD").remote(1.0)  # revokes the lease
@@ -798,7 +769,7 @@ def test_a_leased_executor_that_dies_with_a_large_return_sealed(
     """Not reported: the scheduler runs it again (it has a retry left), and the rerun
     makes the same return id that the dead executor sealed (and its daemon freed).
     Reported: the scheduler has its value; it does not run again."""
-    leased()
+    leased(pid)
     marker, runs, pidfile = tmp_path / "crashed", tmp_path / "runs", tmp_path / "lingerer"
     ref, went = on_lease(
         lambda: big_then_crash.remote(BIG, str(marker), str(runs), after, str(pidfile))
@@ -945,7 +916,7 @@ def test_asyncio_awaits_large_direct_and_leased_returns(lasting, fresh_cluster):
 def test_leased_callbacks_drop_refs_and_submit_the_next_leased_task(lasting, fresh_cluster):
     """A future's callback runs on the lease's delivery thread: it drops the only ref to
     the large return and sends the next task (maybe on the same lease)."""
-    leased()
+    leased(pid)
     finished = threading.Event()
     seen: list[object] = []
     remaining = [15]

@@ -25,7 +25,14 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import (
+    leased,
+    leased_so_far,
+    on_lease,
+    stored,
+    switch_to_direct,
+    wait_for,
+)
 from taskgraph.exceptions import (
     ActorDiedError,
     TaskCancelledError,
@@ -195,37 +202,6 @@ class Keeper:
 # -- helpers ----------------------------------------------------------------------
 
 
-def leased_so_far() -> int:
-    return tg.statistics().tasks_leased
-
-
-def leased(fn=pid, *args) -> None:
-    """Await ``fn`` one call at a time until a call goes on a lease (which is then idle)."""
-
-    def one_went_on_a_lease() -> bool:
-        before = leased_so_far()
-        tg.get(fn.remote(*args), timeout=30)
-        return leased_so_far() == before + 1
-
-    wait_for(one_went_on_a_lease, what="a lease")
-
-
-def on_lease(submit):
-    before = leased_so_far()
-    out = submit()
-    return out, leased_so_far() == before + 1
-
-
-def goes_direct(handle) -> bool:
-    before = tg.statistics().direct_actor_calls
-    tg.get(handle.history.remote(), timeout=30)
-    return tg.statistics().direct_actor_calls == before + 1
-
-
-def switch_to_direct(handle) -> None:
-    wait_for(lambda: goes_direct(handle), what="the client to call the actor directly")
-
-
 def running_channel_tasks() -> list[dict]:
     """Tasks the scheduler has RUNNING, leases themselves aside."""
     return [t for t in list_tasks() if t["state"] == "RUNNING" and t["name"] != "lease"]
@@ -348,7 +324,7 @@ def test_a_driver_that_leaves_right_after_direct_calls_with_ref_arguments(fresh_
 def test_a_leased_task_that_fails_after_storing_a_return_leaves_nothing_stored(
     lasting, fresh_cluster
 ):
-    leased()
+    leased(pid)
     for _ in range(3):
         (a, b), went = on_lease(lambda: big_then_unpicklable.remote(BIG))
         assert went
@@ -382,7 +358,7 @@ def test_a_leased_task_that_exits_its_process(lasting, fresh_cluster, code):
     """os._exit inside a leased task (exit code 0 too): the lease dies with it; the
     scheduler retries the task (it exits again) and fails it with WorkerCrashedError."""
     for retries in (0, 1):
-        leased()
+        leased(pid)
         ref, went = on_lease(
             lambda retries=retries: exit_now.options(max_retries=retries).remote(code)
         )
@@ -400,7 +376,7 @@ def test_a_leased_executor_killed_while_threads_take_turns_on_it(lasting, fresh_
     when they happen to take turns; the executor that ran the latest task (leased
     or not) is SIGKILLed again and again. Every task gives its own value (retried by the
     scheduler) or WorkerCrashedError: never another task's value, never a hang."""
-    leased()
+    leased(pid)
     before = leased_so_far()
     errors: list[BaseException] = []
     seen: list[int] = []  # pids of the executors that ran the latest tasks
@@ -659,7 +635,7 @@ def test_threads_on_leases_and_direct_calls_while_an_actor_dies(lasting, fresh_c
     doomed, steady = Keeper.remote(), Keeper.remote()
     switch_to_direct(doomed)
     switch_to_direct(steady)
-    leased()
+    leased(pid)
     errors: list[BaseException] = []
     died = threading.Event()
 
@@ -730,7 +706,7 @@ def test_shutdown_while_threads_wait_on_channel_tasks(lasting, fresh_cluster):
     hanging, and the cluster's processes, arenas and threads go (the fixture)."""
     keeper = Keeper.remote()
     switch_to_direct(keeper)
-    leased()
+    leased(pid)
     leased_ref, went = on_lease(lambda: slow_big.remote(BIG, 0.3))
     assert went
     direct_ref = keeper.slow.remote("late", 0.3)
@@ -810,7 +786,7 @@ def test_a_leased_ref_passed_to_a_direct_call_and_dropped_then_its_executor_dies
     value; without, every reader gets WorkerCrashedError."""
     keeper = Keeper.remote()
     switch_to_direct(keeper)
-    leased()
+    leased(pid)
     marker = tmp_path / "pid"
     ref, went = on_lease(
         lambda: big_second_time.options(max_retries=retries).remote(BIG, str(marker))
@@ -851,7 +827,7 @@ def test_a_leased_task_force_cancelled_with_its_direct_calls_in_flight(
     keeper = Keeper.options(name=name).remote()
     tg.get(keeper.history.remote(), timeout=30)
     namespace = tg._api._runtime.namespace
-    leased()
+    leased(pid)
     for k in range(2):
         marker = tmp_path / f"called-{k}"
         ref, went = on_lease(lambda m=marker: calls_then_sleeps.remote(name, namespace, str(m)))
@@ -861,7 +837,7 @@ def test_a_leased_task_force_cancelled_with_its_direct_calls_in_flight(
         tg.cancel(ref, force=True)
         with pytest.raises(TaskCancelledError):
             tg.get(ref, timeout=30)
-        leased()
+        leased(pid)
     assert tg.get(keeper.echo.remote("alive"), timeout=30) == "alive"
     del ref
     wait_settled()
@@ -911,7 +887,7 @@ def test_a_leased_task_that_answered_is_not_undone_by_the_next_one_crashing(
     runs = tmp_path / "runs"
     wrong = []
     for i in range(4):
-        leased()
+        leased(pid)
         ref, went = on_lease(lambda i=i: counted.options(max_retries=retries).remote(i, str(runs)))
         assert went
         assert tg.get(ref, timeout=30) == i

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import start_worker, stop_process, wait_for
+from conftest import leased, leased_so_far, start_worker, stop_process, wait_for
 from taskgraph import _wire as w
 from taskgraph._leases import lease_shape
 from taskgraph._transport import BlockingConnection, digest
@@ -114,22 +114,6 @@ def dies_first(marker, how):
 ONE_CPU = (("CPU", 1.0),)  # the shape of most tasks here
 
 
-def leased_so_far() -> int:
-    """Tasks this driver sent down a lease so far."""
-    return tg.statistics().tasks_leased
-
-
-def leased(fn=pid, *args):
-    """Await ``fn`` one call at a time until a call goes on a lease."""
-
-    def one_went_on_a_lease():
-        before = leased_so_far()
-        tg.get(fn.remote(*args), timeout=30)
-        return leased_so_far() > before
-
-    wait_for(one_went_on_a_lease, what="a lease")
-
-
 def running_leases() -> set[str]:
     """The leases the scheduler has running (a lease is a task named "lease")."""
     return {t["task_id"] for t in list_tasks() if t["name"] == "lease" and t["state"] == "RUNNING"}
@@ -168,7 +152,7 @@ def finished_by_lease() -> int:
 
 
 def test_tasks_awaited_one_by_one_go_on_a_lease(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     lease_id, before = the_lease(), leased_so_far()
     pids = {tg.get(pid.remote()) for _ in range(30)}
     assert leased_so_far() == before + 30, "every one went on the lease"
@@ -219,7 +203,7 @@ def test_leases_are_only_for_plain_tasks(lasting, fresh_cluster):
     assert lease_shape(w.TaskSpec(b"t" * 16, b"f", "f", b"", [], strategy="SPREAD")) is None
     assert lease_shape(w.TaskSpec(b"t" * 16, b"f", "f", b"", [], resources={"GPU": 1})) is None
     # A ref argument goes the usual way, even with a lease held.
-    leased()
+    leased(pid)
     before = leased_so_far()
     ref = double.remote(tg.put(4))
     assert tg.get(ref) == 8
@@ -229,7 +213,7 @@ def test_leases_are_only_for_plain_tasks(lasting, fresh_cluster):
 
 
 def test_failures_on_a_lease_are_the_tasks_own(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     lease_id, before = the_lease(), leased_so_far()
     ref = fails.remote("boom")
     with pytest.raises(ValueError, match="boom") as info:
@@ -242,10 +226,10 @@ def test_failures_on_a_lease_are_the_tasks_own(lasting, fresh_cluster):
 
 
 def test_a_crash_on_a_lease_fails_the_task_or_retries_it(lasting, fresh_cluster, tmp_path):
-    leased()
+    leased(pid)
     with pytest.raises(WorkerCrashedError, match="exit code 3"):
         tg.get(crash.remote(), timeout=60)
-    leased()
+    leased(pid)
     assert tg.get(crash_once.remote(str(tmp_path / "marker")), timeout=60) == "second try"
     assert (tmp_path / "marker").exists()
     assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
@@ -257,7 +241,7 @@ def test_the_scheduler_retries_a_task_whose_leased_executor_died(
 ):
     """``exit``: the task ends its process; ``kill``: SIGKILL while it runs;
     ``unreported``: its executor dies after running it, before its report."""
-    leased()
+    leased(pid)
     marker = tmp_path / "pid"
     before = leased_so_far()
     ref = dies_first.options(max_retries=1).remote(str(marker), how)
@@ -270,7 +254,7 @@ def test_the_scheduler_retries_a_task_whose_leased_executor_died(
     assert second != first, "run again, by another executor"
     wait_for(lambda: state_of(task_id(ref)) == "FINISHED", what="the scheduler's record")
     # The driver goes on, on a lease again.
-    leased()
+    leased(pid)
     assert [tg.get(double.remote(i)) for i in range(5)] == [0, 2, 4, 6, 8]
 
 
@@ -278,7 +262,7 @@ def test_the_scheduler_retries_a_task_whose_leased_executor_died(
 def test_a_task_whose_leased_executor_died_fails_without_retries(
     lasting, fresh_cluster, tmp_path, how, code
 ):
-    leased()
+    leased(pid)
     marker = tmp_path / "pid"
     before = leased_so_far()
     ref = dies_first.options(max_retries=0).remote(str(marker), how)
@@ -318,7 +302,7 @@ def test_cancel_reaches_a_leased_task(lasting, fresh_cluster, force, tmp_path):
 
 
 def test_large_results_and_refs_inside_come_back_from_a_lease(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     before = leased_so_far()
     arr = tg.get(big.remote(1_000_000))
     assert arr[-1] == 999_999
@@ -344,7 +328,7 @@ def test_a_leased_task_that_waits_lends_its_cpu(lasting, fresh_cluster):
 
 
 def test_a_burst_of_tasks_ends_the_lease(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     before = leased_so_far()
     refs = [double.remote(i) for i in range(100)]
     # (the first may go on the idle lease; the second ends it)
@@ -355,7 +339,7 @@ def test_a_burst_of_tasks_ends_the_lease(lasting, fresh_cluster):
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
 def test_a_task_that_needs_the_leased_cpu_gets_it(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     lease_id = the_lease()
     # A ref argument: the usual way, where it waits for the CPU the lease holds.
     assert tg.get(double.remote(tg.put(2)), timeout=30) == 4
@@ -396,7 +380,7 @@ def test_no_lease_is_asked_of_a_worker_that_could_not_hold_it(lasting, fresh_clu
 
 
 def test_threads_awaiting_tasks_at_once_get_their_own_results(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     before = leased_so_far()
     errors = []
 
@@ -418,12 +402,12 @@ def test_threads_awaiting_tasks_at_once_get_their_own_results(lasting, fresh_clu
 
 
 def test_an_idle_lease_ends_and_frees_its_cpu(fresh_cluster):
-    leased()  # executors end a lease after 50 ms idle (the default)
+    leased(pid)  # executors end a lease after 50 ms idle (the default)
     wait_for(lambda: tg.statistics().open_leases == 0, what="the lease to end")
     wait_for(lambda: not running_leases(), what="the scheduler to see it end")
     wait_for(lambda: tg.available_resources().get("CPU") == 2, what="its CPU back")
     # The next tasks awaited one by one get a lease again.
-    leased()
+    leased(pid)
 
 
 def test_a_lease_nobody_asked_for_is_refused(lasting, fresh_cluster):

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import leased, leased_so_far, on_lease, stored, wait_for
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 from taskgraph.util.state import list_tasks
 
@@ -153,32 +153,8 @@ def look_up(name, namespace):
 # -- helpers --------------------------------------------------------------------
 
 
-def leased_so_far() -> int:
-    """Tasks this driver sent down a lease so far."""
-    return tg.statistics().tasks_leased
-
-
 def open_leases() -> int:
     return tg.statistics().open_leases
-
-
-def leased(fn=pid, *args):
-    """Await ``fn`` one call at a time until a call goes on a lease."""
-
-    def one_went_on_a_lease():
-        before = leased_so_far()
-        tg.get(fn.remote(*args), timeout=30)
-        return leased_so_far() > before
-
-    wait_for(one_went_on_a_lease, what="a lease")
-
-
-def on_lease(submit):
-    """Call ``submit`` (it submits one task); return what it returns, and whether
-    the task went down a lease."""
-    before = leased_so_far()
-    ref = submit()
-    return ref, leased_so_far() == before + 1
 
 
 def running_leases() -> set[str]:
@@ -209,7 +185,7 @@ def cpus_free(n=2.0) -> bool:
 
 def test_a_named_actor_made_just_before_is_found_by_a_leased_task(lasting, fresh_cluster):
     namespace = tg._api._runtime.namespace
-    leased()
+    leased(pid)
     handles, went = [], 0
     for i in range(5):
         handles.append(Named.options(name=f"named-{i}").remote())
@@ -224,7 +200,7 @@ def test_a_named_actor_made_just_before_is_found_by_a_leased_task(lasting, fresh
 def test_a_put_captured_by_a_leased_task_is_there_when_it_runs(lasting, fresh_cluster):
     """The put goes to the scheduler, the task straight to the executor: the put must
     be known before the task asks for it, even behind a backlog of other messages."""
-    leased()
+    leased(pid)
     before = leased_so_far()
     for i in range(15):
         backlog = [tg.put(bytes(90_000)) for _ in range(30)]  # ~2.7 MB ahead of the put
@@ -251,7 +227,7 @@ def test_recursive_cancel_of_a_leased_task_reaches_the_task_it_started(
         tg.get(ref, timeout=30)
     wait_for((spread / "child-ended").exists, what="the child of a scheduled parent to end")
     # The same parent on a lease.
-    leased()
+    leased(pid)
     on = tmp_path / "leased"
     on.mkdir()
     ref, leased_now = on_lease(lambda: parent.remote(60, str(on)))
@@ -264,7 +240,7 @@ def test_recursive_cancel_of_a_leased_task_reaches_the_task_it_started(
 
 
 def test_cancel_of_finished_leased_tasks_keeps_their_values(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     lease_id, before = the_lease(), leased_so_far()
     for i in range(20):
         ref = double.remote(i)
@@ -285,7 +261,7 @@ def test_cancel_right_after_submit_either_cancels_or_answers(lasting, fresh_clus
     """A cancel may catch a leased task before it starts; the next task of the same
     function must still run. (A new function each time: its code travels with its
     first task on a lease.)"""
-    leased()
+    leased(pid)
     outcomes = set()
     for i in range(30):
         fn = tg.remote(lambda x, k=i: 2 * x + k)
@@ -303,7 +279,7 @@ def test_cancel_right_after_submit_either_cancels_or_answers(lasting, fresh_clus
 
 def test_force_cancel_then_more_tasks_at_once(lasting, fresh_cluster, tmp_path):
     for k in range(3):
-        leased()
+        leased(pid)
         marker = tmp_path / f"started-{k}"
         ref, leased_now = on_lease(lambda marker=marker: sleep.remote(60, str(marker)))
         assert leased_now
@@ -335,7 +311,7 @@ def test_refs_inside_a_leased_result_survive_a_burst_that_ends_the_lease(lasting
     """A return holding a ref is read from the scheduler (the executor reports it
     first); a burst ends the lease from the driver's side while that task still runs."""
     for i in range(10):
-        leased()
+        leased(pid)
         ref, leased_now = on_lease(lambda i=i: slow_holding.remote(i, 0.05))
         assert leased_now
         other = double.remote(i)  # a second task while one runs: the lease ends
@@ -350,7 +326,7 @@ def test_refs_inside_a_leased_result_survive_a_burst_that_ends_the_lease(lasting
 def test_a_large_leased_result_dropped_in_a_done_callback_is_freed(lasting, fresh_cluster):
     """The future holds the only ref; it drops it as the value arrives, and a
     callback keeps the delivering thread busy a while."""
-    leased()
+    leased(pid)
     for _ in range(3):
         fut = slow_big.remote(200_000, 0.3).future()
         called = threading.Event()
@@ -370,7 +346,7 @@ def test_a_large_leased_result_dropped_in_a_done_callback_is_freed(lasting, fres
 def test_a_pending_leased_ref_passed_on_then_its_executor_is_killed(
     lasting, fresh_cluster, tmp_path, retries
 ):
-    leased()
+    leased(pid)
     marker = tmp_path / "pid"
     ref, leased_now = on_lease(lambda: sleep_first.options(max_retries=retries).remote(str(marker)))
     assert leased_now
@@ -398,7 +374,7 @@ def test_a_pending_leased_ref_passed_on_then_its_executor_is_killed(
 
 
 def test_large_leased_results_dropped_unread_are_freed(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     for _ in range(3):
         ref, leased_now = on_lease(lambda: slow_big.remote(200_000, 0.05))
         assert leased_now
@@ -474,7 +450,7 @@ def test_refs_inside_leased_results_survive_leases_ending_by_idle(fleeting, fres
 
 
 def test_a_leased_task_sees_its_own_id_and_its_errors_fill_every_return(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     lease_id, before = the_lease(), leased_so_far()
     ref = context.remote()
     task_id, node = tg.get(ref)
@@ -494,14 +470,14 @@ def test_generators_and_ref_arguments_bypass_a_held_lease(lasting, fresh_cluster
         return leased_so_far() - before
 
     start = leased_so_far()
-    leased()
+    leased(pid)
     for _ in range(3):
         assert leased_by(lambda: [tg.get(r) for r in count_to.remote(4)] == [0, 1, 2, 3]) == 0
         assert leased_by(lambda: tg.get(double.remote(tg.put(4))) == 8) == 0
         # The inner one may be leased (it is sent first), the outer may not.
         assert leased_by(lambda: tg.get(double.remote(double.remote(1))) == 4) <= 1
         assert leased_by(lambda: tg.get(add_all.remote([tg.put(1), tg.put(2)])) == 3) == 0
-        leased()  # (a lease may be taken back while tasks wait for its CPU)
+        leased(pid)  # (a lease may be taken back while tasks wait for its CPU)
     # A generator function with a fixed number of returns is a plain task.
     first, second = count_to.options(num_returns=2).remote(2)
     assert tg.get([first, second]) == [0, 1]
@@ -525,7 +501,7 @@ def test_leases_of_other_cpu_shapes(lasting, fresh_cluster, cpus):
 
 
 def test_threads_mixing_get_wait_futures_and_await_on_leased_refs(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     errors = []
 
     def sync_loop(k):
@@ -613,7 +589,7 @@ def test_a_thread_adding_task_shapes_while_others_get_leased_results(lasting, fr
 
 
 def test_the_leased_executor_killed_while_idle(lasting, fresh_cluster):
-    leased()
+    leased(pid)
     lease_id = the_lease()
     executor, leased_now = on_lease(lambda: tg.get(pid.remote()))
     assert leased_now and the_lease() == lease_id
@@ -633,7 +609,7 @@ def test_the_leased_executor_killed_while_idle(lasting, fresh_cluster):
 
 
 def test_shutdown_while_a_leased_task_runs(lasting, fresh_cluster, tmp_path):
-    leased()
+    leased(pid)
     marker = tmp_path / "started"
     ref, leased_now = on_lease(lambda: sleep.remote(60, str(marker)))
     assert leased_now
@@ -705,7 +681,7 @@ def test_a_driver_killed_while_its_leased_task_runs(lasting, fresh_cluster, tmp_
     (tmp_path / "go").touch()  # its 1.6 MB return is made for nobody
     wait_for(cpus_free, what="the dead driver's lease to end")
     wait_for(lambda: not stored(), timeout=10, what="the orphaned return to be freed")
-    leased()  # this driver still gets a lease
+    leased(pid)  # this driver still gets a lease
 
 
 def test_a_driver_that_dies_as_a_leased_result_reaches_it(lasting, fresh_cluster, tmp_path):
