@@ -187,6 +187,52 @@ def on_lease(submit: Callable[[], Any]) -> tuple[Any, bool]:
     return out, leased_so_far() == before + 1
 
 
+# A script prefix for another driver: call a named actor until the calls go
+# straight to it (format with name= and namespace=).
+SWITCH_TO_DIRECT = """
+import os, sys, time
+import numpy as np
+import taskgraph as tg
+a = tg.get_actor({name!r}, namespace={namespace!r})
+deadline = time.monotonic() + 15
+while True:
+    before = tg.statistics().direct_actor_calls
+    tg.get(a.history.remote())
+    if tg.statistics().direct_actor_calls == before + 1:
+        break
+    if time.monotonic() > deadline:
+        sys.exit("never went direct")
+"""
+
+
+def another_driver(script: str, pythonpath: str = "") -> subprocess.Popen[str]:
+    """``script`` in another driver process on this cluster (end it with ``finish``)."""
+    runtime = tg._api._runtime
+    assert runtime is not None and runtime.cluster is not None
+    env = dict(os.environ, TASKGRAPH_ADDRESS=runtime.address, TASKGRAPH_TOKEN=runtime.cluster.token)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    """Wait for a driver to end (killed at the deadline): exit code, stdout, stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
 def start_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Add a worker daemon to the running local cluster (the caller stops it)."""
     runtime = tg._api._runtime

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import stored, wait_for
+from conftest import SWITCH_TO_DIRECT, stored, wait_for
 from taskgraph import _client as client_module
 from taskgraph._direct import ActorRoute, DirectChannel
 from taskgraph.exceptions import ActorDiedError, GetTimeoutError, TaskError
@@ -318,22 +318,6 @@ def second_driver(script: str, timeout: float = 60) -> subprocess.CompletedProce
     )
 
 
-SWITCH_IN_SECOND_DRIVER = """
-import os, sys, time
-import numpy as np
-import taskgraph as tg
-a = tg.get_actor({name!r}, namespace={namespace!r})
-deadline = time.monotonic() + 15
-while True:
-    before = tg.statistics().direct_actor_calls
-    tg.get(a.history.remote())
-    if tg.statistics().direct_actor_calls == before + 1:
-        break
-    if time.monotonic() > deadline:
-        sys.exit("never went direct")
-"""
-
-
 pytestmark = pytest.mark.usefixtures("cluster")
 
 
@@ -626,7 +610,7 @@ def test_a_second_driver_calls_a_named_actor_directly_and_leaves_cleanly():
     name = "direct-named"
     log = Log.options(name=name).remote()
     tg.get(log.history.remote())
-    script = SWITCH_IN_SECOND_DRIVER.format(name=name, namespace=tg._api._runtime.namespace) + (
+    script = SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace) + (
         "refs = [a.add.remote(('second', i)) for i in range(100)]\n"
         "assert tg.get(refs, timeout=30) == sorted(tg.get(refs))\n"
         "big = a.big.remote(200_000)\n"
@@ -911,7 +895,7 @@ def test_a_large_return_for_a_caller_that_left_is_freed():
     log = Log.options(name=name).remote()
     tg.get(log.history.remote())
     before = stored()
-    script = SWITCH_IN_SECOND_DRIVER.format(name=name, namespace=tg._api._runtime.namespace) + (
+    script = SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace) + (
         "a.slow_big.remote(200_000, 0.5)\n"  # 1.6 MB, into the store in 0.5 s
         "tg.shutdown()\n"  # leaves with the call in flight
     )

@@ -24,7 +24,6 @@ import gc
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +35,9 @@ import pytest
 
 import taskgraph as tg
 from conftest import (
+    SWITCH_TO_DIRECT,
+    another_driver,
+    finish,
     leased,
     leased_so_far,
     on_lease,
@@ -44,6 +46,8 @@ from conftest import (
     wait_for,
 )
 from taskgraph.exceptions import ActorDiedError, ObjectLostError
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # scripts import this module
 
 BIG = 200_000  # float64/int64 elements: 1.6 MB, well above the 100 KiB inline limit
 
@@ -185,36 +189,6 @@ def store_empties(before: frozenset[str] | set[str] = frozenset(), timeout: floa
     wait_for(lambda: stored() <= before, timeout=timeout, what="the returns to be freed")
 
 
-def driver(script: str) -> subprocess.Popen[str]:
-    """Another driver process on this cluster (the caller kills it in a finally)."""
-    runtime = tg._api._runtime
-    assert runtime is not None and runtime.cluster is not None
-    env = dict(
-        os.environ,
-        TASKGRAPH_ADDRESS=runtime.address,
-        TASKGRAPH_TOKEN=runtime.cluster.token,
-        PYTHONPATH=os.path.dirname(os.path.abspath(__file__)),
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, err
-
-
 # -- 1. large returns of direct actor calls ------------------------------------------
 
 
@@ -326,8 +300,10 @@ def test_several_drivers_pass_on_large_returns_of_one_actor(fresh_cluster):
     a = Store.options(name=name).remote()
     switch_to_direct(a)
     before = stored()
-    script = SWITCH.format(name=name, namespace=tg._api._runtime.namespace) + CALLING_DRIVER
-    procs = [driver(script) for _ in range(2)]
+    script = (
+        SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace) + CALLING_DRIVER
+    )
+    procs = [another_driver(script, HERE) for _ in range(2)]
     try:
         for i in range(20):  # this driver too, meanwhile
             ref = a.slow_big.remote(BIG, 0.002, float(i))
@@ -335,7 +311,7 @@ def test_several_drivers_pass_on_large_returns_of_one_actor(fresh_cluster):
             del ref
     finally:
         outcomes = [finish(p) for p in procs]
-    assert all(code == 0 for code, _ in outcomes), outcomes
+    assert all(code == 0 for code, _, _ in outcomes), outcomes
     tg.get(a.history.remote(), timeout=30)
     store_empties(before)
 
@@ -399,22 +375,6 @@ def test_a_large_direct_return_that_holds_refs(fresh_cluster):
 # -- 1b. callers that die -------------------------------------------------------------
 
 
-SWITCH = """
-import os, sys, time
-import numpy as np
-import taskgraph as tg
-from taskgraph import _wire as w
-a = tg.get_actor({name!r}, namespace={namespace!r})
-deadline = time.monotonic() + 15
-while True:
-    before = tg.statistics().direct_actor_calls
-    tg.get(a.history.remote())
-    if tg.statistics().direct_actor_calls == before + 1:
-        break
-    if time.monotonic() > deadline:
-        sys.exit("never went direct")
-"""
-
 # The caller reads an answer with a large return (in the executor's store) from
 # its channel (an actor's connection, or a lease's), and dies before taking it in.
 DIE_ON_ANSWER = """
@@ -437,7 +397,7 @@ def test_a_caller_that_dies_as_a_large_direct_answer_reaches_it(fresh_cluster, p
     tg.get(actor.history.remote())
     before = stored()
     script = (
-        SWITCH.format(name=name, namespace=tg._api._runtime.namespace)
+        SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace)
         + DIE_ON_ANSWER
         + "ref = a.slow_big.remote(200_000, 0.5)\n"
         + ("box = tg.put([ref])\n" if passed_on else "")
@@ -445,7 +405,7 @@ def test_a_caller_that_dies_as_a_large_direct_answer_reaches_it(fresh_cluster, p
         + "tg.get(ref, timeout=30)\n"
         + "sys.exit('not reached')\n"
     )
-    code, err = finish(driver(script))
+    code, _, err = finish(another_driver(script, HERE))
     assert code == 0, err
     tg.get(actor.history.remote(), timeout=30)  # runs after slow_big answered
     store_empties(before)
@@ -467,9 +427,9 @@ def test_a_caller_killed_at_various_points_of_large_direct_answers(fresh_cluster
         "        tg.wait([refs.pop(0)])\n"  # a few in flight at any time
         "        print('answered', flush=True)\n"
     )
-    script = SWITCH.format(name=name, namespace=tg._api._runtime.namespace) + loop
+    script = SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace) + loop
     for answered in (0, 3, 20):  # killed after that many answers (a few more in flight)
-        proc = driver(script)
+        proc = another_driver(script, HERE)
         try:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
@@ -660,7 +620,7 @@ def test_a_driver_that_dies_as_a_large_leased_answer_reaches_it(lasting, fresh_c
         + "tg.get(ref, timeout=30)\n"
         + "sys.exit('not reached')\n"
     )
-    code, err = finish(driver(script))
+    code, _, err = finish(another_driver(script, HERE))
     assert code == 0, err
     wait_for(cpus_free, what="the dead driver's lease to end")
     store_empties(before)

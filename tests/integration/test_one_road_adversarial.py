@@ -15,8 +15,6 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,6 +24,9 @@ import pytest
 
 import taskgraph as tg
 from conftest import (
+    SWITCH_TO_DIRECT,
+    another_driver,
+    finish,
     leased,
     leased_so_far,
     on_lease,
@@ -240,51 +241,6 @@ def cpus_free(n: float = 2.0) -> bool:
     return tg.available_resources().get("CPU") == n
 
 
-def driver(script: str) -> subprocess.Popen[str]:
-    """Another driver process on this cluster (the caller ends it)."""
-    runtime = tg._api._runtime
-    assert runtime is not None and runtime.cluster is not None
-    env = dict(
-        os.environ,
-        TASKGRAPH_ADDRESS=runtime.address,
-        TASKGRAPH_TOKEN=runtime.cluster.token,
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, out, err
-
-
-SWITCH = """
-import os, sys, time
-import numpy as np
-import taskgraph as tg
-a = tg.get_actor({name!r}, namespace={namespace!r})
-deadline = time.monotonic() + 15
-while True:
-    before = tg.statistics().direct_actor_calls
-    tg.get(a.history.remote())
-    if tg.statistics().direct_actor_calls == before + 1:
-        break
-    if time.monotonic() > deadline:
-        sys.exit("never went direct")
-"""
-
-
 # -- a driver that leaves with direct calls still in its channel -----------------------
 
 
@@ -299,7 +255,7 @@ def test_a_driver_that_leaves_right_after_direct_calls_with_ref_arguments(fresh_
     tg.get(keeper.history.remote(), timeout=30)
     leave = "tg.shutdown()\n" if how == "shutdown" else "os.kill(os.getpid(), 9)\n"
     script = (
-        SWITCH.format(name=name, namespace=tg._api._runtime.namespace)
+        SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace)
         + (
             "x = tg.put(np.full(200_000, 1))\n"
             # A backlog for the scheduler to read first: the ping comes back later.
@@ -309,7 +265,7 @@ def test_a_driver_that_leaves_right_after_direct_calls_with_ref_arguments(fresh_
         )
         + leave
     )
-    code, _, err = finish(driver(script))
+    code, _, err = finish(another_driver(script))
     assert code == (0 if how == "shutdown" else -9), err
     wait_settled(timeout=5)
     store_empties(timeout=3)
@@ -570,7 +526,7 @@ def test_a_second_driver_leaves_with_leased_tasks_in_flight(lasting, fresh_clust
         + leave
     )
     for _ in range(2):
-        code, _, err = finish(driver(script))
+        code, _, err = finish(another_driver(script))
         assert code == (-signal.SIGKILL if how == "sigkill" else 0), err
     wait_settled()
     store_empties()
@@ -594,11 +550,11 @@ def test_a_driver_killed_right_after_direct_calls_leaves_no_early_report(fresh_c
     tg.get(keeper.history.remote(), timeout=30)
     script = (
         "import signal\n"
-        + SWITCH.format(name=name, namespace=tg._api._runtime.namespace)
+        + SWITCH_TO_DIRECT.format(name=name, namespace=tg._api._runtime.namespace)
         + DIRECT_THEN_DIE
     )
     for _ in range(3):
-        code, _, err = finish(driver(script))
+        code, _, err = finish(another_driver(script))
         assert code == -signal.SIGKILL, err
     assert tg.get(keeper.echo.remote("alive"), timeout=30) == "alive"
     wait_settled()
@@ -619,7 +575,7 @@ def test_a_driver_killed_right_after_a_large_put_leaves_nothing_stored(fresh_clu
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     for _ in range(3):
-        code, _, err = finish(driver(script))
+        code, _, err = finish(another_driver(script))
         assert code == -signal.SIGKILL, err
     store_empties(timeout=3)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import leased, leased_so_far, on_lease, stored, wait_for
+from conftest import another_driver, leased, leased_so_far, on_lease, stored, wait_for
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 from taskgraph.util.state import list_tasks
 
@@ -621,20 +620,6 @@ def test_shutdown_while_a_leased_task_runs(lasting, fresh_cluster, tmp_path):
     del ref
 
 
-def second_driver(script: str) -> subprocess.Popen[str]:
-    runtime = tg._api._runtime
-    assert runtime is not None and runtime.cluster is not None
-    env = dict(os.environ, TASKGRAPH_ADDRESS=runtime.address, TASKGRAPH_TOKEN=runtime.cluster.token)
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 SECOND_DRIVER = """
 import os, sys, time
 import numpy as np
@@ -668,7 +653,7 @@ def test_a_driver_killed_while_its_leased_task_runs(lasting, fresh_cluster, tmp_
         "assert stats.tasks_leased == leased + 1 and stats.awaiting_channels == 1, stats\n"
         "time.sleep(60)\n"
     )
-    driver = second_driver(script)
+    driver = another_driver(script)
     try:
         wait_for(
             lambda: (tmp_path / "started").exists() or driver.poll() is not None,
@@ -700,7 +685,7 @@ def test_a_driver_that_dies_as_a_leased_result_reaches_it(lasting, fresh_cluster
         f"tg.get(big_when_told.remote(200_000, {str(tmp_path)!r}))\n"
         "sys.exit('not reached')\n"
     )
-    driver = second_driver(script)
+    driver = another_driver(script)
     try:
         _, err = driver.communicate(timeout=60)
     finally:
