@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -253,7 +254,7 @@ class Client:
                     # Nobody will ask for it, so we would never see the call end;
                     # a later call's end still tells us (see _slow_call_ended).
                     route, number = self._slow_calls.pop(oid)
-                    route.unanswered[number] = b""
+                    route.forgotten(number)
                 gone.append(oid)
         if gone:
             self._queue(w.ReleaseRefs(gone))
@@ -611,16 +612,11 @@ class Client:
             self._channels.pop(actor_id, None)
         refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
         with self._lock:
-            if len(route.unanswered) > 10_000:
-                route.never = True  # a caller that never looks at results: stay as is
-                route.unanswered.clear()
-            if not route.never:
-                number = route.calls = route.calls + 1
-                route.unanswered[number] = refs[0].id if refs else b""
-                if refs:
-                    self._slow_calls[refs[0].id] = (route, number)
+            number = route.call_slow(refs[0].id if refs else b"")
+            if number is not None and refs:
+                self._slow_calls[refs[0].id] = (route, number)
             self._queue(w.SubmitTasks([spec]))
-        if route.should_ask():
+        if route.should_ask(time.monotonic()):
             self.ask(
                 w.Query(0, "actor_direct", actor_id.hex()),
                 lambda answer: route.learned(answer, self.host),
@@ -642,13 +638,8 @@ class Client:
     def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
         """A call through the scheduler ended (lock held): maybe calls may go direct now."""
         route, number = self._slow_calls.pop(oid)
-        # Calls start in order, so a call that ran means the earlier ones ran too;
-        # one that failed may have failed before its turn (a failed argument).
-        ended = [n for n in route.unanswered if n <= number] if ok else [number]
-        for n in ended:
-            earlier = route.unanswered.pop(n, b"")
-            if earlier and earlier != oid:
-                self._slow_calls.pop(earlier, None)
+        for earlier in route.call_ended(number, ok):
+            self._slow_calls.pop(earlier, None)
 
     def ask(self, msg: w.Query, callback: Callable[[Any], None]) -> None:
         """Send a query; ``callback`` gets the answer (None if it failed) on another thread."""

@@ -4,7 +4,7 @@ A client routes each actor's calls one way at a time, so one caller's calls
 still run in the order it made them:
 
 - through the scheduler, until the client learns where the actor's process
-  listens (it asks the scheduler, at most every ``ASK_EVERY`` seconds while
+  listens (it asks the scheduler, at most every ``_routing.ASK_EVERY`` seconds while
   it makes calls) and none of its calls through the scheduler is still
   unanswered, as far as it knows (it hears of a call's end when it gets the
   call's result);
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from taskgraph import _routing as routing
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection, connect_blocking
 from taskgraph.exceptions import TaskgraphError
@@ -37,45 +38,17 @@ from taskgraph.exceptions import TaskgraphError
 if TYPE_CHECKING:
     from taskgraph._client import Client
 
-ASK_EVERY = 0.1  # seconds between asks for an actor's address, while calls go slow
 ENABLED = os.environ.get("TASKGRAPH_DIRECT_ACTOR_CALLS", "1") != "0"
 
 
-class ActorRoute:
-    """How this client reaches one actor."""
+@dataclass(eq=False)
+class ActorRoute(routing.ActorRoute):
+    """How this client reaches one actor (the decisions: ``_routing.py``), with the
+    channel once it calls it directly, and the lock held while one call is routed
+    and queued."""
 
-    def __init__(self, actor_id: bytes) -> None:
-        self.actor_id = actor_id
-        self.channel: DirectChannel | None = None
-        self.address = ""
-        # Calls through the scheduler whose end we have not seen: number -> first
-        # return id (b"" when there is none, or nobody will ask for it).
-        self.unanswered: dict[int, bytes] = {}
-        self.calls = 0
-        self.never = False  # the actor cannot be called directly
-        self.asked_at = 0.0
-        self.asking = False
-        self.lock = threading.Lock()  # held while one call is routed and queued
-
-    def may_switch(self) -> bool:
-        return bool(self.address) and not self.unanswered and not self.never
-
-    def should_ask(self) -> bool:
-        """Whether to ask the scheduler where the actor listens (now, then not for a while)."""
-        now = time.monotonic()
-        if self.asking or self.never or self.address or now - self.asked_at < ASK_EVERY:
-            return False
-        self.asked_at = now
-        self.asking = True
-        return True
-
-    def learned(self, answer: Any, host: str) -> None:
-        self.asking = False
-        if isinstance(answer, dict) and answer.get("address"):
-            if answer.get("host") == host:
-                self.address = str(answer["address"])
-            else:
-                self.never = True  # on another host: through the scheduler
+    channel: DirectChannel | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class DirectChannel:

@@ -48,16 +48,13 @@ import msgspec
 
 from taskgraph import _wire as w
 from taskgraph._ids import return_ids
+from taskgraph._routing import LeaseRoute
 from taskgraph._transport import BlockingConnection
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
 
 ENABLED = os.environ.get("TASKGRAPH_TASK_LEASES", "1") != "0"
-SYNC_STREAK = 2  # tasks of a shape awaited one by one before a lease is asked for
-ASK_AGAIN = 10.0  # seconds: a lease asked for and not come by then is asked for again
-GRANT_WAIT = 0.005  # seconds a task waits for the lease just asked for, before going the usual way
-QUIET_AFTER_REVOKE = 1.0  # seconds without asking, once the scheduler took a lease back
 MAX_ROUTES = 64  # shapes remembered; beyond, those with no lease are forgotten
 LEASE_FUNCTION = b"taskgraph.lease"  # a lease's "function" id (it runs none of its own)
 
@@ -81,19 +78,14 @@ def lease_shape(spec: w.TaskSpec) -> Shape | None:
 
 
 class _Route:
-    """Tasks of one shape: their lease, or how close they are to asking for one."""
+    """Tasks of one shape: their lease, and the decisions about it (_routing.py)."""
 
     def __init__(self, shape: Shape) -> None:
         self.shape = shape
         self.lock = threading.Lock()  # one task routed at a time
         self.granted = threading.Condition(self.lock)
-        self.channel: LeaseChannel | None = None
-        self.asked = b""  # the lease asked for and not come yet
-        self.asked_at = 0.0
-        self.quiet_until = 0.0  # no asking before this (monotonic seconds)
-        self.last = b""  # first return of the last task sent the usual way
-        self.answered = False  # a get() returned it before the next task came
-        self.streak = 0
+        self.channel: LeaseChannel | None = None  # set exactly when decide.leased
+        self.decide = LeaseRoute()
 
 
 class LeaseChannel:
@@ -164,9 +156,7 @@ class LeaseChannel:
         with route.lock:
             if route.channel is self:
                 route.channel = None
-                route.streak = 0  # the next lease waits for a new streak
-            if revoked:  # others need the resources: do not ask again at once
-                route.quiet_until = time.monotonic() + QUIET_AFTER_REVOKE
+                route.decide.ended(revoked, time.monotonic())
             self.end()
 
     def lost(self) -> None:
@@ -179,6 +169,7 @@ class LeaseChannel:
         with route.lock:
             if route.channel is self:
                 route.channel = None
+                route.decide.lost()
             self.ending = True
         with self._lock:
             lost, self.in_flight = self.in_flight, {}
@@ -204,46 +195,38 @@ class Leases:
         route = self.routes.get(shape)
         if route is None:
             if len(self.routes) >= MAX_ROUTES:  # many shapes (memory= per task, say)
-                self.routes = {s: r for s, r in self.routes.items() if r.channel or r.asked}
+                self.routes = {s: r for s, r in self.routes.items() if r.channel or r.decide.asked}
             route = self.routes.setdefault(shape, _Route(shape))
         with route.lock:
+            decide = route.decide
+            if decide.arrive(time.monotonic()):
+                self._ask(route)
+            # Placed at once when a CPU is free: this task may go on it.
+            left = decide.grant_wait(time.monotonic())
+            if left > 0:
+                route.granted.wait(left)
             channel = route.channel
-            if channel is None:
-                route.streak = route.streak + 1 if route.answered else 0
-                route.answered = False
-                if route.streak >= SYNC_STREAK:
-                    self._ask(route)
-                if route.asked:
-                    # Placed at once when a CPU is free: this task may go on it.
-                    left = route.asked_at + GRANT_WAIT - time.monotonic()
-                    if left > 0:
-                        route.granted.wait(left)
-                channel = route.channel
-            if channel is not None:
-                if channel.idle() and channel.send(spec):
-                    return True
+            where = decide.take(channel is not None and channel.idle())
+            if where == "lease":
+                assert channel is not None
+                return channel.send(spec)
+            if where == "end":
                 # A task while the last one runs: its caller does not wait on
                 # each, and the usual way spreads them over every CPU.
+                assert channel is not None
                 route.channel = None
                 channel.end()
-                route.streak, route.answered = 0, False
-            route.last = return_ids(spec.task_id, 1)[0]
+            decide.sent_usual(return_ids(spec.task_id, 1)[0])
         return False
 
     def got(self, oids: list[bytes]) -> None:
         """A get() returned these: a task awaited one by one counts toward a lease."""
         for route in list(self.routes.values()):  # (another thread may add one)
-            if route.last and route.last in oids:
-                route.answered = True
+            route.decide.got(oids)
 
     def _ask(self, route: _Route) -> None:
-        """Submit a lease for ``route`` (its lock held) unless one is on its way."""
-        now = time.monotonic()
-        if (
-            self.closed
-            or now < route.quiet_until
-            or (route.asked and now - route.asked_at < ASK_AGAIN)
-        ):
+        """Submit a lease for ``route`` (its lock held), if a worker here can hold it."""
+        if self.closed:
             return
         client = self.client
         worker = client.local_worker()
@@ -252,8 +235,7 @@ class Leases:
         if any(worker.resources.get(name, 0.0) < amount for name, amount in route.shape):
             return  # more than the worker here has: the usual way finds one
         lease_id = client.new_id() + b"\0\0\0\0"
-        self.asked.pop(route.asked, None)
-        route.asked, route.asked_at = lease_id, now
+        self.asked.pop(route.decide.asking(lease_id, time.monotonic()), None)
         self.asked[lease_id] = route
         client.submit_later(
             w.TaskSpec(
@@ -275,9 +257,8 @@ class Leases:
         if route is None or self.closed:
             return None
         with route.lock:
-            if route.asked != lease_id or route.channel is not None:
+            if not route.decide.granted(lease_id):
                 return None
-            route.asked = b""
             channel = route.channel = LeaseChannel(self, route, lease_id, sock)
             route.granted.notify_all()
             return channel
@@ -291,5 +272,6 @@ class Leases:
         for route in list(self.routes.values()):
             with route.lock:
                 channel, route.channel = route.channel, None
+                route.decide.lost()
             if channel is not None:
                 channel.end()
