@@ -119,16 +119,12 @@ class DeliveryListener:
             self._drop(sock)
             return
         buffer += data
-        while len(buffer) >= 4:
-            try:
-                n = w.frame_length(bytes(buffer[:4]))
-                if len(buffer) < 4 + n:
-                    break
-                msgs = w.decode(bytes(buffer[4 : 4 + n]))
-            except TaskgraphError:
-                self._drop(sock)
-                return
-            del buffer[: 4 + n]
+        try:
+            frames = w.take_frames(buffer)
+        except TaskgraphError:
+            self._drop(sock)
+            return
+        for msgs in frames:
             if not self._handle(sock, msgs):
                 self._drop(sock)
                 return

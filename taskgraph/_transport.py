@@ -248,24 +248,11 @@ class FrameReader:
         return 4 + w.frame_length(bytes(self.buffer[:4])) - len(self.buffer)
 
     def _take_frames(self) -> list[Any] | None:
-        buffer = self.buffer
-        pos, end = 0, len(buffer)
-        messages: list[Any] = []
-        counts: list[int] = []
-        with memoryview(buffer) as view:
-            while end - pos >= 4:
-                n = w.frame_length(bytes(view[pos : pos + 4]))
-                if end - pos - 4 < n:
-                    break
-                frame = w.decode(view[pos + 4 : pos + 4 + n])
-                messages.extend(frame)
-                counts.append(len(frame))
-                pos += 4 + n
-        if not counts:
+        frames = w.take_frames(self.buffer)
+        if not frames:
             return None
-        self.counts = counts
-        del buffer[:pos]
-        return messages
+        self.counts = [len(frame) for frame in frames]
+        return [msg for frame in frames for msg in frame]
 
 
 def write_batch(stream: IOStream, messages: list[w.Msg]) -> None:

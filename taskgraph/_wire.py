@@ -362,6 +362,13 @@ class Shutdown(Msg):
     reason: str = ""
 
 
+class AfterFrames(Msg):
+    """Opens each frame of an executor's report pipe: the frames it had sent on its
+    stream before (worker/reports.py)."""
+
+    count: int
+
+
 class ReadReports(Msg):
     """To a worker: something waits on these tasks, running there; send their
     reports the moment they are in (read the report pipes now, and do not
@@ -560,6 +567,7 @@ AnyMessage = (
     | Heartbeat
     | Shutdown
     | ReadReports
+    | AfterFrames
     | ExecutorHello
     | Execute
     | Executed
@@ -600,6 +608,24 @@ def decode(body: bytes | memoryview) -> list[Any]:
         return _batch_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"a peer sent a message that does not decode: {exc}") from exc
+
+
+def take_frames(buffer: bytearray) -> list[list[Any]]:
+    """Decode and remove the whole frames at the start of ``buffer`` (a partial
+    one stays for the next call): each frame's messages, in order. Every reader
+    that gathers bytes itself splits them here."""
+    frames: list[list[Any]] = []
+    pos, end = 0, len(buffer)
+    with memoryview(buffer) as view:
+        while end - pos >= HEADER.size:
+            n = frame_length(bytes(view[pos : pos + HEADER.size]))
+            if end - pos - HEADER.size < n:
+                break
+            frames.append(decode(view[pos + HEADER.size : pos + HEADER.size + n]))
+            pos += HEADER.size + n
+    if pos:
+        del buffer[:pos]
+    return frames
 
 
 def frame_length(header: bytes) -> int:

@@ -18,7 +18,7 @@ at once when the scheduler asks (``ReadReports``: a task or a client waits on
 a channel task's returns, and would otherwise wait out the delay).
 
 The daemon still sees one ordered stream: each report carries how many frames
-the executor had sent on its stream when it wrote it (after sending what it had
+the executor had sent on its stream when it wrote it (``AfterFrames``) (after sending what it had
 queued), and the daemon handles it only once it has handled that many frames
 (the actor's ``AcquireRefs`` of an argument it keeps must reach the scheduler
 before the report that lets the call's hold on it go), and before the frames
@@ -31,19 +31,18 @@ from __future__ import annotations
 
 import os
 import select
-import struct
 from collections import deque
 from typing import Any
 
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection
+from taskgraph.exceptions import ProtocolError
 
 ATOMIC = select.PIPE_BUF  # bytes a pipe write delivers whole, even with several writers
 # Seconds the daemon lets reports gather once the pipe turns readable (10 ms, not
 # 2: sync direct calls 4.8k -> 5.2k/s); the scheduler asks for them at once when
 # something waits on a channel task's returns (ReadReports).
 READ_DELAY = 0.01
-AFTER = struct.Struct("<Q")  # frames sent on the stream before the report
 
 
 class ReportWriter:
@@ -59,7 +58,7 @@ class ReportWriter:
         go this way (too large): send it on the stream instead."""
         if self.fd < 0 or self.conn is None:
             return False
-        frame = AFTER.pack(self.conn.frames_sent - self.base) + w.encode([msg])
+        frame = w.encode([w.AfterFrames(self.conn.frames_sent - self.base), msg])
         if len(frame) > ATOMIC:
             return False
         os.write(self.fd, frame)  # whole or not at all (atomic below PIPE_BUF)
@@ -89,17 +88,10 @@ class ReportReader:
                 self.closed = True
                 break
             self._buffer += chunk
-        buffer, start, head = self._buffer, 0, AFTER.size + w.HEADER.size
-        while len(buffer) - start >= head:
-            (after,) = AFTER.unpack_from(buffer, start)
-            length = w.frame_length(bytes(buffer[start + AFTER.size : start + head]))
-            end = start + head + length
-            if end > len(buffer):
-                break
-            self._held.append((after, w.decode(bytes(buffer[start + head : end]))))
-            start = end
-        if start:
-            del buffer[:start]
+        for msgs in w.take_frames(self._buffer):
+            if not msgs or not isinstance(msgs[0], w.AfterFrames):
+                raise ProtocolError("a report pipe frame must open with AfterFrames")
+            self._held.append((msgs[0].count, msgs[1:]))
 
     def waiting(self) -> bool:
         """Whether reports wait for frames not yet handled."""

@@ -11,6 +11,7 @@ import pytest
 
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection
+from taskgraph.exceptions import ProtocolError
 from taskgraph.worker.reports import ATOMIC, ReportReader, ReportWriter
 
 
@@ -85,3 +86,24 @@ def test_what_a_dead_writer_left_is_all_handed_over(ends) -> None:
     assert reader.due() == []
     assert ids(reader.due(everything=True)) == [7]
     assert not writer.write(report(8)), "a writer without its pipe sends on the stream"
+
+
+def test_frames_are_split_whole_and_a_partial_one_waits() -> None:
+    one, two = w.encode([w.Goodbye()]), w.encode([w.Goodbye(), w.Goodbye()])
+    buffer = bytearray(one + two + two[:5])
+    assert [len(f) for f in w.take_frames(buffer)] == [1, 2]
+    assert buffer == two[:5], "the partial frame stays"
+    buffer += two[5:]
+    assert [len(f) for f in w.take_frames(buffer)] == [2] and not buffer
+
+
+def test_a_pipe_frame_without_its_count_is_refused() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, w.encode([report(1)]))
+        bad = ReportReader(read_fd)
+        with pytest.raises(ProtocolError, match="AfterFrames"):
+            bad.read()
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
