@@ -61,7 +61,11 @@ class ReportWriter:
         frame = w.encode([w.AfterFrames(self.conn.frames_sent - self.base), msg])
         if len(frame) > ATOMIC:
             return False
-        os.write(self.fd, frame)  # whole or not at all (atomic below PIPE_BUF)
+        try:
+            os.write(self.fd, frame)  # whole or not at all (atomic below PIPE_BUF)
+        except OSError:  # the daemon closed its end (it found the pipe garbled)
+            self.fd = -1
+            return False
         return True
 
 

@@ -107,3 +107,13 @@ def test_a_pipe_frame_without_its_count_is_refused() -> None:
     finally:
         os.close(write_fd)
         os.close(read_fd)
+
+
+def test_a_writer_whose_reader_went_away_sends_on_the_stream(ends) -> None:
+    writer, reader, _, _ = ends
+    write_fd = writer.fd
+    reader.close()
+    assert not writer.write(report(1)), "the pipe is broken: the stream takes it"
+    assert writer.fd == -1 and not writer.write(report(2)), "and every one after"
+    os.close(write_fd)
+    reader.fd = os.open(os.devnull, os.O_RDONLY)  # (the fixture closes it again)
