@@ -244,6 +244,7 @@ class SchedulerState:
         self.history = TaskHistory()
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
+        self.reports_asked_for = 0  # ReadReports sent (a waiter on a channel task)
         self.tasks_finished = 0
         self._out: dict[tuple[str, Any], list[Any]] = {}
         self._assignments: dict[str, list[w.Assignment]] = {}
@@ -583,6 +584,7 @@ class SchedulerState:
             and not task.awaited
         ):
             task.awaited = True
+            self.reports_asked_for += 1
             self._send_worker(task.worker, w.ReadReports([task.id]))
 
     def _generator_placeholder(self, oid: bytes) -> Obj | None:
@@ -1310,6 +1312,7 @@ class SchedulerState:
             "tasks_finished": self.tasks_finished,
             "tasks_finished_by_path": dict(self.history.finished_by_path),
             "reports_before_records": len(self.early_reports),
+            "reports_asked_for": self.reports_asked_for,
             "objects": len(self.objects),
             "workers": len(self.workers),
             "clients": len(self.clients),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
 from taskgraph.actor import TERMINATE
-from taskgraph.exceptions import ActorError
+from taskgraph.exceptions import ActorDiedError, ActorError
 
 if TYPE_CHECKING:
     from taskgraph.worker.executor import Executor
@@ -38,6 +38,8 @@ class ActorRuntime:
         self.instance = instance
         self.spec = spec
         self.exiting = False
+        self._ending = False  # one exit path runs: terminate's, or one call's thread
+        self._end_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -55,13 +57,25 @@ class ActorRuntime:
     def submit(self, a: w.Assignment) -> None:
         if a.spec.method == TERMINATE:
             self.exiting = True
+            with self._end_lock:
+                self._ending = True  # this thread ends it: the calls' threads do not
             self._drain()
             self.executor.report(self.executor.returns_none(a))
             self.exit_now()
-        if self._loop is not None:
+        if self._pool is not None:
+            try:
+                if not self.exiting:
+                    self._pool.submit(self._call, a)
+                    return
+            except RuntimeError:  # the pool shut down meanwhile: the actor is ending
+                pass
+            # After exit_actor(), as in Ray: what comes next does not run.
+            err = ActorDiedError(self.spec.class_name, "it called exit_actor()")
+            self.executor.report(
+                w.TaskResult(a.spec.task_id, error=pickle.dumps(err), failure="task")
+            )
+        elif self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._call_async(a), self._loop)
-        elif self._pool is not None:
-            self._pool.submit(self._call, a)
         else:
             self._call(a)
 
@@ -86,7 +100,12 @@ class ActorRuntime:
             self._pool.shutdown(wait=True)
 
     def exit_soon(self) -> None:
-        """End from a call's own thread: drain and exit on a thread of its own."""
+        """End from a call's own thread: drain and exit on a thread of its own
+        (once, whichever call asks first; not at all while terminate ends it)."""
+        with self._end_lock:
+            if self._ending:
+                return
+            self._ending = True
         if threading.current_thread() is threading.main_thread():
             self.exit_now()
         threading.Thread(target=self._drain_and_exit, daemon=True).start()

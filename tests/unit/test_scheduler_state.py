@@ -670,6 +670,7 @@ def test_a_leaving_worker_takes_its_relayed_clients_with_it() -> None:
         "tasks_finished": 0,
         "tasks_finished_by_path": {"scheduled": 0, "lease": 0, "actor_direct": 0},
         "reports_before_records": 0,
+        "reports_asked_for": 0,
         "objects": 0,
         "workers": 0,
         "clients": 1,
@@ -1384,6 +1385,7 @@ def test_waiting_on_a_running_task_asks_its_worker_for_the_report_once() -> None
     sends = h.submit(CALLER, dependent)
     assert messages(sends, "worker", "w1", w.ReadReports) == [w.ReadReports([spec.task_id])]
     assert messages(h.want(CALLER, ret(spec)), "worker", "w1", w.ReadReports) == [], "once"
+    assert h.state.statistics()["reports_asked_for"] == 1
     # Nothing is asked for a task that the scheduler placed itself.
     waiting = h.spec("waiting", deps=[ret(dependent)])
     h.done("w1", _reported(spec))
