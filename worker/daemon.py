@@ -73,7 +73,8 @@ log = logging.getLogger("taskgraph.worker")
 
 # How long a busy worker gathers task reports before sending them on.
 BATCH_DELAY = float(os.environ.get("TASKGRAPH_BATCH_DELAY", "0.001"))
-AWAITED_MAX = 10_000  # tasks remembered as awaited (one that never reports is forgotten)
+AWAITED_MAX = 10_000  # tasks remembered as awaited, at most
+AWAITED_FOR = 1.0  # seconds a task is remembered as awaited
 
 
 class _ExecutorServer(TCPServer):
@@ -119,8 +120,10 @@ class WorkerDaemon:
         # Each executor's report pipe (worker/reports.py) and the client it speaks as.
         self.report_pipes: dict[int, ReportReader] = {}
         self.executor_client: dict[int, bytes] = {}
-        # Tasks the scheduler waits on (ReadReports): their reports go at once.
-        self.awaited: set[bytes] = set()
+        # Tasks the scheduler waits on (ReadReports), with when it asked: their
+        # reports go at once. A hint: forgotten after AWAITED_FOR seconds (one
+        # that will never report, e.g. a call its caller never sent).
+        self.awaited: dict[bytes, float] = {}
         # Objects an executor sealed in our store and has not told the scheduler
         # of yet (in a report, a put, a generator item), by its client id: if it
         # dies first, nobody else knows them, and they are freed here.
@@ -274,7 +277,8 @@ class WorkerDaemon:
         elif isinstance(msg, w.ReadReports):
             if len(self.awaited) > AWAITED_MAX:
                 self.awaited.clear()  # (of tasks that never reported: batched, then)
-            self.awaited.update(msg.task_ids)
+            now = self.loop.time()
+            self.awaited.update(dict.fromkeys(msg.task_ids, now))
             for executor_id in list(self.report_pipes):
                 self._read_pipe(executor_id)
             if self._outbox:
@@ -301,7 +305,8 @@ class WorkerDaemon:
         if type(msg) is w.TasksDone and self.awaited:
             awaited = [r.task_id for r in msg.results if r.task_id in self.awaited]
             if awaited:
-                self.awaited.difference_update(awaited)
+                for task_id in awaited:
+                    del self.awaited[task_id]
                 if self._in_frame:
                     self._scheduler_now = True
                 else:
@@ -445,7 +450,15 @@ class WorkerDaemon:
             return
         self.loop.remove_handler(fd)
         pipe.watched = False
-        self.loop.call_later(0 if self.awaited else READ_DELAY, self._pipe_due, executor_id)
+        self.loop.call_later(0 if self._awaiting() else READ_DELAY, self._pipe_due, executor_id)
+
+    def _awaiting(self) -> bool:
+        """Whether the scheduler waits on a report here (forgetting stale waits)."""
+        if self.awaited:
+            stale = self.loop.time() - AWAITED_FOR
+            for task_id in [t for t, at in self.awaited.items() if at < stale]:
+                del self.awaited[task_id]
+        return bool(self.awaited)
 
     def _pipe_due(self, executor_id: int) -> None:
         self._in_frame = True

@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -547,12 +548,18 @@ def main() -> None:
     executor.reports = reports
     signal.signal(signal.SIGINT, executor.on_sigint)
     threading.Thread(target=executor.read_loop, name="taskgraph-executor-read", daemon=True).start()
+    code = 0
     try:
-        executor.serve()
+        executor.serve()  # returns when the daemon is gone or asked us to stop
+    except BaseException:
+        # Our own bug: say so, and exit as a crash (its task and the actor's calls
+        # fail with WorkerCrashedError / ActorDiedError), not as a graceful end.
+        traceback.print_exc()
+        code = 70  # EX_SOFTWARE
     finally:
-        # The daemon is gone or asked us to stop: nothing to hand back.
         sys.stdout.flush()
-        os._exit(0)
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
