@@ -8,6 +8,8 @@ teardown is asynchronous). Cluster fixtures check the same after shutdown.
 from __future__ import annotations
 
 import atexit
+import collections
+import gc
 import os
 import subprocess
 import sys
@@ -185,6 +187,42 @@ def on_lease(submit: Callable[[], Any]) -> tuple[Any, bool]:
     before = leased_so_far()
     out = submit()
     return out, leased_so_far() == before + 1
+
+
+def running_channel_tasks() -> list[dict[str, Any]]:
+    """Tasks the scheduler has RUNNING, leases themselves aside."""
+    from taskgraph.util.state import list_tasks
+
+    return [t for t in list_tasks() if t["state"] == "RUNNING" and t["name"] != "lease"]
+
+
+def settled() -> bool:
+    """The scheduler's record settled: nothing runs, no report waits for its record,
+    and this driver awaits nothing from a channel."""
+    from taskgraph.util.state import cluster_statistics
+
+    return (
+        not running_channel_tasks()
+        and cluster_statistics()["reports_before_records"] == 0
+        and tg.statistics().awaiting_channels == 0
+    )
+
+
+def wait_settled(timeout: float = 15) -> None:
+    """Poll until ``settled()``; fail the test with what still runs at the deadline."""
+    from taskgraph.util.state import cluster_statistics
+
+    gc.collect()
+    try:
+        wait_for(settled, timeout=timeout, what="the scheduler's record to settle")
+    except BaseException:
+        running = collections.Counter(t["name"] for t in running_channel_tasks())
+        print(
+            f"running {dict(running)}, reports before records "
+            f"{cluster_statistics()['reports_before_records']}, awaiting channels "
+            f"{tg.statistics().awaiting_channels}"
+        )
+        raise
 
 
 # A script prefix for another driver: call a named actor until the calls go

@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from conftest import (
     stored,
     switch_to_direct,
     wait_for,
+    wait_settled,
 )
 from taskgraph.exceptions import (
     ActorDiedError,
@@ -40,7 +40,6 @@ from taskgraph.exceptions import (
     TaskError,
     WorkerCrashedError,
 )
-from taskgraph.util.state import cluster_statistics, list_tasks
 
 BIG = 200_000  # int64/float64 elements: 1.6 MB, in the shared-memory store
 
@@ -201,35 +200,6 @@ class Keeper:
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-def running_channel_tasks() -> list[dict]:
-    """Tasks the scheduler has RUNNING, leases themselves aside."""
-    return [t for t in list_tasks() if t["state"] == "RUNNING" and t["name"] != "lease"]
-
-
-def settled() -> bool:
-    """The scheduler's record settled: nothing runs, no report waits for its record,
-    and the driver awaits nothing from a channel."""
-    return (
-        not running_channel_tasks()
-        and cluster_statistics()["reports_before_records"] == 0
-        and tg.statistics().awaiting_channels == 0
-    )
-
-
-def wait_settled(timeout: float = 15) -> None:
-    gc.collect()
-    deadline = time.monotonic() + timeout
-    while not settled():
-        if time.monotonic() > deadline:
-            running = Counter(t["name"] for t in running_channel_tasks())
-            pytest.fail(
-                f"the scheduler's record did not settle in {timeout} s: running {dict(running)}, "
-                f"reports before records {cluster_statistics()['reports_before_records']}, "
-                f"awaiting channels {tg.statistics().awaiting_channels}"
-            )
-        time.sleep(0.01)
 
 
 def store_empties(before: frozenset[str] | set[str] = frozenset(), timeout: float = 10) -> None:

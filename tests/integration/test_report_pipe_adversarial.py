@@ -25,8 +25,6 @@ import gc
 import os
 import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -35,7 +33,16 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import leased, on_lease, stored, switch_to_direct, wait_for
+from conftest import (
+    another_driver,
+    finish,
+    leased,
+    on_lease,
+    stored,
+    switch_to_direct,
+    wait_for,
+    wait_settled,
+)
 from taskgraph.exceptions import ActorDiedError, TaskError, WorkerCrashedError
 from taskgraph.util.state import cluster_statistics, list_tasks
 
@@ -197,62 +204,9 @@ class Async:
 # -- helpers -------------------------------------------------------------------------
 
 
-def running_channel_tasks() -> list[dict]:
-    """Tasks the scheduler has RUNNING, leases themselves aside."""
-    return [t for t in list_tasks() if t["state"] == "RUNNING" and t["name"] != "lease"]
-
-
-def settled() -> bool:
-    """Nothing runs, no report waits for its record, the driver awaits no channel."""
-    return (
-        not running_channel_tasks()
-        and cluster_statistics()["reports_before_records"] == 0
-        and tg.statistics().awaiting_channels == 0
-    )
-
-
-def wait_settled(timeout: float = 15) -> None:
-    gc.collect()
-    deadline = time.monotonic() + timeout
-    while not settled():
-        if time.monotonic() > deadline:
-            running = Counter(t["name"] for t in running_channel_tasks())
-            pytest.fail(
-                f"the scheduler's record did not settle in {timeout} s: running {dict(running)}, "
-                f"reports before records {cluster_statistics()['reports_before_records']}, "
-                f"awaiting channels {tg.statistics().awaiting_channels}"
-            )
-        time.sleep(0.01)
-
-
 def store_empties(before: frozenset[str] | set[str] = frozenset(), timeout: float = 10) -> None:
     gc.collect()
     wait_for(lambda: stored() <= before, timeout=timeout, what="the store to be emptied")
-
-
-def driver(script: str) -> subprocess.Popen[str]:
-    """Another driver process on this cluster (the caller ends it with ``finish``)."""
-    runtime = tg._api._runtime
-    assert runtime is not None and runtime.cluster is not None
-    env = dict(os.environ, TASKGRAPH_ADDRESS=runtime.address, TASKGRAPH_TOKEN=runtime.cluster.token)
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, out, err
 
 
 def namespace() -> str:
@@ -624,7 +578,7 @@ def test_a_driver_killed_mid_burst_only_its_never_sent_calls_are_cancelled(fresh
             calls=calls
         )
         for _ in range(2):
-            code, _, err = finish(driver(script))
+            code, _, err = finish(another_driver(script))
             assert code == -signal.SIGKILL, err
     finally:
         stop.set()
@@ -679,7 +633,7 @@ def test_a_driver_killed_mid_burst_of_calls_on_other_calls_returns(fresh_cluster
         second=second, namespace=namespace(), calls=calls
     )
     for _ in range(2):
-        code, _, err = finish(driver(script))
+        code, _, err = finish(another_driver(script))
         assert code == -signal.SIGKILL, err
     wait_settled()
     ran = set(tg.get(b.ran_ids.remote(), timeout=30))
@@ -719,7 +673,7 @@ def test_puts_of_a_departed_driver_that_an_actor_keeps_are_not_freed(fresh_clust
         script = SWITCH.format(name=name, namespace=namespace()) + PUT_KEEP_LEAVE.format(
             k=k, leave=leave
         )
-        code, _, err = finish(driver(script))
+        code, _, err = finish(another_driver(script))
         assert code == (-signal.SIGKILL if how == "sigkill" else 0), err
     wait_settled()
     # Only the kept values remain (6 of them), and each reads back whole.
@@ -749,7 +703,7 @@ def test_a_driver_killed_mid_burst_of_direct_calls_with_large_arguments(fresh_cl
     tg.get(actor.history.remote(), timeout=30)
     script = SWITCH.format(name=name, namespace=namespace()) + BIG_ARGS_THEN_DIE.format(calls=calls)
     for _ in range(2):
-        code, _, err = finish(driver(script))
+        code, _, err = finish(another_driver(script))
         assert code == -signal.SIGKILL, err
     wait_settled()
     store_empties()
