@@ -45,6 +45,7 @@ from taskgraph.scheduler import placement
 from taskgraph.scheduler.actors import Actors, is_call
 from taskgraph.scheduler.history import TaskHistory
 
+LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
 
 # -- events ------------------------------------------------------------------
@@ -238,6 +239,8 @@ class SchedulerState:
         # Reports of channel tasks that came before their client's record of them.
         self.early_reports: dict[bytes, EarlyReport] = {}
         self.clients_gone: dict[bytes, None] = {}  # the last that left, oldest first
+        # Leases that ended, the last ones, oldest first: a crashed one's exit code.
+        self.leases_ended: dict[bytes, int | None] = {}
         # What clients sealed in workers' stores, told as they left a store before
         # they left us: (worker, object ids) to check once they are gone.
         self.sealed_by_leaving: dict[bytes, list[tuple[str, list[bytes]]]] = {}
@@ -425,7 +428,11 @@ class SchedulerState:
                 )
                 self._transition(task, "erred", dead)
             else:
-                why = WorkerCrashedError("its leased executor went away", task_name=spec.name)
+                why = WorkerCrashedError(
+                    "its leased executor went away",
+                    task_name=spec.name,
+                    exit_code=self.leases_ended.get(spec.channel),
+                )
                 self._lost(task, why)
             return
         self._transition(task, "processing", worker)
@@ -850,6 +857,12 @@ class SchedulerState:
             return  # stale report of a task that moved on (e.g. retried elsewhere)
         if result.started:
             task.started, task.ended = result.started, result.started + result.duration
+        if task.spec.lease:
+            # Its tasks' records may still come (they gather in the client): they
+            # are then lost with the same cause (the exit code of a crash).
+            self.leases_ended[task.id] = result.exit_code if result.failure == "crashed" else None
+            if len(self.leases_ended) > LEASES_ENDED:
+                del self.leases_ended[next(iter(self.leases_ended))]
         if task.id in self.lease_tasks:
             self._lease_ended(task, result)
         if task.spec.actor is not None:

@@ -1358,6 +1358,18 @@ def test_a_record_whose_lease_already_ended_unreported_is_retried() -> None:
     assert again.spec.task_id == spec.task_id and again.spec.resources == {"CPU": 1.0}
 
 
+def test_a_record_that_comes_after_its_lease_crashed_fails_with_the_exit_code() -> None:
+    """Records gather in the client: the lease's crash can be heard first."""
+    h = Harness()
+    lease = _granted_lease(h)
+    crash = w.TaskResult(lease.task_id, failure="crashed", exit_code=5, error=b"crashed")
+    h.done("w1", crash)
+    spec = _leased(h, lease)
+    h.submit(CALLER, spec)
+    err = error_of(values(h.want(CALLER, ret(spec)), CALLER)[ret(spec)])
+    assert isinstance(err, WorkerCrashedError) and err.exit_code == 5
+
+
 def test_cancelling_a_leased_task_goes_to_the_daemon_naming_its_lease() -> None:
     h = Harness()
     lease = _granted_lease(h)
