@@ -126,7 +126,7 @@ class Client:
         self._pending: list[Any] = []
         self._flush_requested = False
         # Pending holds something a blocking call must send before it waits; or
-        # only messages that may gather a while (see send_lazily).
+        # only messages that may gather a while (see _queue_lazily).
         self._urgent = False
         self._lazy_waiting = False
         self._counts: dict[bytes, int] = {}
@@ -456,13 +456,9 @@ class Client:
             self._queue_lazily(w.SubmitTasks([spec]))
         return oids
 
-    def send_lazily(self, msg: Any) -> None:
-        """Queue a message nothing waits on: the flusher sends it within LAZY_DELAY,
-        with others (or any flush sooner), so that many go in one frame."""
-        with self._lock:
-            self._queue_lazily(msg)
-
     def _queue_lazily(self, msg: Any) -> None:
+        """Queue a message nothing waits on (lock held): the flusher sends it within
+        LAZY_DELAY, with others (or any flush sooner), so that many go in one frame."""
         self._queue(msg, wake=False, urgent=False)
         if not self._lazy_waiting:
             self._lazy_waiting = True

@@ -117,9 +117,8 @@ class WorkerDaemon:
         self.executor_streams: dict[int, IOStream] = {}
         self.by_client: dict[bytes, int] = {}
         self._exit_codes: dict[int, int] = {}  # exited, stream not yet drained
-        # Each executor's report pipe (worker/reports.py) and the client it speaks as.
+        # Each executor's report pipe (worker/reports.py).
         self.report_pipes: dict[int, ReportReader] = {}
-        self.executor_client: dict[int, bytes] = {}
         # Tasks the scheduler waits on (ReadReports), with when it asked: their
         # reports go at once. A hint: forgotten after AWAITED_FOR seconds (one
         # that will never report, e.g. a call its caller never sent).
@@ -471,8 +470,7 @@ class WorkerDaemon:
     def _read_pipe(self, executor_id: int, everything: bool = False) -> None:
         """Handle the reports in the pipe that are due (see worker/reports.py)."""
         pipe = self.report_pipes.get(executor_id)
-        client_id = self.executor_client.get(executor_id)
-        if pipe is None or client_id is None:
+        if pipe is None or not pipe.client_id:
             return
         try:
             pipe.read()
@@ -482,7 +480,7 @@ class WorkerDaemon:
             return
         msgs = pipe.due(everything)
         if msgs:
-            self._executor_frame(executor_id, client_id, msgs)
+            self._executor_frame(executor_id, pipe.client_id, msgs)
 
     def _stream_frames(
         self, executor_id: int, client_id: bytes, msgs: list[Any], counts: list[int]
@@ -498,14 +496,14 @@ class WorkerDaemon:
         if not pipe.waiting():
             self._executor_frame(executor_id, client_id, msgs)
             pipe.frames += len(counts)
-        else:
-            start = 0
-            for count in counts:
-                self._executor_frame(executor_id, client_id, msgs[start : start + count])
-                start += count
-                pipe.frames += 1
-                self._read_pipe(executor_id)
-        self._read_pipe(executor_id)
+            self._read_pipe(executor_id)
+            return
+        start = 0
+        for count in counts:
+            self._executor_frame(executor_id, client_id, msgs[start : start + count])
+            start += count
+            pipe.frames += 1
+            self._read_pipe(executor_id)
 
     def _close_pipe(self, executor_id: int) -> None:
         pipe = self.report_pipes.pop(executor_id, None)
@@ -519,10 +517,6 @@ class WorkerDaemon:
         # Its last reports first: a task it finished is not undone by its death.
         self._read_pipe(executor_id, everything=True)
         self._close_pipe(executor_id)
-        self.executor_client.pop(executor_id, None)
-        # Awaited tasks it never reported will not report: forget them all (a hint
-        # only: one still running here is then sent within READ_DELAY).
-        self.awaited.clear()
         for client_id in [c for c, e in self.by_client.items() if e == executor_id]:
             del self.by_client[client_id]
             for object_id in self.unannounced.pop(client_id, ()):
@@ -549,7 +543,9 @@ class WorkerDaemon:
             return
         self.executor_streams[executor_id] = stream
         self.by_client[hello.client_id] = executor_id
-        self.executor_client[executor_id] = hello.client_id
+        pipe = self.report_pipes.get(executor_id)
+        if pipe is not None:
+            pipe.client_id = hello.client_id
         self._watch_pipe(executor_id)
         self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
         reader = FrameReader(stream)

@@ -75,6 +75,7 @@ class ReportReader:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
+        self.client_id = b""  # the client the executor speaks as (set at its hello)
         self.frames = 0  # frames of the executor's stream handled so far
         self.closed = False  # the writer's end is closed (the executor exited)
         self.watched = False  # the daemon's loop wakes when it turns readable
