@@ -160,6 +160,7 @@ class WorkerRec:
     functions: set[bytes] = field(default_factory=set)
     segments: dict[bytes, str] = field(default_factory=dict)  # object id -> its store
     executors: int = 0
+    piped_reports: int = 0  # as of its last heartbeat (worker/reports.py)
     last_seen: float = 0.0
     store: dict[str, int] = field(default_factory=dict)  # its object store, as of its heartbeat
 
@@ -809,6 +810,7 @@ class SchedulerState:
             self.actors.started(msg)
         elif isinstance(msg, w.Heartbeat):
             worker.executors = msg.executors
+            worker.piped_reports = msg.piped_reports
             if msg.store is not None:
                 worker.store = msg.store
         else:
@@ -1326,6 +1328,7 @@ class SchedulerState:
             "tasks_finished_by_path": dict(self.history.finished_by_path),
             "reports_before_records": len(self.early_reports),
             "reports_asked_for": self.reports_asked_for,
+            "reports_through_pipes": sum(rec.piped_reports for rec in self.workers.values()),
             "objects": len(self.objects),
             "workers": len(self.workers),
             "clients": len(self.clients),

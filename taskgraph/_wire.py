@@ -356,6 +356,7 @@ class Heartbeat(Msg):
     running: int = 0
     executors: int = 0
     store: dict[str, int] | None = None  # ObjectStore.stats()
+    piped_reports: int = 0  # reports read from executors' report pipes, ever
 
 
 class Shutdown(Msg):

@@ -117,8 +117,10 @@ class WorkerDaemon:
         self.executor_streams: dict[int, IOStream] = {}
         self.by_client: dict[bytes, int] = {}
         self._exit_codes: dict[int, int] = {}  # exited, stream not yet drained
-        # Each executor's report pipe (worker/reports.py).
+        # Each executor's report pipe (worker/reports.py), and how many reports
+        # came that way (told in heartbeats: tests see the path taken).
         self.report_pipes: dict[int, ReportReader] = {}
+        self.piped_reports = 0
         # Tasks the scheduler waits on (ReadReports), with when it asked: their
         # reports go at once. A hint: forgotten after AWAITED_FOR seconds (one
         # that will never report, e.g. a call its caller never sent).
@@ -206,6 +208,7 @@ class WorkerDaemon:
                 running=stats["running"],
                 executors=len(self.processes),
                 store=self.objects.stats() if self.objects is not None else None,
+                piped_reports=self.piped_reports,
             )
         )
 
@@ -480,6 +483,7 @@ class WorkerDaemon:
             return
         msgs = pipe.due(everything)
         if msgs:
+            self.piped_reports += len(msgs)
             self._executor_frame(executor_id, pipe.client_id, msgs)
 
     def _stream_frames(

@@ -99,6 +99,21 @@ def test_calls_go_direct_and_keep_their_order_across_the_switch():
     tg.kill(counter)
 
 
+def test_plain_answers_are_reported_through_the_report_pipe():
+    """A direct call's small plain value is reported through its executor's report
+    pipe (worker/reports.py), not on its stream: the daemons count what they read
+    there (told in heartbeats). Switch the pipe off and this fails."""
+    counter = Counter.remote()
+    switch_to_direct(counter)
+    before = cluster_statistics()["reports_through_pipes"]
+    assert tg.get([counter.add.remote(i) for i in range(50)])[-1] >= 50
+    wait_for(
+        lambda: cluster_statistics()["reports_through_pipes"] >= before + 50,
+        what="the daemon to count 50 reports read from the pipe",
+    )
+    tg.kill(counter)
+
+
 def test_ref_arguments_of_direct_calls_are_fetched_by_the_actor_in_order():
     counter = Counter.remote()
     switch_to_direct(counter)

@@ -671,6 +671,7 @@ def test_a_leaving_worker_takes_its_relayed_clients_with_it() -> None:
         "tasks_finished_by_path": {"scheduled": 0, "lease": 0, "actor_direct": 0},
         "reports_before_records": 0,
         "reports_asked_for": 0,
+        "reports_through_pipes": 0,
         "objects": 0,
         "workers": 0,
         "clients": 1,
