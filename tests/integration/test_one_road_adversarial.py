@@ -758,7 +758,10 @@ def test_a_leased_task_force_cancelled_with_its_direct_calls_in_flight(
         marker = tmp_path / f"called-{k}"
         ref, went = on_lease(lambda m=marker: calls_then_sleeps.remote(name, namespace, str(m)))
         assert went
-        wait_for(marker.exists, what="the leased task to make its calls")
+        wait_for(
+            lambda m=marker: m.exists() and m.read_text(),  # (created, then written)
+            what="the leased task to make its calls",
+        )
         assert int(marker.read_text()) >= 7, "the leased task called the actor directly"
         tg.cancel(ref, force=True)
         with pytest.raises(TaskCancelledError):
