@@ -58,7 +58,7 @@ class ActorRec:
     running: dict[bytes, Task] = field(default_factory=dict)  # handed over, in order
     restarts_left: int = 0
     gpu_ids: list[int] = field(default_factory=list)
-    direct: str = ""  # where callers on its host reach its process, while alive
+    killing: bool = False  # kill() was asked: no caller opens a channel to it any more
     no_restart: bool = False
     death: bytes | None = None  # the error later calls get
 
@@ -143,20 +143,17 @@ class Actors:
         if rec is not None:
             rec.pid = msg.pid
 
-    def direct(self, msg: w.ActorDirect) -> None:
-        rec = self.actors.get(msg.actor_id)
-        if rec is not None and rec.state != "dead":
-            rec.direct = msg.address
-
-    def direct_address(self, actor_id: bytes) -> dict[str, str] | None:
-        """Where a caller may send calls straight to the actor's process, if anywhere."""
+    def may_call_back(self, actor_id: bytes) -> bool:
+        """Whether the actor's process may open a channel to a caller on its host
+        (taskgraph/_channels.py): not if it may restart (calls sent to a process
+        that died would be lost), nor once it is being killed."""
         rec = self.actors.get(actor_id)
-        if rec is None or rec.state != "alive" or not rec.direct:
-            return None
-        worker = self._worker(rec.worker)
-        if worker is None:
-            return None
-        return {"address": rec.direct, "host": worker.info.host}
+        return (
+            rec is not None
+            and rec.state == "alive"
+            and rec.actor.max_restarts == 0
+            and not rec.killing
+        )
 
     # -- calls -------------------------------------------------------------
 
@@ -215,7 +212,7 @@ class Actors:
         if rec is None or rec.state == "dead":
             return
         rec.no_restart = rec.no_restart or msg.no_restart
-        rec.direct = ""  # no caller may learn it from now on
+        rec.killing = True
         worker = self._process_at(rec)
         if worker is not None:
             self.state._send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))
@@ -275,7 +272,6 @@ class Actors:
         elif rec.state == "alive":
             self._give_back(rec)
             rec.state = "restarting"  # no longer holding anything
-        rec.direct = ""
         can_restart = restart and not rec.no_restart and rec.restarts_left > 0
         in_flight = list(rec.running.values())
         rec.running.clear()
@@ -310,7 +306,7 @@ class Actors:
         state = self.state
         if rec.state == "alive":
             self._give_back(rec)
-        rec.state, rec.death, rec.worker, rec.direct = "dead", death, None, ""
+        rec.state, rec.death, rec.worker = "dead", death, None
         if self.names.get(rec.key) == rec.actor_id:
             del self.names[rec.key]
         calls, rec.calls = list(rec.calls), deque()

@@ -356,7 +356,7 @@ class SchedulerState:
         task = Task(spec=spec, owner=client.client_id, need=need, retries_left=spec.max_retries)
         task.shape = (tuple(sorted(need.items())), spec.strategy)
         self.tasks[spec.task_id] = task
-        if spec.lease:
+        if w.is_lease(spec):
             self.leases.add(spec.task_id)
         if spec.parent:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
@@ -679,9 +679,6 @@ class SchedulerState:
         result = self.query(msg.what, msg.arg)
         self._send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
-    def _on_actor_direct(self, client: ClientRec, msg: w.ActorDirect) -> None:
-        self.actors.direct(msg)
-
     def _on_caller_left(self, client: ClientRec, msg: w.CallerLeft) -> None:
         """An actor's process lost a direct caller's connection. Decided once that
         caller is gone (all its records read): until then it may still record."""
@@ -723,7 +720,6 @@ class SchedulerState:
         w.Query: _on_query,
         w.CreateNamedActor: _on_create_named_actor,
         w.KillActor: _on_kill_actor,
-        w.ActorDirect: _on_actor_direct,
         w.CallerLeft: _on_caller_left,
         w.Goodbye: _on_goodbye,
     }
@@ -783,7 +779,8 @@ class SchedulerState:
                 self._task_done(worker, result)
         elif isinstance(msg, w.FromClient):
             if msg.client_id not in self.clients:
-                self.clients[msg.client_id] = ClientRec(msg.client_id, worker.worker_id, "")
+                host = worker.info.host  # an executor's: its worker's
+                self.clients[msg.client_id] = ClientRec(msg.client_id, worker.worker_id, "", host)
             client = self.clients[msg.client_id]
             for inner in msg.messages:
                 self._client_message(client, inner)
@@ -859,7 +856,7 @@ class SchedulerState:
             return  # stale report of a task that moved on (e.g. retried elsewhere)
         if result.started:
             task.started, task.ended = result.started, result.started + result.duration
-        if task.spec.lease:
+        if w.is_lease(task.spec):
             # Its tasks' records may still come (they gather in the client): they
             # are then lost with the same cause (the exit code of a crash).
             self.leases_ended[task.id] = result.exit_code if result.failure == "crashed" else None
@@ -967,6 +964,8 @@ class SchedulerState:
         for gpu in gpu_ids:
             worker.gpu_free[gpu] -= 1.0 if share >= 1 else share
         spec = task.spec
+        if spec.channel_to and spec.actor_id and not self._may_call_back(task, worker):
+            spec = msgspec.structs.replace(spec, channel_to="")
         function = b""
         if spec.function_id and spec.function_id not in worker.functions:
             function = self.functions.get(spec.function_id, b"")
@@ -975,6 +974,17 @@ class SchedulerState:
         inputs = [self.objects[oid].as_value() for oid in spec.deps]
         self._assignments.setdefault(worker.worker_id, []).append(
             w.Assignment(spec, inputs, function, gpu_ids, self._deliver_to(task, worker))
+        )
+
+    def _may_call_back(self, task: Task, worker: WorkerRec) -> bool:
+        """Whether an actor's process may open a channel to the caller of ``task``
+        (taskgraph/_channels.py): only to a caller on its host, and only if the
+        actor cannot restart (calls sent to a process that died would be lost)."""
+        owner = self.clients.get(task.owner)
+        return (
+            owner is not None
+            and owner.host == worker.info.host
+            and self.actors.may_call_back(task.spec.actor_id)
         )
 
     def _deliver_to(self, task: Task, worker: WorkerRec) -> str:
@@ -1028,7 +1038,7 @@ class SchedulerState:
             running = self.lease_tasks.get(spec.channel)
             if running is not None:
                 running.discard(task.id)
-        if spec.lease:
+        if w.is_lease(spec):
             self.lease_tasks.pop(task.id, None)
         self.history.finished(task)
         if is_call(task.spec):
@@ -1152,7 +1162,7 @@ class SchedulerState:
                     task.need, task.spec.strategy, workers, local, self._queue_depth(task)
                 )
                 if worker is None:
-                    if self.leases and not task.spec.lease:
+                    if self.leases and not w.is_lease(task.spec):
                         self._revoke_leases(task)
                     break
                 queue.popleft()
@@ -1262,8 +1272,6 @@ class SchedulerState:
             return self.actors.get(arg)
         if what == "actors":
             return [self.actors.describe(r) for r in self.actors.actors.values()]
-        if what == "actor_direct":
-            return self.actors.direct_address(bytes.fromhex(arg))
         if what == "memory":
             return self.memory(top=int(arg or 10))
         if what == "tasks":

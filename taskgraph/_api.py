@@ -154,8 +154,10 @@ def init(
 def _connect(address: str, token: str, namespace: str) -> Client:
     client_id = os.urandom(8)
     secret = config.token_bytes(token)
-    # Executors on this host may hand us results we wait for (_deliveries.py).
-    deliveries = DeliveryListener(secret) if deliveries_enabled else None
+    # Executors on this host open channels to us here (leases, actors called
+    # directly) and, if the hello names it, hand us results we wait for
+    # (_deliveries.py).
+    listener = DeliveryListener(secret)
     hello = w.Hello(
         "client",
         b"",
@@ -163,22 +165,20 @@ def _connect(address: str, token: str, namespace: str) -> Client:
         pid=os.getpid(),
         host=host_id(),
         namespace=namespace,
-        deliver=deliveries.address if deliveries is not None else "",
+        deliver=listener.address if deliveries_enabled else "",
     )
     try:
         conn, welcome = connect_blocking(address, secret, hello)
     except BaseException:
-        if deliveries is not None:
-            deliveries.close()
+        listener.close()
         raise
     client = Client(conn, client_id, welcome)
     client.token = secret
     client.on_notice = _show_notice
-    if deliveries is not None:
-        deliveries.client = client
-        client.deliveries = deliveries
-        if leases_enabled:
-            client.leases = Leases(client)
+    listener.client = client
+    client.deliveries = listener
+    if leases_enabled:
+        client.leases = Leases(client)
     return client
 
 

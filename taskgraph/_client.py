@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import pickle
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,11 +33,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import msgspec
+
 from taskgraph import _wire as w
 from taskgraph import serialization
+from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ENABLED as DIRECT_ENABLED
-from taskgraph._direct import ActorRoute, DirectChannel
+from taskgraph._direct import ActorRoute
 from taskgraph._ids import return_ids
 from taskgraph._leases import Leases
 from taskgraph._object_ref import ObjectRef
@@ -154,9 +158,10 @@ class Client:
         self.token = b""  # to pull objects from other hosts' workers
         # In an executor: ask our worker daemon for a local copy of a remote object.
         self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
-        # A driver's listener for results executors hand over themselves (_deliveries.py).
+        # Where executors on this host hand over results and open channels
+        # (_deliveries.py): a driver's from the start, an executor's on first use.
         self.deliveries: DeliveryListener | None = None
-        # A driver's task leases (_leases.py): set with ``deliveries``.
+        # A driver's task leases (_leases.py).
         self.leases: Leases | None = None
         self._functions: dict[bytes, bytes] = {}  # exported code by id, for leased executors
         # In an executor: told when the running task starts and stops waiting in get().
@@ -167,7 +172,7 @@ class Client:
         # ids of direct calls not yet answered, and the first return id of each
         # call that went through the scheduler -> (its route, its number there).
         self._routes: dict[bytes, ActorRoute] = {}
-        self._channels: dict[bytes, DirectChannel] = {}  # the open ones, by actor
+        self._channels: dict[bytes, Channel] = {}  # actors' open ones, by actor
         # Returns of tasks sent down a channel (a lease, an actor called directly)
         # whose values come from that channel, not from the scheduler.
         self._direct: set[bytes] = set()
@@ -496,7 +501,9 @@ class Client:
             **dataclasses.asdict(self._stats),
             awaiting_channels=awaiting,
             open_leases=leases,
-            direct_actors=sum(1 for c in list(self._channels.values()) if c.broken is None),
+            direct_actors=sum(
+                1 for r in list(self._routes.values()) if r.direct and r.channel is not None
+            ),
         )
 
     def submit_later(self, spec: w.TaskSpec) -> None:
@@ -558,7 +565,7 @@ class Client:
 
     # -- actor calls, direct or through the scheduler (see _direct.py) ---------
 
-    def call_actor(self, spec: w.TaskSpec, class_name: str) -> list[ObjectRef]:
+    def call_actor(self, spec: w.TaskSpec) -> list[ObjectRef]:
         """Send an actor method call the way its route says; return its refs."""
         actor_id = spec.actor_id
         with self._lock:
@@ -566,26 +573,19 @@ class Client:
             if route is None:
                 if len(self._routes) >= MAX_ROUTES:
                     # Forget the ways to actors not called directly (many may be
-                    # gone); one called again just asks again.
+                    # gone); one called again just offers again.
                     self._routes = {a: r for a, r in self._routes.items() if r.channel}
-                route = self._routes[actor_id] = ActorRoute(actor_id)
+                route = self._routes[actor_id] = ActorRoute(actor_id, client=self)
                 route.never = not DIRECT_ENABLED
         # One call at a time per actor from this client: the way it goes, and its
         # place in line, are decided together (threads may call at once).
         with route.lock:
-            return self._call_actor(route, spec, class_name)
+            return self._call_actor(route, spec)
 
-    def _call_actor(self, route: ActorRoute, spec: w.TaskSpec, class_name: str) -> list[ObjectRef]:
-        actor_id = spec.actor_id
+    def _call_actor(self, route: ActorRoute, spec: w.TaskSpec) -> list[ObjectRef]:
+        refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
         channel = route.channel
-        if channel is None and route.may_switch():
-            try:
-                channel = route.channel = DirectChannel(self, actor_id, route.address, class_name)
-                self._channels[actor_id] = channel
-            except (OSError, ConnectionError):
-                route.never = True  # its process is gone or refuses us: the scheduler knows
-        if channel is not None and channel.broken is None:
-            refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
+        if channel is not None and channel.broken is None and route.go_direct():
             barrier = bool(spec.deps) or len(spec.nested) > 1
             if barrier:
                 # The actor will ask the scheduler for these: it must have heard of
@@ -593,43 +593,73 @@ class Client:
                 # in the channel until the scheduler answers a ping sent now.
                 channel.hold()
             try:
-                channel.call(spec)
+                channel.send(spec)
             except ConnectionError:
-                pass  # it broke before this call left: it goes through the scheduler
+                if barrier:
+                    channel.release()
             else:
                 if barrier:
                     self.ask(w.Query(0, "ping"), lambda _: channel.release())
                 self.flush_urgent()  # what the call may name (a put) goes first
                 channel.flush()  # now, from this thread: no hand-off to the flusher
                 return refs
-        if channel is not None:  # it broke: the scheduler says why from now on
-            route.channel = None
-            route.never = True
-            self._channels.pop(actor_id, None)
-        refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
+        if channel is not None and (channel.broken is not None or route.direct):
+            # It broke: the scheduler says why from now on.
+            route.never, route.channel = True, None
+            with self._lock:
+                self._channels.pop(route.actor_id, None)
+            channel.close()
+        address = "" if route.never else (self.deliveries or self.listener()).address
         with self._lock:
             number = route.call_slow(refs[0].id if refs else b"")
             if number is not None and refs:
                 self._slow_calls[refs[0].id] = (route, number)
+            if address and route.should_offer(number, time.monotonic()):
+                # Its process opens a channel to us before it runs this call.
+                spec = msgspec.structs.replace(spec, channel_to=address)
             self._queue(w.SubmitTasks([spec]))
-        if route.should_ask(time.monotonic()):
-            self.ask(
-                w.Query(0, "actor_direct", actor_id.hex()),
-                lambda answer: route.learned(answer, self.host),
-            )
         return refs
 
-    def forget_route(self, actor_id: bytes) -> None:
-        """The actor's process is gone, or going (kill): later calls go through the
-        scheduler, which knows; direct calls still in flight fail."""
+    def channel_ready(self, channel_id: bytes, sock: socket.socket) -> Channel | None:
+        """An executor opened channel ``channel_id`` to us on ``sock`` (the listener's
+        thread): a lease we asked for, or an actor we offered; None: not wanted."""
+        if self.leases is not None and self.leases.asked_for(channel_id):
+            return self.leases.granted(channel_id, sock)
         with self._lock:
-            route = self._routes.pop(actor_id, None)
-        if route is not None:
-            route.never = True
-            channel, route.channel = route.channel, None
+            route = self._routes.get(channel_id)
+        if route is None:
+            return None
+        with route.lock:
+            if self.closed or not route.channel_came():
+                return None
+            channel = route.channel = Channel(self, channel_id, sock, route)
+        with self._lock:
+            self._channels[channel_id] = channel
+        return channel
+
+    def listener(self) -> DeliveryListener:
+        """Where executors on this host open channels to us (an executor's is made
+        on first use)."""
+        with self._lock:
+            if self.deliveries is None:
+                self.deliveries = DeliveryListener(self.token)
+                self.deliveries.client = self
+            return self.deliveries
+
+    def forget_route(self, actor_id: bytes, channel: Channel | None = None) -> None:
+        """The actor's process is gone, or going (kill): later calls go through the
+        scheduler, which knows; direct calls still in flight fail. With
+        ``channel``: only if the route still has that one."""
+        with self._lock:
+            route = self._routes.get(actor_id)
+            if route is None or (channel is not None and route.channel is not channel):
+                return
+            del self._routes[actor_id]
             self._channels.pop(actor_id, None)
-            if channel is not None:
-                channel.close()
+        route.never = True
+        channel, route.channel = route.channel, None
+        if channel is not None:
+            channel.close()
 
     def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
         """A call through the scheduler ended (lock held): maybe calls may go direct now."""

@@ -19,9 +19,12 @@ anyone holds them. A delivery that cannot be made is simply not made; the
 scheduler sends the value as before. Connections are authenticated with the
 cluster token like every other.
 
-The same socket takes the executors that serve this client's task leases
-(``_leases.py``): such an executor's first message is ``LeaseReady``, and from
-then on its connection carries the lease both ways (this thread reads it).
+The same socket takes the executors that open a channel to this client (a
+lease, or an actor called directly: ``_channels.py``): such an executor's
+first message is ``ChannelReady``, and from then on its connection carries
+the channel both ways (read by a thread of the channel's own). The listener exists whether or
+not results are delivered (``TASKGRAPH_DIRECT_RESULTS``): only the address in
+the client's hello says that.
 """
 
 from __future__ import annotations
@@ -38,18 +41,20 @@ from taskgraph._transport import BlockingConnection, accept_blocking, connect_bl
 from taskgraph.exceptions import AuthenticationError, TaskgraphError
 
 if TYPE_CHECKING:
+    from taskgraph._channels import Channel
     from taskgraph._client import Client
-    from taskgraph._leases import LeaseChannel
 
 
 ENABLED = os.environ.get("TASKGRAPH_DIRECT_RESULTS", "1") != "0"
 
 
 class DeliveryListener:
-    """A client's end: one thread accepts executors on this host and reads what they deliver.
+    """A client's end: one thread accepts executors on this host, reads what they
+    deliver, and hands each channel they open to a thread of its own.
 
-    Made before its client (whose hello carries the address); ``client`` is
-    set once that exists, before any task is submitted.
+    A driver's is made before its client (whose hello carries the address), an
+    executor's when it first wants a channel; ``client`` is set once that
+    exists, before any task is submitted.
     """
 
     def __init__(self, token: bytes) -> None:
@@ -67,7 +72,7 @@ class DeliveryListener:
         self._selector.register(self._sock, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._buffers: dict[socket.socket, bytearray] = {}
-        self._leases: dict[socket.socket, LeaseChannel] = {}  # sockets that became leases
+        self._channels: dict[socket.socket, Channel] = {}  # sockets that became channels
         self.closed = False
         self._thread = threading.Thread(target=self._run, name="taskgraph-deliveries", daemon=True)
         self._thread.start()
@@ -128,28 +133,33 @@ class DeliveryListener:
             if not self._handle(sock, msgs):
                 self._drop(sock)
                 return
+        channel = self._channels.pop(sock, None)
+        if channel is not None:
+            # A channel opened: from here its own thread reads it (a thread
+            # blocked in recv wakes sooner than this loop; sync calls: +8%).
+            self._selector.unregister(sock)
+            channel.start(self._buffers.pop(sock))
 
     def _handle(self, sock: socket.socket, msgs: list[w.Msg]) -> bool:
         """Act on what an executor sent; False if the connection should close."""
         client = self.client
         if client is None:
             return False
-        lease = self._leases.get(sock)
+        channel = self._channels.get(sock)
         for msg in msgs:
             if isinstance(msg, w.ObjectsReady):
                 client.on_messages([msg], direct=True)
-            elif lease is not None and isinstance(msg, w.DirectResult):
-                lease.answered(msg)
-            elif lease is not None and isinstance(msg, w.LeaseEnding):
-                lease.ending_asked(msg.revoked)
-            elif lease is None and isinstance(msg, w.LeaseReady) and client.leases is not None:
-                # From here the executor serves our tasks on this socket: we
-                # send from the submitting threads (blocking), read here.
+            elif channel is not None:
+                if not channel.received(msg):
+                    return False
+            elif isinstance(msg, w.ChannelReady):
+                # From here the executor serves us on this socket: we send from
+                # the submitting threads (blocking), read here.
                 sock.setblocking(True)
-                lease = client.leases.granted(msg.lease_id, sock)
-                if lease is None:
-                    return False  # not wanted (any more): the executor's lease ends
-                self._leases[sock] = lease
+                channel = client.channel_ready(msg.channel_id, sock)
+                if channel is None:
+                    return False  # not wanted (any more): the executor's side ends
+                self._channels[sock] = channel
             else:
                 return False  # an executor sends nothing else here
         return True
@@ -157,9 +167,9 @@ class DeliveryListener:
     def _drop(self, sock: socket.socket) -> None:
         self._selector.unregister(sock)
         self._buffers.pop(sock, None)
-        lease = self._leases.pop(sock, None)
-        if lease is not None:
-            lease.lost()  # closes it
+        channel = self._channels.pop(sock, None)
+        if channel is not None:
+            channel.lost()  # closes it
         else:
             sock.close()
 
@@ -172,13 +182,8 @@ class DeliveryListener:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         for sock in list(self._buffers):
-            lease = self._leases.get(sock)
-            if lease is not None:
-                lease.conn.close()
-            else:
-                sock.close()
+            sock.close()
         self._buffers.clear()
-        self._leases.clear()
         self._selector.close()
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()

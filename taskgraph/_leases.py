@@ -6,11 +6,11 @@ in a loop) pays for four process crossings per task even with direct results
 that ``SYNC_STREAK`` times with tasks of one shape (their resources), the
 client asks for a *lease*: an ordinary task, placed by the scheduler on the
 worker of the client's host with that shape's resources, whose executor
-connects back to the client (on its delivery socket, with the cluster token)
-and runs tasks sent straight to it::
+opens a channel to the client (``_channels.py``: it connects to the client's
+listener, with the cluster token) and runs tasks sent straight to it::
 
-    client ──LeasedTask(spec)──▶ leased executor      (two crossings a task)
-    client ◀──DirectResult─────┘
+    client ──ChannelTask(spec)──▶ leased executor      (two crossings a task)
+    client ◀──DirectResult──────┘
 
 The task that asked waits up to ``GRANT_WAIT`` for the lease and goes on it
 (had it gone the usual way, it could wait for the very CPU the lease took).
@@ -37,19 +37,16 @@ reported are retried the usual way (or fail with ``WorkerCrashedError``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from taskgraph import _wire as w
+from taskgraph._channels import Channel
 from taskgraph._ids import return_ids
 from taskgraph._routing import LeaseRoute
-from taskgraph._transport import BlockingConnection
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
@@ -78,104 +75,31 @@ def lease_shape(spec: w.TaskSpec) -> Shape | None:
 
 
 class _Route:
-    """Tasks of one shape: their lease, and the decisions about it (_routing.py)."""
+    """Tasks of one shape: their lease, and the decisions about it (_routing.py).
+    The owner of the lease's channel (``_channels.py``)."""
 
     def __init__(self, shape: Shape) -> None:
         self.shape = shape
         self.lock = threading.Lock()  # one task routed at a time
         self.granted = threading.Condition(self.lock)
-        self.channel: LeaseChannel | None = None  # set exactly when decide.leased
+        self.channel: Channel | None = None  # set exactly when decide.leased
         self.decide = LeaseRoute()
 
-
-class LeaseChannel:
-    """One lease: the connection its executor opened, and the tasks in flight on it.
-
-    The client's delivery thread reads the connection (``_deliveries.py``)
-    and calls ``answered``, ``ending_asked`` and ``lost``; submitting threads send.
-    """
-
-    def __init__(self, leases: Leases, route: _Route, lease_id: bytes, sock: socket.socket) -> None:
-        self.leases = leases
-        self.route = route
-        self.lease_id = lease_id
-        self.conn = BlockingConnection(sock)
-        self.in_flight: dict[bytes, list[bytes]] = {}  # task id -> its return ids
-        self.functions: set[bytes] = set()  # sent on this lease already
-        self.ending = False
-        self._shut = False  # our side is closed
-        self._lock = threading.Lock()
-
-    def idle(self) -> bool:
-        return not self.ending and not self.in_flight
-
-    def send(self, spec: w.TaskSpec) -> bool:
-        """Send a task (route lock held); False if the lease is gone (send it the usual way)."""
-        client = self.leases.client
-        fid = spec.function_id
-        function = b"" if fid in self.functions else client.function_payload(fid)
-        spec = msgspec.structs.replace(spec, channel=self.lease_id)
-        try:
-            # The scheduler records it in our next batch; its answer comes here.
-            with self._lock:
-                self.in_flight[spec.task_id] = client.record_channel_task(spec)
-            client.flush_urgent()
-            self.conn.send([w.LeasedTask(spec, function)])
-        except OSError:
-            # Recorded, but never sent: the scheduler retries it when the lease ends.
-            self.ending = True
-            return True
-        self.functions.add(fid)
-        return True
-
-    def end(self) -> None:
-        """Let the lease go: nothing more is sent; what was sent still runs."""
-        self.ending = True
-        self._shut_when_done()
-
-    def _shut_when_done(self) -> None:
-        """Close our side once the lease ends and every answer is in: the executor's
-        lease ends when it reads our end."""
-        with self._lock:
-            if self._shut or not self.ending or self.in_flight:
-                return
-            self._shut = True
-        with contextlib.suppress(OSError):
-            self.conn.sock.shutdown(socket.SHUT_WR)
-
-    def answered(self, answer: w.DirectResult) -> None:
-        with self._lock:
-            oids = self.in_flight.pop(answer.result.task_id, None)
-        if oids is not None:
-            self.leases.client.channel_answered(oids, answer)
-        self._shut_when_done()
-
-    def ending_asked(self, revoked: bool) -> None:
+    def channel_ending(self, channel: Channel, revoked: bool) -> None:
         """The executor ends the lease (idle, or ``revoked`` by the scheduler): close our side."""
-        route = self.route
-        with route.lock:
-            if route.channel is self:
-                route.channel = None
-                route.decide.ended(revoked, time.monotonic())
-            self.end()
+        with self.lock:
+            if self.channel is channel:
+                self.channel = None
+                self.decide.ended(revoked, time.monotonic())
+        channel.end()
 
-    def lost(self) -> None:
-        """The connection closed: after the lease's end, or because the executor died.
-
-        What was in flight is the scheduler's to settle: it retries or fails
-        tasks their lease's executor never reported.
-        """
-        route = self.route
-        with route.lock:
-            if route.channel is self:
-                route.channel = None
-                route.decide.lost()
-            self.ending = True
-        with self._lock:
-            lost, self.in_flight = self.in_flight, {}
-        for oids in lost.values():
-            self.leases.client.channel_lost(oids)
-        self.conn.close()
+    def channel_lost(self, channel: Channel) -> None:
+        """The connection closed: after the lease's end, or because the executor died
+        (the scheduler retries or fails the tasks it never reported)."""
+        with self.lock:
+            if self.channel is channel:
+                self.channel = None
+                self.decide.lost()
 
 
 class Leases:
@@ -209,7 +133,13 @@ class Leases:
             where = decide.take(channel is not None and channel.idle())
             if where == "lease":
                 assert channel is not None
-                return channel.send(spec)
+                try:
+                    channel.send(spec)
+                except ConnectionError:
+                    return False  # it broke just now: its reading thread will hear
+                self.client.flush_urgent()  # what the task may name (a put) goes first
+                channel.flush()
+                return True
             if where == "end":
                 # A task while the last one runs: its caller does not wait on
                 # each, and the usual way spreads them over every CPU.
@@ -231,7 +161,7 @@ class Leases:
         client = self.client
         worker = client.local_worker()
         if worker is None or client.deliveries is None:
-            return
+            return  # (a driver's client has a listener; an executor's takes no lease)
         if any(worker.resources.get(name, 0.0) < amount for name, amount in route.shape):
             return  # more than the worker here has: the usual way finds one
         lease_id = client.new_id() + b"\0\0\0\0"
@@ -246,12 +176,15 @@ class Leases:
                 deps=[],
                 resources=dict(route.shape),
                 strategy=f"node:{worker.worker_id}",
-                lease=client.deliveries.address,
+                channel_to=client.deliveries.address,
             )
         )
         client.flush()  # now: the task that asked waits for it
 
-    def granted(self, lease_id: bytes, sock: socket.socket) -> LeaseChannel | None:
+    def asked_for(self, lease_id: bytes) -> bool:
+        return lease_id in self.asked
+
+    def granted(self, lease_id: bytes, sock: socket.socket) -> Channel | None:
         """An executor serves lease ``lease_id`` on ``sock``; None: not wanted (close it)."""
         route = self.asked.pop(lease_id, None)
         if route is None or self.closed:
@@ -259,7 +192,7 @@ class Leases:
         with route.lock:
             if not route.decide.granted(lease_id):
                 return None
-            channel = route.channel = LeaseChannel(self, route, lease_id, sock)
+            channel = route.channel = Channel(self.client, lease_id, sock, route)
             route.granted.notify_all()
             return channel
 

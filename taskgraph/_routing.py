@@ -1,8 +1,9 @@
 """Which way a client sends a task or an actor call: the decisions alone.
 
 A client may send tasks down a lease (``_leases.py``) and call actors on its
-host directly (``_direct.py``). When to ask for a lease, when to use it, when
-to let it go, and when an actor's calls may switch to its process, are
+host directly (``_direct.py``), both channels (``_channels.py``). When to ask
+for a lease, when to use it, when to let it go, when to offer an actor a
+channel and when its calls may switch to it, are
 decided here, by two small state machines that own no socket, thread, lock or
 clock: the caller passes the time (``now``, monotonic seconds) and does what
 the answer says. So they are tested event by event, and fuzzed
@@ -18,7 +19,8 @@ SYNC_STREAK = 2  # tasks of a shape awaited one by one before a lease is asked f
 ASK_AGAIN = 10.0  # seconds: a lease asked for and not come by then is asked for again
 GRANT_WAIT = 0.005  # seconds a task waits for the lease just asked for, before going the usual way
 QUIET_AFTER_REVOKE = 1.0  # seconds without asking, once the scheduler took a lease back
-ASK_EVERY = 0.1  # seconds between asks for an actor's address, while its calls go slow
+OFFER_EVERY = 0.1  # seconds between offers of a channel to an actor, while its calls go slow
+MAX_OFFERS = 3  # offers an actor's calls ran without taking, before no more are made
 MAX_UNANSWERED = 10_000  # calls through the scheduler tracked per actor, at most
 
 
@@ -106,39 +108,57 @@ class LeaseRoute:
 
 @dataclass
 class ActorRoute:
-    """How one client reaches one actor: through the scheduler, until it knows where
-    the actor's process listens (on this host) and none of its calls through the
-    scheduler is unanswered as far as it knows; then directly, for good."""
+    """How one client reaches one actor: through the scheduler, until the actor's
+    process has opened a channel to this client and none of the client's calls
+    through the scheduler is unanswered as far as it knows; then down the
+    channel, for good.
+
+    The channel is asked for by an *offer*: a call through the scheduler that
+    carries the client's address (``TaskSpec.channel_to``). The actor's process
+    opens the channel before it runs that call, if it may (on the client's
+    host, and unable to restart: the scheduler clears the offer otherwise). An
+    offered call that ran with no channel come is a failed offer; after
+    ``MAX_OFFERS`` of them the route stays with the scheduler.
+    """
 
     actor_id: bytes
-    address: str = ""
+    ready: bool = False  # the actor's process opened a channel to us
+    direct: bool = False  # calls go down the channel (for good)
     never: bool = False  # the actor cannot be called directly (or not any more)
-    asked_at: float = -ASK_EVERY
-    asking: bool = False
+    offer: int = 0  # the call that carries the offer not settled yet
+    offered_at: float = -OFFER_EVERY
+    failed_offers: int = 0
     calls: int = 0
     # Calls through the scheduler whose end we have not seen: number -> first
     # return id (b"" when there is none, or nobody will ask for it).
     unanswered: dict[int, bytes] = field(default_factory=dict)
 
-    def may_switch(self) -> bool:
-        return bool(self.address) and not self.unanswered and not self.never
+    def go_direct(self) -> bool:
+        """Whether the next call goes down the channel."""
+        if not self.direct and self.ready and not self.unanswered and not self.never:
+            self.direct = True
+        return self.direct
 
-    def should_ask(self, now: float) -> bool:
-        """Whether to ask the scheduler where the actor listens (now, then not for
-        ``ASK_EVERY``)."""
-        if self.asking or self.never or self.address or now - self.asked_at < ASK_EVERY:
+    def should_offer(self, number: int | None, now: float) -> bool:
+        """Whether call ``number`` (going through the scheduler) carries an offer
+        (then none for ``OFFER_EVERY``, and not while it is unsettled)."""
+        if (
+            number is None
+            or self.never
+            or self.ready
+            or self.offer
+            or now - self.offered_at < OFFER_EVERY
+        ):
             return False
-        self.asked_at, self.asking = now, True
+        self.offer, self.offered_at = number, now
         return True
 
-    def learned(self, answer: Any, host: str) -> None:
-        """The scheduler's answer: an address on this host, or not (or no answer)."""
-        self.asking = False
-        if isinstance(answer, dict) and answer.get("address"):
-            if answer.get("host") == host:
-                self.address = str(answer["address"])
-            else:
-                self.never = True  # on another host: through the scheduler
+    def channel_came(self) -> bool:
+        """The actor's process opened a channel; False: not wanted (close it)."""
+        if self.never or self.ready:
+            return False
+        self.ready, self.offer = True, 0
+        return True
 
     def call_slow(self, first_return: bytes) -> int | None:
         """A call goes through the scheduler; returns its number (None: not tracked)."""
@@ -158,6 +178,13 @@ class ActorRoute:
         ran means the earlier ones ran too; one that failed may have failed before
         its turn (a failed argument). Returns the first returns no longer tracked."""
         ended = [n for n in self.unanswered if n <= number] if ok else [number]
+        if self.offer and self.offer in ended:
+            # It ran, and no channel came before its end (the process opens one
+            # first): the offer failed. (A call that failed may not have run.)
+            self.offer = 0
+            if ok and not self.ready:
+                self.failed_offers += 1
+                self.never = self.failed_offers >= MAX_OFFERS
         return [r for n in ended if (r := self.unanswered.pop(n, b""))]
 
     def forgotten(self, number: int) -> None:

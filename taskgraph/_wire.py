@@ -131,10 +131,17 @@ class TaskSpec(Msg):
     method: str = ""  # the method a call runs; "" on the creation task
     actor: ActorSpec | None = None  # set on the creation task only
     namespace: str = ""  # the submitter's: code in the task sees the same named actors
-    lease: str = ""  # a lease: its executor serves this client's address (taskgraph/_leases.py)
+    # A client's address: the executor that runs this opens a channel to it
+    # (taskgraph/_channels.py). On a lease (no actor_id), to serve the client's
+    # tasks; on an actor call, to take that caller's later calls.
+    channel_to: str = ""
     # Sent down a channel (a lease's task id, or an actor's id): the client sends
     # it straight to the executor and tells the scheduler only to record it.
     channel: bytes = b""
+
+
+def is_lease(spec: TaskSpec) -> bool:
+    return bool(spec.channel_to) and not spec.actor_id
 
 
 class Value(Msg):
@@ -335,13 +342,6 @@ class ActorStarted(Msg):
     pid: int
 
 
-class ActorDirect(Msg):
-    """From an actor's process: callers on its host may call it at ``address``."""
-
-    actor_id: bytes
-    address: str
-
-
 class CallerLeft(Msg):
     """From an actor's process: a direct caller's connection closed. Of the calls
     that caller recorded, only those in ``in_flight`` (or reported already)
@@ -457,13 +457,22 @@ class StoreReply(Msg):
     object_ids: list[bytes] | None = None  # with stats: every object held
 
 
-# -- a caller <-> an actor's process (direct calls) ---------------------------
+# -- a client <-> an executor serving it (channels: taskgraph/_channels.py) ----
 
 
-class DirectCall(Msg):
-    """A method call sent straight to the actor's process, not through the scheduler."""
+class ChannelReady(Msg):
+    """Executor to client, first on the connection it opens back to the client: it
+    serves channel ``channel_id`` (a lease's task id, or an actor's id)."""
+
+    channel_id: bytes
+
+
+class ChannelTask(Msg):
+    """Client to executor: run this task or actor call (answered with ``DirectResult``).
+    ``function`` is the task's code, the first time this channel runs it."""
 
     spec: TaskSpec
+    function: bytes = b""
 
 
 class DirectResult(Msg):
@@ -475,27 +484,10 @@ class DirectResult(Msg):
     via_scheduler: bool = False
 
 
-# -- a client <-> the executor it leased (task leases, taskgraph/_leases.py) ---
-
-
-class LeaseReady(Msg):
-    """Executor to client, first on the connection it opens: this is lease ``lease_id``."""
-
-    lease_id: bytes
-
-
-class LeasedTask(Msg):
-    """Client to its leased executor: run this task (answered with ``DirectResult``).
-    ``function`` is the code, the first time this lease runs it."""
-
-    spec: TaskSpec
-    function: bytes = b""
-
-
 class LeaseEnding(Msg):
-    """Executor to client: idle a while (or ``revoked``: the scheduler wants the
-    resources back), the lease ends; the client closes its side (after it,
-    nothing more is sent), and what it sent before still runs."""
+    """Executor to client, on a lease: idle a while (or ``revoked``: the scheduler
+    wants the resources back), the lease ends; the client closes its side
+    (after it, nothing more is sent), and what it sent before still runs."""
 
     revoked: bool = False
 
@@ -541,7 +533,6 @@ ClientMessage = (
     | Query
     | CreateNamedActor
     | KillActor
-    | ActorDirect
     | CallerLeft
     | Goodbye
 )
@@ -585,10 +576,9 @@ AnyMessage = (
     | StoreUnpin
     | StoreStats
     | StoreReply
-    | DirectCall
+    | ChannelReady
+    | ChannelTask
     | DirectResult
-    | LeaseReady
-    | LeasedTask
     | LeaseEnding
 )
 

@@ -321,7 +321,7 @@ class ActorMethod:
             actor_id=handle._actor_id,
             method=self._name,
         )
-        refs = client.call_actor(spec, handle._class_name)
+        refs = client.call_actor(spec)
         del held  # the call holds them now
         if num_returns == 1:
             return refs[0]

@@ -414,9 +414,7 @@ class WorkerDaemon:
         threading.Thread(target=reap, name=f"reap-{executor_id}", daemon=True).start()
 
     def _executor_exited(self, executor_id: int, code: int) -> None:
-        proc = self.processes.pop(executor_id, None)
-        if proc is not None:  # an actor's socket for direct calls (worker/direct.py)
-            Path(self.socket_dir, f"actor-{proc.pid}.sock").unlink(missing_ok=True)
+        self.processes.pop(executor_id, None)
         if executor_id in self.executor_streams:
             # What it sent before exiting is still being read; report the exit after.
             self._exit_codes[executor_id] = code

@@ -10,11 +10,11 @@ raises when the daemon says ``CancelTask``) lands in the task's own code. The
 daemon may hand over a few short tasks at once; they run in order, each
 reported before the next starts, and if the running task blocks in get() the
 ones not started go back to the daemon (``Returned``), so that none waits on
-it. A lease (worker/lease.py) is a task that runs, instead of a function of
-its own, the tasks its client sends straight here, until it ends. The
-process is also a full client: a task may submit tasks, put, get and wait,
-all relayed by the daemon. Functions arrive once
-per process and stay cached by content hash.
+it. A lease (worker/channel.py) is a task that runs, instead of a function of
+its own, the tasks its client sends straight here, until it ends; an actor's
+direct callers send calls straight here too. The process is also a full
+client: a task may submit tasks, put, get and wait, all relayed by the
+daemon. Functions arrive once per process and stay cached by content hash.
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
-from taskgraph.worker.direct import DirectServer
-from taskgraph.worker.lease import Lease
+from taskgraph.worker.channel import Callers, Lease
 from taskgraph.worker.reports import ReportWriter
 
 
@@ -159,8 +158,8 @@ class Executor:
         self.actor_id = b""
         self.gpu_ids: list[int] = []  # an actor's, for its whole life
         self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
-        self.direct: DirectServer | None = None  # an actor's call socket for callers here
-        self.lease: Lease | None = None  # the lease this process serves (worker/lease.py)
+        self.callers: Callers | None = None  # an actor's direct callers (worker/channel.py)
+        self.lease: Lease | None = None  # the lease this process serves (worker/channel.py)
         self.leases: set[bytes] = set()  # leases handed to us and not over
         self.revoked: set[bytes] = set()  # of those, the ones the scheduler wants back
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
@@ -190,7 +189,7 @@ class Executor:
                     if waiting is not None:
                         waiting.set_result(msg)
                 elif isinstance(msg, w.Execute):
-                    if msg.assignment.spec.lease:
+                    if w.is_lease(msg.assignment.spec):
                         self.leases.add(msg.assignment.spec.task_id)
                     self.tasks.put(msg.assignment)
                 elif isinstance(msg, w.CancelTask):
@@ -256,8 +255,10 @@ class Executor:
                     error = pickle.dumps(err)
                     self.report(w.TaskResult(spec.task_id, error=error, failure="cancelled"))
                 else:
+                    if spec.channel_to and self.callers is not None:
+                        self.callers.offered(spec)  # before it runs: see Callers.offered
                     self.actor.submit(assignment)
-            elif spec.lease:
+            elif w.is_lease(spec):
                 result = self.serve_lease(assignment)
                 self.tasks.done()
                 self.client.task_ended()
@@ -271,7 +272,7 @@ class Executor:
                 self.report(result)
 
     def serve_lease(self, a: w.Assignment) -> w.TaskResult:
-        """Run the tasks of the client that leased us until it lets go (worker/lease.py)."""
+        """Run the tasks of the client that leased us until it lets go (worker/channel.py)."""
         began = time.perf_counter()
         lease_id = a.spec.task_id
         try:
@@ -292,9 +293,7 @@ class Executor:
 
     def _serve(self, lease: Lease) -> None:
         try:
-            while (leased := lease.next()) is not None:
-                code = lease.code.get(leased.spec.function_id, b"")  # (sent with an earlier task)
-                task = w.Assignment(leased.spec, [], code, lease.gpu_ids)
+            while (task := lease.next()) is not None:
                 try:
                     fn = self._function(task)
                 except BaseException as exc:
@@ -334,9 +333,10 @@ class Executor:
         process cannot take a finished one's report with it.
         """
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
-        if self.direct is not None and self.direct.is_direct(result.task_id):
+        caller = self.callers.caller_of(result.task_id) if self.callers is not None else None
+        if caller is not None:
             result.channel = self.actor_id
-            answer = partial(self.direct.reply, result)
+            answer = partial(caller.answer, result)
         if answer is None:
             self.client.send_now(w.Executed(result))
         elif any(r.location is not None or r.contains for r in result.returns):
@@ -375,14 +375,8 @@ class Executor:
                 spec.task_id, error=creation_error(spec.actor.class_name, exc), failure="task"
             )
         self.actor = ActorRuntime(self, instance, spec.actor)
-        if spec.actor.max_restarts == 0:
-            folder = os.path.dirname(os.environ["TASKGRAPH_EXECUTOR_SOCKET"])
-            try:
-                direct = DirectServer(self, self.client.token, folder)
-                self.client.send_soon(w.ActorDirect(spec.actor_id, direct.start()))
-                self.direct = direct
-            except OSError:  # calls come through the scheduler, as for any actor
-                pass
+        if spec.actor.max_restarts == 0:  # (calls to a restarted one could be lost)
+            self.callers = Callers(self)
         # The daemon asks an actor to end with SIGTERM (its last handle is gone):
         # a graceful end, atexit handlers included. kill() uses SIGKILL.
         signal.signal(signal.SIGTERM, lambda signum, frame: self.actor and self.actor.exit_now())

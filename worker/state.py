@@ -469,7 +469,7 @@ class WorkerState:
             lease = ex.task
             if (
                 lease is not None
-                and ex.tasks[0].spec.lease
+                and w.is_lease(ex.tasks[0].spec)
                 and lease not in self.revoked
                 and lease not in self.blocked
             ):

@@ -25,7 +25,8 @@ import pytest
 import taskgraph as tg
 from conftest import SWITCH_TO_DIRECT, stored, wait_for
 from taskgraph import _client as client_module
-from taskgraph._direct import ActorRoute, DirectChannel
+from taskgraph._channels import Channel
+from taskgraph._direct import ActorRoute
 from taskgraph.exceptions import ActorDiedError, GetTimeoutError, TaskError
 from taskgraph.util import ActorPool
 from taskgraph.util.state import list_tasks
@@ -253,7 +254,7 @@ def alive_log() -> tg.ActorHandle:
 
 
 def listening(pid: int) -> list[str]:
-    """The socket files a process listens on (the actor's direct-call socket)."""
+    """The Unix socket addresses a process has bound (a listening socket's)."""
     try:
         return sorted({c.laddr for c in psutil.Process(pid).net_connections("unix") if c.laddr})
     except psutil.NoSuchProcess:
@@ -266,9 +267,9 @@ def round_trip() -> None:
     tg.cluster_resources()
 
 
-def learn_the_address(handle) -> None:
-    """Have this client learn where an alive actor listens, without switching yet: its
-    first call goes through the scheduler and the client asks meanwhile."""
+def open_the_channel(handle) -> None:
+    """Have an alive actor's process open its channel to this client, without switching
+    yet: its first call goes through the scheduler, with an offer."""
     before = tg.statistics().direct_actor_calls
     tg.get(handle.history.remote())  # answered: no call through the scheduler is pending
     round_trip()
@@ -685,18 +686,18 @@ def test_each_threads_calls_run_in_the_order_it_made_them():
     tg.kill(log)
 
 
-def test_threads_switching_together_open_one_channel(monkeypatch):
-    log = alive_log()
-    learn_the_address(log)
-    opened: list[DirectChannel] = []
+def test_threads_switching_together_use_one_channel(monkeypatch):
+    opened: list[Channel] = []
 
-    class SlowToOpen(DirectChannel):
+    class SlowToOpen(Channel):
         def __init__(self, *args, **kwargs):
-            time.sleep(0.1)  # connecting takes a while: widen the window
+            time.sleep(0.1)  # taking it takes a while: widen the window
             super().__init__(*args, **kwargs)
             opened.append(self)
 
-    monkeypatch.setattr(client_module, "DirectChannel", SlowToOpen)
+    monkeypatch.setattr(client_module, "Channel", SlowToOpen)
+    log = alive_log()
+    open_the_channel(log)
     start = threading.Barrier(4)
 
     def caller(t: int) -> None:
@@ -719,18 +720,21 @@ def test_threads_switching_together_open_one_channel(monkeypatch):
 
 def test_a_thread_that_raced_the_switch_keeps_its_order(monkeypatch):
     log = alive_log()
-    # Its first call goes through the scheduler, unanswered for a while (no switch until
-    # it ends); the client has learned the address by the round trip after it.
+    # Its first call goes through the scheduler with an offer (the actor's process
+    # opens its channel before running it); the second waits there for a while, so
+    # no switch comes until it ends.
     before = tg.statistics().direct_actor_calls
+    first = log.history.remote()
     pending = log.add.remote(slowly.remote("held", 1.0))
+    tg.get(first, timeout=30)
     round_trip()
     assert tg.wait([pending], timeout=0)[0] == [], "the slow call ended already"
     assert tg.statistics().direct_actor_calls == before
     # Thread A's "may I switch?" sees the unanswered call and says no; it is slowed
     # down so that this thread ends that call and calls meanwhile (the window is
-    # between may_switch() and queueing the call through the scheduler).
+    # between go_direct() and queueing the call through the scheduler).
     checked = threading.Event()
-    original = ActorRoute.may_switch
+    original = ActorRoute.go_direct
 
     def slow_check(self) -> bool:
         answer = original(self)
@@ -739,7 +743,7 @@ def test_a_thread_that_raced_the_switch_keeps_its_order(monkeypatch):
             time.sleep(0.5)
         return answer
 
-    monkeypatch.setattr(ActorRoute, "may_switch", slow_check)
+    monkeypatch.setattr(ActorRoute, "go_direct", slow_check)
     made: list[tg.ObjectRef] = []
 
     def thread_a() -> None:
@@ -813,17 +817,17 @@ def test_a_call_made_after_kill_fails():
 # -- more found in a second review, fixed since ----------------------------------------
 
 
-def test_calls_after_kill_do_not_try_the_dead_actors_socket(monkeypatch):
+def test_calls_after_kill_open_no_channel(monkeypatch):
     log = Log.remote()
     switch_to_direct(log)
-    tries: list[str] = []
-    real_channel = client_module.DirectChannel
+    tries: list[bytes] = []
+    real_channel = client_module.Channel
 
-    def channel(client, actor_id, address, class_name):
-        tries.append(address)
-        return real_channel(client, actor_id, address, class_name)
+    def channel(client, channel_id, sock, owner):
+        tries.append(channel_id)
+        return real_channel(client, channel_id, sock, owner)
 
-    monkeypatch.setattr(client_module, "DirectChannel", channel)
+    monkeypatch.setattr(client_module, "Channel", channel)
     tg.kill(log)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -835,13 +839,13 @@ def test_calls_after_kill_do_not_try_the_dead_actors_socket(monkeypatch):
     assert not tries and not leaked, (tries, leaked)
 
 
-def test_a_dead_actors_socket_file_is_removed():
+def test_an_actor_called_directly_listens_on_no_socket():
+    """Its process connects to its callers (one connection direction): nothing on
+    disk to clean up, nothing for a stranger to connect to."""
     log = Log.remote()
     switch_to_direct(log)
-    [path] = listening(tg.get(log.pid.remote()))
-    assert os.path.exists(path)
+    assert listening(tg.get(log.pid.remote())) == []
     kill_and_wait(log)
-    wait_for(lambda: not os.path.exists(path), timeout=3, what="the socket file to go")
 
 
 def test_a_caller_that_keeps_calling_while_the_actor_waits_for_an_argument_does_not_hang():

@@ -96,12 +96,21 @@ def test_the_listener_stops_with_the_driver(fresh_cluster):
     tg.init(num_cpus=2)  # the fixture shuts this one down
 
 
-def test_direct_results_can_be_turned_off():
+def test_direct_results_can_be_turned_off_and_leases_still_work():
+    """The switches are independent: with no direct results, the driver's
+    listener still takes leases (only leased tasks' values come straight)."""
     script = (
+        "import time\n"
         "import taskgraph as tg\n"
         "tg.init(num_cpus=1)\n"
         "f = tg.remote(lambda x: x + 1)\n"
-        "print([tg.get(f.remote(i)) for i in range(3)], tg.statistics().results_direct)\n"
+        "out = [tg.get(f.remote(i)) for i in range(3)]\n"
+        "deadline = time.monotonic() + 30\n"
+        "while tg.statistics().tasks_leased == 0:\n"
+        "    assert time.monotonic() < deadline, 'no lease'\n"
+        "    tg.get(f.remote(0))\n"
+        "s = tg.statistics()\n"
+        "print(out, s.results_direct == s.tasks_leased, s.tasks_leased > 0)\n"
         "tg.shutdown()\n"
     )
     env = {**os.environ, "TASKGRAPH_DIRECT_RESULTS": "0"}
@@ -109,7 +118,7 @@ def test_direct_results_can_be_turned_off():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[1, 2, 3] 0"
+    assert out.stdout.strip() == "[1, 2, 3] True True"
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)

@@ -631,7 +631,7 @@ def test_a_driver_that_dies_as_a_large_leased_answer_reaches_it(lasting, fresh_c
 
 CRASH_AT_REPORTING = """
 def crash_at_reporting(client, after, linger_pidfile):
-    from taskgraph.worker import direct, lease
+    from taskgraph.worker import channel
 
     # An executor runs as ``python -m taskgraph.worker.executor``: its class is
     # __main__'s (patching it there is patching taskgraph.worker.executor's).
@@ -664,20 +664,14 @@ def crash_at_reporting(client, after, linger_pidfile):
     if after:
         # Reported (a stored return's report is sent before the answer: Executed
         # is on our stream to the daemon), its caller not answered.
-        reply, answer = direct.DirectServer.reply, lease.direct_answer
+        answer = channel.Channel.answer
 
-        def reply_or_die(server, result):
+        def answer_or_die(self, result):
             if large(result):
                 die()
-            return reply(server, result)
+            return answer(self, result)
 
-        def answer_or_die(result):
-            if large(result):
-                die()
-            return answer(result)
-
-        direct.DirectServer.reply = reply_or_die
-        lease.direct_answer = answer_or_die
+        channel.Channel.answer = answer_or_die
     else:
         # Sealed in our store, never announced: not reported.
         report = Executor.report

@@ -1,4 +1,4 @@
-"""Task leases (taskgraph/_leases.py, worker/lease.py): tasks awaited one by one
+"""Task leases (taskgraph/_leases.py, worker/channel.py): tasks awaited one by one
 go straight to a leased executor, and behave exactly as they would have through
 the scheduler, which records and hears the report of every one of them.
 
@@ -420,7 +420,7 @@ def test_a_lease_nobody_asked_for_is_refused(lasting, fresh_cluster):
     conn.send([w.Hello("executor", digest(client.token, challenge.nonce), b"x" * 8)])
     [welcome] = conn.recv()
     assert isinstance(welcome, w.Welcome)
-    conn.send([w.LeaseReady(b"n" * 16)])
+    conn.send([w.ChannelReady(b"n" * 16)])
     with pytest.raises(ConnectionError):
         conn.recv()  # closed on us
     conn.close()

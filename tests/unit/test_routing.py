@@ -10,9 +10,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from taskgraph._routing import (
     ASK_AGAIN,
-    ASK_EVERY,
     GRANT_WAIT,
+    MAX_OFFERS,
     MAX_UNANSWERED,
+    OFFER_EVERY,
     QUIET_AFTER_REVOKE,
     SYNC_STREAK,
     ActorRoute,
@@ -188,21 +189,57 @@ TestLeaseRoute.settings = settings(max_examples=150, stateful_step_count=40, dea
 # -- actor routes -------------------------------------------------------------------
 
 
-def test_an_actor_route_asks_now_and_then_and_switches_once_nothing_is_unanswered() -> None:
+def test_an_actor_route_offers_now_and_then_and_switches_once_nothing_is_unanswered() -> None:
     route = ActorRoute(b"actor")
-    assert route.should_ask(0.0)
-    assert not route.should_ask(1.0), "one ask at a time"
-    route.learned(None, "here")  # no answer
-    assert not route.should_ask(ASK_EVERY / 2), "not again at once"
-    assert route.should_ask(ASK_EVERY)
     first = route.call_slow(b"r1")
+    assert route.should_offer(first, 0.0)
     second = route.call_slow(b"r2")
-    route.learned({"address": "unix://actor", "host": "here"}, "here")
-    assert not route.may_switch(), "two calls through the scheduler unanswered"
+    assert not route.should_offer(second, 1.0), "one offer at a time"
     assert first is not None and second is not None
+    assert route.channel_came()
+    assert not route.go_direct(), "two calls through the scheduler unanswered"
     assert route.call_ended(second, ok=True) == [b"r1", b"r2"], "the first ran before it"
-    assert route.may_switch()
-    assert not route.should_ask(10.0), "the address is known"
+    assert route.go_direct()
+    assert route.go_direct(), "for good"
+    assert not route.should_offer(route.call_slow(b"r3"), 10.0), "a channel came already"
+
+
+def test_offers_whose_calls_ran_without_a_channel_fail_and_a_few_end_them() -> None:
+    route = ActorRoute(b"actor")
+    now = 0.0
+    for _ in range(MAX_OFFERS):
+        number = route.call_slow(b"r")
+        assert route.should_offer(number, now)
+        assert number is not None
+        route.call_ended(number, ok=True)
+        now += OFFER_EVERY
+    assert route.never
+    assert route.call_slow(b"r") is None
+    assert not route.channel_came(), "one that comes now is not wanted"
+    assert not route.go_direct()
+
+
+def test_a_call_that_failed_settles_its_offer_without_counting_it() -> None:
+    route = ActorRoute(b"actor")
+    number = route.call_slow(b"r")
+    assert route.should_offer(number, 0.0) and number is not None
+    route.call_ended(number, ok=False)  # (a failed argument: it may never have run)
+    assert route.failed_offers == 0 and not route.never
+    later = route.call_slow(b"r2")
+    assert not route.should_offer(later, OFFER_EVERY / 2), "not again at once"
+    assert route.should_offer(later, OFFER_EVERY)
+
+
+def test_a_channel_heard_of_after_its_call_ended_is_still_taken() -> None:
+    """The channel and the call's result come on different threads: the result
+    may be heard of first."""
+    route = ActorRoute(b"actor")
+    number = route.call_slow(b"r")
+    assert route.should_offer(number, 0.0) and number is not None
+    route.call_ended(number, ok=True)
+    assert route.failed_offers == 1
+    assert route.channel_came()
+    assert route.go_direct()
 
 
 def test_a_failed_call_ends_only_itself() -> None:
@@ -215,18 +252,98 @@ def test_a_failed_call_ends_only_itself() -> None:
     assert route.call_ended(first, ok=True) == []
 
 
-def test_an_actor_on_another_host_is_never_called_directly() -> None:
-    route = ActorRoute(b"actor")
-    route.should_ask(0.0)
-    route.learned({"address": "tcp://far", "host": "far"}, "here")
-    assert route.never and not route.may_switch()
-    assert route.call_slow(b"r") is None
-    assert not route.should_ask(100.0)
-
-
 def test_a_caller_that_never_reads_results_stops_being_tracked() -> None:
     route = ActorRoute(b"actor")
     for i in range(MAX_UNANSWERED):
         assert route.call_slow(i.to_bytes(4, "big")) is not None
     assert route.call_slow(b"one more") is None
     assert route.never and not route.unanswered
+
+
+class ActorRouteMachine(RuleBasedStateMachine):
+    """Calls made, offers taken or not, channels coming, calls ending in order,
+    with the time moving on. The model: what a client may rely on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.route = ActorRoute(b"actor")
+        self.now = 0.0
+        self.slow: list[int] = []  # calls through the scheduler, not ended
+        self.offers: list[float] = []  # when each offer was made
+        self.offered: int | None = None  # the call that carries an open offer
+        self.accepting = True  # the actor's process would open a channel
+        self.channel_pending = False  # it opened one, not heard of yet
+        self.failed = 0
+        self.went_direct = False
+
+    @rule(dt=st.floats(min_value=0.0, max_value=0.3))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def actor_refuses_channels(self) -> None:
+        self.accepting = False  # (another host, or it may restart)
+
+    @rule()
+    def call(self) -> None:
+        route = self.route
+        if route.go_direct():
+            self.went_direct = True
+            return
+        assert not self.went_direct, "once direct, for good"
+        number = route.call_slow(b"r%d" % len(self.offers))
+        if number is None:
+            assert route.never
+            return
+        self.slow.append(number)
+        if route.should_offer(number, self.now):
+            assert self.offered is None, "one offer at a time"
+            assert not self.offers or self.now - self.offers[-1] >= OFFER_EVERY
+            self.offers.append(self.now)
+            self.offered = number
+
+    @precondition(lambda self: self.slow)
+    @rule(ok=st.booleans())
+    def oldest_call_ends(self, ok: bool) -> None:
+        number = self.slow.pop(0)
+        if number == self.offered and self.accepting:
+            self.channel_pending = True  # opened before the call ran
+        if number == self.offered:
+            self.offered = None
+            if ok and not self.route.ready and not self.channel_pending:
+                self.failed += 1
+        self.route.call_ended(number, ok)
+
+    @precondition(lambda self: self.channel_pending)
+    @rule()
+    def channel_heard_of(self) -> None:
+        self.channel_pending = False
+        wanted = not self.route.never and not self.route.ready
+        assert self.route.channel_came() == wanted
+        if wanted:
+            assert self.route.ready and not self.route.offer
+
+    @invariant()
+    def direct_only_with_a_channel_and_nothing_unanswered_before(self) -> None:
+        route = self.route
+        if route.direct:
+            assert route.ready, "direct only down a channel that came"
+        if not route.direct and route.ready and not route.never:
+            assert route.go_direct() == (not route.unanswered)
+            if route.direct:
+                self.went_direct = True
+
+    @invariant()
+    def failed_offers_end_the_asking(self) -> None:
+        route = self.route
+        assert route.failed_offers <= MAX_OFFERS
+        if route.failed_offers >= MAX_OFFERS:
+            assert route.never
+
+    @invariant()
+    def memory_is_bounded(self) -> None:
+        assert len(self.route.unanswered) <= MAX_UNANSWERED
+
+
+TestActorRoute = ActorRouteMachine.TestCase
+TestActorRoute.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

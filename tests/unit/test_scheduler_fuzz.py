@@ -311,7 +311,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             args=b"",
             deps=[],
             resources={"CPU": 1.0},
-            lease="unix://driver",
+            channel_to="unix://driver",
         )
         self.objects.extend(return_ids(lease.task_id, 1))
         self.send(client_id, w.SubmitTasks([lease]))
@@ -320,7 +320,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         return sorted(
             t.id
             for t in self.state.tasks.values()
-            if t.spec.lease and t.state == "processing" and t.owner in self.state.clients
+            if w.is_lease(t.spec) and t.state == "processing" and t.owner in self.state.clients
         )
 
     @precondition(lambda self: self.running_leases())

@@ -1265,7 +1265,7 @@ def _granted_lease(h: Harness) -> w.TaskSpec:
     """A caller with a lease running on w1 (one CPU held for it)."""
     h.client(CALLER)
     h.worker("w1", {"CPU": 2.0})
-    lease = h.spec("lease", num_returns=1, lease="unix://caller")
+    lease = h.spec("lease", num_returns=1, channel_to="unix://caller")
     lease = msgspec.structs.replace(lease, task_id=CALLER + lease.task_id[8:])
     assert assigned_ids(h.submit(CALLER, lease), "w1") == [lease.task_id]
     return lease
@@ -1457,7 +1457,7 @@ def test_a_task_waiting_for_a_leased_resource_takes_the_lease_back() -> None:
     h = Harness()
     h.client()
     h.worker("w1", {"CPU": 2.0, "R": 1.0})
-    lease = h.spec("lease", resources={"CPU": 1.0, "R": 1.0}, num_returns=0, lease="unix://c1")
+    lease = h.spec("lease", resources={"CPU": 1.0, "R": 1.0}, num_returns=0, channel_to="unix://c1")
     h.submit(b"c1", lease)
     assert h.task_state(lease) == "processing"
     waiting = h.spec("t", resources={"CPU": 1.0, "R": 1.0})
@@ -1480,7 +1480,7 @@ def test_a_task_that_could_not_run_there_anyway_leaves_the_lease() -> None:
     h = Harness()
     h.client()
     h.worker("w1", {"CPU": 2.0})
-    lease = h.spec("lease", num_returns=0, lease="unix://c1")
+    lease = h.spec("lease", num_returns=0, channel_to="unix://c1")
     h.submit(b"c1", lease)
     sends = h.submit(b"c1", h.spec("gpu", resources={"CPU": 1.0, "GPU": 1.0}))
     assert messages(sends, "worker", "w1", w.CancelRunning) == []

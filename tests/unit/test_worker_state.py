@@ -498,7 +498,7 @@ def test_a_lease_is_asked_to_end_when_a_task_waits_for_its_cpu() -> None:
     h.start()
     h.ready(1)
     lease = h.assignment("lease", cpus=1.0)
-    lease = w.Assignment(msgspec.structs.replace(lease.spec, lease="unix://client"), [], b"")
+    lease = w.Assignment(msgspec.structs.replace(lease.spec, channel_to="unix://client"), [], b"")
     h.assign(lease)
     task = h.assignment("t", cpus=1.0)
     out = h.assign(task)
@@ -520,7 +520,7 @@ def test_a_blocked_lease_is_not_asked_to_end() -> None:
     h.start()
     h.ready(1)
     lease = h.assignment("lease", cpus=1.0)
-    lease = w.Assignment(msgspec.structs.replace(lease.spec, lease="unix://client"), [], b"")
+    lease = w.Assignment(msgspec.structs.replace(lease.spec, channel_to="unix://client"), [], b"")
     h.assign(lease)
     h.handle(TaskBlocked(lease.spec.task_id))  # its task waits in get(): its CPU is lent
     out = h.assign(h.assignment("t", cpus=1.0), h.assignment("u", cpus=1.0))
@@ -532,7 +532,7 @@ def test_a_leased_tasks_report_is_relayed_and_its_cancel_reaches_the_lease() -> 
     h.start()
     h.ready(1)
     lease = h.assignment("lease", cpus=1.0)
-    lease = w.Assignment(msgspec.structs.replace(lease.spec, lease="unix://client"), [], b"")
+    lease = w.Assignment(msgspec.structs.replace(lease.spec, channel_to="unix://client"), [], b"")
     h.assign(lease)
     leased = b"leased-task-id00"
     out = h.handle(CancelRequested(leased, force=False, channel=lease.spec.task_id))
