@@ -684,7 +684,7 @@ class SchedulerState:
         caller is gone (all its records read): until then it may still record."""
         caller = self.clients.get(msg.client_id)
         if caller is not None:
-            caller.channels_closed[msg.actor_id] = set(msg.in_flight)
+            caller.channels_closed.setdefault(msg.actor_id, set()).update(msg.in_flight)
         else:
             self._never_sent(msg.client_id, msg.actor_id, set(msg.in_flight))
 

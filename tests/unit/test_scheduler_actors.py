@@ -979,3 +979,26 @@ def test_direct_calls_a_departed_caller_recorded_but_never_sent_are_cancelled(
     h.done("w1", ok(got))
     assert h.task_state(got) is None
     assert h.state.workers["w1"].running == set()
+
+
+def test_a_caller_whose_channel_closed_twice_keeps_the_calls_each_one_got() -> None:
+    """The actor's process opened a second channel to a live caller after the first
+    broke; each says, as it closes, which calls it got. Once the caller leaves,
+    only the calls neither got are cancelled."""
+    h = Harness()
+    h.client()
+    caller = b"caller-2"
+    h.client(caller)
+    h.worker("w1")
+    actor, _ = alive_actor(h)
+    first, second, never = (direct_call(h, actor, caller) for _ in range(3))
+    h.submit(first, second, never, client_id=caller)
+    executor = b"executor"
+    for got in (first, second):
+        h.from_worker(
+            "w1", w.FromClient(executor, [w.CallerLeft(actor.actor_id, caller, [got.task_id])])
+        )
+    h.handle(ClientLeft(caller))
+    assert h.task_state(never) is None, "never sent: cancelled"
+    assert h.task_state(first) == "processing", "the first channel got it"
+    assert h.task_state(second) == "processing"
