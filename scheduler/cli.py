@@ -16,6 +16,7 @@ from tornado.ioloop import PeriodicCallback
 
 from taskgraph import config
 from taskgraph.scheduler.server import SchedulerServer
+from taskgraph.settings import settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    token = args.token or os.environ.get(config.TOKEN_ENV) or config.new_token()
+    token = args.token or settings().token or config.new_token()
     server = SchedulerServer(config.token_bytes(token), cluster_id=os.urandom(6).hex())
     unix_paths: list[str] = []
     if args.listen_fd:

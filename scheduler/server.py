@@ -8,7 +8,6 @@ become one frame per destination. One coroutine per connection, none per task.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from taskgraph.scheduler.state import (
     WorkerLeft,
     WorkerSent,
 )
+from taskgraph.settings import settings
 
 log = logging.getLogger("taskgraph.scheduler")
 
@@ -40,10 +40,10 @@ class SchedulerServer(TCPServer):
         super().__init__()
         self.token = token
         if worker_timeout is None:
-            worker_timeout = float(os.environ.get("TASKGRAPH_WORKER_TIMEOUT", "30"))
+            worker_timeout = settings().worker_timeout
         # Busy workers may queue up to this many short CPU-only tasks per CPU
         # (placement.queue_depth_for).
-        queue_depth = float(os.environ.get("TASKGRAPH_QUEUE_DEPTH", "64"))
+        queue_depth = settings().queue_depth
         self.state = SchedulerState(cluster_id, worker_timeout, queue_depth)
         # Time passes for the state machine even when nobody writes: silent
         # workers are noticed on a tick.
@@ -57,7 +57,7 @@ class SchedulerServer(TCPServer):
 
     def handle(self, *events: Event) -> None:
         try:
-            sends = self.state.handle(Tick(time.time()), *events)
+            sends = self.state.handle(Tick(time.monotonic()), *events)
         except Exception:
             log.exception("scheduler state machine failed on %r", events)
             raise

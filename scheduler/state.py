@@ -90,7 +90,7 @@ class WorkerSent:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    now: float
+    now: float  # monotonic seconds (a wall-clock jump must not drop every worker)
 
 
 Event = ClientJoined | ClientLeft | ClientSent | WorkerJoined | WorkerLeft | WorkerSent | Tick

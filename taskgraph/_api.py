@@ -21,14 +21,13 @@ from typing import Any
 from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._client import Client, ClientStatistics, host_id
-from taskgraph._deliveries import ENABLED as deliveries_enabled
 from taskgraph._deliveries import DeliveryListener
-from taskgraph._leases import ENABLED as leases_enabled
 from taskgraph._leases import Leases
 from taskgraph._local_cluster import LocalCluster
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
-from taskgraph.exceptions import AuthenticationError, GetTimeoutError
+from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, GetTimeoutError
+from taskgraph.settings import reread, settings
 
 _lock = threading.RLock()
 _runtime: Runtime | None = None
@@ -108,8 +107,9 @@ def init(
                 "taskgraph.init() was already called; call shutdown() first or pass "
                 "ignore_reinit_error=True"
             )
+        reread()  # the environment as it is now (a program may have set it)
         if address is None:
-            address = os.environ.get(config.ADDRESS_ENV) or "local"
+            address = settings().address or "local"
         namespace = namespace if namespace is not None else os.urandom(4).hex()
         if object_store_memory is not None and (
             isinstance(object_store_memory, bool)
@@ -133,9 +133,10 @@ def init(
             if address == "auto":
                 records = config.recorded("scheduler")
                 if not records:
-                    raise ConnectionError(
+                    raise ClusterConnectionError(
                         "init('auto') found no taskgraph cluster started on this host; start one "
-                        "with 'taskgraph start --head', or call init() to start a local one"
+                        "with 'taskgraph start --head', or call init() to start a local one",
+                        advice="",
                     )
                 address = str(records[0]["address"])
                 token = token or str(records[0]["token"])
@@ -165,7 +166,7 @@ def _connect(address: str, token: str, namespace: str) -> Client:
         pid=os.getpid(),
         host=host_id(),
         namespace=namespace,
-        deliver=listener.address if deliveries_enabled else "",
+        deliver=listener.address if settings().direct_results else "",
     )
     try:
         conn, welcome = connect_blocking(address, secret, hello)
@@ -177,7 +178,7 @@ def _connect(address: str, token: str, namespace: str) -> Client:
     client.on_notice = _show_notice
     listener.client = client
     client.deliveries = listener
-    if leases_enabled:
+    if settings().task_leases:
         client.leases = Leases(client)
     return client
 

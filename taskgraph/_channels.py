@@ -38,7 +38,7 @@ import msgspec
 
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection
-from taskgraph.exceptions import TaskgraphError
+from taskgraph.exceptions import ClusterConnectionError, TaskgraphError
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
@@ -88,7 +88,7 @@ class Channel:
         spec = msgspec.structs.replace(spec, channel=self.channel_id)
         with self._lock:
             if self.broken is not None or self.ending:
-                raise ConnectionError(self.broken or "the channel is ending")
+                raise ClusterConnectionError(self.broken or "the channel is ending")
             # Recorded before it can be sent (another thread may flush us): an
             # answer must never find its ids unexpected.
             oids = self.in_flight[spec.task_id] = client.record_channel_task(spec)

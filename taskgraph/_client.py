@@ -39,14 +39,19 @@ from taskgraph import _wire as w
 from taskgraph import serialization
 from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
-from taskgraph._direct import ENABLED as DIRECT_ENABLED
 from taskgraph._direct import ActorRoute
 from taskgraph._ids import return_ids
 from taskgraph._leases import Leases
 from taskgraph._object_ref import ObjectRef
 from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
-from taskgraph.exceptions import GetTimeoutError, ObjectLostError, TaskgraphError
+from taskgraph.exceptions import (
+    ClusterConnectionError,
+    GetTimeoutError,
+    ObjectLostError,
+    TaskgraphError,
+)
+from taskgraph.settings import settings
 
 INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 # Seconds messages nothing waits on (records of channel tasks) may gather before
@@ -62,7 +67,7 @@ def host_id() -> str:
     ``TASKGRAPH_HOST_ID`` overrides it, for processes that share a machine but
     should act as separate hosts (containers, network namespaces, tests).
     """
-    override = os.environ.get("TASKGRAPH_HOST_ID")
+    override = settings().host_id
     if override:
         return override
     try:
@@ -422,7 +427,7 @@ class Client:
             self._waiters.clear()
             callbacks, self._callbacks = self._callbacks, {}
             queries, self._queries = self._queries, {}
-        err = ConnectionError(reason)
+        err = self._connection_error(reason)
         for fut in queries.values():
             fut.set_exception(err)
         for oid, cbs in callbacks.items():
@@ -576,7 +581,7 @@ class Client:
                     # gone); one called again just offers again.
                     self._routes = {a: r for a, r in self._routes.items() if r.channel}
                 route = self._routes[actor_id] = ActorRoute(actor_id, client=self)
-                route.never = not DIRECT_ENABLED
+                route.never = not settings().direct_actor_calls
         # One call at a time per actor from this client: the way it goes, and its
         # place in line, are decided together (threads may call at once).
         with route.lock:
@@ -667,6 +672,10 @@ class Client:
         for earlier in route.call_ended(number, ok):
             self._slow_calls.pop(earlier, None)
 
+    def _connection_error(self, reason: str) -> ClusterConnectionError:
+        """Why calls fail now: the connection broke, or this client was shut down."""
+        return ClusterConnectionError(reason, advice="" if self.closed else None)
+
     def ask(self, msg: w.Query, callback: Callable[[Any], None]) -> None:
         """Send a query; ``callback`` gets the answer (None if it failed) on another thread."""
         try:
@@ -697,7 +706,7 @@ class Client:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self.broken is not None:
-                raise ConnectionError(self.broken)
+                raise self._connection_error(self.broken)
             msg.request_id = next(self._query_ids)
             self._queries[msg.request_id] = fut
             self._queue(msg, wake=wake)
@@ -746,7 +755,7 @@ class Client:
             waiter = _Waiter(count - (len(unique) - len(missing)))
             if waiter.remaining > 0:
                 if self.broken is not None:
-                    raise ConnectionError(self.broken)
+                    raise self._connection_error(self.broken)
                 if getattr(self._in_callback, "active", False):
                     # This thread delivers results: waiting here, it would wait for itself.
                     raise RuntimeError(
@@ -791,7 +800,7 @@ class Client:
                 if last and self.current_task is not None:
                     self.send_soon(w.TaskUnblocked(self.current_task))
         if self.broken is not None:
-            raise ConnectionError(self.broken)
+            raise self._connection_error(self.broken)
         if not arrived:
             return None
         with self._lock:

@@ -45,9 +45,6 @@ if TYPE_CHECKING:
     from taskgraph._client import Client
 
 
-ENABLED = os.environ.get("TASKGRAPH_DIRECT_RESULTS", "1") != "0"
-
-
 class DeliveryListener:
     """A client's end: one thread accepts executors on this host, reads what they
     deliver, and hands each channel they open to a thread of its own.

@@ -23,7 +23,6 @@ sooner.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,8 +32,6 @@ from taskgraph._channels import Channel
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
-
-ENABLED = os.environ.get("TASKGRAPH_DIRECT_ACTOR_CALLS", "1") != "0"
 
 
 @dataclass(eq=False)

@@ -37,7 +37,6 @@ reported are retried the usual way (or fail with ``WorkerCrashedError``).
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -51,7 +50,6 @@ from taskgraph._routing import LeaseRoute
 if TYPE_CHECKING:
     from taskgraph._client import Client
 
-ENABLED = os.environ.get("TASKGRAPH_TASK_LEASES", "1") != "0"
 MAX_ROUTES = 64  # shapes remembered; beyond, those with no lease are forgotten
 LEASE_FUNCTION = b"taskgraph.lease"  # a lease's "function" id (it runs none of its own)
 

@@ -23,11 +23,11 @@ from typing import Any
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection, connect_blocking
 from taskgraph.exceptions import ObjectLostError, ObjectStoreFullError
+from taskgraph.settings import settings
 from taskgraph.worker import store
 
 # When the store is full, wait this long for other processes to let go of
 # views (their unpins may be on the way) before raising ObjectStoreFullError.
-FULL_WAIT = float(os.environ.get("TASKGRAPH_STORE_FULL_WAIT", "1.0"))
 
 
 class StoreClient:
@@ -38,7 +38,7 @@ class StoreClient:
         self.conn: BlockingConnection
         self.conn, _ = connect_blocking(address, token, hello)
         try:
-            path = store.SHM_DIR / store.arena_name(worker_id)
+            path = store.shm_dir() / store.arena_name(worker_id)
             self._mm = store.map_file(path, os.stat(path).st_size, writable=True)
         except BaseException:
             self.conn.close()
@@ -73,7 +73,7 @@ class StoreClient:
     def write(self, object_id: bytes, header: bytes, buffers: list[Any]) -> int:
         """Store a serialized value; return its size. Raises ObjectStoreFullError."""
         size = store.packed_size(header, buffers)
-        deadline = time.monotonic() + FULL_WAIT
+        deadline = time.monotonic() + settings().store_full_wait
         pause = 0.005
         while True:
             reply = self._ask(w.StoreCreate(object_id, size))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
-from taskgraph.exceptions import AuthenticationError, ProtocolError
+from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, ProtocolError
 
 if TYPE_CHECKING:  # Tornado is imported by the daemons' functions below, not by clients
     from tornado.iostream import IOStream
@@ -102,13 +102,13 @@ class BlockingConnection:
         try:
             header = self._rfile.read(4)
             if len(header) < 4:
-                raise ConnectionError("the peer closed the connection")
+                raise ClusterConnectionError("the peer closed the connection")
             n = w.frame_length(header)
             body = self._rfile.read(n)
         except ValueError:  # close() from another thread, under our read
-            raise ConnectionError("the connection was closed") from None
+            raise ClusterConnectionError("the connection was closed") from None
         if len(body) < n:
-            raise ConnectionError("the peer closed the connection mid-frame")
+            raise ClusterConnectionError("the peer closed the connection mid-frame")
         return w.decode(body)
 
     def recv_into(self, view: memoryview) -> int:
@@ -175,7 +175,9 @@ def connect_blocking(
     try:
         sock = open_socket(address)
     except OSError as exc:
-        raise ConnectionError(f"could not connect to the scheduler at {address}: {exc}") from exc
+        raise ClusterConnectionError(
+            f"could not connect to the scheduler at {address}: {exc}"
+        ) from exc
     conn = BlockingConnection(sock)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -189,14 +191,16 @@ def connect_blocking(
     except (OSError, ConnectionError, ProtocolError) as exc:
         conn.close()
         if isinstance(exc, ProtocolError):
-            raise ConnectionError(f"{address} is not a taskgraph scheduler: {exc}") from exc
-        raise ConnectionError(f"the scheduler at {address} closed during the handshake") from exc
+            raise ClusterConnectionError(f"{address} is not a taskgraph scheduler: {exc}") from exc
+        raise ClusterConnectionError(
+            f"the scheduler at {address} closed during the handshake"
+        ) from exc
     if reply and isinstance(reply[0], w.Rejected):
         conn.close()
         raise AuthenticationError(reply[0].reason, peer=f"the scheduler at {address}")
     if not reply or not isinstance(reply[0], w.Welcome):
         conn.close()
-        raise ConnectionError(f"{address} answered the handshake with {reply!r}")
+        raise ClusterConnectionError(f"{address} answered the handshake with {reply!r}")
     return conn, reply[0]
 
 
@@ -302,7 +306,7 @@ async def connect_tornado(
     challenge = await read_batch(stream)
     if len(challenge) != 1 or not isinstance(challenge[0], w.Challenge):
         stream.close()
-        raise ConnectionError(f"{address} is not a taskgraph scheduler")
+        raise ClusterConnectionError(f"{address} is not a taskgraph scheduler")
     hello.digest = digest(token, challenge[0].nonce)
     write_batch(stream, [hello])
     reply = await read_batch(stream)
@@ -311,5 +315,5 @@ async def connect_tornado(
         raise AuthenticationError(reply[0].reason, peer=str(address))
     if not reply or not isinstance(reply[0], w.Welcome):
         stream.close()
-        raise ConnectionError(f"{address} answered the handshake with {reply!r}")
+        raise ClusterConnectionError(f"{address} answered the handshake with {reply!r}")
     return stream, reply[0]

@@ -39,6 +39,7 @@ from taskgraph import _api, config
 from taskgraph._client import Client
 from taskgraph._transport import parse_address
 from taskgraph.exceptions import AuthenticationError
+from taskgraph.settings import settings
 from taskgraph.worker import store
 
 START_TIMEOUT = 60.0
@@ -93,7 +94,7 @@ def _start_head(args: argparse.Namespace, started: list[_Started]) -> None:
             f"(scheduler pid {running[0]['pid']}); stop it with 'taskgraph stop', or add a "
             f"worker to it with 'taskgraph start --address {running[0]['address']}'"
         )
-    token = args.token or os.environ.get(config.TOKEN_ENV) or config.new_token()
+    token = args.token or settings().token or config.new_token()
     deadline = time.monotonic() + args.timeout
     scheduler = _launch(
         "scheduler",
@@ -173,7 +174,7 @@ def _launch_worker(address: str, token: str, args: argparse.Namespace) -> tuple[
         "worker",
         worker_id=worker_id,
         log=str(worker.log),
-        shm_dir=str(store.SHM_DIR),
+        shm_dir=str(store.shm_dir()),
     )
     return worker_id, worker
 
@@ -285,7 +286,7 @@ def _remove_segments(worker: dict[str, Any]) -> int:
     if not worker_id:
         return 0
     # The folder the worker used, which need not be this command's.
-    folder = Path(worker.get("shm_dir") or store.SHM_DIR)
+    folder = Path(worker.get("shm_dir") or store.shm_dir())
     count = 0
     for path in folder.glob(f"{store.PREFIX}{worker_id}-*"):
         path.unlink(missing_ok=True)
@@ -408,7 +409,7 @@ def _memory_text(address: str, report: dict[str, Any]) -> str:
 def _status_address(given: str | None) -> str:
     if given:
         return _normalize_address(given)
-    from_env = os.environ.get(config.ADDRESS_ENV)
+    from_env = settings().address
     if from_env and from_env not in ("auto", "local"):
         return _normalize_address(from_env)
     running = config.recorded("scheduler")

@@ -22,14 +22,14 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from taskgraph.settings import settings
+
 TOKEN_ENV = "TASKGRAPH_TOKEN"
 ADDRESS_ENV = "TASKGRAPH_ADDRESS"
 
 
 def state_dir() -> Path:
-    path = Path(os.environ.get("TASKGRAPH_STATE_DIR", f"/tmp/taskgraph-{os.getuid()}"))
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return settings().state_path()
 
 
 def new_token() -> str:
@@ -174,7 +174,7 @@ def parse_resources(text: str) -> dict[str, float]:
 
 def token_for(address: str | None) -> str | None:
     """The token from the environment, or from the record of a scheduler at that address."""
-    token = os.environ.get(TOKEN_ENV)
+    token = settings().token
     if token:
         return token
     for record in recorded("scheduler"):

@@ -17,7 +17,8 @@ This module knows nothing of sockets, the scheduler or serialization formats.
      ├── ActorError                 an actor could not run a call
      │    └── ActorDiedError        the actor's process is gone
      ├── GetTimeoutError            (also TimeoutError) get() ran out of time
-     ├── AuthenticationError        (also ConnectionError) a peer failed the handshake
+     ├── ClusterConnectionError     (also ConnectionError) a connection failed or was lost
+     │    └── AuthenticationError   a peer failed the handshake
      ├── ProtocolError              a peer sent a message that does not decode
      └── SerializationError         (also TypeError) a value could not be (un)pickled
 
@@ -40,6 +41,7 @@ __all__ = [
     "ActorDiedError",
     "ActorError",
     "AuthenticationError",
+    "ClusterConnectionError",
     "GetTimeoutError",
     "NodeDiedError",
     "ObjectLostError",
@@ -487,18 +489,33 @@ class GetTimeoutError(TaskgraphError, TimeoutError):
         )
 
 
-class AuthenticationError(TaskgraphError, ConnectionError):
+CONNECTION_ADVICE = (
+    "Check that the cluster is running, reachable from here, and runs this taskgraph version."
+)
+
+
+class ClusterConnectionError(TaskgraphError, ConnectionError):
+    """A connection to the scheduler, a worker, an executor or a client could not be
+    made, or was lost. ``advice``: what to do (a general hint unless given; "" when
+    ``reason`` says it already)."""
+
+    def __init__(self, reason: str = "", *, advice: str | None = None) -> None:
+        self.reason = reason
+        self.advice = CONNECTION_ADVICE if advice is None else advice
+        text = f"Cluster connection failed: {reason}." if reason else "Cluster connection failed."
+        super().__init__(f"{text} {self.advice}".strip())
+
+
+class AuthenticationError(ClusterConnectionError):
     """A peer failed the connection handshake."""
 
     def __init__(self, reason: str = "", *, peer: str = "") -> None:
         self.reason = reason
         self.peer = peer
+        self.advice = "Check that both ends were given the same cluster token."
         who = f" with {peer}" if peer else ""
         why = f": {reason}" if reason else ""
-        super().__init__(
-            f"Authentication{who} failed{why}. Check that both ends were given the same "
-            "cluster token."
-        )
+        TaskgraphError.__init__(self, f"Authentication{who} failed{why}. {self.advice}")
 
 
 class ProtocolError(TaskgraphError):

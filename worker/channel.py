@@ -15,7 +15,7 @@ Two policies:
 
 - a **lease** (``Lease``): a task that holds its resources here and, instead
   of a function of its own, runs the client's tasks one at a time on the main
-  thread until the client closes its side. After ``IDLE_SECONDS`` with
+  thread until the client closes its side. After ``TASKGRAPH_LEASE_IDLE`` with
   nothing to run, or when the scheduler wants the resources back (a task
   waits for them: ``CancelTask`` naming the lease), it says ``LeaseEnding``;
   the client closes its side, and the tasks it sent before that still run. A
@@ -45,11 +45,10 @@ from taskgraph._ids import client_of
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
+from taskgraph.settings import settings
 
 if TYPE_CHECKING:
     from taskgraph.worker.executor import Executor
-
-IDLE_SECONDS = float(os.environ.get("TASKGRAPH_LEASE_IDLE", "0.05"))
 
 
 class Channel:
@@ -110,6 +109,7 @@ class Lease(Channel):
         self._closed = False  # the client closed its side, or we stop
         self._revoked = False  # the scheduler wants our resources back
         self._cancelled: set[bytes] = set()  # cancelled before they arrived
+        self._idle = settings().lease_idle
         super().__init__(executor, self.lease_id, lease.spec.channel_to)
 
     def next(self) -> w.Assignment | None:
@@ -122,7 +122,7 @@ class Lease(Channel):
                 if said_ending:
                     self._cond.wait()
                 elif self._revoked or (
-                    not self._cond.wait(IDLE_SECONDS) and not self._queue and not self._closed
+                    not self._cond.wait(self._idle) and not self._queue and not self._closed
                 ):
                     said_ending = True
                     with contextlib.suppress(OSError):

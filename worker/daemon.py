@@ -48,6 +48,7 @@ from taskgraph._transport import (
     write_batch,
 )
 from taskgraph.exceptions import AuthenticationError, ProtocolError
+from taskgraph.settings import settings
 from taskgraph.worker import store
 from taskgraph.worker.reports import READ_DELAY, ReportReader
 from taskgraph.worker.state import (
@@ -72,7 +73,6 @@ from taskgraph.worker.transfer import PeerServer, Puller, local_ip_towards
 log = logging.getLogger("taskgraph.worker")
 
 # How long a busy worker gathers task reports before sending them on.
-BATCH_DELAY = float(os.environ.get("TASKGRAPH_BATCH_DELAY", "0.001"))
 AWAITED_MAX = 10_000  # tasks remembered as awaited, at most
 AWAITED_FOR = 1.0  # seconds a task is remembered as awaited
 
@@ -106,7 +106,7 @@ class WorkerDaemon:
         self.host = host_id()
         cpus = resources.get("CPU", 1.0)
         # Tasks a busy executor may hold, the one it runs included (worker/state.py).
-        prefetch = int(os.environ.get("TASKGRAPH_EXECUTOR_PREFETCH", "16"))
+        prefetch = settings().executor_prefetch
         self.state = WorkerState(self.worker_id, max(1, int(cpus)), cpus, prefetch)
         self.socket_dir = tempfile.mkdtemp(prefix="tg-")
         self.socket_path = os.path.join(self.socket_dir, "executors.sock")
@@ -168,7 +168,7 @@ class WorkerDaemon:
             "daemon",
             worker_id=self.worker_id,
             socket_dir=self.socket_dir,
-            shm_dir=str(store.SHM_DIR),
+            shm_dir=str(store.shm_dir()),
             spill_dir=str(self.spill_dir),
         )
         self.objects = store.ObjectStore(self.worker_id, self.object_store_memory, self.spill_dir)
@@ -184,7 +184,7 @@ class WorkerDaemon:
         self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
         # Peers reach us where we reach the scheduler from (or TASKGRAPH_PEER_HOST).
         assert self.scheduler.socket is not None
-        peer_host = os.environ.get("TASKGRAPH_PEER_HOST") or local_ip_towards(self.scheduler.socket)
+        peer_host = settings().peer_host or local_ip_towards(self.scheduler.socket)
         if peer_host not in ("", "0.0.0.0", "::"):
             self.peer_server = PeerServer(self.worker_id, self.token, self.objects)
             (sock,) = bind_sockets(0, peer_host)
@@ -197,7 +197,7 @@ class WorkerDaemon:
         if self.parent_pid:
             self._parent_watch = PeriodicCallback(self._check_parent, 500)
             self._parent_watch.start()
-        interval = float(os.environ.get("TASKGRAPH_HEARTBEAT_INTERVAL", "1"))
+        interval = settings().heartbeat_interval
         self._heartbeat = PeriodicCallback(self._send_heartbeat, interval * 1000)
         self._heartbeat.start()
 
@@ -326,7 +326,7 @@ class WorkerDaemon:
             # Other tasks here will finish soon: gather their reports into one
             # frame. When nothing else runs, the scheduler waits on us: send now
             # (at the end of the frame we are reading, or on the next turn).
-            self.loop.call_later(BATCH_DELAY, self._flush_scheduler)
+            self.loop.call_later(settings().batch_delay, self._flush_scheduler)
         elif self._in_frame:
             self._scheduler_now = True
         else:

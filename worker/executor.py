@@ -45,6 +45,7 @@ from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
+from taskgraph.settings import settings
 from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
 from taskgraph.worker.channel import Callers, Lease
 from taskgraph.worker.reports import ReportWriter
@@ -527,14 +528,13 @@ class Executor:
 
 
 def main() -> None:
-    socket_path = os.environ["TASKGRAPH_EXECUTOR_SOCKET"]
-    token = bytes.fromhex(os.environ["TASKGRAPH_TOKEN_HEX"])
-    worker_id = os.environ["TASKGRAPH_WORKER_ID"]
-    executor_id = os.environ["TASKGRAPH_EXECUTOR_ID"]
+    given = settings()  # set by our daemon (worker/daemon.py)
+    socket_path, token = given.executor_socket, bytes.fromhex(given.token_hex)
+    worker_id, executor_id = given.worker_id, given.executor_id
     client_id = os.urandom(8)
     hello = w.Hello("executor", b"", client_id, pid=os.getpid())
     conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello)
-    reports = ReportWriter(int(os.environ.get("TASKGRAPH_REPORT_FD", "-1")), conn)
+    reports = ReportWriter(given.report_fd, conn)
     client = Client(conn, client_id, welcome, start_reader=False)
     client.token = token
     _api.set_executor_client(client, welcome.cluster_id)

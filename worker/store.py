@@ -39,9 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from taskgraph import config, serialization
+from taskgraph.settings import settings
 from taskgraph.worker.arena import Arena, round_up
 
-SHM_DIR = Path(os.environ.get("TASKGRAPH_SHM_DIR", "/dev/shm"))
+
+def shm_dir() -> Path:
+    """Where arenas live (``TASKGRAPH_SHM_DIR``)."""
+    return Path(settings().shm_dir)
+
+
 PREFIX = "tg-"
 ALIGN = 64
 PARALLEL_COPY = 16 << 20  # buffers above this are copied by several threads
@@ -163,7 +169,7 @@ class ObjectStore:
 
     def __init__(self, worker_id: str, capacity: int, spill_dir: Path | None = None) -> None:
         self.worker_id = worker_id
-        self.path = SHM_DIR / arena_name(worker_id)
+        self.path = shm_dir() / arena_name(worker_id)
         self.arena = Arena(capacity)
         self.spill_dir = spill_dir or default_spill_dir(worker_id)
         self.entries: collections.OrderedDict[bytes, Entry] = collections.OrderedDict()
@@ -309,7 +315,7 @@ class ObjectStore:
                 self.arena.free(offset)
                 if exc.errno in (errno.ENOSPC, errno.ENOMEM):
                     raise StoreFull(
-                        size, self.arena.used, self.capacity, f"{SHM_DIR} is out of space"
+                        size, self.arena.used, self.capacity, f"{shm_dir()} is out of space"
                     ) from exc
                 raise
             self._committed = end
@@ -355,7 +361,7 @@ class ObjectStore:
 def remove_all(worker_id: str, spill_dir: str | Path | None = None) -> int:
     """Remove a worker daemon's arena and spill files (at its exit or after its crash)."""
     count = 0
-    for path in SHM_DIR.glob(f"{PREFIX}{worker_id}-*"):
+    for path in shm_dir().glob(f"{PREFIX}{worker_id}-*"):
         try:
             path.unlink()
             count += 1
@@ -366,7 +372,7 @@ def remove_all(worker_id: str, spill_dir: str | Path | None = None) -> int:
 
 
 def segments(worker_id: str = "") -> list[str]:
-    return sorted(p.name for p in SHM_DIR.glob(f"{PREFIX}{worker_id}*"))
+    return sorted(p.name for p in shm_dir().glob(f"{PREFIX}{worker_id}*"))
 
 
 def default_capacity() -> int:
@@ -375,7 +381,7 @@ def default_capacity() -> int:
 
     total = int(psutil.virtual_memory().total * 0.3)
     try:
-        usage = shutil.disk_usage(SHM_DIR)
+        usage = shutil.disk_usage(shm_dir())
         total = min(total, int(usage.free * 0.8))
     except OSError:
         pass
@@ -393,9 +399,9 @@ def sweep_dead_daemons() -> int:
         if record["alive"]:
             continue
         worker_id = str(record.get("worker_id", ""))
-        shm_dir = Path(record.get("shm_dir") or SHM_DIR)
+        folder = Path(record.get("shm_dir") or shm_dir())
         if worker_id:
-            for path in shm_dir.glob(f"{PREFIX}{worker_id}-*"):
+            for path in folder.glob(f"{PREFIX}{worker_id}-*"):
                 path.unlink(missing_ok=True)
             spill_dir = record.get("spill_dir")
             if spill_dir and os.path.basename(str(spill_dir)).startswith("taskgraph-spill-"):

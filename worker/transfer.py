@@ -38,6 +38,7 @@ from taskgraph._transport import (
 )
 from taskgraph.exceptions import (
     AuthenticationError,
+    ClusterConnectionError,
     ObjectLostError,
     ObjectStoreFullError,
     ProtocolError,
@@ -203,7 +204,7 @@ def pull_into_memory(location: w.Location, token: bytes, object_id: bytes) -> An
         while got < reply.size:
             n = conn.recv_into(view[got:])
             if n == 0:
-                raise ConnectionError("the peer closed the connection mid-object")
+                raise ClusterConnectionError("the peer closed the connection mid-object")
             got += n
     finally:
         conn.close()

@@ -272,17 +272,17 @@ def test_stop_cleans_up_after_a_worker_that_was_killed(cli: Cli) -> None:
     start_head(cli)
     (worker,) = cli.records("worker")
     leftover = store.arena_name(worker["worker_id"])
-    assert (store.SHM_DIR / leftover).exists()
+    assert (store.shm_dir() / leftover).exists()
     os.kill(worker["pid"], signal.SIGKILL)
     wait_for(lambda: not psutil.pid_exists(worker["pid"]) or _zombie(worker["pid"]))
-    assert (store.SHM_DIR / leftover).exists(), "a killed worker cannot remove its arena"
+    assert (store.shm_dir() / leftover).exists(), "a killed worker cannot remove its arena"
 
     out = cli.ok("stop")
 
     assert "Stopped scheduler" in out
     assert "worker" not in out.split("Removed")[0], "a dead worker is not 'stopped'"
     assert "Removed 1 leftover shared-memory segment" in out
-    assert not (store.SHM_DIR / leftover).exists()
+    assert not (store.shm_dir() / leftover).exists()
     assert not cli.records()
 
 

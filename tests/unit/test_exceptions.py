@@ -19,6 +19,7 @@ from taskgraph.exceptions import (
     ActorDiedError,
     ActorError,
     AuthenticationError,
+    ClusterConnectionError,
     GetTimeoutError,
     NodeDiedError,
     ObjectLostError,
@@ -80,6 +81,7 @@ def examples() -> list[Any]:
         pytest.param(OutOfMemoryError("f", 7 << 30, 8 << 30, node="n1"), id="OutOfMemoryError"),
         pytest.param(TaskUnschedulableError("f", {"GPU": 2.0}), id="TaskUnschedulableError"),
         pytest.param(AuthenticationError("bad token", peer="10.0.0.1:9"), id="AuthenticationError"),
+        pytest.param(ClusterConnectionError("the peer left"), id="ClusterConnectionError"),
         pytest.param(ProtocolError("truncated frame", peer="w1"), id="ProtocolError"),
         pytest.param(SerializationError("the value passed to put", "no"), id="SerializationError"),
     ]
@@ -127,6 +129,8 @@ def test_builtin_bases_let_ray_style_handlers_catch() -> None:
     assert isinstance(GetTimeoutError(1.0), TimeoutError)
     assert isinstance(SerializationError(), TypeError)
     assert isinstance(AuthenticationError(), ConnectionError)
+    assert isinstance(ClusterConnectionError(), ConnectionError)
+    assert isinstance(AuthenticationError(), ClusterConnectionError)
     assert isinstance(ActorDiedError(), ActorError)
     with pytest.raises(TimeoutError):
         raise GetTimeoutError(0.1, 1)

@@ -18,7 +18,7 @@ def objects(tmp_path: Path) -> Iterator[store.ObjectStore]:
     s = store.ObjectStore("unit", 10 * MB, tmp_path / "spill")
     yield s
     s.close()
-    assert not (store.SHM_DIR / store.arena_name("unit")).exists()
+    assert not (store.shm_dir() / store.arena_name("unit")).exists()
     assert not (tmp_path / "spill").exists()
 
 
