@@ -117,7 +117,7 @@ class SchedulerServer(TCPServer):
         client_id = hello.client_id
         self.client_streams[client_id] = stream
         self.handle(ClientJoined(client_id, None, hello.namespace, hello.host, hello.deliver))
-        reader = FrameReader(stream)
+        reader = FrameReader(stream, w.CLIENT_TO_SCHEDULER)
         try:
             while True:
                 msgs = await reader.read()
@@ -130,7 +130,7 @@ class SchedulerServer(TCPServer):
             stream.close()
 
     async def _serve_worker(self, stream: IOStream) -> None:
-        first = await read_batch(stream)
+        first = await read_batch(stream, w.WORKER_TO_SCHEDULER)
         if not first or not isinstance(first[0], w.RegisterWorker):
             raise ProtocolError("a worker must register first")
         info = first[0].info
@@ -138,7 +138,7 @@ class SchedulerServer(TCPServer):
         self.worker_streams[worker_id] = stream
         log.info("worker %s joined from %s with %s", worker_id, info.host, info.resources)
         self.handle(WorkerJoined(info), WorkerSent(worker_id, first[1:]))
-        reader = FrameReader(stream)
+        reader = FrameReader(stream, w.WORKER_TO_SCHEDULER)
         try:
             while True:
                 msgs = await reader.read()

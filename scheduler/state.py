@@ -676,7 +676,12 @@ class SchedulerState:
         worker.available["CPU"] = worker.available.get("CPU", 0.0) - task.need.get("CPU", 0.0)
 
     def _on_query(self, client: ClientRec, msg: w.Query) -> None:
-        result = self.query(msg.what, msg.arg)
+        arg: Any = None
+        if msg.what == "get_actor":
+            arg = {"name": msg.name, "namespace": msg.namespace}
+        elif msg.what == "memory":
+            arg = msg.top
+        result = self.query(msg.what, arg)
         self._send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
     def _on_caller_left(self, client: ClientRec, msg: w.CallerLeft) -> None:

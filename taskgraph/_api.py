@@ -169,7 +169,7 @@ def _connect(address: str, token: str, namespace: str) -> Client:
         deliver=listener.address if settings().direct_results else "",
     )
     try:
-        conn, welcome = connect_blocking(address, secret, hello)
+        conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT)
     except BaseException:
         listener.close()
         raise

@@ -153,7 +153,7 @@ class Channel:
         sock = self.conn.sock
         try:
             while True:
-                for msgs in w.take_frames(buffer):
+                for msgs in w.take_frames(buffer, w.EXECUTOR_TO_CLIENT):
                     for msg in msgs:
                         if not self.received(msg):
                             return

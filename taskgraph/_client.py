@@ -690,8 +690,16 @@ class Client:
             self._queue(w.CancelTasks(oids, force, recursive), wake=False)
         self.flush()
 
-    def query(self, what: str, arg: Any = None, timeout: float = 30.0) -> Any:
-        return self.request(w.Query(0, what, arg), timeout)
+    def query(self, what: w.QueryName, arg: Any = None, timeout: float = 30.0) -> Any:
+        if what not in w.QUERIES:  # (the scheduler would drop us for it)
+            raise ValueError(f"unknown query {what!r}; known: {', '.join(w.QUERIES)}")
+        if what == "get_actor":
+            query = w.Query(0, what, name=arg["name"], namespace=arg.get("namespace", ""))
+        elif what == "memory":
+            query = w.Query(0, what, top=int(arg or 10))
+        else:
+            query = w.Query(0, what)
+        return self.request(query, timeout)
 
     def request(self, msg: w.Query | w.CreateNamedActor, timeout: float = 30.0) -> Any:
         """Send a message that the scheduler answers with a QueryReply; wait for it."""

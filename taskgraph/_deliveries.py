@@ -122,7 +122,7 @@ class DeliveryListener:
             return
         buffer += data
         try:
-            frames = w.take_frames(buffer)
+            frames = w.take_frames(buffer, w.EXECUTOR_TO_CLIENT)
         except TaskgraphError:
             self._drop(sock)
             return
@@ -203,7 +203,7 @@ class Deliverer:
         try:
             if conn is None:
                 hello = w.Hello("executor", b"", self.client_id, pid=os.getpid())
-                conn, _ = connect_blocking(address, self.token, hello)
+                conn, _ = connect_blocking(address, self.token, hello, w.CLIENT_TO_EXECUTOR)
                 self._conns[address] = conn
             conn.send([w.ObjectsReady(values)])
         except (OSError, ConnectionError, AuthenticationError):

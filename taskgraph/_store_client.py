@@ -36,7 +36,7 @@ class StoreClient:
         self.address = address
         hello = w.Hello("store", b"", client_id, pid=os.getpid())
         self.conn: BlockingConnection
-        self.conn, _ = connect_blocking(address, token, hello)
+        self.conn, _ = connect_blocking(address, token, hello, w.STORE_REPLIES)
         try:
             path = store.shm_dir() / store.arena_name(worker_id)
             self._mm = store.map_file(path, os.stat(path).st_size, writable=True)

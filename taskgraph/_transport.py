@@ -83,10 +83,12 @@ def check_hello(msgs: list[Any], token: bytes, nonce: bytes) -> w.Hello:
 
 
 class BlockingConnection:
-    """A socket carrying frames; ``send`` from any thread, ``recv`` from one."""
+    """A socket carrying frames; ``send`` from any thread, ``recv`` from one.
+    ``link``: what may arrive (the handshake's messages until it is done)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, link: w.Link = w.HANDSHAKE) -> None:
         self.sock = sock
+        self.link = link
         self._rfile = sock.makefile("rb", buffering=1 << 16)
         self._wlock = threading.Lock()
         self.closed = False
@@ -109,7 +111,7 @@ class BlockingConnection:
             raise ClusterConnectionError("the connection was closed") from None
         if len(body) < n:
             raise ClusterConnectionError("the peer closed the connection mid-frame")
-        return w.decode(body)
+        return self.link.decode(body)
 
     def recv_into(self, view: memoryview) -> int:
         """Raw bytes that follow a frame (a segment streamed by a peer)."""
@@ -167,9 +169,10 @@ def open_socket(address: Address, timeout: float = 10.0) -> socket.socket:
 
 
 def connect_blocking(
-    address: Address | str, token: bytes, hello: w.Hello
+    address: Address | str, token: bytes, hello: w.Hello, link: w.Link
 ) -> tuple[BlockingConnection, w.Welcome]:
-    """Connect and authenticate; raise ``ConnectionError``/``AuthenticationError``."""
+    """Connect and authenticate (then ``link`` says what may arrive); raise
+    ``ClusterConnectionError``/``AuthenticationError``."""
     if isinstance(address, str):
         address = parse_address(address)
     try:
@@ -201,19 +204,20 @@ def connect_blocking(
     if not reply or not isinstance(reply[0], w.Welcome):
         conn.close()
         raise ClusterConnectionError(f"{address} answered the handshake with {reply!r}")
+    conn.link = link
     return conn, reply[0]
 
 
 # -- Tornado flavour ---------------------------------------------------------
 
 
-async def read_batch(stream: IOStream, limit: int = w.MAX_FRAME) -> list[Any]:
+async def read_batch(stream: IOStream, link: w.Link, limit: int = w.MAX_FRAME) -> list[Any]:
     header = await stream.read_bytes(4)
     n = w.frame_length(header)
     if n > limit:
         raise ProtocolError(f"a {n}-byte frame is over the {limit}-byte limit here")
     body = await stream.read_bytes(n) if n else b""
-    return w.decode(body)
+    return link.decode(body)
 
 
 class FrameReader:
@@ -228,8 +232,9 @@ class FrameReader:
     # beyond its stream's buffer limit (100 MB by default).
     PIECE = 32 << 20
 
-    def __init__(self, stream: IOStream) -> None:
+    def __init__(self, stream: IOStream, link: w.Link) -> None:
         self.stream = stream
+        self.link = link
         self.buffer = bytearray()
         # Messages per frame of the last burst (worker/reports.py orders by them).
         self.counts: list[int] = []
@@ -252,7 +257,7 @@ class FrameReader:
         return 4 + w.frame_length(bytes(self.buffer[:4])) - len(self.buffer)
 
     def _take_frames(self) -> list[Any] | None:
-        frames = w.take_frames(self.buffer)
+        frames = w.take_frames(self.buffer, self.link)
         if not frames:
             return None
         self.counts = [len(frame) for frame in frames]
@@ -273,7 +278,9 @@ async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -
     nonce = os.urandom(32)
     write_batch(stream, [w.Challenge(nonce)])
     try:
-        msgs = await asyncio.wait_for(read_batch(stream, HELLO_LIMIT), HANDSHAKE_TIMEOUT)
+        msgs = await asyncio.wait_for(
+            read_batch(stream, w.HANDSHAKE, HELLO_LIMIT), HANDSHAKE_TIMEOUT
+        )
         hello = check_hello(msgs, token, nonce)
     except (AuthenticationError, ProtocolError) as exc:
         reason = getattr(exc, "reason", "") or str(exc)
@@ -303,13 +310,13 @@ async def connect_tornado(
     else:
         stream = await TCPClient().connect(address.host, address.port)
         stream.set_nodelay(True)
-    challenge = await read_batch(stream)
+    challenge = await read_batch(stream, w.HANDSHAKE)
     if len(challenge) != 1 or not isinstance(challenge[0], w.Challenge):
         stream.close()
         raise ClusterConnectionError(f"{address} is not a taskgraph scheduler")
     hello.digest = digest(token, challenge[0].nonce)
     write_batch(stream, [hello])
-    reply = await read_batch(stream)
+    reply = await read_batch(stream, w.HANDSHAKE)
     if reply and isinstance(reply[0], w.Rejected):
         stream.close()
         raise AuthenticationError(reply[0].reason, peer=str(address))

@@ -15,7 +15,7 @@ decodes. Who sends what to whom::
     client ◀──Welcome/ObjectsReady/Notice/QueryReply──────── scheduler
     worker ──RegisterWorker/TasksDone/FromClient/Heartbeat──▶ scheduler
     worker ◀──RunTasks/FreeObjects/CancelRunning/ToClient──── scheduler
-    executor ──ExecutorHello/Executed/Returned/<client messages>──▶ worker daemon
+    executor ──Executed/Returned/Fetch/<client messages>──▶ worker daemon
     executor ◀──Execute/CancelTask/<scheduler-to-client messages>── worker daemon
     any process ──StoreCreate/Seal/Pin/Unpin──▶ its host's worker daemon
 
@@ -27,7 +27,7 @@ task's completion (one stream, one order).
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Literal, Union, get_args
 
 import msgspec
 
@@ -225,10 +225,30 @@ class TaskUnblocked(Msg):
     task_id: bytes
 
 
+QueryName = Literal[
+    "nodes",
+    "cluster_resources",
+    "available_resources",
+    "statistics",
+    "ping",  # a barrier: answered once everything the asker sent before is handled
+    "get_actor",  # by name and namespace
+    "actors",
+    "memory",  # the top objects by size
+    "tasks",
+]
+
+
+QUERIES: tuple[str, ...] = get_args(QueryName)
+
+
 class Query(Msg):
+    """A question for the scheduler, answered with a ``QueryReply``."""
+
     request_id: int
-    what: str  # "nodes" | "cluster_resources" | "available_resources" | "statistics" | ...
-    arg: Any = None
+    what: QueryName
+    name: str = ""  # get_actor
+    namespace: str = ""  # get_actor
+    top: int = 10  # memory
 
 
 class CreateNamedActor(Msg):
@@ -492,11 +512,6 @@ class LeaseEnding(Msg):
     revoked: bool = False
 
 
-class ExecutorHello(Msg):
-    pid: int
-    client_id: bytes
-
-
 class Execute(Msg):
     assignment: Assignment
 
@@ -537,55 +552,90 @@ ClientMessage = (
     | Goodbye
 )
 ToClientMessage = ObjectsReady | Notice | QueryReply
-AnyMessage = (
-    Challenge
-    | Hello
-    | Welcome
-    | Rejected
-    | ClientMessage
-    | ToClientMessage
-    | RegisterWorker
-    | RunTasks
-    | TasksDone
-    | FromClient
-    | ToClient
-    | ClientGone
-    | FreeObjects
-    | CancelRunning
-    | ObjectCopied
-    | StoreClientGone
-    | ActorDied
-    | ActorStarted
-    | Heartbeat
-    | Shutdown
-    | ReadReports
-    | AfterFrames
-    | ExecutorHello
-    | Execute
-    | Executed
-    | Returned
-    | CancelTask
-    | Fetch
-    | Fetched
-    | FetchObject
-    | ObjectData
-    | ObjectMissing
-    | StoreCreate
-    | StoreSeal
-    | StorePin
-    | StoreUnpin
-    | StoreStats
-    | StoreReply
-    | ChannelReady
-    | ChannelTask
-    | DirectResult
-    | LeaseEnding
-)
 
 CLIENT_MESSAGES = ClientMessage.__args__
 
 _encoder = msgspec.msgpack.Encoder()
-_batch_decoder = msgspec.msgpack.Decoder(list[AnyMessage])
+
+
+class Link:
+    """One direction of one kind of connection, and the messages that may travel it.
+
+    Every reader decodes with its link's decoder: a message of another kind
+    fails the whole frame with a ``ProtocolError`` before any of it is handled
+    (the reader then closes the connection).
+    """
+
+    def __init__(self, name: str, *messages: type[Msg]) -> None:
+        self.name = name
+        self.messages = messages
+        self._decoder = msgspec.msgpack.Decoder(list[Union[messages]])  # type: ignore[valid-type]  # noqa: UP007
+
+    def decode(self, body: bytes | memoryview) -> list[Any]:
+        try:
+            return self._decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolError(
+                f"a message that does not belong on the {self.name} link: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"Link({self.name!r})"
+
+
+TO_CLIENT = ToClientMessage.__args__
+HANDSHAKE = Link("handshake", Challenge, Hello, Welcome, Rejected)
+CLIENT_TO_SCHEDULER = Link("client to scheduler", *CLIENT_MESSAGES)
+SCHEDULER_TO_CLIENT = Link("scheduler to client", *TO_CLIENT)
+WORKER_TO_SCHEDULER = Link(
+    "worker to scheduler",
+    RegisterWorker,
+    TasksDone,
+    FromClient,
+    ClientGone,
+    StoreClientGone,
+    ObjectCopied,
+    ActorDied,
+    ActorStarted,
+    Heartbeat,
+)
+SCHEDULER_TO_WORKER = Link(
+    "scheduler to worker",
+    RunTasks,
+    ToClient,
+    ReadReports,
+    FreeObjects,
+    CancelRunning,
+    KillActor,
+    Shutdown,
+)
+EXECUTOR_TO_DAEMON = Link("executor to daemon", Executed, Returned, Fetch, *CLIENT_MESSAGES)
+DAEMON_TO_EXECUTOR = Link("daemon to executor", Execute, CancelTask, Fetched, Shutdown, *TO_CLIENT)
+REPORT_PIPE = Link("report pipe", AfterFrames, Executed)
+STORE_REQUESTS = Link("store requests", StoreCreate, StoreSeal, StorePin, StoreUnpin, StoreStats)
+STORE_REPLIES = Link("store replies", StoreReply)
+PEER_REQUESTS = Link("peer requests", FetchObject)
+PEER_REPLIES = Link("peer replies", ObjectData, ObjectMissing)
+EXECUTOR_TO_CLIENT = Link(
+    "executor to client", ObjectsReady, ChannelReady, DirectResult, LeaseEnding
+)
+CLIENT_TO_EXECUTOR = Link("client to executor", ChannelTask)
+LINKS = (
+    HANDSHAKE,
+    CLIENT_TO_SCHEDULER,
+    SCHEDULER_TO_CLIENT,
+    WORKER_TO_SCHEDULER,
+    SCHEDULER_TO_WORKER,
+    EXECUTOR_TO_DAEMON,
+    DAEMON_TO_EXECUTOR,
+    REPORT_PIPE,
+    STORE_REQUESTS,
+    STORE_REPLIES,
+    PEER_REQUESTS,
+    PEER_REPLIES,
+    EXECUTOR_TO_CLIENT,
+    CLIENT_TO_EXECUTOR,
+)
 
 
 def encode(messages: list[Msg]) -> bytes:
@@ -594,14 +644,7 @@ def encode(messages: list[Msg]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes | memoryview) -> list[Any]:
-    try:
-        return _batch_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolError(f"a peer sent a message that does not decode: {exc}") from exc
-
-
-def take_frames(buffer: bytearray) -> list[list[Any]]:
+def take_frames(buffer: bytearray, link: Link) -> list[list[Any]]:
     """Decode and remove the whole frames at the start of ``buffer`` (a partial
     one stays for the next call): each frame's messages, in order. Every reader
     that gathers bytes itself splits them here."""
@@ -612,7 +655,7 @@ def take_frames(buffer: bytearray) -> list[list[Any]]:
             n = frame_length(bytes(view[pos : pos + HEADER.size]))
             if end - pos - HEADER.size < n:
                 break
-            frames.append(decode(view[pos + HEADER.size : pos + HEADER.size + n]))
+            frames.append(link.decode(view[pos + HEADER.size : pos + HEADER.size + n]))
             pos += HEADER.size + n
     if pos:
         del buffer[:pos]

@@ -36,6 +36,7 @@ from typing import Any
 import psutil
 
 from taskgraph import _api, config
+from taskgraph import _wire as w
 from taskgraph._client import Client
 from taskgraph._transport import parse_address
 from taskgraph.exceptions import AuthenticationError
@@ -350,7 +351,7 @@ def _running(proc: psutil.Process) -> bool:
 # -- status --------------------------------------------------------------------
 
 
-def _ask(args: argparse.Namespace, what: str, arg: Any = None) -> tuple[str, Any]:
+def _ask(args: argparse.Namespace, what: w.QueryName, arg: Any = None) -> tuple[str, Any]:
     """Ask the running cluster (``--address``/``--token`` or this host's) one question."""
     address = _status_address(args.address)
     token = args.token or config.token_for(address)

@@ -59,7 +59,7 @@ class Channel:
         self.channel_id = channel_id
         client = executor.client
         hello = w.Hello("executor", b"", client.client_id, pid=os.getpid())
-        self.conn, _ = connect_blocking(address, client.token, hello)
+        self.conn, _ = connect_blocking(address, client.token, hello, w.CLIENT_TO_EXECUTOR)
         self.conn.send([w.ChannelReady(channel_id)])
         # Code as it arrives (the first task of a function brings it), so that
         # a cancelled task does not take it away from those after it.

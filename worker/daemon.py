@@ -253,7 +253,7 @@ class WorkerDaemon:
 
     async def _read_scheduler(self) -> None:
         assert self.scheduler is not None
-        reader = FrameReader(self.scheduler)
+        reader = FrameReader(self.scheduler, w.SCHEDULER_TO_WORKER)
         try:
             while True:
                 msgs = await reader.read()
@@ -550,7 +550,7 @@ class WorkerDaemon:
             pipe.client_id = hello.client_id
         self._watch_pipe(executor_id)
         self._carry_out(self.state.handle(ExecutorReady(executor_id, hello.pid, hello.client_id)))
-        reader = FrameReader(stream)
+        reader = FrameReader(stream, w.EXECUTOR_TO_DAEMON)
         try:
             while True:
                 msgs = await reader.read()
@@ -615,7 +615,7 @@ class WorkerDaemon:
         objects = self.objects
         assert objects is not None
         holder = ("store", id(stream), client_id)
-        reader = FrameReader(stream)
+        reader = FrameReader(stream, w.STORE_REQUESTS)
         try:
             while True:
                 replies: list[w.Msg] = []

@@ -533,7 +533,7 @@ def main() -> None:
     worker_id, executor_id = given.worker_id, given.executor_id
     client_id = os.urandom(8)
     hello = w.Hello("executor", b"", client_id, pid=os.getpid())
-    conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello)
+    conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello, w.DAEMON_TO_EXECUTOR)
     reports = ReportWriter(given.report_fd, conn)
     client = Client(conn, client_id, welcome, start_reader=False)
     client.token = token

@@ -93,7 +93,7 @@ class ReportReader:
                 self.closed = True
                 break
             self._buffer += chunk
-        for msgs in w.take_frames(self._buffer):
+        for msgs in w.take_frames(self._buffer, w.REPORT_PIPE):
             if not msgs or not isinstance(msgs[0], w.AfterFrames):
                 raise ProtocolError("a report pipe frame must open with AfterFrames")
             self._held.append((msgs[0].count, msgs[1:]))

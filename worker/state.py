@@ -41,11 +41,6 @@ class TasksAssigned:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutorStarted:
-    executor_id: int
-
-
-@dataclass(frozen=True, slots=True)
 class ExecutorReady:
     executor_id: int
     pid: int
@@ -100,7 +95,6 @@ class KillActorRequested:
 
 Event = (
     TasksAssigned
-    | ExecutorStarted
     | ExecutorReady
     | ExecutorFinished
     | ExecutorDied
@@ -219,8 +213,6 @@ class WorkerState:
                     out.extend(self._actor_assignment(a))
                 else:
                     self.queue.append(a)
-        elif isinstance(event, ExecutorStarted):
-            pass
         elif isinstance(event, ExecutorReady):
             ex = self.executors[event.executor_id]
             ex.pid, ex.client_id = event.pid, event.client_id
@@ -581,12 +573,3 @@ def _cancelled(a: w.Assignment, exit_code: int = 0) -> w.TaskResult:
     return w.TaskResult(
         a.spec.task_id, error=pickle.dumps(err), failure="cancelled", exit_code=exit_code
     )
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"

@@ -68,7 +68,7 @@ class PeerServer(TCPServer):
         except AuthenticationError as exc:
             log.warning("peer %s refused: %s", address, exc)
             return
-        reader = FrameReader(stream)
+        reader = FrameReader(stream, w.PEER_REQUESTS)
         try:
             while True:
                 for msg in await reader.read():
@@ -135,7 +135,7 @@ class Puller:
             created = False
             try:
                 write_batch(stream, [w.FetchObject(object_id)])
-                (reply,) = await read_batch(stream)
+                (reply,) = await read_batch(stream, w.PEER_REPLIES)
                 if isinstance(reply, w.ObjectMissing):
                     raise ObjectLostError(object_id.hex(), f"its holder says: {reply.reason}")
                 if not isinstance(reply, w.ObjectData):
@@ -190,7 +190,7 @@ def pull_into_memory(location: w.Location, token: bytes, object_id: bytes) -> An
     """For a process with no worker on its host: read a remote object into private memory."""
     hello = w.Hello("peer", b"", os.urandom(8), pid=os.getpid())
     conn: BlockingConnection
-    conn, _ = connect_blocking(location.peer, token, hello)
+    conn, _ = connect_blocking(location.peer, token, hello, w.PEER_REPLIES)
     try:
         conn.send([w.FetchObject(object_id)])
         (reply,) = conn.recv()

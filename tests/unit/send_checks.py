@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from taskgraph import _wire as w
 from taskgraph.scheduler.state import SchedulerState, Send
 
 
@@ -16,3 +19,13 @@ def check_sends(state: SchedulerState, sends: list[Send]) -> None:
             assert client is not None and client.via_worker is None
         else:
             assert send.id in state.workers, f"send to departed worker {send.id}"
+
+
+def query_message(request_id: int, what: Any, arg: Any = None) -> w.Query:
+    """The typed query a client sends for ``what`` (``arg``: get_actor's name and
+    namespace, or memory's top count)."""
+    if what == "get_actor":
+        return w.Query(request_id, what, name=arg["name"], namespace=arg.get("namespace", ""))
+    if what == "memory":
+        return w.Query(request_id, what, top=int(arg or 10))
+    return w.Query(request_id, what)

@@ -91,10 +91,10 @@ def test_what_a_dead_writer_left_is_all_handed_over(ends) -> None:
 def test_frames_are_split_whole_and_a_partial_one_waits() -> None:
     one, two = w.encode([w.Goodbye()]), w.encode([w.Goodbye(), w.Goodbye()])
     buffer = bytearray(one + two + two[:5])
-    assert [len(f) for f in w.take_frames(buffer)] == [1, 2]
+    assert [len(f) for f in w.take_frames(buffer, w.CLIENT_TO_SCHEDULER)] == [1, 2]
     assert buffer == two[:5], "the partial frame stays"
     buffer += two[5:]
-    assert [len(f) for f in w.take_frames(buffer)] == [2] and not buffer
+    assert [len(f) for f in w.take_frames(buffer, w.CLIENT_TO_SCHEDULER)] == [2] and not buffer
 
 
 def test_a_pipe_frame_without_its_count_is_refused() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from send_checks import check_sends
+from send_checks import check_sends, query_message
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import ActorError, TaskError
@@ -172,7 +172,7 @@ class ActorMachine(RuleBasedStateMachine):
 
     def query(self, client_id: bytes, what: str, arg: Any = None) -> Any:
         self.request_id += 1
-        sends = self.send(client_id, w.Query(self.request_id, what, arg))
+        sends = self.send(client_id, query_message(self.request_id, what, arg))
         return self.reply(sends, client_id, self.request_id)
 
     def pick_client(self, data: st.DataObject) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import pytest
+from send_checks import query_message
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import ActorDiedError, ActorError, ObjectLostError, TaskError
@@ -150,7 +151,7 @@ class Harness:
         return result
 
     def query(self, what: str, arg: Any = None, client_id: bytes = b"c1") -> Any:
-        sends = self.send(client_id, w.Query(3, what, arg))
+        sends = self.send(client_id, query_message(3, what, arg))
         [reply] = messages(sends, "client", client_id, w.QueryReply)
         return reply.result
 

@@ -19,7 +19,6 @@ from taskgraph.worker.state import (
     ExecutorDied,
     ExecutorFinished,
     ExecutorReady,
-    ExecutorStarted,
     Instruction,
     KillActorRequested,
     SignalExecutor,
@@ -54,7 +53,6 @@ class Harness:
         return out
 
     def ready(self, executor_id: int) -> list[Instruction]:
-        self.handle(ExecutorStarted(executor_id))
         client = f"client-{executor_id}".encode()
         return self.handle(ExecutorReady(executor_id, 1000 + executor_id, client))
 
@@ -142,7 +140,6 @@ def test_a_creation_gets_a_process_of_its_own_and_waits_for_it() -> None:
     assert out == [SpawnExecutor(2)], "a dedicated process, not the idle pool executor"
     assert h.state.statistics() == {"queued": 0, "running": 0, "idle": 1, "starting": 1}
 
-    assert h.handle(ExecutorStarted(2)) == []
     out = h.handle(ExecutorReady(2, 4242, b"actor-client"))
     assert to_scheduler(out) == [w.ActorStarted(creation.spec.actor_id, 4242)]
     assert executed(out) == [(2, creation)]

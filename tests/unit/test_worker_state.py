@@ -21,7 +21,6 @@ from taskgraph.worker.state import (
     ExecutorDied,
     ExecutorFinished,
     ExecutorReady,
-    ExecutorStarted,
     Instruction,
     SignalExecutor,
     SpawnExecutor,
@@ -57,7 +56,6 @@ class Harness:
     def ready(self, *executor_ids: int) -> list[Instruction]:
         out: list[Instruction] = []
         for executor_id in executor_ids:
-            self.handle(ExecutorStarted(executor_id))
             out += self.handle(
                 ExecutorReady(executor_id, 1000 + executor_id, f"client-{executor_id}".encode())
             )

@@ -1,0 +1,48 @@
+"""A peer that sends a message of the wrong kind for its link is cut off before
+anything of that frame is applied; the cluster goes on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import taskgraph as tg
+from taskgraph import _wire as w
+from taskgraph._transport import connect_blocking
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@tg.remote
+def double(x: int) -> int:
+    return 2 * x
+
+
+def intruder_task(client_id: bytes) -> w.TaskSpec:
+    return w.TaskSpec(
+        task_id=client_id + b"\0\0\0\x01" + b"\0\0\0\0",
+        function_id=b"no such function",
+        name="intruder",
+        args=b"",
+        deps=[],
+    )
+
+
+def test_a_client_sending_a_worker_message_is_cut_off_and_its_frame_not_applied():
+    runtime = tg._api._runtime
+    assert runtime is not None and runtime.cluster is not None
+    client_id = os.urandom(8)
+    hello = w.Hello("client", b"", client_id, pid=os.getpid())
+    conn, _ = connect_blocking(
+        runtime.address, runtime.cluster.token.encode(), hello, w.SCHEDULER_TO_CLIENT
+    )
+    try:
+        conn.send([w.SubmitTasks([intruder_task(client_id)]), w.RunTasks([])])
+        with pytest.raises(ConnectionError):
+            conn.recv()  # the scheduler closed the connection
+    finally:
+        conn.close()
+    tasks = tg._api.client().query("tasks")
+    assert not [t for t in tasks if t["name"] == "intruder"], "half a frame was applied"
+    assert tg.get(double.remote(21)) == 42
