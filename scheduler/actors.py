@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
+from taskgraph._ids import first_return, task_of
 from taskgraph.exceptions import ActorDiedError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 
 def anchor_id(actor_id: bytes) -> bytes:
-    return actor_id[:12] + (1).to_bytes(4, "little")
+    return first_return(actor_id)
 
 
 def is_call(spec: w.TaskSpec) -> bool:
@@ -327,7 +328,7 @@ class Actors:
 
     def anchor_freed(self, oid: bytes) -> None:
         """The last handle is gone: stop the actor and forget it."""
-        actor_id = oid[:12] + b"\0\0\0\0"
+        actor_id = task_of(oid)
         rec = self.actors.get(actor_id)
         if rec is None:
             return

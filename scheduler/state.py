@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from taskgraph import _wire as w
-from taskgraph._ids import client_of, generator_item_id, return_ids
+from taskgraph._ids import client_of, generator_item_id, is_first_return, return_ids, task_of
 from taskgraph.exceptions import (
     ActorDiedError,
     NodeDiedError,
@@ -597,7 +597,7 @@ class SchedulerState:
 
     def _generator_placeholder(self, oid: bytes) -> Obj | None:
         """A pending object for an item a running generator task has not yielded yet."""
-        task = self.tasks.get(oid[:12] + b"\0\0\0\0")
+        task = self.tasks.get(task_of(oid))
         if task is None or not task.spec.generator:
             return None
         obj = self.objects[oid] = Obj(oid, task.id)
@@ -635,7 +635,7 @@ class SchedulerState:
             elif msg.recursive:
                 # A task we never saw (a leased one, taskgraph/_leases.py): the
                 # tasks it submitted name it as their parent all the same.
-                self._cancel(oid[:12] + b"\0\0\0\0", msg.force, msg.recursive)
+                self._cancel(task_of(oid), msg.force, msg.recursive)
 
     def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         task = self.tasks.get(task_id)
@@ -1136,7 +1136,7 @@ class SchedulerState:
         while doomed:
             obj = doomed.pop()
             del self.objects[obj.id]
-            if obj.id[12:] == b"\1\0\0\0" and obj.id[:12] + b"\0\0\0\0" in self.actors.actors:
+            if is_first_return(obj.id) and task_of(obj.id) in self.actors.actors:
                 self.actors.anchor_freed(obj.id)
             places = (obj.location, *obj.copies.values()) if obj.location is not None else ()
             for loc in places:

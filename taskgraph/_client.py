@@ -40,7 +40,7 @@ from taskgraph import serialization
 from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ActorRoute
-from taskgraph._ids import return_ids
+from taskgraph._ids import first_return, return_ids
 from taskgraph._leases import Leases
 from taskgraph._object_ref import ObjectRef
 from taskgraph._store_client import StoreClient
@@ -522,8 +522,7 @@ class Client:
                 "Calling put() on an ObjectRef is not allowed: the value is already in the "
                 "cluster; pass the ref itself."
             )
-        base = self.new_id()
-        oid = base[:12] + (1).to_bytes(4, "little")
+        oid = first_return(self.new_id())
         msg = self.encode_value(oid, value, "the value passed to put()")
         ref = ObjectRef(oid, self)
         with self._lock:

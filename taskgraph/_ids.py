@@ -7,6 +7,33 @@ indexes 1..n; a generator task's items follow its single return.
 
 from __future__ import annotations
 
+BASE = 12  # bytes: the submitting client's id (8) and its counter (4)
+TASK_INDEX = b"\0\0\0\0"
+
+
+def task_id(base: bytes) -> bytes:
+    """The id of the task (or actor) made under a fresh 12-byte ``base``."""
+    return base + TASK_INDEX
+
+
+def task_of(object_id: bytes) -> bytes:
+    """The task that made an object (a return or generator item): index 0."""
+    return object_id[:BASE] + TASK_INDEX
+
+
+def first_return(task_id: bytes) -> bytes:
+    """A task's first return; an actor's *anchor* (its creation task's return)."""
+    return task_id[:BASE] + b"\x01\0\0\0"
+
+
+def is_first_return(object_id: bytes) -> bool:
+    return object_id[BASE:] == b"\x01\0\0\0"
+
+
+def same_task(a: bytes, b: bytes) -> bool:
+    """Whether two ids (a task's, its objects') share the task's base."""
+    return a[:BASE] == b[:BASE]
+
 
 def return_ids(task_id: bytes, count: int) -> list[bytes]:
     """Object ids of a task's returns: the task id with index 1..count."""

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from taskgraph import _wire as w
 from taskgraph._channels import Channel
-from taskgraph._ids import return_ids
+from taskgraph._ids import return_ids, task_id
 from taskgraph._routing import LeaseRoute
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class Leases:
             return  # (a driver's client has a listener; an executor's takes no lease)
         if any(worker.resources.get(name, 0.0) < amount for name, amount in route.shape):
             return  # more than the worker here has: the usual way finds one
-        lease_id = client.new_id() + b"\0\0\0\0"
+        lease_id = task_id(client.new_id())
         self.asked.pop(route.decide.asking(lease_id, time.monotonic()), None)
         self.asked[lease_id] = route
         client.submit_later(

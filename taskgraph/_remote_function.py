@@ -17,6 +17,7 @@ from taskgraph import _api, _options, serialization
 from taskgraph import _wire as w
 from taskgraph._client import INLINE_LIMIT, Client
 from taskgraph._ids import return_ids
+from taskgraph._ids import task_id as make_task_id
 from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 
 FOREVER = 2**31 - 1
@@ -135,7 +136,7 @@ class RemoteFunction:
         name = p.name or self._name
         data, nested, deps, held = encode_arguments(client, args, kwargs, name)
         base = client.new_id()
-        task_id = base + b"\0\0\0\0"
+        task_id = make_task_id(base)
         streaming, num_returns = p.streaming, p.num_returns
         spec = w.TaskSpec(
             task_id=task_id,

@@ -18,6 +18,7 @@ from typing import Any
 
 from taskgraph import _api, _options
 from taskgraph import _wire as w
+from taskgraph._ids import first_return, task_id
 from taskgraph._object_ref import ObjectRef
 from taskgraph._remote_function import (
     FOREVER,
@@ -161,7 +162,7 @@ class ActorClass:
             get_if_exists=bool(options.get("get_if_exists")),
         )
         base = client.new_id()
-        actor_id = base + b"\0\0\0\0"
+        actor_id = task_id(base)
         spec = w.TaskSpec(
             task_id=actor_id,
             function_id=function_id,
@@ -182,13 +183,13 @@ class ActorClass:
             if reply.get("error"):
                 raise ValueError(reply["error"])
             actor_id = bytes.fromhex(reply["actor_id"])
-            anchor_id = actor_id[:12] + (1).to_bytes(4, "little")
+            anchor_id = first_return(actor_id)
             if reply.get("existing"):
                 anchor = ObjectRef(anchor_id, client, borrowed=True)
                 return ActorHandle(actor_id, anchor, reply["methods"], reply["class_name"])
             anchor = ObjectRef(anchor_id, client)
             return ActorHandle(actor_id, anchor, actor.methods, actor.class_name, self._signatures)
-        anchor = ObjectRef(base + (1).to_bytes(4, "little"), client)
+        anchor = ObjectRef(first_return(actor_id), client)
         client.submit(spec)
         del held  # the creation task holds them now
         return ActorHandle(actor_id, anchor, actor.methods, actor.class_name, self._signatures)
@@ -309,7 +310,7 @@ class ActorMethod:
         num_returns = options.get("num_returns", self._num_returns)
         base = client.new_id()
         spec = w.TaskSpec(
-            task_id=base + b"\0\0\0\0",
+            task_id=task_id(base),
             function_id=b"",
             name=name,
             args=data,
@@ -370,5 +371,5 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         where = f" in namespace {namespace!r}" if namespace else ""
         raise ValueError(f"no actor named {name!r}{where}")
     actor_id = bytes.fromhex(reply["actor_id"])
-    anchor = ObjectRef(actor_id[:12] + (1).to_bytes(4, "little"), client, borrowed=True)
+    anchor = ObjectRef(first_return(actor_id), client, borrowed=True)
     return ActorHandle(actor_id, anchor, reply["methods"], reply["class_name"])

@@ -40,7 +40,7 @@ from tornado.tcpserver import TCPServer
 from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._client import host_id
-from taskgraph._ids import client_of
+from taskgraph._ids import client_of, same_task
 from taskgraph._transport import (
     FrameReader,
     accept_handshake,
@@ -686,8 +686,7 @@ def _announced(sealed: set[bytes], msgs: list[Any]) -> list[bytes]:
             result = msg.result
             sealed.difference_update(r.object_id for r in result.returns)
             if result.error is not None:
-                base = result.task_id[:12]  # its returns share the task id's base
-                orphans.extend(oid for oid in sealed if oid[:12] == base)
+                orphans.extend(oid for oid in sealed if same_task(oid, result.task_id))
                 sealed.difference_update(orphans)
         elif isinstance(msg, w.PutObject):
             sealed.discard(msg.object_id)
