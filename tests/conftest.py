@@ -13,13 +13,10 @@ import gc
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 # Each test session gets its own shared-memory folder (still tmpfs), so that
@@ -33,16 +30,28 @@ os.environ["TASKGRAPH_SHM_DIR"] = str(SHM_DIR)
 atexit.register(lambda: SHM_DIR.exists() and not any(SHM_DIR.iterdir()) and SHM_DIR.rmdir())
 
 import taskgraph as tg  # noqa: E402 - after TASKGRAPH_SHM_DIR is set
-from taskgraph.worker import store  # noqa: E402 - likewise
+from taskgraph.testing import (  # noqa: E402 - likewise
+    Snapshot,
+    alive,
+    check_nothing_left,
+    descendants,
+    taskgraph_threads,
+    wait_for,
+)
+from taskgraph.testing import arenas as segments  # noqa: E402
+from taskgraph.testing import child_processes as direct_children  # noqa: E402
+from taskgraph.testing import stored_objects as stored  # noqa: E402
 
-
-def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    """Poll ``condition`` until it is truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.01)
+__all__ = [  # what test modules take from here besides fixtures
+    "alive",
+    "descendants",
+    "direct_children",
+    "segments",
+    "stored",
+    "taskgraph_threads",
+    "wait_for",
+    "warm",
+]
 
 
 def warm(fn: Any, *args: Any, n: int = 60, value: Any = None) -> None:
@@ -51,55 +60,6 @@ def warm(fn: Any, *args: Any, n: int = 60, value: Any = None) -> None:
     ``value``, or its first argument when ``value`` is None."""
     expected = args[0] if value is None else value
     assert tg.get([fn.remote(*args) for _ in range(n)], timeout=60) == [expected] * n
-
-
-def descendants() -> set[int]:
-    try:
-        return {p.pid for p in psutil.Process().children(recursive=True)}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def direct_children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=False)}
-
-
-def segments() -> set[str]:
-    """Files in shared memory: each worker daemon's arena."""
-    return set(store.segments())
-
-
-def stored() -> set[str]:
-    """Objects (hex ids) in the stores of the running cluster's daemons on this host."""
-    runtime = tg._api._runtime
-    if runtime is None:
-        return set()
-    client = runtime.client
-    found: set[str] = set()
-    for info in client.workers:
-        if info.host != client.host:
-            continue
-        try:
-            _, object_ids = client.store_for(info.worker_id, info.address).stats()
-        except (OSError, ConnectionError):
-            continue  # that daemon is gone
-        found.update(oid.hex() for oid in object_ids)
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    found = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-def taskgraph_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("taskgraph-")}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -114,18 +74,9 @@ def shm_dir() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    children_before = direct_children()
-    segments_before = segments()
-    stored_before = stored()
-    threads_before = threading.active_count()
+    before = Snapshot.take()
     yield
-    # What a finished test left in reference cycles (a frame held by the traceback
-    # of a ``pytest.raises``, say) is garbage, not a leak: collect it first.
-    gc.collect()
-    wait_for(lambda: not alive(direct_children() - children_before), what="child processes to exit")
-    wait_for(lambda: segments() <= segments_before, what="shared-memory arenas to be removed")
-    wait_for(lambda: stored() <= stored_before, what="objects in the store to be freed")
-    wait_for(lambda: threading.active_count() <= threads_before, what="threads to end")
+    check_nothing_left(before)
 
 
 def _checked_cluster(**kwargs: object) -> Iterator[tg.ClusterContext]:
