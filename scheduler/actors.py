@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from taskgraph import _wire as w
 from taskgraph._ids import first_return, task_of
 from taskgraph.exceptions import ActorDiedError
+from taskgraph.scheduler.story import ACTOR_TRANSITIONS, check
 
 if TYPE_CHECKING:
     from taskgraph.scheduler.state import SchedulerState, Task, WorkerRec
@@ -103,6 +104,7 @@ class Actors:
         assert spec.actor is not None
         rec = ActorRec(spec.actor_id, spec, task.owner, restarts_left=spec.actor.max_restarts)
         self.actors[spec.actor_id] = rec
+        self._record(rec, "", rec.state)
         if spec.actor.name:
             self.names[rec.key] = rec.actor_id
         # The actor keeps its constructor's arguments alive for restarts.
@@ -128,7 +130,8 @@ class Actors:
             self.state._send_worker(worker.worker_id, w.KillActor(rec.actor_id, True))
             self._die(rec, result.error or self._died(rec, "its constructor failed"))
             return
-        rec.state, rec.worker, rec.gpu_ids = "alive", worker.worker_id, gpu_ids
+        self._set_state(rec, "alive")
+        rec.worker, rec.gpu_ids = worker.worker_id, gpu_ids
         self._take(worker, rec)
         self.state._transition(task, "memory", result)
         self.dispatch(rec)
@@ -143,6 +146,18 @@ class Actors:
         rec = self.actors.get(msg.actor_id)
         if rec is not None:
             rec.pid = msg.pid
+
+    def _set_state(self, rec: ActorRec, finish: str) -> None:
+        """Move an actor to ``finish`` (a pair missing from ACTOR_TRANSITIONS raises)."""
+        if rec.state == finish:
+            return
+        check(ACTOR_TRANSITIONS, "actor", rec.actor_id, rec.state, finish)
+        self._record(rec, rec.state, finish)
+        rec.state = finish
+
+    def _record(self, rec: ActorRec, start: str, finish: str) -> None:
+        state = self.state
+        state.changes.record("actor", rec.actor_id, start, finish, state.stimulus, state.now)
 
     def may_call_back(self, actor_id: bytes) -> bool:
         """Whether the actor's process may open a channel to a caller on its host
@@ -272,7 +287,7 @@ class Actors:
                 state._release_resources(worker, creation)
         elif rec.state == "alive":
             self._give_back(rec)
-            rec.state = "restarting"  # no longer holding anything
+            self._set_state(rec, "restarting")  # no longer holding anything
         can_restart = restart and not rec.no_restart and rec.restarts_left > 0
         in_flight = list(rec.running.values())
         rec.running.clear()
@@ -286,7 +301,8 @@ class Actors:
             self._die(rec, death)
         else:
             rec.restarts_left -= 1
-            rec.state, rec.worker, rec.pid = "restarting", None, 0
+            self._set_state(rec, "restarting")
+            rec.worker, rec.pid = None, 0
             retried = [call for call in in_flight if call.retries_left > 0]
             failed = [call for call in in_flight if call.retries_left <= 0]
             for call in retried:
@@ -307,7 +323,8 @@ class Actors:
         state = self.state
         if rec.state == "alive":
             self._give_back(rec)
-        rec.state, rec.death, rec.worker = "dead", death, None
+        self._set_state(rec, "dead")
+        rec.death, rec.worker = death, None
         if self.names.get(rec.key) == rec.actor_id:
             del self.names[rec.key]
         calls, rec.calls = list(rec.calls), deque()

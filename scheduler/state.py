@@ -44,6 +44,7 @@ from taskgraph.exceptions import (
 from taskgraph.scheduler import placement
 from taskgraph.scheduler.actors import Actors, is_call
 from taskgraph.scheduler.history import TaskHistory
+from taskgraph.scheduler.story import OBJECT_TRANSITIONS, Story, check
 
 LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
@@ -248,6 +249,9 @@ class SchedulerState:
         self.history = TaskHistory()
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
+        # What the state machine is handling now, logged with each state change.
+        self.stimulus: tuple[Any, ...] = ("start",)
+        self.changes = Story()
         self.reports_asked_for = 0  # ReadReports sent (a waiter on a channel task)
         self.tasks_finished = 0
         self._out: dict[tuple[str, Any], list[Any]] = {}
@@ -270,6 +274,7 @@ class SchedulerState:
         return self._drain()
 
     def _dispatch_event(self, event: Event) -> None:
+        self.stimulus = (type(event).__name__,)
         if isinstance(event, ClientSent):
             client = self.clients.get(event.client_id)
             if client is None:
@@ -342,6 +347,7 @@ class SchedulerState:
         handler = self._CLIENT_HANDLERS.get(type(msg))
         if handler is None:
             raise TypeError(f"a client may not send {type(msg).__name__}")
+        self.stimulus = (type(msg).__name__, "client", client.client_id)
         handler(self, client, msg)
 
     def _on_export(self, client: ClientRec, msg: w.ExportFunction) -> None:
@@ -361,7 +367,7 @@ class SchedulerState:
         if spec.parent:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
         for oid in return_ids(spec.task_id, spec.num_returns):
-            self.objects[oid] = Obj(oid, spec.task_id, refs=1)
+            self._new_object(oid, spec.task_id).refs = 1
             client.held.add(oid)
         missing = None
         failed: Obj | None = None
@@ -531,10 +537,9 @@ class SchedulerState:
     def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
         if msg.object_id in self.objects:
             return  # ids are fresh: a second put of one is a client's bug, and ignored
-        obj = Obj(msg.object_id, None, state="ready", data=msg.data, location=msg.location)
-        obj.refs = 1
+        obj = self._new_object(msg.object_id, None, "ready")
+        obj.data, obj.location, obj.refs = msg.data, msg.location, 1
         client.held.add(msg.object_id)
-        self.objects[msg.object_id] = obj
         if msg.location is not None:
             worker = self.workers.get(msg.location.worker_id)
             if worker is not None:
@@ -600,7 +605,7 @@ class SchedulerState:
         task = self.tasks.get(task_of(oid))
         if task is None or not task.spec.generator:
             return None
-        obj = self.objects[oid] = Obj(oid, task.id)
+        obj = self._new_object(oid, task.id)
         task.items.append(oid)
         return obj
 
@@ -612,14 +617,15 @@ class SchedulerState:
         value = msg.value
         obj = self.objects.get(oid)
         if obj is None:
-            obj = self.objects[oid] = Obj(oid, task.id)
+            obj = self._new_object(oid, task.id)
             task.items.append(oid)
         elif obj.state != "pending":
             return  # a retried generator yields its items again; keep the first
         owner = self.clients.get(task.owner)
         if owner is None:
             return  # nobody can ever read it; the task's end frees the placeholder
-        obj.state, obj.data, obj.location = "ready", value.data, value.location
+        self._object_state(obj, "ready")
+        obj.data, obj.location = value.data, value.location
         owner.held.add(oid)
         obj.refs += 1
         if value.location is not None and task.worker in self.workers:
@@ -681,6 +687,8 @@ class SchedulerState:
             arg = {"name": msg.name, "namespace": msg.namespace}
         elif msg.what == "memory":
             arg = msg.top
+        elif msg.what == "story":
+            arg = msg.key
         result = self.query(msg.what, arg)
         self._send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
@@ -779,6 +787,7 @@ class SchedulerState:
         self._dirty = True
 
     def _worker_message(self, worker: WorkerRec, msg: Any) -> None:
+        self.stimulus = (type(msg).__name__, "worker", worker.worker_id)
         if isinstance(msg, w.TasksDone):
             for result in msg.results:
                 self._task_done(worker, result)
@@ -921,7 +930,27 @@ class SchedulerState:
                 f"no transition {task.state!r} -> {finish!r} for task {task.id.hex()}"
             )
         self.transition_count += 1
+        self.changes.record("task", task.id, task.state, finish, self.stimulus, self.now)
         getattr(self, method)(task, *args)
+
+    def _new_object(self, oid: bytes, task: bytes | None, state: str = "pending") -> Obj:
+        obj = self.objects[oid] = Obj(oid, task, state=state)
+        self.changes.record("object", oid, "", state, self.stimulus, self.now)
+        return obj
+
+    def _object_state(self, obj: Obj, finish: str) -> None:
+        """Move an object to ``finish`` (a pair missing from OBJECT_TRANSITIONS raises;
+        staying is no change: a restarted actor's creation makes its anchor again)."""
+        if obj.state == finish:
+            return
+        check(OBJECT_TRANSITIONS, "object", obj.id, obj.state, finish)
+        self.changes.record("object", obj.id, obj.state, finish, self.stimulus, self.now)
+        obj.state = finish
+
+    def story(self, key: bytes) -> list[dict[str, Any]]:
+        """What happened to a task (and its returns), an object or an actor, oldest
+        first: each state change, what caused it, and when (monotonic seconds)."""
+        return self.changes.of(key)
 
     def _to_waiting(self, task: Task) -> None:
         task.state = "waiting"
@@ -1012,7 +1041,7 @@ class SchedulerState:
                 continue
             if result.delivered:
                 obj.waiters.discard(task.owner)  # the executor handed it over already
-            obj.state = "ready"
+            self._object_state(obj, "ready")
             obj.data = ret.data
             obj.location = ret.location
             if ret.location is not None and worker is not None:
@@ -1099,7 +1128,7 @@ class SchedulerState:
                 self._transition(task, "ready")
 
     def _object_failed(self, obj: Obj, error: bytes | None) -> None:
-        obj.state = "error"
+        self._object_state(obj, "error")
         obj.error = error
         obj.data = None
         self._object_done(obj)
@@ -1153,6 +1182,7 @@ class SchedulerState:
 
     def _schedule(self) -> None:
         self._dirty = False
+        self.stimulus = ("placement",)
         workers = list(self.workers.values())
         if not workers:
             return
@@ -1281,6 +1311,8 @@ class SchedulerState:
             return self.memory(top=int(arg or 10))
         if what == "tasks":
             return self.task_list()
+        if what == "story":
+            return self.story(arg)
         raise ValueError(f"unknown query {what!r}")
 
     def task_list(self) -> list[dict[str, Any]]:

@@ -696,6 +696,8 @@ class Client:
             query = w.Query(0, what, name=arg["name"], namespace=arg.get("namespace", ""))
         elif what == "memory":
             query = w.Query(0, what, top=int(arg or 10))
+        elif what == "story":
+            query = w.Query(0, what, key=arg)
         else:
             query = w.Query(0, what)
         return self.request(query, timeout)

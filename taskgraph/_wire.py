@@ -235,6 +235,7 @@ QueryName = Literal[
     "actors",
     "memory",  # the top objects by size
     "tasks",
+    "story",  # one task's, object's or actor's state changes, by id
 ]
 
 
@@ -249,6 +250,7 @@ class Query(Msg):
     name: str = ""  # get_actor
     namespace: str = ""  # get_actor
     top: int = 10  # memory
+    key: bytes = b""  # story
 
 
 class CreateNamedActor(Msg):

@@ -379,6 +379,37 @@ def cmd_memory(args: argparse.Namespace) -> None:
     print(_memory_text(address, report))
 
 
+def cmd_story(args: argparse.Namespace) -> None:
+    try:
+        key = bytes.fromhex(args.key)
+    except ValueError:
+        raise CliError(
+            f"{args.key!r} is not an id: give a task's, object's or actor's hex id"
+        ) from None
+    address, changes = _ask(args, "story", key)
+    if args.json:
+        print(json.dumps(changes, indent=2))
+        return
+    print(_story_text(address, args.key, changes))
+
+
+def _story_text(address: str, key: str, changes: list[dict[str, Any]]) -> str:
+    if not changes:
+        return (
+            f"The scheduler at {address} has no record of {key}: a wrong id, or its "
+            "changes are older than the last 100,000 it keeps."
+        )
+    start = changes[0]["time"]
+    lines = [f"Story of {key} at {address} (seconds since its first change):"]
+    for c in changes:
+        what = c["kind"] if c["key"] == key else f"{c['kind']} {c['key']}"
+        lines.append(
+            f"    {c['time'] - start:>9.3f}  {what:<10} {c['from'] or '(none)':>10} -> "
+            f"{c['to']:<11} {c['stimulus']}"
+        )
+    return "\n".join(lines)
+
+
 def _memory_text(address: str, report: dict[str, Any]) -> str:
     lines = [f"Object store of the taskgraph cluster at {address}", ""]
     lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} {'cap':>10}")
@@ -558,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stop(commands)
     _add_status(commands)
     _add_memory(commands)
+    _add_story(commands)
     return parser
 
 
@@ -701,6 +733,21 @@ def _add_memory(commands: Any) -> None:
     p.add_argument("--top", type=int, default=10, help="how many of the largest objects to list")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_memory)
+
+
+def _add_story(commands: Any) -> None:
+    p = commands.add_parser(
+        "story",
+        help="show what happened to one task, object or actor",
+        description=(
+            "Show each state change of a task (and its returns), an object or an actor, "
+            "with what caused it, from the scheduler's log of its last 100,000 changes."
+        ),
+    )
+    p.add_argument("key", help="the hex id of a task, object or actor (ObjectRef.hex())")
+    _add_cluster_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    p.set_defaults(func=cmd_story)
 
 
 def _exit_on_signal(signum: int, _frame: Any) -> None:

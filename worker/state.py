@@ -6,10 +6,12 @@ its resources allow); this state machine decides *where*: an idle executor,
 or a new one when all are busy (a task blocked in ``get`` lends its CPU to
 another task, which needs a process of its own).
 
-Executor states::
+Executor states (``EXECUTOR_TRANSITIONS``; a change missing from it raises,
+and each is logged with the event that caused it: ``WorkerState.story``)::
 
     starting ──▶ idle ◀──▶ busy
-        └──────────┴─────────┴──▶ dead
+        └──▶ actor
+    (any) ──▶ dead
 
 A busy executor may hold a few more tasks behind the one it runs (up to
 ``prefetch`` in all, and about ``HELD_SECONDS`` of work), so that it starts
@@ -27,6 +29,7 @@ import pickle
 import signal
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from taskgraph import _wire as w
@@ -142,10 +145,37 @@ SHORT_TASK = 0.002
 HELD_SECONDS = 0.005
 
 
+class ExecutorState(StrEnum):
+    STARTING = "starting"  # spawned, not connected yet
+    IDLE = "idle"  # in the pool, running nothing
+    BUSY = "busy"  # running a task (and maybe holding a few more behind it)
+    ACTOR = "actor"  # a dedicated actor process: never idle, never in the pool
+    DEAD = "dead"  # exited (then forgotten)
+
+
+EXECUTOR_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("", ExecutorState.STARTING): "a task or an actor needs a process",
+    (ExecutorState.STARTING, ExecutorState.IDLE): "it connected",
+    (ExecutorState.STARTING, ExecutorState.ACTOR): "an actor's process connected",
+    (ExecutorState.IDLE, ExecutorState.BUSY): "it was handed a task",
+    (ExecutorState.BUSY, ExecutorState.IDLE): "its last task reported, or came back unstarted",
+    (ExecutorState.STARTING, ExecutorState.DEAD): "it exited before it connected",
+    (ExecutorState.IDLE, ExecutorState.DEAD): "it exited (or was stopped)",
+    (ExecutorState.BUSY, ExecutorState.DEAD): "it crashed or was killed while running",
+    (ExecutorState.ACTOR, ExecutorState.DEAD): "its actor ended or died",
+}
+STORY_LENGTH = 10_000  # executor state changes kept
+
+
+def check_transition(executor_id: int, start: str, finish: str) -> None:
+    if (start, finish) not in EXECUTOR_TRANSITIONS:
+        raise RuntimeError(f"no transition {start!r} -> {finish!r} for executor {executor_id}")
+
+
 @dataclass(slots=True)
 class Executor:
     executor_id: int
-    state: str = "starting"
+    state: str = ExecutorState.STARTING
     pid: int = 0
     client_id: bytes = b""
     tasks: deque[w.Assignment] = field(default_factory=deque)  # handed over; the first runs
@@ -175,6 +205,8 @@ class WorkerState:
         # CPUs themselves are counted here.
         self.cpus = float(min_executors) if cpus is None else cpus
         self.cpus_used = 0.0
+        # (executor id, from, to, cause): the last STORY_LENGTH changes (story()).
+        self.changes: deque[tuple[int, str, str, str]] = deque(maxlen=STORY_LENGTH)
         self.task_cpus: dict[bytes, float] = {}  # running task -> CPUs it holds
         self.blocked: set[bytes] = set()
         self.revoked: set[bytes] = set()  # leases asked to end: a task here waits for their CPUs
@@ -217,12 +249,12 @@ class WorkerState:
             ex = self.executors[event.executor_id]
             ex.pid, ex.client_id = event.pid, event.client_id
             if ex.actor_id:
-                ex.state = "actor"
+                self._set_state(ex, ExecutorState.ACTOR, event)
                 out.append(ToScheduler(w.ActorStarted(ex.actor_id, ex.pid)))
                 out.extend(ToExecutor(ex.executor_id, w.Execute(a)) for a in ex.backlog)
                 ex.backlog.clear()
             else:
-                ex.state = "idle"
+                self._set_state(ex, ExecutorState.IDLE, event)
         elif isinstance(event, ExecutorFinished) and event.result.channel:
             # Sent straight to the executor (a lease's task, a direct actor call):
             # nothing here to update, the scheduler hears of it in this order.
@@ -301,7 +333,7 @@ class WorkerState:
         if ex.tasks:
             self._hold_cpus(ex.tasks[0])
         else:
-            ex.state = "idle"
+            self._set_state(ex, ExecutorState.IDLE, "reported")
         ex.handed_back = False
         self.tasks_done += 1
 
@@ -328,7 +360,7 @@ class WorkerState:
             self._hold_cpus(ex.tasks[0])
         ex.handed_back = not head_back and bool(ex.tasks)
         if not ex.tasks:
-            ex.state = "idle"
+            self._set_state(ex, ExecutorState.IDLE, "handed back")
         for a in reversed(back):
             if a.spec.task_id in ex.cancelling:
                 ex.cancelling.discard(a.spec.task_id)
@@ -365,6 +397,7 @@ class WorkerState:
 
     def _executor_died(self, event: ExecutorDied) -> list[Instruction]:
         ex = self.executors.pop(event.executor_id)
+        self._set_state(ex, ExecutorState.DEAD, event)
         out: list[Instruction] = []
         if ex.client_id:
             out.append(ToScheduler(w.ClientGone(ex.client_id)))
@@ -440,7 +473,7 @@ class WorkerState:
             ex = idle.pop()
             a = self.queue.popleft()
             self._hold_cpus(a)
-            ex.state = "busy"
+            self._set_state(ex, ExecutorState.BUSY, "dispatch")
             out.append(self._hand_over(ex, a))
         starting = sum(
             1 for e in self.executors.values() if e.state == "starting" and not e.actor_id
@@ -529,8 +562,31 @@ class WorkerState:
     def _spawn(self) -> SpawnExecutor:
         """A new executor process (the caller may bind it to an actor)."""
         self._next_executor += 1
-        self.executors[self._next_executor] = Executor(self._next_executor)
+        ex = self.executors[self._next_executor] = Executor(self._next_executor)
+        self._log(ex, "", ex.state, "spawn")
         return SpawnExecutor(self._next_executor)
+
+    def _set_state(self, ex: Executor, finish: str, stimulus: Any) -> None:
+        """Move an executor to ``finish`` (a change missing from EXECUTOR_TRANSITIONS
+        raises; staying is no change)."""
+        if ex.state == finish:
+            return
+        check_transition(ex.executor_id, ex.state, finish)
+        self._log(ex, ex.state, finish, stimulus)
+        ex.state = finish
+
+    def _log(self, ex: Executor, start: str, finish: str, stimulus: Any) -> None:
+        """``stimulus``: the event being handled (kept by its name only), or a word."""
+        cause = stimulus if isinstance(stimulus, str) else type(stimulus).__name__
+        self.changes.append((ex.executor_id, start, finish, cause))
+
+    def story(self, executor_id: int) -> list[tuple[str, str, str]]:
+        """An executor's state changes, oldest first: (from, to, cause)."""
+        return [
+            (start, finish, cause)
+            for key, start, finish, cause in self.changes
+            if key == executor_id
+        ]
 
     def statistics(self) -> dict[str, int]:
         states: dict[str, int] = {}

@@ -28,4 +28,6 @@ def query_message(request_id: int, what: Any, arg: Any = None) -> w.Query:
         return w.Query(request_id, what, name=arg["name"], namespace=arg.get("namespace", ""))
     if what == "memory":
         return w.Query(request_id, what, top=int(arg or 10))
+    if what == "story":
+        return w.Query(request_id, what, key=arg)
     return w.Query(request_id, what)
