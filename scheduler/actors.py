@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 from taskgraph import _wire as w
 from taskgraph._ids import first_return, task_of
 from taskgraph.exceptions import ActorDiedError
-from taskgraph.scheduler.story import ACTOR_TRANSITIONS, check
+
+from .story import ACTOR_TRANSITIONS, check
 
 if TYPE_CHECKING:
-    from taskgraph.scheduler.state import SchedulerState, Task, WorkerRec
+    from .state import SchedulerState, Task, WorkerRec
 
 
 def anchor_id(actor_id: bytes) -> bytes:

@@ -15,8 +15,9 @@ import sys
 from tornado.ioloop import PeriodicCallback
 
 from taskgraph import config
-from taskgraph.scheduler.server import SchedulerServer
 from taskgraph.settings import settings
+
+from .server import SchedulerServer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

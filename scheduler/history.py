@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taskgraph import _wire as w
-    from taskgraph.scheduler.state import Task
+
+    from .state import Task
 
 KEEP = 10_000  # finished tasks remembered
 

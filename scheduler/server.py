@@ -18,7 +18,9 @@ from tornado.tcpserver import TCPServer
 from taskgraph import _wire as w
 from taskgraph._transport import FrameReader, accept_handshake, read_batch, write_batch
 from taskgraph.exceptions import AuthenticationError, ProtocolError
-from taskgraph.scheduler.state import (
+from taskgraph.settings import settings
+
+from .state import (
     ClientJoined,
     ClientLeft,
     ClientSent,
@@ -30,7 +32,6 @@ from taskgraph.scheduler.state import (
     WorkerLeft,
     WorkerSent,
 )
-from taskgraph.settings import settings
 
 log = logging.getLogger("taskgraph.scheduler")
 

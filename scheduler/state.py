@@ -41,10 +41,11 @@ from taskgraph.exceptions import (
     TaskgraphError,
     WorkerCrashedError,
 )
-from taskgraph.scheduler import placement
-from taskgraph.scheduler.actors import Actors, is_call
-from taskgraph.scheduler.history import TaskHistory
-from taskgraph.scheduler.story import OBJECT_TRANSITIONS, Story, check
+
+from . import placement
+from .actors import Actors, is_call
+from .history import TaskHistory
+from .story import OBJECT_TRANSITIONS, Story, check
 
 LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)

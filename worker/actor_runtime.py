@@ -29,7 +29,7 @@ from taskgraph.actor import TERMINATE
 from taskgraph.exceptions import ActorDiedError, ActorError
 
 if TYPE_CHECKING:
-    from taskgraph.worker.executor import Executor
+    from .executor import Executor
 
 
 class ActorRuntime:

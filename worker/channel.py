@@ -48,7 +48,7 @@ from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphE
 from taskgraph.settings import settings
 
 if TYPE_CHECKING:
-    from taskgraph.worker.executor import Executor
+    from .executor import Executor
 
 
 class Channel:

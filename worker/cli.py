@@ -10,7 +10,8 @@ import re
 import sys
 
 from taskgraph import config
-from taskgraph.worker.daemon import WorkerDaemon, default_resources, run
+
+from .daemon import WorkerDaemon, default_resources, run
 
 
 def _worker_id(text: str) -> str:

@@ -49,9 +49,10 @@ from taskgraph._transport import (
 )
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.settings import settings
-from taskgraph.worker import store
-from taskgraph.worker.reports import READ_DELAY, ReportReader
-from taskgraph.worker.state import (
+
+from . import store
+from .reports import READ_DELAY, ReportReader
+from .state import (
     CancelRequested,
     ExecutorDied,
     ExecutorFinished,
@@ -68,7 +69,7 @@ from taskgraph.worker.state import (
     ToScheduler,
     WorkerState,
 )
-from taskgraph.worker.transfer import PeerServer, Puller, local_ip_towards
+from .transfer import PeerServer, Puller, local_ip_towards
 
 log = logging.getLogger("taskgraph.worker")
 

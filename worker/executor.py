@@ -46,9 +46,10 @@ from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
-from taskgraph.worker.actor_runtime import ActorRuntime, creation_error
-from taskgraph.worker.channel import Callers, Lease
-from taskgraph.worker.reports import ReportWriter
+
+from .actor_runtime import ActorRuntime, creation_error
+from .channel import Callers, Lease
+from .reports import ReportWriter
 
 
 class _Cancelled(BaseException):
@@ -380,8 +381,12 @@ class Executor:
             self.callers = Callers(self)
         # The daemon asks an actor to end with SIGTERM (its last handle is gone):
         # a graceful end, atexit handlers included. kill() uses SIGKILL.
-        signal.signal(signal.SIGTERM, lambda signum, frame: self.actor and self.actor.exit_now())
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         return self.returns_none(a)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.actor is not None:
+            self.actor.exit_now()
 
     def returns_none(self, a: w.Assignment) -> w.TaskResult:
         none = serialization.dumps(None)[0]

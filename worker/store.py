@@ -40,7 +40,8 @@ from typing import Any
 
 from taskgraph import config, serialization
 from taskgraph.settings import settings
-from taskgraph.worker.arena import Arena, round_up
+
+from .arena import Arena, round_up
 
 
 def shm_dir() -> Path:

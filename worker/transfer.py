@@ -43,7 +43,8 @@ from taskgraph.exceptions import (
     ObjectStoreFullError,
     ProtocolError,
 )
-from taskgraph.worker import store
+
+from . import store
 
 log = logging.getLogger("taskgraph.worker")
 # Bytes per read into the store: under Tornado's buffer limit (100 MB by default).
@@ -150,7 +151,8 @@ class Puller:
                 # Straight into the store: Tornado reads into the view as bytes arrive.
                 view = self.objects.view[offset : offset + reply.size]
                 for start in range(0, reply.size, CHUNK):
-                    await stream.read_into(view[start : start + CHUNK])
+                    # (Tornado's stubs say bytearray; any writable buffer works.)
+                    await stream.read_into(view[start : start + CHUNK])  # type: ignore[arg-type]
                 self.objects.seal(object_id, holder)
             except BaseException:
                 # The stream is mid-object or broken: the next pull opens another.
