@@ -29,7 +29,7 @@ from __future__ import annotations
 import pickle
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskgraph import _wire as w
 from taskgraph._ids import first_return, task_of
@@ -38,7 +38,33 @@ from taskgraph.exceptions import ActorDiedError
 from .story import ACTOR_TRANSITIONS, check
 
 if TYPE_CHECKING:
-    from .state import SchedulerState, Task, WorkerRec
+    from .state import Obj, Task, WorkerRec
+    from .story import Story
+
+
+class Scheduler(Protocol):
+    """What the actors' part may use of the scheduler's state: its records (read,
+    and an actor's own tasks changed only through ``transition``) and these
+    calls. ``SchedulerState`` is the one implementation."""
+
+    tasks: dict[bytes, Task]
+    workers: dict[str, WorkerRec]
+    objects: dict[bytes, Obj]
+    changes: Story
+    stimulus: tuple[Any, ...]
+    now: float
+
+    def transition(self, task: Task, finish: str, *args: Any) -> None: ...
+
+    def send_worker(self, worker_id: str, msg: Any) -> None: ...
+
+    def release_resources(self, worker: WorkerRec, task: Task) -> None: ...
+
+    def decref(self, object_id: bytes) -> None: ...
+
+    def resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None: ...
+
+    def wake_placement(self) -> None: ...
 
 
 def anchor_id(actor_id: bytes) -> bytes:
@@ -76,7 +102,7 @@ class ActorRec:
 
 
 class Actors:
-    def __init__(self, state: SchedulerState) -> None:
+    def __init__(self, state: Scheduler) -> None:
         self.state = state
         self.actors: dict[bytes, ActorRec] = {}
         self.names: dict[tuple[str, str], bytes] = {}
@@ -119,22 +145,22 @@ class Actors:
     def creation_done(self, worker: WorkerRec, task: Task, result: w.TaskResult) -> None:
         rec = self.actors.get(task.id)
         gpu_ids = list(task.gpu_ids)
-        self.state._release_resources(worker, task)
+        self.state.release_resources(worker, task)
         if rec is None or rec.state == "dead":
             # Not expected (the actor's end fails its creation task); if it happens,
             # the process must not outlive the actor.
-            self.state._send_worker(worker.worker_id, w.KillActor(task.id, True))
-            self.state._transition(task, "erred", rec.death if rec else None)
+            self.state.send_worker(worker.worker_id, w.KillActor(task.id, True))
+            self.state.transition(task, "erred", rec.death if rec else None)
             return
         if result.failure:
             # The process outlived its failed constructor: end it too.
-            self.state._send_worker(worker.worker_id, w.KillActor(rec.actor_id, True))
+            self.state.send_worker(worker.worker_id, w.KillActor(rec.actor_id, True))
             self._die(rec, result.error or self._died(rec, "its constructor failed"))
             return
         self._set_state(rec, "alive")
         rec.worker, rec.gpu_ids = worker.worker_id, gpu_ids
         self._take(worker, rec)
-        self.state._transition(task, "memory", result)
+        self.state.transition(task, "memory", result)
         self.dispatch(rec)
 
     def creation_erred(self, actor_id: bytes, error: bytes | None) -> None:
@@ -220,7 +246,7 @@ class Actors:
             if head.state != "ready":
                 continue  # failed or cancelled while queued
             rec.running[head.id] = head
-            self.state._transition(head, "processing", worker, [])
+            self.state.transition(head, "processing", worker, [])
 
     # -- the end -------------------------------------------------------------
 
@@ -232,7 +258,7 @@ class Actors:
         rec.killing = True
         worker = self._process_at(rec)
         if worker is not None:
-            self.state._send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))
+            self.state.send_worker(worker, w.KillActor(rec.actor_id, msg.no_restart))
             return
         self._die(rec, self._died(rec, "it was killed with kill()"))
 
@@ -285,7 +311,7 @@ class Actors:
         if creation is not None and creation.state == "processing":
             worker = self._worker(creation.worker)
             if worker is not None and creation.id in worker.running:
-                state._release_resources(worker, creation)
+                state.release_resources(worker, creation)
         elif rec.state == "alive":
             self._give_back(rec)
             self._set_state(rec, "restarting")  # no longer holding anything
@@ -310,15 +336,15 @@ class Actors:
                 call.retries_left -= 1
             rec.calls.extendleft(reversed(retried))
             for call in retried:
-                state._transition(call, "ready")
+                state.transition(call, "ready")
             if creation is not None and creation.state == "processing":
-                state._transition(creation, "ready")
+                state.transition(creation, "ready")
             else:
-                state._resubmit_creation(rec.spec, rec.owner)
+                state.resubmit_creation(rec.spec, rec.owner)
         # Last: a failed call may let go of the actor's last handle, which ends
         # the actor (anchor_freed) and must find it settled.
         for call in failed:
-            state._transition(call, "erred", death)
+            state.transition(call, "erred", death)
 
     def _die(self, rec: ActorRec, death: bytes | None) -> None:
         state = self.state
@@ -331,18 +357,18 @@ class Actors:
         calls, rec.calls = list(rec.calls), deque()
         for call in calls:
             if call.id in state.tasks and call.state in ("waiting", "ready"):
-                state._transition(call, "erred", death)
+                state.transition(call, "erred", death)
         creation = state.tasks.get(rec.actor_id)
         if creation is not None:
             worker = self._worker(creation.worker)
             if worker is not None and creation.id in worker.running:
-                state._release_resources(worker, creation)
-            state._transition(creation, "erred", death)
+                state.release_resources(worker, creation)
+            state.transition(creation, "erred", death)
         spec = rec.spec
         for oid in (*spec.deps, *spec.nested):
-            state._decref(oid)
+            state.decref(oid)
         if rec.actor.detached:
-            state._decref(anchor_id(rec.actor_id))
+            state.decref(anchor_id(rec.actor_id))
 
     def anchor_freed(self, oid: bytes) -> None:
         """The last handle is gone: stop the actor and forget it."""
@@ -352,7 +378,7 @@ class Actors:
             return
         worker = self._process_at(rec)
         if worker is not None:  # alive, or its constructor is running again
-            self.state._send_worker(worker, w.KillActor(actor_id, True, graceful=True))
+            self.state.send_worker(worker, w.KillActor(actor_id, True, graceful=True))
         if rec.state != "dead":
             rec.no_restart = True
             self._die(rec, self._died(rec, "its last handle was dropped"))
@@ -365,27 +391,17 @@ class Actors:
     # -- resources -----------------------------------------------------------
 
     def _take(self, worker: WorkerRec, rec: ActorRec) -> None:
-        for name, amount in rec.actor.hold.items():
-            worker.available[name] = worker.available.get(name, 0.0) - amount
-        share = rec.actor.hold.get("GPU", 0.0)
-        kept = []
-        for gpu in rec.gpu_ids:
-            if share > 0:
-                worker.gpu_free[gpu] -= 1.0 if share >= 1 else share
-                kept.append(gpu)
-        rec.gpu_ids = kept
+        if rec.actor.hold.get("GPU", 0.0) <= 0:
+            rec.gpu_ids = []  # (its constructor's GPUs are not held for life)
+        worker.reserve(rec.actor.hold, rec.gpu_ids)
 
     def _give_back(self, rec: ActorRec) -> None:
         worker = self._worker(rec.worker)
         if worker is None:
             return
-        for name, amount in rec.actor.hold.items():
-            worker.available[name] = worker.available.get(name, 0.0) + amount
-        share = rec.actor.hold.get("GPU", 0.0)
-        for gpu in rec.gpu_ids:
-            worker.gpu_free[gpu] += 1.0 if share >= 1 else share
+        worker.give_back(rec.actor.hold, rec.gpu_ids)
         rec.gpu_ids = []
-        self.state._dirty = True
+        self.state.wake_placement()
 
     # -- snapshots and invariants ---------------------------------------------
 

@@ -3,7 +3,7 @@
 Rules of this module (everything that decides lives here, nothing else does):
 - It changes only through ``handle(*events) -> list[Send]``. No sockets,
   asyncio, threads, clock or randomness: time arrives in events.
-- Task state changes go through ``_transition``, which consults
+- Task state changes go through ``transition``, which consults
   ``TRANSITIONS``; a pair missing from the table is a bug and raises.
 - ``validate()`` recomputes every invariant from scratch; tests call it after
   every step.
@@ -166,6 +166,26 @@ class WorkerRec:
     last_seen: float = 0.0
     store: dict[str, int] = field(default_factory=dict)  # its object store, as of its heartbeat
 
+    # The worker's one ledger of what is free: tasks, actors and leases take and
+    # give back through these two. GPUs are counted per device, in shares
+    # (``GPU: 0.5`` takes half of each device in ``gpu_ids``; 1 or more, all).
+
+    def reserve(self, need: dict[str, float], gpu_ids: list[int]) -> None:
+        for name, amount in need.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        self._gpu_share(need, gpu_ids, -1.0)
+
+    def give_back(self, need: dict[str, float], gpu_ids: list[int]) -> None:
+        for name, amount in need.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        self._gpu_share(need, gpu_ids, 1.0)
+
+    def _gpu_share(self, need: dict[str, float], gpu_ids: list[int], sign: float) -> None:
+        share = need.get("GPU", 0.0)
+        if share > 0:
+            for gpu in gpu_ids:
+                self.gpu_free[gpu] += sign * (1.0 if share >= 1 else share)
+
 
 @dataclass(slots=True, eq=False)
 class ClientRec:
@@ -269,7 +289,7 @@ class SchedulerState:
             while self._failing:
                 task, error = self._failing.popleft()
                 if task.state in ("waiting", "ready"):
-                    self._transition(task, "erred", error)
+                    self.transition(task, "erred", error)
         if self._dirty:
             self._schedule()
         return self._drain()
@@ -310,12 +330,12 @@ class SchedulerState:
     def _send_client(self, client_id: bytes, msg: Any) -> None:
         self._out.setdefault(("client", client_id), []).append(msg)
 
-    def _send_worker(self, worker_id: str, msg: Any) -> None:
+    def send_worker(self, worker_id: str, msg: Any) -> None:
         self._out.setdefault(("worker", worker_id), []).append(msg)
 
     def _drain(self) -> list[Send]:
         for worker_id, assignments in self._assignments.items():
-            self._send_worker(worker_id, w.RunTasks(assignments))
+            self.send_worker(worker_id, w.RunTasks(assignments))
         self._assignments = {}
         sends: list[Send] = []
         to_worker: dict[str, Send] = {}
@@ -396,19 +416,19 @@ class SchedulerState:
         elif is_call(spec):
             dead = self.actors.call_error(spec)
             if dead is not None:
-                self._transition(task, "erred", dead)
+                self.transition(task, "erred", dead)
                 return
             self.actors.call_submitted(task)
         if missing is not None:
             err = ObjectLostError(missing.hex(), "it was freed before the task that needs it ran")
-            self._transition(task, "erred", error_bytes(err))
+            self.transition(task, "erred", error_bytes(err))
             return
         if failed is not None:
-            self._transition(task, "erred", failed.error)
+            self.transition(task, "erred", failed.error)
         elif task.waiting_on:
-            self._transition(task, "waiting")
+            self.transition(task, "waiting")
         else:
-            self._transition(task, "ready")
+            self.transition(task, "ready")
 
     def _record_channel_task(self, task: Task) -> None:
         """A task its client sent straight to an executor (a lease, or an actor's
@@ -434,7 +454,7 @@ class SchedulerState:
                 dead = self.actors.call_error(spec) or error_bytes(
                     ActorDiedError(spec.actor_id.hex(), "its process is gone")
                 )
-                self._transition(task, "erred", dead)
+                self.transition(task, "erred", dead)
             else:
                 why = WorkerCrashedError(
                     "its leased executor went away",
@@ -443,11 +463,11 @@ class SchedulerState:
                 )
                 self._lost(task, why)
             return
-        self._transition(task, "processing", worker)
+        self.transition(task, "processing", worker)
         if early is not None:
             self._task_done(worker, early.result)
             for oid in early.held:  # the returns hold them now
-                self._decref(oid)
+                self.decref(oid)
 
     def _report_early(self, worker: WorkerRec, result: w.TaskResult) -> None:
         """A channel task's report before its record: kept (with what its returns
@@ -467,9 +487,9 @@ class SchedulerState:
         """Forget a report no record will apply: what it stored and held is nobody's."""
         stored = [r.object_id for r in report.result.returns if r.location is not None]
         if stored and report.worker_id in self.workers:
-            self._send_worker(report.worker_id, w.FreeObjects(stored))
+            self.send_worker(report.worker_id, w.FreeObjects(stored))
         for oid in report.held:
-            self._decref(oid)
+            self.decref(oid)
 
     def _lease_ended(self, lease: Task, result: w.TaskResult) -> None:
         """Tasks still running on a lease that ended were never reported: its
@@ -495,17 +515,17 @@ class SchedulerState:
         task.blocked = False
         if task.cancel_requested:
             err = TaskCancelledError(task.spec.name, task.id.hex())
-            self._transition(task, "cancelled", error_bytes(err))
+            self.transition(task, "cancelled", error_bytes(err))
         elif task.retries_left > 0:
             task.retries_left -= 1
             if task.spec.channel:
                 task.spec = msgspec.structs.replace(task.spec, channel=b"")
                 task.need = dict(task.spec.resources)
-            self._transition(task, "ready")
+            self.transition(task, "ready")
         else:
-            self._transition(task, "erred", error_bytes(why))
+            self.transition(task, "erred", error_bytes(why))
 
-    def _resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None:
+    def resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None:
         """Restart an actor: its creation task again, with the arguments it kept alive."""
         task = Task(spec=spec, owner=owner, need=dict(spec.resources))
         task.shape = (tuple(sorted(task.need.items())), spec.strategy)
@@ -517,9 +537,9 @@ class SchedulerState:
             (self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None
         )
         if failed is not None:
-            self._transition(task, "erred", failed.error)
+            self.transition(task, "erred", failed.error)
         else:
-            self._transition(task, "ready")
+            self.transition(task, "ready")
 
     def _on_create_named_actor(self, client: ClientRec, msg: w.CreateNamedActor) -> None:
         reply = self.actors.create_named(client.client_id, msg)
@@ -565,7 +585,7 @@ class SchedulerState:
         for oid in msg.object_ids:
             if oid in client.held:
                 client.held.discard(oid)
-                self._decref(oid)
+                self.decref(oid)
 
     def _on_want(self, client: ClientRec, msg: w.WantObjects) -> None:
         values = []
@@ -599,7 +619,7 @@ class SchedulerState:
         ):
             task.awaited = True
             self.reports_asked_for += 1
-            self._send_worker(task.worker, w.ReadReports([task.id]))
+            self.send_worker(task.worker, w.ReadReports([task.id]))
 
     def _generator_placeholder(self, oid: bytes) -> Obj | None:
         """A pending object for an item a running generator task has not yielded yet."""
@@ -653,13 +673,13 @@ class SchedulerState:
             return
         if task.state in ("waiting", "ready"):
             err = TaskCancelledError(task.spec.name, task_id.hex())
-            self._transition(task, "cancelled", error_bytes(err))
+            self.transition(task, "cancelled", error_bytes(err))
         elif task.state == "processing" and not task.cancel_requested:
             task.cancel_requested = True
             assert task.worker is not None
             # A call goes to its actor's process; a channel task to the executor serving it.
             channel = task.spec.channel or task.spec.actor_id
-            self._send_worker(task.worker, w.CancelRunning(task_id, force, channel))
+            self.send_worker(task.worker, w.CancelRunning(task_id, force, channel))
 
     def _on_blocked(self, client: ClientRec, msg: w.TaskBlocked) -> None:
         task = self.tasks.get(msg.task_id)
@@ -668,7 +688,7 @@ class SchedulerState:
         task.blocked = True
         assert task.worker is not None
         worker = self.workers[task.worker]
-        worker.available["CPU"] = worker.available.get("CPU", 0.0) + task.need.get("CPU", 0.0)
+        worker.give_back({"CPU": task.need.get("CPU", 0.0)}, [])
         self._dirty = True
 
     def _on_unblocked(self, client: ClientRec, msg: w.TaskUnblocked) -> None:
@@ -680,7 +700,7 @@ class SchedulerState:
         worker = self.workers[task.worker]
         # May go below zero for a moment: the task runs again at once, and no
         # new task is placed there until the CPU is back.
-        worker.available["CPU"] = worker.available.get("CPU", 0.0) - task.need.get("CPU", 0.0)
+        worker.reserve({"CPU": task.need.get("CPU", 0.0)}, [])
 
     def _on_query(self, client: ClientRec, msg: w.Query) -> None:
         arg: Any = None
@@ -712,10 +732,10 @@ class SchedulerState:
             if task.spec.channel and client_of(task.id) == client_id and task.id not in in_flight:
                 worker = self.workers.get(task.worker or "")
                 if worker is not None:
-                    self._release_resources(worker, task)
+                    self.release_resources(worker, task)
                 task.worker = None
                 why = TaskCancelledError(task.spec.name, task.id.hex())
-                self._transition(task, "cancelled", error_bytes(why))
+                self.transition(task, "cancelled", error_bytes(why))
 
     def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
         self._client_left(client.client_id)
@@ -748,7 +768,7 @@ class SchedulerState:
         for task_id in [t for t in self.early_reports if client_of(t) == client_id]:
             self._drop_report(self.early_reports.pop(task_id))  # its record will never come
         for oid in client.held:
-            self._decref(oid)
+            self.decref(oid)
         client.held.clear()
         for worker_id, sealed in self.sealed_by_leaving.pop(client_id, ()):
             self._free_unheard_of(worker_id, sealed)
@@ -762,7 +782,7 @@ class SchedulerState:
         told us of are nobody's."""
         unheard = [oid for oid in sealed if oid not in self.objects]
         if unheard:
-            self._send_worker(worker_id, w.FreeObjects(unheard))
+            self.send_worker(worker_id, w.FreeObjects(unheard))
 
     # -- workers ---------------------------------------------------------
 
@@ -771,7 +791,7 @@ class SchedulerState:
         for worker in list(self.workers.values()):
             if self.now - worker.last_seen > self.worker_timeout:
                 silent = self.now - worker.last_seen
-                self._send_worker(worker.worker_id, w.Shutdown(f"silent for {silent:.0f} s"))
+                self.send_worker(worker.worker_id, w.Shutdown(f"silent for {silent:.0f} s"))
                 self._worker_left(worker.worker_id, f"no heartbeat for {silent:.0f} s")
 
     def _worker_joined(self, info: w.WorkerInfo) -> None:
@@ -812,7 +832,7 @@ class SchedulerState:
             obj = self.objects.get(msg.object_id)
             if obj is None or obj.location is None:
                 # Freed while it travelled: the copy has no holder either.
-                self._send_worker(worker.worker_id, w.FreeObjects([msg.object_id]))
+                self.send_worker(worker.worker_id, w.FreeObjects([msg.object_id]))
             elif msg.location.worker_id != obj.location.worker_id:
                 obj.copies[worker.worker_id] = msg.location
                 worker.segments[msg.object_id] = msg.location.store
@@ -882,7 +902,7 @@ class SchedulerState:
         if task.spec.actor is not None:
             self.actors.creation_done(worker, task, result)
             return
-        self._release_resources(worker, task)
+        self.release_resources(worker, task)
         if not result.failure:
             if result.duration > 0:
                 fid = task.spec.function_id
@@ -891,40 +911,37 @@ class SchedulerState:
                 self.durations[fid] = (
                     result.duration if mean is None else 0.8 * mean + 0.2 * result.duration
                 )
-            self._transition(task, "memory", result)
+            self.transition(task, "memory", result)
             return
         if result.failure == "cancelled" or task.cancel_requested:
             err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
-            self._transition(task, "cancelled", err)
+            self.transition(task, "cancelled", err)
         elif task.retries_left > 0 and (
             result.failure == "crashed" or (task.spec.retry_exceptions and not task.spec.channel)
         ):
             task.retries_left -= 1
-            self._transition(task, "ready")
+            self.transition(task, "ready")
         else:
             error = result.error
             if error is None:
                 error = error_bytes(
                     WorkerCrashedError(f"task '{task.spec.name}' failed without an error")
                 )
-            self._transition(task, "erred", error)
+            self.transition(task, "erred", error)
 
-    def _release_resources(self, worker: WorkerRec, task: Task) -> None:
+    def release_resources(self, worker: WorkerRec, task: Task) -> None:
         worker.running.discard(task.id)
-        for name, amount in task.need.items():
-            if name == "CPU" and task.blocked:
-                continue
-            worker.available[name] = worker.available.get(name, 0.0) + amount
+        need = task.need
+        if task.blocked:  # its CPUs were lent out already (TaskBlocked)
+            need = {name: amount for name, amount in need.items() if name != "CPU"}
+        worker.give_back(need, task.gpu_ids)
         task.blocked = False
-        share = task.need.get("GPU", 0.0)
-        for gpu in task.gpu_ids:
-            worker.gpu_free[gpu] += 1.0 if share >= 1 else share
         task.gpu_ids = []
         self._dirty = True
 
     # -- transitions -----------------------------------------------------
 
-    def _transition(self, task: Task, finish: str, *args: Any) -> None:
+    def transition(self, task: Task, finish: str, *args: Any) -> None:
         method = self.TRANSITIONS.get((task.state, finish))
         if method is None:
             raise RuntimeError(
@@ -933,6 +950,10 @@ class SchedulerState:
         self.transition_count += 1
         self.changes.record("task", task.id, task.state, finish, self.stimulus, self.now)
         getattr(self, method)(task, *args)
+
+    def wake_placement(self) -> None:
+        """Capacity or ready tasks changed: try to place before this handle returns."""
+        self._dirty = True
 
     def _new_object(self, oid: bytes, task: bytes | None, state: str = "pending") -> Obj:
         obj = self.objects[oid] = Obj(oid, task, state=state)
@@ -993,11 +1014,7 @@ class SchedulerState:
         task.worker = worker.worker_id
         task.gpu_ids = gpu_ids
         worker.running.add(task.id)
-        for name, amount in task.need.items():
-            worker.available[name] = worker.available.get(name, 0.0) - amount
-        share = task.need.get("GPU", 0.0)
-        for gpu in gpu_ids:
-            worker.gpu_free[gpu] -= 1.0 if share >= 1 else share
+        worker.reserve(task.need, gpu_ids)
         spec = task.spec
         if spec.channel_to and spec.actor_id and not self._may_call_back(task, worker):
             spec = msgspec.structs.replace(spec, channel_to="")
@@ -1082,10 +1099,10 @@ class SchedulerState:
             if oid in self.objects:
                 if oid in task.waiting_on:
                     self.objects[oid].dependents.remove(task)
-                self._decref(oid)
+                self.decref(oid)
         for oid in task.spec.nested:
             if oid in self.objects:
-                self._decref(oid)
+                self.decref(oid)
         task.waiting_on.clear()
         del self.tasks[task.id]
         if task.spec.parent:
@@ -1126,7 +1143,7 @@ class SchedulerState:
                 # thousands of dependent tasks.
                 self._failing.append((task, obj.error))
             elif not task.waiting_on and task.state == "waiting":
-                self._transition(task, "ready")
+                self.transition(task, "ready")
 
     def _object_failed(self, obj: Obj, error: bytes | None) -> None:
         self._object_state(obj, "error")
@@ -1134,7 +1151,7 @@ class SchedulerState:
         obj.data = None
         self._object_done(obj)
 
-    def _decref(self, oid: bytes) -> None:
+    def decref(self, oid: bytes) -> None:
         obj = self._drop_ref(oid)
         if obj is not None:
             self._free(obj)
@@ -1156,7 +1173,7 @@ class SchedulerState:
             worker = self.workers.get(loc.worker_id)
             if worker is not None:
                 worker.segments.pop(obj.id, None)
-                self._send_worker(worker.worker_id, w.FreeObjects([obj.id]))
+                self.send_worker(worker.worker_id, w.FreeObjects([obj.id]))
         obj.location = None
         obj.copies.clear()
 
@@ -1173,7 +1190,7 @@ class SchedulerState:
                 worker = self.workers.get(loc.worker_id)
                 if worker is not None:
                     worker.segments.pop(obj.id, None)
-                    self._send_worker(worker.worker_id, w.FreeObjects([obj.id]))
+                    self.send_worker(worker.worker_id, w.FreeObjects([obj.id]))
             for inner in obj.contains:
                 freed = self._drop_ref(inner)
                 if freed is not None:
@@ -1203,7 +1220,7 @@ class SchedulerState:
                     break
                 queue.popleft()
                 gpu_ids = placement.pick_gpus(task.need.get("GPU", 0.0), worker.gpu_free) or []
-                self._transition(task, "processing", worker, gpu_ids)
+                self.transition(task, "processing", worker, gpu_ids)
         self._dirty = False
 
     def _revoke_leases(self, waiting: Task) -> None:
@@ -1223,7 +1240,7 @@ class SchedulerState:
             worker = self.workers.get(lease.worker)
             if worker is not None and placement.fits(waiting.need, worker.total):
                 self.leases.discard(lease_id)
-                self._send_worker(lease.worker, w.CancelRunning(lease_id))
+                self.send_worker(lease.worker, w.CancelRunning(lease_id))
 
     def _queue_depth(self, task: Task) -> float:
         if self.queue_depth <= 0:

@@ -1227,9 +1227,9 @@ def test_an_unknown_transition_raises() -> None:
     h.submit(b"c1", spec)
     task = h.state.tasks[spec.task_id]
     with pytest.raises(RuntimeError, match=r"no transition 'ready' -> 'memory'"):
-        h.state._transition(task, "memory")
+        h.state.transition(task, "memory")
     with pytest.raises(RuntimeError, match="no transition"):
-        h.state._transition(task, "exploded")
+        h.state.transition(task, "exploded")
     assert task.state == "ready"
     h.state.validate()
 
