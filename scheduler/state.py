@@ -23,10 +23,8 @@ freed (and its bytes in a worker's store with it).
 
 from __future__ import annotations
 
-import pickle
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -42,177 +40,58 @@ from taskgraph.exceptions import (
     WorkerCrashedError,
 )
 
-from . import placement
+from . import placement, views
 from .actors import Actors, is_call
 from .history import TaskHistory
+from .records import (
+    ClientJoined as ClientJoined,
+)
+from .records import (
+    ClientLeft as ClientLeft,
+)
+from .records import (
+    ClientRec as ClientRec,
+)
+from .records import (
+    ClientSent as ClientSent,
+)
+from .records import (
+    EarlyReport as EarlyReport,
+)
+from .records import (
+    Event as Event,
+)
+from .records import (
+    Obj as Obj,
+)
+from .records import (
+    Send as Send,
+)
+from .records import (
+    Task as Task,
+)
+from .records import (
+    Tick as Tick,
+)
+from .records import (
+    WorkerJoined as WorkerJoined,
+)
+from .records import (
+    WorkerLeft as WorkerLeft,
+)
+from .records import (
+    WorkerRec as WorkerRec,
+)
+from .records import (
+    WorkerSent as WorkerSent,
+)
+from .records import (
+    error_bytes as error_bytes,
+)
 from .story import OBJECT_TRANSITIONS, Story, check
 
 LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
-
-# -- events ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClientJoined:
-    client_id: bytes
-    via_worker: str | None = None
-    namespace: str = ""
-    host: str = ""
-    deliver: str = ""  # where executors on its host may hand it results
-
-
-@dataclass(frozen=True, slots=True)
-class ClientLeft:
-    client_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSent:
-    client_id: bytes
-    messages: list[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerJoined:
-    info: w.WorkerInfo
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerLeft:
-    worker_id: str
-    reason: str = "connection lost"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSent:
-    worker_id: str
-    messages: list[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    now: float  # monotonic seconds (a wall-clock jump must not drop every worker)
-
-
-Event = ClientJoined | ClientLeft | ClientSent | WorkerJoined | WorkerLeft | WorkerSent | Tick
-
-
-@dataclass(slots=True)
-class Send:
-    """Instruction: deliver these messages to a client or a worker."""
-
-    to: str  # "client" | "worker"
-    id: Any
-    messages: list[Any]
-
-
-# -- records -----------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class Task:
-    spec: w.TaskSpec
-    owner: bytes
-    state: str = "new"
-    need: dict[str, float] = field(default_factory=dict)
-    shape: tuple[Any, ...] = ()
-    waiting_on: set[bytes] = field(default_factory=set)
-    worker: str | None = None
-    gpu_ids: list[int] = field(default_factory=list)
-    retries_left: int = 0
-    blocked: bool = False
-    cancel_requested: bool = False
-    items: list[bytes] = field(default_factory=list)  # a generator task's item objects
-    started: float = 0.0  # wall-clock times from its report (0: not reported)
-    awaited: bool = False  # its worker was asked to send its report at once
-    ended: float = 0.0
-
-    @property
-    def id(self) -> bytes:
-        return self.spec.task_id
-
-
-@dataclass(slots=True, eq=False)
-class Obj:
-    id: bytes
-    task: bytes | None  # the task that makes it; None for put
-    state: str = "pending"  # pending | ready | error
-    data: bytes | None = None
-    location: w.Location | None = None
-    error: bytes | None = None
-    refs: int = 0
-    contains: list[bytes] = field(default_factory=list)
-    waiters: set[bytes] = field(default_factory=set)
-    dependents: list[Task] = field(default_factory=list)
-    copies: dict[str, w.Location] = field(default_factory=dict)  # pulled by other workers
-
-    def as_value(self) -> w.Value:
-        return w.Value(self.id, data=self.data, location=self.location, error=self.error)
-
-
-@dataclass(slots=True, eq=False)
-class WorkerRec:
-    worker_id: str
-    info: w.WorkerInfo
-    total: dict[str, float]
-    available: dict[str, float]
-    gpu_free: list[float]
-    running: set[bytes] = field(default_factory=set)
-    functions: set[bytes] = field(default_factory=set)
-    segments: dict[bytes, str] = field(default_factory=dict)  # object id -> its store
-    executors: int = 0
-    piped_reports: int = 0  # as of its last heartbeat (worker/reports.py)
-    last_seen: float = 0.0
-    store: dict[str, int] = field(default_factory=dict)  # its object store, as of its heartbeat
-
-    # The worker's one ledger of what is free: tasks, actors and leases take and
-    # give back through these two. GPUs are counted per device, in shares
-    # (``GPU: 0.5`` takes half of each device in ``gpu_ids``; 1 or more, all).
-
-    def reserve(self, need: dict[str, float], gpu_ids: list[int]) -> None:
-        for name, amount in need.items():
-            self.available[name] = self.available.get(name, 0.0) - amount
-        self._gpu_share(need, gpu_ids, -1.0)
-
-    def give_back(self, need: dict[str, float], gpu_ids: list[int]) -> None:
-        for name, amount in need.items():
-            self.available[name] = self.available.get(name, 0.0) + amount
-        self._gpu_share(need, gpu_ids, 1.0)
-
-    def _gpu_share(self, need: dict[str, float], gpu_ids: list[int], sign: float) -> None:
-        share = need.get("GPU", 0.0)
-        if share > 0:
-            for gpu in gpu_ids:
-                self.gpu_free[gpu] += sign * (1.0 if share >= 1 else share)
-
-
-@dataclass(slots=True, eq=False)
-class ClientRec:
-    client_id: bytes
-    via_worker: str | None
-    namespace: str
-    host: str = ""
-    deliver: str = ""
-    held: set[bytes] = field(default_factory=set)
-    warned_shapes: set[tuple[Any, ...]] = field(default_factory=set)
-    # Actors whose processes lost our direct connection: the calls they got and
-    # had not answered then (see CallerLeft), applied when we leave.
-    channels_closed: dict[bytes, set[bytes]] = field(default_factory=dict)
-
-
-@dataclass(slots=True, eq=False)
-class EarlyReport:
-    """A channel task's report that came before its client's record of it. It
-    holds the objects its returns contain until the record applies it."""
-
-    worker_id: str
-    result: w.TaskResult
-    held: list[bytes]
-
-
-def error_bytes(exc: TaskgraphError) -> bytes:
-    return pickle.dumps(exc)
 
 
 # -- the state machine -------------------------------------------------------
@@ -1294,109 +1173,19 @@ class SchedulerState:
         )
         self._send_client(client.client_id, w.Notice("warning", text))
 
-    # -- snapshots -------------------------------------------------------
+    # -- snapshots (scheduler/views.py) ------------------------------------
 
     def query(self, what: str, arg: Any = None) -> Any:
-        if what == "nodes":
-            return [
-                {
-                    "node_id": r.worker_id,
-                    "alive": True,
-                    "host": r.info.host,
-                    "address": r.info.address,
-                    "pid": r.info.pid,
-                    "peer": r.info.peer,
-                    "resources": dict(r.total),
-                    "available": {k: max(v, 0.0) for k, v in r.available.items()},
-                }
-                for r in self.workers.values()
-            ]
-        if what == "cluster_resources":
-            return _sum_resources(r.total for r in self.workers.values())
-        if what == "available_resources":
-            return _sum_resources(
-                {k: max(v, 0.0) for k, v in r.available.items()} for r in self.workers.values()
-            )
-        if what == "statistics":
-            return self.statistics()
-        if what == "ping":  # a barrier: everything the asker sent before was handled
-            return None
-        if what == "get_actor":
-            return self.actors.get(arg)
-        if what == "actors":
-            return [self.actors.describe(r) for r in self.actors.actors.values()]
-        if what == "memory":
-            return self.memory(top=int(arg or 10))
-        if what == "tasks":
-            return self.task_list()
-        if what == "story":
-            return self.story(arg)
-        raise ValueError(f"unknown query {what!r}")
+        return views.query(self, what, arg)
 
     def task_list(self) -> list[dict[str, Any]]:
         return self.history.task_list(self.tasks.values())
 
     def memory(self, top: int = 10) -> dict[str, Any]:
-        """Objects and bytes per node, and the largest objects with who holds them."""
-        nodes: dict[str, dict[str, Any]] = {
-            r.worker_id: {
-                "node_id": r.worker_id,
-                "objects": 0,
-                "bytes": 0,
-                # What the worker's store said in its last heartbeat (once a second):
-                "bytes_spilled": r.store.get("bytes_spilled", 0),
-                "objects_spilled": r.store.get("objects_spilled", 0),
-                "capacity": r.store.get("capacity", 0),
-                "bytes_reserved": r.store.get("bytes_reserved", 0),
-            }
-            for r in self.workers.values()
-        }
-        inline = {"objects": 0, "bytes": 0}
-        sized: list[tuple[int, Obj]] = []
-        for obj in self.objects.values():
-            if obj.location is not None:
-                for loc in (obj.location, *obj.copies.values()):
-                    node = nodes.get(loc.worker_id)
-                    if node is not None:
-                        node["objects"] += 1
-                        node["bytes"] += loc.size
-                sized.append((obj.location.size, obj))
-            elif obj.data is not None:
-                inline["objects"] += 1
-                inline["bytes"] += len(obj.data)
-                sized.append((len(obj.data), obj))
-        sized.sort(key=lambda pair: pair[0], reverse=True)
-        largest = []
-        for size, obj in sized[:top]:
-            clients = [c.client_id.hex() for c in self.clients.values() if obj.id in c.held]
-            tasks = [t.spec.name for t in self.tasks.values() if obj.id in t.spec.deps]
-            containers = [o.id.hex() for o in self.objects.values() if obj.id in o.contains]
-            largest.append(
-                {
-                    "object_id": obj.id.hex(),
-                    "size": size,
-                    "node_id": obj.location.worker_id if obj.location else None,
-                    "held_by": {"clients": clients, "tasks": tasks, "objects": containers},
-                }
-            )
-        return {"nodes": list(nodes.values()), "inline": inline, "largest": largest}
+        return views.memory(self, top)
 
     def statistics(self) -> dict[str, Any]:
-        by_state: dict[str, int] = {}
-        for task in self.tasks.values():
-            by_state[task.state] = by_state.get(task.state, 0) + 1
-        return {
-            "tasks": by_state,
-            "tasks_finished": self.tasks_finished,
-            "tasks_finished_by_path": dict(self.history.finished_by_path),
-            "reports_before_records": len(self.early_reports),
-            "reports_asked_for": self.reports_asked_for,
-            "reports_through_pipes": sum(rec.piped_reports for rec in self.workers.values()),
-            "objects": len(self.objects),
-            "workers": len(self.workers),
-            "clients": len(self.clients),
-            "transitions": self.transition_count,
-        }
+        return views.statistics(self)
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -1405,84 +1194,6 @@ class SchedulerState:
             f"tasks={s['tasks']} objects={s['objects']}>"
         )
 
-    # -- invariants ------------------------------------------------------
-
     def validate(self) -> None:
-        """Recompute every invariant from scratch; raise AssertionError on a breach."""
-        refs: dict[bytes, int] = dict.fromkeys(self.objects, 0)
-        for client in self.clients.values():
-            for oid in client.held:
-                assert oid in self.objects, f"client holds unknown object {oid.hex()}"
-                refs[oid] += 1
-        for task in self.tasks.values():
-            assert task.state in ("waiting", "ready", "processing"), task.state
-            for oid in (*task.spec.deps, *task.spec.nested):
-                if oid in refs:
-                    refs[oid] += 1
-            if task.state == "waiting":
-                assert task.waiting_on, "waiting task waits on nothing"
-                for oid in task.waiting_on:
-                    assert self.objects[oid].state == "pending"
-                    assert task in self.objects[oid].dependents
-            if task.state == "ready" and is_call(task.spec):
-                assert task in self.actors.actors[task.spec.actor_id].calls, "ready call not queued"
-            elif task.state == "ready":
-                assert task in self.queues.get(task.shape, ()), "ready task not queued"
-            if task.state == "processing":
-                assert task.worker in self.workers, "processing on unknown worker"
-                assert task.id in self.workers[task.worker].running
-        for report in self.early_reports.values():
-            for oid in report.held:
-                refs[oid] += 1
-        for obj in self.objects.values():
-            for inner in obj.contains:
-                if inner in refs:
-                    refs[inner] += 1
-            if obj.state == "pending":
-                assert obj.task in self.tasks, "pending object without its task"
-            else:
-                assert obj.refs > 0, "finished object with no holder was not freed"
-                assert not obj.waiters and not obj.dependents
-        self.actors.holds(refs)
-        for oid, count in refs.items():
-            assert self.objects[oid].refs == count, (
-                f"object {oid.hex()} counts {self.objects[oid].refs} holders, has {count}"
-            )
-        for worker in self.workers.values():
-            used: dict[str, float] = {}
-            for task_id in worker.running:
-                task = self.tasks[task_id]
-                assert task.state == "processing" and task.worker == worker.worker_id
-                for name, amount in task.need.items():
-                    if name == "CPU" and task.blocked:
-                        continue
-                    used[name] = used.get(name, 0.0) + amount
-            self.actors.used(worker.worker_id, used)
-            for name, total in worker.total.items():
-                expect = total - used.get(name, 0.0)
-                got = worker.available.get(name, 0.0)
-                assert abs(got - expect) < 1e-6, f"{worker.worker_id} {name}: {got} != {expect}"
-            for free in worker.gpu_free:
-                assert -1e-6 <= free <= 1 + 1e-6
-        self.actors.validate()
-        if not self._dirty and self.workers:
-            for queue in self.queues.values():
-                for task in queue:
-                    if task.state == "ready":
-                        chosen = placement.choose_worker(
-                            task.need,
-                            task.spec.strategy,
-                            self.workers.values(),
-                            {},
-                            self._queue_depth(task),
-                        )
-                        assert chosen is None, "a ready task fits a worker but was not placed"
-                        break
-
-
-def _sum_resources(parts: Iterable[dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for part in parts:
-        for name, amount in part.items():
-            total[name] = total.get(name, 0.0) + amount
-    return total
+        """Every invariant, recomputed from scratch (tests call it after each step)."""
+        views.validate(self)
