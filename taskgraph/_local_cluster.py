@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from taskgraph import config
+from taskgraph._processes import child_env
 
 START_TIMEOUT = 60.0
 
@@ -25,9 +26,7 @@ START_TIMEOUT = 60.0
 class LocalCluster:
     def __init__(self, worker_args: list[str]) -> None:
         self.token = config.new_token()
-        env = dict(os.environ)
-        env[config.TOKEN_ENV] = self.token
-        env.pop(config.ADDRESS_ENV, None)
+        env = child_env(self.token)
         parent = ["--parent-pid", str(os.getpid())]
         # We make the scheduler's listening socket, so the address is known at
         # once and the worker starts alongside the scheduler, not after it:

@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from taskgraph import _api, config
+from taskgraph import _cli_text as say
+from taskgraph import _processes as processes
 from taskgraph import _wire as w
 from taskgraph._client import Client
 from taskgraph._transport import parse_address
@@ -55,22 +51,8 @@ class CliError(Exception):
 # -- start ---------------------------------------------------------------------
 
 
-@dataclass
-class _Started:
-    """A process this command started, until it is handed over to the records."""
-
-    kind: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    worker_id: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-
 def cmd_start(args: argparse.Namespace) -> None:
-    started: list[_Started] = []
+    started: list[processes.Started] = []
     try:
         if args.head:
             _start_head(args, started)
@@ -78,7 +60,9 @@ def cmd_start(args: argparse.Namespace) -> None:
             _start_worker_only(args, started)
     except BaseException:
         # Ctrl-C included: the children live in their own session and would not get it.
-        _stop_processes([_tree(s.pid) for s in started if s.popen.poll() is None], STOP_TIMEOUT)
+        processes.stop_processes(
+            [processes.tree(s.pid) for s in started if s.popen.poll() is None], STOP_TIMEOUT
+        )
         for s in started:
             (config.state_dir() / f"{s.kind}-{s.pid}.json").unlink(missing_ok=True)
             if s.worker_id:
@@ -87,7 +71,7 @@ def cmd_start(args: argparse.Namespace) -> None:
     _release(started)
 
 
-def _start_head(args: argparse.Namespace, started: list[_Started]) -> None:
+def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> None:
     running = config.recorded("scheduler")
     if running:
         raise CliError(
@@ -97,7 +81,7 @@ def _start_head(args: argparse.Namespace, started: list[_Started]) -> None:
         )
     token = args.token or settings().token or config.new_token()
     deadline = time.monotonic() + args.timeout
-    scheduler = _launch(
+    scheduler = processes.launch(
         "scheduler",
         ["taskgraph.scheduler.cli", "--host", args.host, "--port", str(args.port)],
         token,
@@ -108,10 +92,10 @@ def _start_head(args: argparse.Namespace, started: list[_Started]) -> None:
     started.append(worker)
     with _connected(address, token) as client:
         node = _wait_for_worker(client, worker, worker_id, deadline)
-    print(_head_started_text(address, token, args.host, scheduler, node, worker.log))
+    print(say.head_started_text(address, token, args.host, scheduler, node, worker.log))
 
 
-def _start_worker_only(args: argparse.Namespace, started: list[_Started]) -> None:
+def _start_worker_only(args: argparse.Namespace, started: list[processes.Started]) -> None:
     address = _normalize_address(args.address)
     token = args.token or config.token_for(address)
     if token is None:
@@ -126,35 +110,15 @@ def _start_worker_only(args: argparse.Namespace, started: list[_Started]) -> Non
         node = _wait_for_worker(client, worker, worker_id, time.monotonic() + args.timeout)
     print(
         f"Started worker {node['node_id']} (pid {worker.pid}) with "
-        f"{_resources_line(node['resources'])}\n"
+        f"{say.resources_line(node['resources'])}\n"
         f"It joined the cluster at {address}. Log: {worker.log}\n"
         "Stop it with 'taskgraph stop' on this host."
     )
 
 
-def _launch(kind: str, module_args: list[str], token: str) -> _Started:
-    """Start ``python -m <module_args>`` detached, its output in a log file."""
-    logs = config.state_dir() / "logs"
-    logs.mkdir(mode=0o700, exist_ok=True)
-    log = logs / f"{kind}-starting-{secrets.token_hex(4)}.log"
-    env = dict(os.environ)
-    env[config.TOKEN_ENV] = token  # not on the command line, where ps would show it
-    env.pop(config.ADDRESS_ENV, None)
-    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", *module_args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    named = logs / f"{kind}-{popen.pid}.log"
-    log.replace(named)  # the open file follows its new name
-    return _Started(kind, popen, named)
-
-
-def _launch_worker(address: str, token: str, args: argparse.Namespace) -> tuple[str, _Started]:
+def _launch_worker(
+    address: str, token: str, args: argparse.Namespace
+) -> tuple[str, processes.Started]:
     worker_id = secrets.token_hex(6)
     module_args = ["taskgraph.worker.cli", address, "--worker-id", worker_id]
     module_args += ["--resources", json.dumps(args.resources)]
@@ -166,7 +130,7 @@ def _launch_worker(address: str, token: str, args: argparse.Namespace) -> tuple[
         module_args += ["--memory-limit", str(args.memory)]
     if args.object_store_memory is not None:
         module_args += ["--object-store-memory", str(args.object_store_memory)]
-    worker = _launch("worker", module_args, token)
+    worker = processes.launch("worker", module_args, token)
     worker.worker_id = worker_id
     config.record_cluster(
         address,
@@ -180,23 +144,23 @@ def _launch_worker(address: str, token: str, args: argparse.Namespace) -> tuple[
     return worker_id, worker
 
 
-def _wait_for_scheduler(scheduler: _Started, deadline: float) -> str:
+def _wait_for_scheduler(scheduler: processes.Started, deadline: float) -> str:
     while True:
         for record in config.recorded("scheduler"):
             if record["pid"] == scheduler.pid:
                 return str(record["address"])
         if scheduler.popen.poll() is not None:
-            raise CliError(f"the scheduler did not start:\n{_tail(scheduler.log)}")
+            raise CliError(f"the scheduler did not start:\n{processes.tail(scheduler.log)}")
         if time.monotonic() > deadline:
             raise CliError(
                 f"the scheduler did not start in time (--timeout); its log says:\n"
-                f"{_tail(scheduler.log)}"
+                f"{processes.tail(scheduler.log)}"
             )
         time.sleep(0.05)
 
 
 def _wait_for_worker(
-    client: Client, worker: _Started, worker_id: str, deadline: float
+    client: Client, worker: processes.Started, worker_id: str, deadline: float
 ) -> dict[str, Any]:
     while True:
         for node in client.query("nodes"):
@@ -205,53 +169,21 @@ def _wait_for_worker(
         if worker.popen.poll() is not None:
             raise CliError(
                 f"the worker exited with code {worker.popen.returncode} before joining:\n"
-                f"{_tail(worker.log)}"
+                f"{processes.tail(worker.log)}"
             )
         if time.monotonic() > deadline:
             raise CliError(
-                f"the worker did not join in time (--timeout); its log says:\n{_tail(worker.log)}"
+                f"the worker did not join in time (--timeout); its log says:\n{processes.tail(worker.log)}"
             )
         time.sleep(0.05)
 
 
-def _release(started: list[_Started]) -> None:
+def _release(started: list[processes.Started]) -> None:
     """Let the started processes outlive this command, as intended."""
     # Popen warns when it is dropped while its process runs; here that is the point.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         started.clear()
-
-
-def _head_started_text(
-    address: str, token: str, host: str, scheduler: _Started, node: dict[str, Any], log: Path
-) -> str:
-    port = parse_address(address).port
-    reachable = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-    remote = f"tcp://{reachable}:{port}"
-    lines = [
-        "Started a taskgraph cluster on this host.",
-        f"  scheduler  {address} (pid {scheduler.pid})",
-        f"  worker     {node['node_id']} (pid {node['pid']}) with "
-        f"{_resources_line(node['resources'])}",
-        f"  logs       {log.parent}",
-        "",
-        "Connect from Python on this host:",
-        "    import taskgraph as tg",
-        '    tg.init("auto")',
-        "",
-        "Connect from another host:",
-        f'    tg.init("{remote}", token="{token}")',
-        "",
-        "Add a worker on another host:",
-        f"    taskgraph start --address {reachable}:{port} --token {token}",
-    ]
-    if parse_address(address).host in ("127.0.0.1", "localhost", "::1"):
-        lines += [
-            f"  (the scheduler listens on {host} only: start with --host 0.0.0.0 "
-            "to let other hosts join)"
-        ]
-    lines += ["", "Watch it with 'taskgraph status'; stop it with 'taskgraph stop'."]
-    return "\n".join(lines)
 
 
 # -- stop ----------------------------------------------------------------------
@@ -262,7 +194,7 @@ def cmd_stop(args: argparse.Namespace) -> None:
     schedulers = config.records("scheduler")
     live = [r for r in workers + schedulers if r["alive"]]
     timeout = 0.0 if args.force else args.timeout
-    killed = _stop_processes([_tree(r["pid"]) for r in live], timeout)
+    killed = processes.stop_processes([processes.tree(r["pid"]) for r in live], timeout)
     for record in live:
         how = "Killed" if record["pid"] in killed else "Stopped"
         name = record.get("worker_id", "") if record["kind"] == "worker" else record["address"]
@@ -295,59 +227,6 @@ def _remove_segments(worker: dict[str, Any]) -> int:
     return count
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    """The process and its descendants (a worker's executors), root first."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _stop_processes(trees: list[list[psutil.Process]], timeout: float) -> set[int]:
-    """SIGTERM each tree's root, wait up to ``timeout``, then SIGKILL whatever remains.
-
-    Returns the roots that had to be killed.
-    """
-    for tree in trees:
-        if tree:
-            try:
-                tree[0].terminate()
-            except psutil.Error:
-                pass
-    remaining = _wait_gone([p for tree in trees for p in tree], timeout)
-    roots = {tree[0].pid for tree in trees if tree}
-    killed = set()
-    for proc in remaining:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
-        if proc.pid in roots:
-            killed.add(proc.pid)
-    _wait_gone(remaining, STOP_TIMEOUT)
-    return killed
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Those still running after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        running = [p for p in procs if _running(p)]
-        if not running or time.monotonic() >= deadline:
-            return running
-        time.sleep(0.02)
-
-
-def _running(proc: psutil.Process) -> bool:
-    # A zombie has exited; it is gone once its new parent (often init) reaps it,
-    # which may take a while, so waiting for the pid to vanish would be wrong.
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 # -- status --------------------------------------------------------------------
 
 
@@ -368,7 +247,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"address": address, "nodes": nodes}, indent=2))
         return
-    print(_status_text(address, nodes))
+    print(say.status_text(address, nodes))
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
@@ -376,7 +255,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(_memory_text(address, report))
+    print(say.memory_text(address, report))
 
 
 def cmd_story(args: argparse.Namespace) -> None:
@@ -390,52 +269,7 @@ def cmd_story(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(changes, indent=2))
         return
-    print(_story_text(address, args.key, changes))
-
-
-def _story_text(address: str, key: str, changes: list[dict[str, Any]]) -> str:
-    if not changes:
-        return (
-            f"The scheduler at {address} has no record of {key}: a wrong id, or its "
-            "changes are older than the last 100,000 it keeps."
-        )
-    start = changes[0]["time"]
-    lines = [f"Story of {key} at {address} (seconds since its first change):"]
-    for c in changes:
-        what = c["kind"] if c["key"] == key else f"{c['kind']} {c['key']}"
-        lines.append(
-            f"    {c['time'] - start:>9.3f}  {what:<10} {c['from'] or '(none)':>10} -> "
-            f"{c['to']:<11} {c['stimulus']}"
-        )
-    return "\n".join(lines)
-
-
-def _memory_text(address: str, report: dict[str, Any]) -> str:
-    lines = [f"Object store of the taskgraph cluster at {address}", ""]
-    lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} {'cap':>10}")
-    for node in report["nodes"]:
-        spilled = node["bytes_spilled"]
-        lines.append(
-            f"    {node['node_id']:<14} {node['objects']:>8} "
-            f"{_bytes(max(node['bytes'] - spilled, 0)):>12} {_bytes(spilled):>10} "
-            f"{_bytes(node.get('capacity', 0)):>10}"
-        )
-    inline = report["inline"]
-    lines.append(f"    {'(inline)':<14} {inline['objects']:>8} {_bytes(inline['bytes']):>12}")
-    if report["largest"]:
-        lines += ["", "Largest objects:"]
-        for item in report["largest"]:
-            held = item["held_by"]
-            who = ", ".join(
-                [f"client {c[:8]}" for c in held["clients"]]
-                + [f"task {t}" for t in held["tasks"]]
-                + [f"object {o[:8]}" for o in held["objects"]]
-            )
-            where = item["node_id"] or "inline"
-            lines.append(
-                f"    {item['object_id']}  {_bytes(item['size']):>10}  on {where}  held by {who}"
-            )
-    return "\n".join(lines)
+    print(say.story_text(address, args.key, changes))
 
 
 def _status_address(given: str | None) -> str:
@@ -451,56 +285,6 @@ def _status_address(given: str | None) -> str:
             "'taskgraph start --head', or pass --address HOST:PORT to look at another"
         )
     return str(running[0]["address"])
-
-
-def _status_text(address: str, nodes: list[dict[str, Any]]) -> str:
-    count = f"{len(nodes)} node" + ("" if len(nodes) == 1 else "s")
-    lines = [f"taskgraph cluster at {address}: {count} (resources used/total)"]
-    total: dict[str, float] = {}
-    available: dict[str, float] = {}
-    for node in nodes:
-        lines += ["", f"Node {node['node_id']}  host {node['host']}  pid {node['pid']}"]
-        lines += _resource_lines(node["resources"], node["available"])
-        for name, amount in node["resources"].items():
-            total[name] = total.get(name, 0.0) + amount
-            available[name] = available.get(name, 0.0) + node["available"].get(name, 0.0)
-    if not nodes:
-        lines += ["", "No worker has joined yet: add one with 'taskgraph start --address ...'."]
-    lines += ["", "Total"]
-    lines += _resource_lines(total, available)
-    return "\n".join(lines)
-
-
-def _resource_lines(total: dict[str, float], available: dict[str, float]) -> list[str]:
-    width = max((len(n) for n in total), default=0)
-    lines = []
-    for name in _resource_order(total):
-        used = max(total[name] - available.get(name, 0.0), 0.0)
-        lines.append(f"    {name:<{width}}  {_amount(name, used)}/{_amount(name, total[name])}")
-    return lines or ["    (no resources)"]
-
-
-def _resources_line(resources: dict[str, float]) -> str:
-    return ", ".join(f"{_amount(n, resources[n])} {n}" for n in _resource_order(resources))
-
-
-def _resource_order(resources: dict[str, float]) -> list[str]:
-    first = [n for n in ("CPU", "GPU", "memory", "object_store_memory") if n in resources]
-    return first + sorted(n for n in resources if n not in first)
-
-
-def _amount(name: str, value: float) -> str:
-    if name in ("memory", "object_store_memory"):
-        return _bytes(value)
-    return f"{value:g}"
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # -- shared --------------------------------------------------------------------
@@ -532,15 +316,6 @@ def _normalize_address(text: str) -> str:
         return str(parse_address(text))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    try:
-        text = log.read_text(errors="replace").rstrip()
-    except OSError:
-        return f"    (no log at {log})"
-    shown = text.splitlines()[-lines:] or ["(the log is empty)"]
-    return "\n".join(f"    {line}" for line in shown) + f"\n  (full log: {log})"
 
 
 # -- arguments -----------------------------------------------------------------

@@ -37,7 +37,7 @@ def spill_dir() -> Path:
 
 def _sizes(node: dict) -> list[str]:
     """The in-memory, spilled and cap columns `taskgraph memory` prints for a node."""
-    from taskgraph.cli import _bytes
+    from taskgraph._cli_text import size as _bytes
 
     in_memory = node["bytes"] - node["bytes_spilled"]
     return " ".join(_bytes(n) for n in (in_memory, node["bytes_spilled"], node["capacity"])).split()

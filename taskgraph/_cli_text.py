@@ -1,0 +1,137 @@
+"""What the ``taskgraph`` command prints: the words and tables of its reports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from taskgraph._processes import Started
+from taskgraph._transport import parse_address
+
+
+def head_started_text(
+    address: str, token: str, host: str, scheduler: Started, node: dict[str, Any], log: Path
+) -> str:
+    port = parse_address(address).port
+    reachable = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    remote = f"tcp://{reachable}:{port}"
+    lines = [
+        "Started a taskgraph cluster on this host.",
+        f"  scheduler  {address} (pid {scheduler.pid})",
+        f"  worker     {node['node_id']} (pid {node['pid']}) with "
+        f"{resources_line(node['resources'])}",
+        f"  logs       {log.parent}",
+        "",
+        "Connect from Python on this host:",
+        "    import taskgraph as tg",
+        '    tg.init("auto")',
+        "",
+        "Connect from another host:",
+        f'    tg.init("{remote}", token="{token}")',
+        "",
+        "Add a worker on another host:",
+        f"    taskgraph start --address {reachable}:{port} --token {token}",
+    ]
+    if parse_address(address).host in ("127.0.0.1", "localhost", "::1"):
+        lines += [
+            f"  (the scheduler listens on {host} only: start with --host 0.0.0.0 "
+            "to let other hosts join)"
+        ]
+    lines += ["", "Watch it with 'taskgraph status'; stop it with 'taskgraph stop'."]
+    return "\n".join(lines)
+
+
+def story_text(address: str, key: str, changes: list[dict[str, Any]]) -> str:
+    if not changes:
+        return (
+            f"The scheduler at {address} has no record of {key}: a wrong id, or its "
+            "changes are older than the last 100,000 it keeps."
+        )
+    start = changes[0]["time"]
+    lines = [f"Story of {key} at {address} (seconds since its first change):"]
+    for c in changes:
+        what = c["kind"] if c["key"] == key else f"{c['kind']} {c['key']}"
+        lines.append(
+            f"    {c['time'] - start:>9.3f}  {what:<10} {c['from'] or '(none)':>10} -> "
+            f"{c['to']:<11} {c['stimulus']}"
+        )
+    return "\n".join(lines)
+
+
+def memory_text(address: str, report: dict[str, Any]) -> str:
+    lines = [f"Object store of the taskgraph cluster at {address}", ""]
+    lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} {'cap':>10}")
+    for node in report["nodes"]:
+        spilled = node["bytes_spilled"]
+        lines.append(
+            f"    {node['node_id']:<14} {node['objects']:>8} "
+            f"{size(max(node['bytes'] - spilled, 0)):>12} {size(spilled):>10} "
+            f"{size(node.get('capacity', 0)):>10}"
+        )
+    inline = report["inline"]
+    lines.append(f"    {'(inline)':<14} {inline['objects']:>8} {size(inline['bytes']):>12}")
+    if report["largest"]:
+        lines += ["", "Largest objects:"]
+        for item in report["largest"]:
+            held = item["held_by"]
+            who = ", ".join(
+                [f"client {c[:8]}" for c in held["clients"]]
+                + [f"task {t}" for t in held["tasks"]]
+                + [f"object {o[:8]}" for o in held["objects"]]
+            )
+            where = item["node_id"] or "inline"
+            lines.append(
+                f"    {item['object_id']}  {size(item['size']):>10}  on {where}  held by {who}"
+            )
+    return "\n".join(lines)
+
+
+def status_text(address: str, nodes: list[dict[str, Any]]) -> str:
+    count = f"{len(nodes)} node" + ("" if len(nodes) == 1 else "s")
+    lines = [f"taskgraph cluster at {address}: {count} (resources used/total)"]
+    total: dict[str, float] = {}
+    available: dict[str, float] = {}
+    for node in nodes:
+        lines += ["", f"Node {node['node_id']}  host {node['host']}  pid {node['pid']}"]
+        lines += resource_lines(node["resources"], node["available"])
+        for name, amount in node["resources"].items():
+            total[name] = total.get(name, 0.0) + amount
+            available[name] = available.get(name, 0.0) + node["available"].get(name, 0.0)
+    if not nodes:
+        lines += ["", "No worker has joined yet: add one with 'taskgraph start --address ...'."]
+    lines += ["", "Total"]
+    lines += resource_lines(total, available)
+    return "\n".join(lines)
+
+
+def resource_lines(total: dict[str, float], available: dict[str, float]) -> list[str]:
+    width = max((len(n) for n in total), default=0)
+    lines = []
+    for name in resource_order(total):
+        used = max(total[name] - available.get(name, 0.0), 0.0)
+        lines.append(f"    {name:<{width}}  {amount(name, used)}/{amount(name, total[name])}")
+    return lines or ["    (no resources)"]
+
+
+def resources_line(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount(n, resources[n])} {n}" for n in resource_order(resources))
+
+
+def resource_order(resources: dict[str, float]) -> list[str]:
+    first = [n for n in ("CPU", "GPU", "memory", "object_store_memory") if n in resources]
+    return first + sorted(n for n in resources if n not in first)
+
+
+def amount(name: str, value: float) -> str:
+    if name in ("memory", "object_store_memory"):
+        return size(value)
+    return f"{value:g}"
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
