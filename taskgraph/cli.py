@@ -5,6 +5,8 @@
     taskgraph start --head          a scheduler and one worker on this host, in the background
     taskgraph start --address A     one more worker on this host, joining the scheduler at A
     taskgraph status                the nodes and their resources, used/total
+    taskgraph memory                the object store: bytes per node, the largest objects
+    taskgraph story KEY             what happened to one task, object or actor
     taskgraph stop                  stop every process ``start`` started on this host
 
 ``start`` runs the same programs as ``taskgraph-scheduler`` and
