@@ -65,6 +65,7 @@ class Channel:
         self.ending = False  # nothing more will be sent
         self._functions: set[bytes] = set()  # code sent down it already
         self._outbox: list[w.Msg] = []
+        self._unsent = bytearray()  # encoded, not taken by the socket yet (see flush)
         self._held = 0  # pings awaited before the outbox may leave (see hold)
         self._shut = False  # our side is closed
         self._lost = False
@@ -105,28 +106,45 @@ class Channel:
     def release(self) -> None:
         with self._lock:
             self._held -= 1
-        self.flush(wait=False)
+        self.flush(block=False)
 
-    def flush(self, wait: bool = True) -> None:
-        """Send what is queued; ``wait=False`` skips it if another thread is sending.
+    def flush(self, block: bool = True) -> None:
+        """Send what is queued, in order.
 
-        A send that fails breaks the channel; its reading thread then hears
-        the close and settles what was in flight (``lost``).
+        ``block=False`` is for every thread but the one that just queued a task
+        (the flusher, a ping's answer, another channel's user): it never waits.
+        It skips the channel while another thread sends, and writes only what
+        the socket takes now; the rest goes with the next flush. (An executor
+        that stopped reading must not freeze the client.) A send that fails
+        breaks the channel; its reading thread then hears the close and
+        settles what was in flight (``lost``).
         """
-        if not self._send_lock.acquire(blocking=wait):
+        if not self._send_lock.acquire(blocking=block):
             return
         try:
             with self._lock:
-                if self._held:
-                    return
-                batch, self._outbox = self._outbox, []
-            if batch:
-                try:
-                    self.conn.send(batch)
-                except OSError as exc:
-                    self._break(f"its process is gone ({exc})")
+                if not self._held and self._outbox:
+                    batch, self._outbox = self._outbox, []
+                    self._unsent += w.encode(batch)
+            if self._unsent:
+                self._write(block)
+        except OSError as exc:
+            self._break(f"its process is gone ({exc})")
         finally:
             self._send_lock.release()
+
+    def _write(self, block: bool) -> None:
+        sock = self.conn.sock
+        if block:
+            sock.sendall(self._unsent)
+            self._unsent.clear()
+            return
+        while self._unsent:
+            try:
+                sent = sock.send(self._unsent, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            del self._unsent[:sent]
 
     def close(self) -> None:
         """Break it from our side: what is in flight is settled by the scheduler."""

@@ -328,12 +328,11 @@ class Client:
                     self._send(batch)
                 except OSError as exc:
                     self._break(f"lost the connection to the scheduler: {exc}")
-        # After the scheduler's batch (it hears first), and outside its lock: a
-        # channel whose actor is slow to read must not hold up the scheduler's.
-        if self._channels:
-            wait = threading.current_thread() is not self._flusher
-            for channel in list(self._channels.values()):
-                channel.flush(wait=wait)
+        # After the scheduler's batch (it hears first), and outside its lock,
+        # without waiting: an actor that stopped reading must not hold up the
+        # scheduler's messages, nor this thread (its own calls flush their channel).
+        for channel in list(self._channels.values()):
+            channel.flush(block=False)
 
     def _flush_loop(self) -> None:
         while not self.closed:

@@ -33,6 +33,7 @@ import contextlib
 import os
 import selectors
 import socket
+import struct
 import threading
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,12 @@ from taskgraph.exceptions import AuthenticationError, TaskgraphError
 if TYPE_CHECKING:
     from taskgraph._channels import Channel
     from taskgraph._client import Client
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
 class DeliveryListener:
@@ -70,6 +77,8 @@ class DeliveryListener:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._buffers: dict[socket.socket, bytearray] = {}
         self._channels: dict[socket.socket, Channel] = {}  # sockets that became channels
+        self._greeted: list[socket.socket] = []  # handshakes done, not read yet
+        self._lock = threading.Lock()
         self.closed = False
         self._thread = threading.Thread(target=self._run, name="taskgraph-deliveries", daemon=True)
         self._thread.start()
@@ -80,8 +89,9 @@ class DeliveryListener:
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is self._wake_r:
-                    return
-                if sock is self._sock:
+                    if not self._take_greeted():
+                        return
+                elif sock is self._sock:
                     self._accept()
                 else:
                     self._read(sock)
@@ -91,14 +101,21 @@ class DeliveryListener:
             sock, _ = self._sock.accept()
         except OSError:
             return
+        # The handshake on a thread of its own: a peer that is slow to answer, or
+        # never does, holds up no delivery and no channel.
+        threading.Thread(
+            target=self._greet, args=(sock,), name="taskgraph-greet", daemon=True
+        ).start()
+
+    def _greet(self, sock: socket.socket) -> None:
         client = self.client
         conn = BlockingConnection(sock)
         sock.setblocking(True)
         try:
             if client is None:
                 raise AuthenticationError("not ready")
-            # Blocking, but short: the peer is a process on this host, and the
-            # handshake has a deadline.
+            if peer_uid(sock) != os.getuid():  # (an abstract socket has no permissions)
+                raise AuthenticationError("a process of another user")
             accept_blocking(conn, self.token, w.Welcome(b"", client.cluster_id, []))
         except AuthenticationError:
             conn.close()
@@ -106,8 +123,26 @@ class DeliveryListener:
         # The peer waited for our welcome before sending anything, so nothing
         # is buffered in ``conn``: from here we read the raw socket.
         sock.setblocking(False)
-        self._buffers[sock] = bytearray()
-        self._selector.register(sock, selectors.EVENT_READ, None)
+        with self._lock:
+            if self.closed:
+                sock.close()
+                return
+            self._greeted.append(sock)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"g")
+
+    def _take_greeted(self) -> bool:
+        """Start reading the peers greeted since; False once closed."""
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+        with self._lock:
+            if self.closed:
+                return False
+            greeted, self._greeted = self._greeted, []
+        for sock in greeted:
+            self._buffers[sock] = bytearray()
+            self._selector.register(sock, selectors.EVENT_READ, None)
+        return True
 
     def _read(self, sock: socket.socket) -> None:
         buffer = self._buffers[sock]
@@ -171,9 +206,13 @@ class DeliveryListener:
             sock.close()
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            greeted, self._greeted = self._greeted, []
+        for sock in greeted:
+            sock.close()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
         if self._thread is not threading.current_thread():

@@ -205,4 +205,4 @@ class Leases:
                 channel, route.channel = route.channel, None
                 route.decide.lost()
             if channel is not None:
-                channel.end()
+                channel.close()  # (the client is closing: answers still on the way go unread)

@@ -100,12 +100,14 @@ class BlockingConnection:
             self.sock.sendall(frame)
             self.frames_sent += 1
 
-    def recv(self) -> list[Any]:
+    def recv(self, limit: int = w.MAX_FRAME) -> list[Any]:
         try:
             header = self._rfile.read(4)
             if len(header) < 4:
                 raise ClusterConnectionError("the peer closed the connection")
             n = w.frame_length(header)
+            if n > limit:
+                raise ProtocolError(f"a {n}-byte frame is over the {limit}-byte limit here")
             body = self._rfile.read(n)
         except ValueError:  # close() from another thread, under our read
             raise ClusterConnectionError("the connection was closed") from None
@@ -135,7 +137,7 @@ def accept_blocking(conn: BlockingConnection, token: bytes, welcome: w.Welcome) 
     conn.sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
         conn.send([w.Challenge(nonce)])
-        hello = check_hello(conn.recv(), token, nonce)
+        hello = check_hello(conn.recv(HELLO_LIMIT), token, nonce)
     except (AuthenticationError, ProtocolError) as exc:
         reason = getattr(exc, "reason", "") or str(exc)
         try:

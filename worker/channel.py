@@ -36,7 +36,9 @@ import contextlib
 import os
 import pickle
 import queue
+import socket
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,9 @@ from taskgraph.settings import settings
 if TYPE_CHECKING:
     from .executor import Executor
 
+UNREAD_LIMIT = 64 << 20  # bytes of answers a client may leave unread before its channel closes
+ENDING_GRACE = 2.0  # seconds a lease that said LeaseEnding waits for its client to let go
+
 
 class Channel:
     """A connection this process opened to a client, and a thread reading its tasks."""
@@ -61,6 +66,8 @@ class Channel:
         hello = w.Hello("executor", b"", client.client_id, pid=os.getpid())
         self.conn, _ = connect_blocking(address, client.token, hello, w.CLIENT_TO_EXECUTOR)
         self.conn.send([w.ChannelReady(channel_id)])
+        self._write_lock = threading.Lock()
+        self._unsent: bytearray | None = None  # not taken by the socket yet (see send)
         # Code as it arrives (the first task of a function brings it), so that
         # a cancelled task does not take it away from those after it.
         self.code: dict[bytes, bytes] = {}
@@ -88,8 +95,51 @@ class Channel:
         """The client's side closed (or broke): nothing more will come."""
 
     def answer(self, result: w.TaskResult) -> None:
-        with contextlib.suppress(OSError):  # the client is gone: the scheduler has it
-            self.conn.send([direct_answer(result)])
+        self.send([direct_answer(result)])
+
+    def send(self, msgs: list[w.Msg]) -> None:
+        """Write to the client without waiting (the main thread calls this: a client
+        that stopped reading must not stop the actor, or the lease, for others).
+        What the socket does not take now, a thread writes when it can; a client
+        that leaves over ``UNREAD_LIMIT`` bytes unread loses the channel (the
+        scheduler has the reports: it asks there). A client that is gone is no
+        matter either: the scheduler has the reports."""
+        frame = w.encode(msgs)
+        with self._write_lock:
+            if self._unsent is not None:  # a thread writes already: after it
+                self._unsent += frame
+                if len(self._unsent) > UNREAD_LIMIT:
+                    self._unsent.clear()
+                    with contextlib.suppress(OSError):
+                        self.conn.sock.shutdown(socket.SHUT_RDWR)
+                return
+            try:
+                sent = self.conn.sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return
+            if sent == len(frame):
+                return
+            self._unsent = bytearray(memoryview(frame)[sent:])
+        threading.Thread(
+            target=self._write_rest, name="taskgraph-channel-write", daemon=True
+        ).start()
+
+    def _write_rest(self) -> None:
+        while True:
+            with self._write_lock:
+                assert self._unsent is not None
+                if not self._unsent:
+                    self._unsent = None
+                    return
+                chunk, self._unsent = bytes(self._unsent), bytearray()
+            try:
+                self.conn.sock.sendall(chunk)
+            except OSError:
+                with self._write_lock:
+                    self._unsent = None
+                return
 
     def close(self) -> None:
         self.conn.close()
@@ -113,22 +163,35 @@ class Lease(Channel):
         super().__init__(executor, self.lease_id, lease.spec.channel_to)
 
     def next(self) -> w.Assignment | None:
-        """The next task to run (the main thread); None when the lease is over."""
-        with self._cond:
-            said_ending = False
-            while not self._queue:
+        """The next task to run (the main thread); None when the lease is over.
+
+        Idle for ``TASKGRAPH_LEASE_IDLE`` (or revoked), it says ``LeaseEnding``
+        and waits for the client to close its side, at most ``ENDING_GRACE``
+        seconds: a client that stopped must not keep the lease's resources.
+        """
+        said_ending_at: float | None = None
+        while True:
+            with self._cond:
+                if self._queue:
+                    spec = self._queue.popleft()
+                    self.running = spec.task_id
+                    break
                 if self._closed:
                     return None
-                if said_ending:
-                    self._cond.wait()
-                elif self._revoked or (
-                    not self._cond.wait(self._idle) and not self._queue and not self._closed
+                if said_ending_at is not None:
+                    left = ENDING_GRACE - (time.monotonic() - said_ending_at)
+                    if left <= 0:
+                        self._closed = True  # it did not let go: the lease ends anyway
+                        return None
+                    self._cond.wait(left)
+                    continue
+                if not self._revoked and (
+                    self._cond.wait(self._idle) or self._queue or self._closed
                 ):
-                    said_ending = True
-                    with contextlib.suppress(OSError):
-                        self.conn.send([w.LeaseEnding(revoked=self._revoked)])
-            spec = self._queue.popleft()
-            self.running = spec.task_id
+                    continue
+                revoked = self._revoked
+            self.send([w.LeaseEnding(revoked=revoked)])  # (outside the lock: cancel needs it)
+            said_ending_at = time.monotonic()
         code = self.code.get(spec.function_id, b"")  # (sent with an earlier task)
         return w.Assignment(spec, [], code, self.gpu_ids)
 
