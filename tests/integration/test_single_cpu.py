@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import taskgraph as tg
+from conftest import wait_for
 
 
 @tg.remote
@@ -27,4 +28,6 @@ def test_nested_get_on_one_cpu_finishes(fresh_cluster):
     assert tg.cluster_resources()["CPU"] == 1
     assert tg.get(parent.remote(4), timeout=60) == 6
     assert tg.get(grandparent.remote(), timeout=60) == 9
-    assert tg.available_resources()["CPU"] == 1
+    # A result handed straight to the driver may come before the scheduler hears
+    # the task ended (docs/architecture.md, "Direct results"): its CPU comes back then.
+    wait_for(lambda: tg.available_resources()["CPU"] == 1, what="the CPU to be free again")
