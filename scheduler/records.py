@@ -133,14 +133,18 @@ class WorkerRec:
     # (``GPU: 0.5`` takes half of each device in ``gpu_ids``; 1 or more, all).
 
     def reserve(self, need: dict[str, float], gpu_ids: list[int]) -> None:
+        available = self.available
         for name, amount in need.items():
-            self.available[name] = self.available.get(name, 0.0) - amount
-        self._gpu_share(need, gpu_ids, -1.0)
+            available[name] = available.get(name, 0.0) - amount
+        if gpu_ids:
+            self._gpu_share(need, gpu_ids, -1.0)
 
     def give_back(self, need: dict[str, float], gpu_ids: list[int]) -> None:
+        available = self.available
         for name, amount in need.items():
-            self.available[name] = self.available.get(name, 0.0) + amount
-        self._gpu_share(need, gpu_ids, 1.0)
+            available[name] = available.get(name, 0.0) + amount
+        if gpu_ids:
+            self._gpu_share(need, gpu_ids, 1.0)
 
     def _gpu_share(self, need: dict[str, float], gpu_ids: list[int], sign: float) -> None:
         share = need.get("GPU", 0.0)

@@ -152,6 +152,8 @@ class SchedulerState:
         # What the state machine is handling now, logged with each state change.
         self.stimulus: tuple[Any, ...] = ("start",)
         self.changes = Story()
+        self._log = self.changes.log.append  # (a change per transition: kept cheap)
+        self._methods = {pair: getattr(self, name) for pair, name in self.TRANSITIONS.items()}
         self.reports_asked_for = 0  # ReadReports sent (a waiter on a channel task)
         self.tasks_finished = 0
         self._out: dict[tuple[str, Any], list[Any]] = {}
@@ -821,14 +823,13 @@ class SchedulerState:
     # -- transitions -----------------------------------------------------
 
     def transition(self, task: Task, finish: str, *args: Any) -> None:
-        method = self.TRANSITIONS.get((task.state, finish))
+        start = task.state
+        method = self._methods.get((start, finish))
         if method is None:
-            raise RuntimeError(
-                f"no transition {task.state!r} -> {finish!r} for task {task.id.hex()}"
-            )
+            raise RuntimeError(f"no transition {start!r} -> {finish!r} for task {task.id.hex()}")
         self.transition_count += 1
-        self.changes.record("task", task.id, task.state, finish, self.stimulus, self.now)
-        getattr(self, method)(task, *args)
+        self._log(("task", task.id, start, finish, self.stimulus, self.now))
+        method(task, *args)
 
     def wake_placement(self) -> None:
         """Capacity or ready tasks changed: try to place before this handle returns."""
@@ -836,16 +837,18 @@ class SchedulerState:
 
     def _new_object(self, oid: bytes, task: bytes | None, state: str = "pending") -> Obj:
         obj = self.objects[oid] = Obj(oid, task, state=state)
-        self.changes.record("object", oid, "", state, self.stimulus, self.now)
+        self._log(("object", oid, "", state, self.stimulus, self.now))
         return obj
 
     def _object_state(self, obj: Obj, finish: str) -> None:
         """Move an object to ``finish`` (a pair missing from OBJECT_TRANSITIONS raises;
         staying is no change: a restarted actor's creation makes its anchor again)."""
-        if obj.state == finish:
+        start = obj.state
+        if start == finish:
             return
-        check(OBJECT_TRANSITIONS, "object", obj.id, obj.state, finish)
-        self.changes.record("object", obj.id, obj.state, finish, self.stimulus, self.now)
+        if (start, finish) not in OBJECT_TRANSITIONS:
+            check(OBJECT_TRANSITIONS, "object", obj.id, start, finish)  # (raises)
+        self._log(("object", obj.id, start, finish, self.stimulus, self.now))
         obj.state = finish
 
     def story(self, key: bytes) -> list[dict[str, Any]]:
