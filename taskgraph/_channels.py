@@ -72,6 +72,11 @@ class Channel:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()  # batches leave in the order they were taken
 
+    @property
+    def backlogged(self) -> bool:
+        """Bytes wait that the socket did not take (a background flush left them)."""
+        return bool(self._unsent)
+
     def idle(self) -> bool:
         """Usable, and running nothing of ours (a lease takes a task only then)."""
         return not self.ending and self.broken is None and not self.in_flight

@@ -338,8 +338,10 @@ class Client:
         while not self.closed:
             with self._lock:
                 if not self._flush_requested and not self._lazy_waiting:
-                    # Wake now and then to return refs dropped by garbage collection.
-                    self._flush_cond.wait(0.05 if self.released else 0.5)
+                    # Wake now and then to return refs dropped by garbage collection,
+                    # and soon while a channel holds bytes its socket did not take.
+                    backlog = any(c.backlogged for c in self._channels.values())
+                    self._flush_cond.wait(0.01 if backlog else 0.05 if self.released else 0.5)
                 if self._lazy_waiting and not self._flush_requested:
                     # Records only: let more gather, so that they go in one frame.
                     self._flush_cond.wait(LAZY_DELAY)
