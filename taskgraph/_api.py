@@ -8,6 +8,7 @@ executor's (set up by the executor before any task runs). Calls before
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import queue
@@ -88,6 +89,14 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     token: str | None = None,
+    log_to_driver: bool = True,
+    include_dashboard: bool | None = None,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
+    logging_level: int | str = logging.INFO,
+    logging_format: str | None = None,
+    configure_logging: bool = True,
+    **unsupported: Any,
 ) -> ClusterContext:
     """Connect to a cluster, or start one on this machine.
 
@@ -95,8 +104,23 @@ def init(
     cluster; "local" always starts one; "auto" joins the cluster that
     ``taskgraph start --head`` started on this host; "tcp://host:port" joins
     that scheduler (with ``token``, ``TASKGRAPH_TOKEN`` or this host's record).
+
+    Ray's logging keywords work as in Ray: ``logging_level`` and
+    ``logging_format`` set up the ``taskgraph`` logger (a handler to stderr),
+    unless ``configure_logging=False``. ``log_to_driver``,
+    ``include_dashboard``, ``dashboard_host`` and ``dashboard_port`` are taken
+    for Ray code to run unchanged; the output of tasks does not reach the
+    driver yet, and there is no dashboard yet (asking for one says so).
+    Another Ray keyword is an error that names it.
     """
     global _runtime
+    _refuse_keywords(unsupported)
+    if configure_logging:
+        _configure_logging(logging_level, logging_format)
+    if include_dashboard:
+        logging.getLogger("taskgraph").warning(
+            "include_dashboard=True: taskgraph has no dashboard yet; init() goes on without one"
+        )
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
@@ -181,6 +205,56 @@ def _connect(address: str, token: str, namespace: str) -> Client:
     if settings().task_leases:
         client.leases = Leases(client)
     return client
+
+
+# Ray's init() keywords with no equivalent here yet: an error names them, so a
+# program ported from Ray fails clearly rather than with Python's bare message.
+RAY_ONLY_KEYWORDS = frozenset(
+    {
+        "runtime_env",
+        "job_config",
+        "local_mode",
+        "labels",
+        "storage",
+        "object_spilling_directory",
+        "enable_resource_isolation",
+        "_system_config",
+        "_temp_dir",
+        "_node_ip_address",
+        "_plasma_directory",
+        "_redis_password",
+        "_metrics_export_port",
+        "_enable_object_reconstruction",
+        "_tracing_startup_hook",
+    }
+)
+LOG_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)d -- %(message)s"
+
+
+def _refuse_keywords(given: dict[str, Any]) -> None:
+    if not given:
+        return
+    name = sorted(given)[0]
+    if name in RAY_ONLY_KEYWORDS:
+        raise TypeError(
+            f"init() does not take Ray's {name}= yet: taskgraph has no equivalent. "
+            "Remove it (docs/guide.md, 'Porting from Ray', lists what differs)."
+        )
+    known = [p for p in inspect.signature(init).parameters if p != "unsupported"]
+    raise TypeError(f"init() has no keyword {name}=; it takes: {', '.join(known)}.")
+
+
+def _configure_logging(level: int | str, fmt: str | None) -> None:
+    """Ray's way: the package's logger gets a level and a stderr handler (one,
+    however often init() runs); records still reach the root's handlers."""
+    logger = logging.getLogger("taskgraph")
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
+    handler = next((h for h in logger.handlers if getattr(h, "taskgraph", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.taskgraph = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter(fmt or LOG_FORMAT))
 
 
 def _show_notice(level: str, text: str) -> None:

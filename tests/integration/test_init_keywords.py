@@ -1,0 +1,73 @@
+"""Ray's init() keywords: the logging ones work, the dashboard and output ones are
+taken, and any other is an error that names it, before anything starts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+import taskgraph as tg
+
+
+@pytest.fixture
+def taskgraph_logger() -> Iterator[logging.Logger]:
+    """The package's logger, as it was again afterwards (tests share this process)."""
+    logger = logging.getLogger("taskgraph")
+    level, handlers = logger.level, list(logger.handlers)
+    yield logger
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+
+
+def ours(logger: logging.Logger) -> list[logging.Handler]:
+    return [h for h in logger.handlers if getattr(h, "taskgraph", False)]
+
+
+def test_ray_s_logging_and_dashboard_keywords_are_taken(taskgraph_logger):
+    for _ in range(2):  # a second init() adds no second handler
+        tg.init(
+            num_cpus=1,
+            logging_level="DEBUG",
+            logging_format="%(levelname)s %(message)s",
+            log_to_driver=False,
+            include_dashboard=False,
+            dashboard_host="0.0.0.0",
+            dashboard_port=8265,
+        )
+        try:
+            assert tg.get(tg.remote(lambda: 7).remote()) == 7
+        finally:
+            tg.shutdown()
+    assert taskgraph_logger.level == logging.DEBUG
+    [handler] = ours(taskgraph_logger)
+    assert handler.formatter is not None
+    assert handler.formatter._fmt == "%(levelname)s %(message)s"
+
+
+def test_configure_logging_false_leaves_the_logger_alone(taskgraph_logger):
+    taskgraph_logger.setLevel(logging.ERROR)
+    tg.init(num_cpus=1, configure_logging=False, logging_level="DEBUG")
+    tg.shutdown()
+    assert taskgraph_logger.level == logging.ERROR and not ours(taskgraph_logger)
+
+
+def test_asking_for_a_dashboard_says_there_is_none_yet(taskgraph_logger, caplog):
+    caplog.set_level(logging.WARNING, logger="taskgraph")
+    tg.init(num_cpus=1, include_dashboard=True)
+    tg.shutdown()
+    assert any("no dashboard yet" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("keyword", ["runtime_env", "local_mode", "_system_config"])
+def test_a_ray_keyword_with_no_equivalent_is_named(keyword, taskgraph_logger):
+    with pytest.raises(TypeError, match=f"does not take Ray's {keyword}="):
+        tg.init(num_cpus=1, **{keyword: {}})
+    assert not tg.is_initialized(), "nothing started"
+
+
+def test_an_unknown_keyword_is_named_with_those_init_takes(taskgraph_logger):
+    with pytest.raises(TypeError, match="no keyword num_cpu=; it takes: address, num_cpus"):
+        tg.init(num_cpu=1)
+    assert not tg.is_initialized()
