@@ -12,6 +12,7 @@ import inspect
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -249,12 +250,26 @@ def _configure_logging(level: int | str, fmt: str | None) -> None:
     however often init() runs); records still reach the root's handlers."""
     logger = logging.getLogger("taskgraph")
     logger.setLevel(level.upper() if isinstance(level, str) else level)
-    handler = next((h for h in logger.handlers if getattr(h, "taskgraph", False)), None)
+    handler = next((h for h in logger.handlers if isinstance(h, _Stderr)), None)
     if handler is None:
-        handler = logging.StreamHandler()
-        handler.taskgraph = True  # type: ignore[attr-defined]
+        handler = _Stderr()
         logger.addHandler(handler)
     handler.setFormatter(logging.Formatter(fmt or LOG_FORMAT))
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes: notebooks and test
+    runners swap it, and a stream taken at init() could be closed by then."""
+
+    taskgraph = True  # (how tests tell it apart)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # (StreamHandler.__init__ sets it)
 
 
 def _show_notice(level: str, text: str) -> None:
