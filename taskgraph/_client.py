@@ -693,15 +693,7 @@ class Client:
     def query(self, what: w.QueryName, arg: Any = None, timeout: float = 30.0) -> Any:
         if what not in w.QUERIES:  # (the scheduler would drop us for it)
             raise ValueError(f"unknown query {what!r}; known: {', '.join(w.QUERIES)}")
-        if what == "get_actor":
-            query = w.Query(0, what, name=arg["name"], namespace=arg.get("namespace", ""))
-        elif what == "memory":
-            query = w.Query(0, what, top=int(arg or 10))
-        elif what == "story":
-            query = w.Query(0, what, key=arg)
-        else:
-            query = w.Query(0, what)
-        return self.request(query, timeout)
+        return self.request(w.query_for(what, arg), timeout)
 
     def request(self, msg: w.Query | w.CreateNamedActor, timeout: float = 30.0) -> Any:
         """Send a message that the scheduler answers with a QueryReply; wait for it."""

@@ -253,6 +253,18 @@ class Query(Msg):
     key: bytes = b""  # story
 
 
+def query_for(what: QueryName, arg: Any = None, request_id: int = 0) -> Query:
+    """The typed query for ``what``; ``arg``: get_actor's {"name", "namespace"},
+    memory's top count, or story's key."""
+    if what == "get_actor":
+        return Query(request_id, what, name=arg["name"], namespace=arg.get("namespace", ""))
+    if what == "memory":
+        return Query(request_id, what, top=int(arg or 10))
+    if what == "story":
+        return Query(request_id, what, key=arg)
+    return Query(request_id, what)
+
+
 class CreateNamedActor(Msg):
     """A named actor's creation waits for the scheduler's word: the name may be taken."""
 

@@ -22,12 +22,5 @@ def check_sends(state: SchedulerState, sends: list[Send]) -> None:
 
 
 def query_message(request_id: int, what: Any, arg: Any = None) -> w.Query:
-    """The typed query a client sends for ``what`` (``arg``: get_actor's name and
-    namespace, or memory's top count)."""
-    if what == "get_actor":
-        return w.Query(request_id, what, name=arg["name"], namespace=arg.get("namespace", ""))
-    if what == "memory":
-        return w.Query(request_id, what, top=int(arg or 10))
-    if what == "story":
-        return w.Query(request_id, what, key=arg)
-    return w.Query(request_id, what)
+    """The typed query a client sends for ``what`` (see ``_wire.query_for``)."""
+    return w.query_for(what, arg, request_id)
