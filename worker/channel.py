@@ -255,7 +255,7 @@ class Callers:
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
         self.by_address: dict[str, Caller] = {}
-        self.replies: dict[bytes, Caller] = {}  # a call's task id -> its caller, until answered
+        self.replies: dict[bytes, Caller] = {}  # a call's task id -> its caller, until reported
         self.lock = threading.Lock()
 
     def offered(self, spec: w.TaskSpec) -> None:
@@ -274,7 +274,14 @@ class Callers:
 
     def caller_of(self, task_id: bytes) -> Caller | None:
         with self.lock:
-            return self.replies.pop(task_id, None)
+            return self.replies.get(task_id)
+
+    def reported(self, task_id: bytes) -> None:
+        """A call's report is on its way (queued or in the report pipe): a caller
+        leaving from now on need not count it in flight. Not before: a
+        ``CallerLeft`` sent ahead of the report would have the call failed."""
+        with self.lock:
+            self.replies.pop(task_id, None)
 
 
 class Caller(Channel):

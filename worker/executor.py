@@ -48,7 +48,7 @@ from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphE
 from taskgraph.settings import settings
 
 from .actor_runtime import ActorRuntime, creation_error
-from .channel import Callers, Lease
+from .channel import Caller, Callers, Lease
 from .reports import ReportWriter
 
 
@@ -338,7 +338,7 @@ class Executor:
         caller = self.callers.caller_of(result.task_id) if self.callers is not None else None
         if caller is not None:
             result.channel = self.actor_id
-            answer = partial(caller.answer, result)
+            answer = partial(self._answer_caller, caller, result)
         if answer is None:
             self.client.send_now(w.Executed(result))
         elif any(r.location is not None or r.contains for r in result.returns):
@@ -353,6 +353,12 @@ class Executor:
                 self.client.send_now(w.Executed(result))
             answer()
         del held
+
+    def _answer_caller(self, caller: Caller, result: w.TaskResult) -> None:
+        """After the call's report: until then, a caller that leaves counts it in flight."""
+        assert self.callers is not None
+        self.callers.reported(result.task_id)
+        caller.answer(result)
 
     def _function(self, a: w.Assignment) -> Any:
         fn = self.functions.get(a.spec.function_id)
