@@ -51,6 +51,7 @@ class SchedulerServer(TCPServer):
         self._ticker = PeriodicCallback(self.handle, 1000)
         self._ticker.start()
         self.client_streams: dict[bytes, IOStream] = {}
+        self.shows_output: set[bytes] = set()  # drivers that asked for their tasks' output
         self.worker_streams: dict[str, IOStream] = {}
         self.rejected = 0
         self._outgoing: dict[IOStream, list[w.Msg]] = {}
@@ -117,6 +118,8 @@ class SchedulerServer(TCPServer):
     async def _serve_client(self, stream: IOStream, hello: w.Hello) -> None:
         client_id = hello.client_id
         self.client_streams[client_id] = stream
+        if hello.output:
+            self.shows_output.add(client_id)
         self.handle(ClientJoined(client_id, None, hello.namespace, hello.host, hello.deliver))
         reader = FrameReader(stream, w.CLIENT_TO_SCHEDULER)
         try:
@@ -127,6 +130,7 @@ class SchedulerServer(TCPServer):
                     break
         finally:
             self.client_streams.pop(client_id, None)
+            self.shows_output.discard(client_id)
             self.handle(ClientLeft(client_id))
             stream.close()
 
@@ -143,6 +147,8 @@ class SchedulerServer(TCPServer):
         try:
             while True:
                 msgs = await reader.read()
+                if any(type(m) is w.TaskOutput for m in msgs):
+                    msgs = self._relay_output(msgs)
                 self.handle(WorkerSent(worker_id, msgs))
         finally:
             # A worker that re-registered under the same id has a new stream by
@@ -152,6 +158,18 @@ class SchedulerServer(TCPServer):
                 log.info("worker %s left", worker_id)
                 self.handle(WorkerLeft(worker_id))
             stream.close()
+
+    def _relay_output(self, msgs: list[w.Msg]) -> list[w.Msg]:
+        """What tasks printed goes on to their drivers (IO only: the state machine
+        has no part in it); the rest of the frame is returned."""
+        rest: list[w.Msg] = []
+        for msg in msgs:
+            if type(msg) is not w.TaskOutput:
+                rest.append(msg)
+            elif msg.job in self.shows_output:
+                self._outgoing.setdefault(self.client_streams[msg.job], []).append(msg)
+        self._flush()
+        return rest
 
     def stop(self) -> None:
         self._ticker.stop()

@@ -27,6 +27,7 @@ from taskgraph._deliveries import DeliveryListener
 from taskgraph._leases import Leases
 from taskgraph._local_cluster import LocalCluster
 from taskgraph._object_ref import ObjectRef
+from taskgraph._output import OutputPrinter
 from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, GetTimeoutError
 from taskgraph.settings import reread, settings
@@ -108,10 +109,11 @@ def init(
 
     Ray's logging keywords work as in Ray: ``logging_level`` and
     ``logging_format`` set up the ``taskgraph`` logger (a handler to stderr),
-    unless ``configure_logging=False``. ``log_to_driver``,
-    ``include_dashboard``, ``dashboard_host`` and ``dashboard_port`` are taken
-    for Ray code to run unchanged; the output of tasks does not reach the
-    driver yet, and there is no dashboard yet (asking for one says so).
+    unless ``configure_logging=False``. What tasks and actors print shows here,
+    each line prefixed with who printed it (``log_to_driver=False``: only in
+    the workers' log files). ``include_dashboard``, ``dashboard_host`` and
+    ``dashboard_port`` are taken for Ray code to run unchanged; there is no
+    dashboard yet (asking for one says so).
     Another Ray keyword is an error that names it.
     """
     global _runtime
@@ -147,7 +149,7 @@ def init(
             )
         if address == "local":
             _runtime = _start_local(
-                num_cpus, num_gpus, resources, object_store_memory, memory, namespace
+                num_cpus, num_gpus, resources, object_store_memory, memory, namespace, log_to_driver
             )
         else:
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
@@ -171,13 +173,13 @@ def init(
                     f"no token for the cluster at {address}: pass init(address, token=...) "
                     f"or set {config.TOKEN_ENV}"
                 )
-            client = _connect(address, token, namespace)
+            client = _connect(address, token, namespace, log_to_driver)
             _runtime = Runtime(client, address, namespace)
         atexit.register(shutdown)
         return ClusterContext(_runtime.address, namespace, _runtime.cluster is not None)
 
 
-def _connect(address: str, token: str, namespace: str) -> Client:
+def _connect(address: str, token: str, namespace: str, output: bool = True) -> Client:
     client_id = os.urandom(8)
     secret = config.token_bytes(token)
     # Executors on this host open channels to us here (leases, actors called
@@ -192,6 +194,7 @@ def _connect(address: str, token: str, namespace: str) -> Client:
         host=host_id(),
         namespace=namespace,
         deliver=listener.address if settings().direct_results else "",
+        output=output,
     )
     try:
         conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT)
@@ -201,6 +204,8 @@ def _connect(address: str, token: str, namespace: str) -> Client:
     client = Client(conn, client_id, welcome)
     client.token = secret
     client.on_notice = _show_notice
+    if output:
+        client.output = OutputPrinter(settings().output_fold_window)
     listener.client = client
     client.deliveries = listener
     if settings().task_leases:
@@ -284,6 +289,7 @@ def _start_local(
     object_store_memory: int | None,
     memory: int | None,
     namespace: str,
+    output: bool,
 ) -> Runtime:
     import json
 
@@ -300,7 +306,7 @@ def _start_local(
         args += ["--object-store-memory", str(object_store_memory)]
     cluster = LocalCluster(args)
     try:
-        client = _connect(cluster.local_address, cluster.token, namespace)
+        client = _connect(cluster.local_address, cluster.token, namespace, output)
         deadline = time.monotonic() + 60
         while True:
             nodes = client.query("nodes")

@@ -43,6 +43,7 @@ from taskgraph._direct import ActorRoute
 from taskgraph._ids import first_return, return_ids
 from taskgraph._leases import Leases
 from taskgraph._object_ref import ObjectRef
+from taskgraph._output import OutputPrinter
 from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import (
@@ -154,6 +155,8 @@ class Client:
         self._query_ids = itertools.count(1)
         self.notices: list[str] = []
         self.on_notice: Callable[[str, str], None] | None = None
+        self.output: OutputPrinter | None = None  # a driver's, showing what its tasks print
+        self.job = b""  # whose job our tasks belong to: set per task in an executor; a driver's own
         self.broken: str | None = None
         self.closed = False
         # In an executor while a task runs: the task whose CPUs a blocking get()
@@ -397,6 +400,9 @@ class Client:
                 fut = self._queries.pop(msg.request_id, None)
                 if fut is not None:
                     fire.append(partial(fut.set_result, msg.result))
+            elif isinstance(msg, w.TaskOutput):
+                if self.output is not None:
+                    fire.append(partial(self.output.show, msg))
             elif isinstance(msg, w.Notice):
                 self.notices.append(msg.text)
                 if self.on_notice is not None:
@@ -893,5 +899,7 @@ class Client:
             store_client.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
+        if self.output is not None:
+            self.output.close()
         # Threads still blocked in get() or wait() hear that it is over.
         self._break("the client was shut down (tg.shutdown())")

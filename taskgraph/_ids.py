@@ -51,3 +51,9 @@ def generator_item_id(task_id: bytes, index: int) -> bytes:
 def client_of(task_or_object_id: bytes) -> bytes:
     """The id of the client that submitted the task (or made the object)."""
     return task_or_object_id[:8]
+
+
+def job_of(task_id: bytes, job: bytes) -> bytes:
+    """The driver a task works for (what it prints goes there): the one its spec
+    names (``TaskSpec.job``, set on a task's tasks), else its submitter."""
+    return job or task_id[:8]

@@ -151,6 +151,7 @@ class RemoteFunction:
             retry_exceptions=p.retry_exceptions,
             strategy=p.strategy,
             parent=client.parent_task or b"",
+            job=client.job,
             generator=streaming,
             namespace=_api.current_namespace(),
         )

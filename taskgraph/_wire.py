@@ -61,6 +61,7 @@ class Hello(Msg):
     host: str = ""
     namespace: str = ""
     deliver: str = ""  # a client's address for results from executors on its host
+    output: bool = False  # a driver that shows what its tasks print (log_to_driver)
 
 
 class Welcome(Msg):
@@ -138,6 +139,9 @@ class TaskSpec(Msg):
     # Sent down a channel (a lease's task id, or an actor's id): the client sends
     # it straight to the executor and tells the scheduler only to record it.
     channel: bytes = b""
+    # The driver whose job this is (what it prints goes there), when the submitter
+    # is not that driver: a task's tasks. Empty: the submitter's own.
+    job: bytes = b""
 
 
 def is_lease(spec: TaskSpec) -> bool:
@@ -294,6 +298,18 @@ class Notice(Msg):
 
     level: str
     text: str
+
+
+class TaskOutput(Msg):
+    """Lines a task or actor printed (worker/output.py): daemon to scheduler, and
+    on to the driver of its job, if that driver asked for output."""
+
+    job: bytes  # the driver's client id
+    label: str  # "square", or "Counter[name]" for an actor
+    pid: int
+    node: str  # the worker id
+    stream: int  # 1: stdout, 2: stderr
+    lines: list[str]
 
 
 class QueryReply(Msg):
@@ -565,7 +581,7 @@ ClientMessage = (
     | CallerLeft
     | Goodbye
 )
-ToClientMessage = ObjectsReady | Notice | QueryReply
+ToClientMessage = ObjectsReady | Notice | QueryReply | TaskOutput
 
 CLIENT_MESSAGES = ClientMessage.__args__
 
@@ -612,6 +628,7 @@ WORKER_TO_SCHEDULER = Link(
     ActorDied,
     ActorStarted,
     Heartbeat,
+    TaskOutput,
 )
 SCHEDULER_TO_WORKER = Link(
     "scheduler to worker",

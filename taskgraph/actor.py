@@ -174,6 +174,7 @@ class ActorClass:
             max_retries=0,
             strategy=_options.strategy_string(options.get("scheduling_strategy")),
             parent=client.parent_task or b"",
+            job=client.job,
             actor_id=actor_id,
             actor=actor,
             namespace=actor.namespace,
@@ -319,6 +320,7 @@ class ActorMethod:
             num_returns=num_returns,
             resources={},
             parent=client.parent_task or b"",
+            job=client.job,
             actor_id=handle._actor_id,
             method=self._name,
         )

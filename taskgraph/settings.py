@@ -97,6 +97,13 @@ VARIABLES: tuple[Variable, ...] = (
         int,
         "short tasks a worker daemon hands an executor at once, at most",
     ),
+    Variable(
+        "output_fold_window",
+        "5",
+        float,
+        "seconds a driver folds the same line printed by other processes into one "
+        "'[repeated Nx across the cluster]' line; 0: show every line",
+    ),
     Variable("heartbeat_interval", "1", float, "seconds between a worker daemon's heartbeats"),
     Variable(
         "worker_timeout",
@@ -136,6 +143,7 @@ class Settings:
     store_full_wait: float
     batch_delay: float
     executor_prefetch: int
+    output_fold_window: float
     heartbeat_interval: float
     worker_timeout: float
     queue_depth: float

@@ -51,6 +51,7 @@ from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.settings import settings
 
 from . import store
+from .output import OutputRelay
 from .reports import READ_DELAY, ReportReader
 from .state import (
     CancelRequested,
@@ -143,6 +144,7 @@ class WorkerDaemon:
         self._in_frame = False
         self._scheduler_now = False
         self.loop: IOLoop  # set when started, on the loop it runs on
+        self.output: OutputRelay | None = None  # what executors print (worker/output.py)
         self._stopping = False
         self.stopped = asyncio.Event()
         self.server: _ExecutorServer | None = None
@@ -159,6 +161,8 @@ class WorkerDaemon:
 
     async def start(self) -> None:
         self.loop = IOLoop.current()
+        logs = config.state_dir() / "logs" / self.worker_id
+        self.output = OutputRelay(self.loop, self.worker_id, logs, self._send_output)
         swept = store.sweep_dead_daemons()
         if swept:
             log.warning("removed what %d dead worker daemon(s) left behind", swept)
@@ -240,6 +244,9 @@ class WorkerDaemon:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        if self.output is not None:
+            self.output.close()
+            self._flush_scheduler()
         if self.objects is not None:
             self.objects.close()
         store.remove_all(self.worker_id, self.spill_dir)
@@ -333,6 +340,10 @@ class WorkerDaemon:
         else:
             self.loop.add_callback(self._flush_scheduler)
 
+    def _send_output(self, msgs: list[w.Msg]) -> None:
+        for msg in msgs:
+            self._to_scheduler(msg)
+
     def _flush_scheduler(self) -> None:
         self._scheduler_flush_pending = False
         if not self._joined.is_set():
@@ -397,6 +408,8 @@ class WorkerDaemon:
                 [sys.executable, "-m", "taskgraph.worker.executor"],
                 env=env,
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,  # what tasks print: worker/output.py
+                stderr=subprocess.PIPE,
                 pass_fds=(pipe_write,),
             )
         except BaseException:
@@ -406,6 +419,8 @@ class WorkerDaemon:
             os.close(pipe_write)  # the executor's now: we see EOF when it exits
         self.report_pipes[executor_id] = ReportReader(pipe_read)
         self.processes[executor_id] = proc
+        assert self.output is not None
+        self.output.watch(proc.pid, proc.stdout, proc.stderr)
         loop = IOLoop.current()
 
         def reap() -> None:

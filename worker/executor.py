@@ -47,6 +47,7 @@ from taskgraph.actor import _ActorExit
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
 
+from . import output
 from .actor_runtime import ActorRuntime, creation_error
 from .channel import Caller, Callers, Lease
 from .reports import ReportWriter
@@ -424,9 +425,11 @@ class Executor:
         )
         if a.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
+        self.client.job = spec.job or spec.task_id[:8]  # (job_of, inlined: every task)
         if not spec.actor_id or spec.actor is not None:
             # A task sees its job's named actors; an actor keeps its creator's.
             _api.set_namespace(spec.namespace)
+            output.task = spec  # who prints now: an actor's lines are its own
         if not spec.actor_id:
             # Only plain tasks hold CPUs that a blocking get() can lend out; a
             # leased task's are the lease's.
@@ -542,6 +545,9 @@ def main() -> None:
     given = settings()  # set by our daemon (worker/daemon.py)
     socket_path, token = given.executor_socket, bytes.fromhex(given.token_hex)
     worker_id, executor_id = given.worker_id, given.executor_id
+    # What tasks print goes to our daemon, tagged with who printed it (worker/output.py).
+    sys.stdout = output.TaggedStream(sys.stdout)
+    sys.stderr = output.TaggedStream(sys.stderr)
     client_id = os.urandom(8)
     hello = w.Hello("executor", b"", client_id, pid=os.getpid())
     conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello, w.DAEMON_TO_EXECUTOR)

@@ -2,7 +2,8 @@
 
 The namespaces are joined by a veth pair with addresses that exist only
 inside them. Objects made on one host and needed on the other travel
-worker to worker across that link.
+worker to worker across that link; what a task prints on the other host
+reaches the driver.
 """
 
 from __future__ import annotations
@@ -73,7 +74,22 @@ assert digest == want, "the copy differs"
 local = tg.get(ref, timeout=120)
 assert hashlib.sha256(local.tobytes()).hexdigest() == want
 peers = sorted(n["peer"] for n in tg.nodes())
+
+@tg.remote(resources={"b": 1})
+def shout():
+    import os
+    print("hello from the other host")
+    return os.getpid(), tg.get_runtime_context().get_node_id()
+
+import io, time
+real, sys.stdout = sys.stdout, io.StringIO()  # what the driver shows of its tasks
+pid, far = tg.get(shout.remote(), timeout=120)
+deadline = time.monotonic() + 30
+while "hello from the other host" not in sys.stdout.getvalue() and time.monotonic() < deadline:
+    time.sleep(0.05)
+shown, sys.stdout = sys.stdout.getvalue(), real
 print("OK", peers, tg.object_store_stats()["nodes"])
+print("SHOWN", shown, "FROM", pid, far[:6])
 tg.shutdown()
 """
 
@@ -140,6 +156,9 @@ def test_objects_cross_between_two_hosts(two_hosts, tmp_path):
         assert driver.returncode == 0, driver.stdout + driver.stderr
         assert driver.stdout.startswith("OK"), driver.stdout
         assert f"tcp://{SUBNET}.1:" in driver.stdout and f"tcp://{SUBNET}.2:" in driver.stdout
+        # What a task on the other host printed reached this driver, named by its node.
+        pid, node = driver.stdout.split(" FROM ")[1].split()
+        assert f"(shout pid={pid}, node={node}) hello from the other host" in driver.stdout
     finally:
         for proc in workers:
             stop_process(proc)

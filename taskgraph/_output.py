@@ -1,0 +1,153 @@
+"""What tasks and actors print, shown in the driver that submitted them.
+
+Each line comes prefixed with who printed it, as Ray's drivers show it:
+``(square pid=4242, node=ab12cd) text``; an actor's lines by its class (and
+name). Lines come from the scheduler (``TaskOutput``; worker/output.py says how
+they are gathered) and go to this process's stdout or stderr, whichever the
+task wrote to, as they are at that moment (a notebook or pytest may swap them).
+
+The same line printed by many processes at once (a hundred tasks saying
+"loading model") is shown once, then folded: ``Folder`` counts the copies from
+other processes for ``FOLD_WINDOW`` seconds and then shows one line
+``... [repeated 7x across the cluster]``. A process's own repeats always show:
+a loop printing "tick" is the user's to see.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from taskgraph import _wire as w
+
+FOLD_WINDOW = 5.0  # seconds a line's copies from other processes are folded for
+
+
+@dataclass(slots=True)
+class _Window:
+    since: float
+    process: tuple[str, int]  # (node, pid) that printed it first
+    prefix: str
+    folded: int = 0
+
+
+class Folder:
+    """Which lines show now and which fold into a count (pure: the caller says the time)."""
+
+    def __init__(self, window: float = FOLD_WINDOW) -> None:
+        self.window = window
+        self._open: OrderedDict[tuple[int, str], _Window] = OrderedDict()  # oldest first
+
+    def take(
+        self, now: float, stream: int, text: str, process: tuple[str, int], prefix: str
+    ) -> bool:
+        """True: show this line now; False: it is folded (counted for ``due``)."""
+        key = (stream, text)
+        seen = self._open.get(key)
+        if seen is None or now - seen.since >= self.window:
+            # (an ended window still here has no folds: ``due`` takes those)
+            self._open.pop(key, None)
+            self._open[key] = _Window(now, process, prefix)
+            return True
+        if process == seen.process:
+            return True
+        seen.folded += 1
+        return False
+
+    def due(self, now: float) -> list[tuple[int, str]]:
+        """The windows that ended with folds, as (stream, line to show); forgets ended ones."""
+        shown: list[tuple[int, str]] = []
+        while self._open:
+            (stream, text), seen = next(iter(self._open.items()))
+            if now - seen.since < self.window:
+                break
+            del self._open[(stream, text)]
+            if seen.folded:
+                shown.append(
+                    (stream, f"{seen.prefix} {text} [repeated {seen.folded}x across the cluster]")
+                )
+        return shown
+
+    def pending(self) -> bool:
+        return any(seen.folded for seen in self._open.values())
+
+    def flush(self) -> list[tuple[int, str]]:
+        """Every window's folds now (the driver is leaving)."""
+        return self.due(float("inf"))
+
+
+def prefix(msg: w.TaskOutput) -> str:
+    return f"({msg.label} pid={msg.pid}, node={msg.node[:6]})"
+
+
+class OutputPrinter:
+    """The driver's end: prints what arrives (the client's reader thread calls
+    ``show``) and, on a thread of its own, the folded lines whose window ended."""
+
+    def __init__(self, window: float = FOLD_WINDOW) -> None:
+        self._folder = Folder(window)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def show(self, msg: w.TaskOutput) -> None:
+        head = prefix(msg)
+        process = (msg.node, msg.pid)
+        with self._lock:
+            now = time.monotonic()
+            lines = self._folder.due(now)
+            lines += [
+                (msg.stream, f"{head} {text}")
+                for text in msg.lines
+                if self._folder.take(now, msg.stream, text, process, head)
+            ]
+            folding = self._folder.pending()
+            if folding and self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._fold_loop, name="taskgraph-output", daemon=True
+                )
+                self._thread.start()
+        _write(lines)
+
+    def _fold_loop(self) -> None:
+        """Until nothing is folded (then it ends; the next fold starts another)."""
+        while True:
+            self._wake.wait(self._folder.window / 5)
+            with self._lock:
+                lines = self._folder.flush() if self._closed else self._folder.due(time.monotonic())
+                done = self._closed or not self._folder.pending()
+                if done:
+                    self._thread = None
+            _write(lines)
+            if done:
+                return
+
+    def close(self) -> None:
+        """Show what is folded still; the driver is leaving."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            lines = self._folder.flush() if thread is None else []
+        self._wake.set()
+        if thread is not None:
+            thread.join(5)
+        _write(lines)
+
+
+def _write(lines: list[tuple[int, str]]) -> None:
+    """Write in order; a closed stream (the program is ending) is no matter."""
+    for stream, text in lines:
+        out = sys.stdout if stream == 1 else sys.stderr
+        try:
+            out.write(text + "\n")
+        except (ValueError, OSError):
+            continue
+    for out in {sys.stdout, sys.stderr} if lines else ():
+        try:
+            out.flush()
+        except (ValueError, OSError):
+            pass
