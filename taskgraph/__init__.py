@@ -37,6 +37,7 @@ from taskgraph._executor import Executor
 from taskgraph._object_ref import ObjectRef
 from taskgraph._remote_function import RemoteFunction
 from taskgraph.actor import ActorClass, ActorHandle, get_actor, kill, method
+from taskgraph.progress import progress
 
 __version__ = "0.1.0"
 
@@ -86,6 +87,7 @@ __all__ = [
     "method",
     "nodes",
     "object_store_stats",
+    "progress",
     "put",
     "remote",
     "shutdown",
