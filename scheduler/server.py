@@ -35,6 +35,8 @@ from .state import (
 
 log = logging.getLogger("taskgraph.scheduler")
 
+RELAYED = (w.TaskOutput, w.LogsRead)  # from workers, for clients; never the state's
+
 
 class SchedulerServer(TCPServer):
     def __init__(self, token: bytes, cluster_id: str, worker_timeout: float | None = None) -> None:
@@ -125,6 +127,8 @@ class SchedulerServer(TCPServer):
         try:
             while True:
                 msgs = await reader.read()
+                if any(type(m) is w.ReadLogs for m in msgs):
+                    msgs = self._ask_for_logs(client_id, msgs)
                 self.handle(ClientSent(client_id, msgs))
                 if any(isinstance(m, w.Goodbye) for m in msgs):
                     break
@@ -147,8 +151,8 @@ class SchedulerServer(TCPServer):
         try:
             while True:
                 msgs = await reader.read()
-                if any(type(m) is w.TaskOutput for m in msgs):
-                    msgs = self._relay_output(msgs)
+                if any(type(m) in RELAYED for m in msgs):
+                    msgs = self._relay(msgs)
                 self.handle(WorkerSent(worker_id, msgs))
         finally:
             # A worker that re-registered under the same id has a new stream by
@@ -159,15 +163,43 @@ class SchedulerServer(TCPServer):
                 self.handle(WorkerLeft(worker_id))
             stream.close()
 
-    def _relay_output(self, msgs: list[w.Msg]) -> list[w.Msg]:
-        """What tasks printed goes on to their drivers (IO only: the state machine
-        has no part in it); the rest of the frame is returned."""
+    # -- relayed, with no part for the state machine: output and log files -----
+
+    def _relay(self, msgs: list[w.Msg]) -> list[w.Msg]:
+        """What tasks printed goes on to their drivers, a worker's log files to the
+        client that asked for them; the rest of the frame is returned."""
         rest: list[w.Msg] = []
         for msg in msgs:
-            if type(msg) is not w.TaskOutput:
+            if type(msg) is w.TaskOutput:
+                if msg.job in self.shows_output:
+                    self._outgoing.setdefault(self.client_streams[msg.job], []).append(msg)
+            elif type(msg) is w.LogsRead:
+                stream = self.client_streams.get(msg.client_id)
+                if stream is not None:
+                    reply = w.QueryReply(msg.request_id, msg.files)
+                    self._outgoing.setdefault(stream, []).append(reply)
+            else:
                 rest.append(msg)
-            elif msg.job in self.shows_output:
-                self._outgoing.setdefault(self.client_streams[msg.job], []).append(msg)
+        self._flush()
+        return rest
+
+    def _ask_for_logs(self, client_id: bytes, msgs: list[w.Msg]) -> list[w.Msg]:
+        """Log requests go to the worker named (which answers with ``LogsRead``);
+        the rest of the frame is returned."""
+        rest: list[w.Msg] = []
+        for msg in msgs:
+            if type(msg) is not w.ReadLogs:
+                rest.append(msg)
+                continue
+            worker = self.worker_streams.get(msg.node)
+            if worker is None:
+                known = ", ".join(sorted(self.worker_streams)) or "none"
+                error = {"error": f"no node {msg.node!r} in the cluster (nodes: {known})"}
+                reply = w.QueryReply(msg.request_id, error)
+                self._outgoing.setdefault(self.client_streams[client_id], []).append(reply)
+            else:
+                msg.client_id = client_id
+                self._outgoing.setdefault(worker, []).append(msg)
         self._flush()
         return rest
 

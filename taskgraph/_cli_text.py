@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from taskgraph._processes import Started
 from taskgraph._transport import parse_address
@@ -135,3 +135,36 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+class LogPrinter:
+    """``taskgraph logs``: the lines of each file, under a ``==> ... <==`` line (as
+    ``tail`` heads several files) when there are several, and again whenever
+    following moves on to another file."""
+
+    def __init__(self, out: IO[str], several: bool) -> None:
+        self.out = out
+        self.several = several
+        self.printed = False
+        self._last: tuple[str, str] | None = None
+
+    def show(self, node: str, files: list[dict[str, Any]]) -> None:
+        for entry in files:
+            if not entry["lines"]:
+                continue
+            where = (node, entry["file"])
+            if self.several and where != self._last:
+                gap = "\n" if self.printed else ""
+                self.out.write(f"{gap}==> node {node} {entry['file']} <==\n")
+            self._last = where
+            self.out.write("".join(line + "\n" for line in entry["lines"]))
+            self.printed = True
+        self.out.flush()
+
+
+def log_scope(args: Any) -> str:
+    if args.actor:
+        return f"by actor {args.actor}"
+    if args.task:
+        return f"by task {args.task}"
+    return f"on node {args.node}" if args.node else "on any node"

@@ -701,14 +701,14 @@ class Client:
             raise ValueError(f"unknown query {what!r}; known: {', '.join(w.QUERIES)}")
         return self.request(w.query_for(what, arg), timeout)
 
-    def request(self, msg: w.Query | w.CreateNamedActor, timeout: float = 30.0) -> Any:
+    def request(self, msg: w.Query | w.CreateNamedActor | w.ReadLogs, timeout: float = 30.0) -> Any:
         """Send a message that the scheduler answers with a QueryReply; wait for it."""
         fut = self._expect_reply(msg, wake=False)
         self.flush()
         return fut.result(timeout)
 
     def _expect_reply(
-        self, msg: w.Query | w.CreateNamedActor, wake: bool
+        self, msg: w.Query | w.CreateNamedActor | w.ReadLogs, wake: bool
     ) -> concurrent.futures.Future[Any]:
         """Queue a message the scheduler answers; the future gets its QueryReply."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()

@@ -312,6 +312,27 @@ class TaskOutput(Msg):
     lines: list[str]
 
 
+class ReadLogs(Msg):
+    """A driver asks one worker for its log files (worker/logs.py), through the
+    scheduler, which answers with a ``QueryReply``. Not an executor's message."""
+
+    request_id: int
+    node: str
+    pid: int = 0  # one process's files; 0: all
+    task: str = ""  # only this task's lines (hex id)
+    offsets: dict[str, int] | None = None  # following: read on from an earlier answer
+    tail: int = 100  # lines of each file, from its end
+    client_id: bytes = b""  # who asked: set by the scheduler on the way
+
+
+class LogsRead(Msg):
+    """A worker's answer to ``ReadLogs``: one entry per file (``read_logs``)."""
+
+    client_id: bytes
+    request_id: int
+    files: list[dict[str, Any]]
+
+
 class QueryReply(Msg):
     request_id: int
     result: Any
@@ -615,7 +636,7 @@ class Link:
 
 TO_CLIENT = ToClientMessage.__args__
 HANDSHAKE = Link("handshake", Challenge, Hello, Welcome, Rejected)
-CLIENT_TO_SCHEDULER = Link("client to scheduler", *CLIENT_MESSAGES)
+CLIENT_TO_SCHEDULER = Link("client to scheduler", *CLIENT_MESSAGES, ReadLogs)
 SCHEDULER_TO_CLIENT = Link("scheduler to client", *TO_CLIENT)
 WORKER_TO_SCHEDULER = Link(
     "worker to scheduler",
@@ -629,6 +650,7 @@ WORKER_TO_SCHEDULER = Link(
     ActorStarted,
     Heartbeat,
     TaskOutput,
+    LogsRead,
 )
 SCHEDULER_TO_WORKER = Link(
     "scheduler to worker",
@@ -639,6 +661,7 @@ SCHEDULER_TO_WORKER = Link(
     CancelRunning,
     KillActor,
     Shutdown,
+    ReadLogs,
 )
 EXECUTOR_TO_DAEMON = Link("executor to daemon", Executed, Returned, Fetch, *CLIENT_MESSAGES)
 DAEMON_TO_EXECUTOR = Link("daemon to executor", Execute, CancelTask, Fetched, Shutdown, *TO_CLIENT)

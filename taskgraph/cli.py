@@ -36,6 +36,7 @@ from taskgraph import _cli_text as say
 from taskgraph import _processes as processes
 from taskgraph import _wire as w
 from taskgraph._client import Client
+from taskgraph._ids import BASE
 from taskgraph._transport import parse_address
 from taskgraph.exceptions import AuthenticationError
 from taskgraph.settings import settings
@@ -274,6 +275,65 @@ def cmd_story(args: argparse.Namespace) -> None:
     print(say.story_text(address, args.key, changes))
 
 
+def cmd_logs(args: argparse.Namespace) -> None:
+    address = _status_address(args.address)
+    token = args.token or config.token_for(address)
+    if token is None:
+        raise CliError(
+            f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
+        )
+    with _connected(address, token) as client:
+        targets = _log_targets(client, args)
+        offsets: dict[tuple[str, int], dict[str, int]] = {}
+        shown = say.LogPrinter(
+            sys.stdout, several=len(targets) > 1 or not (args.actor or args.task)
+        )
+        while True:
+            for node, pid, task in targets:
+                known = offsets.get((node, pid))
+                files = client.request(w.ReadLogs(0, node, pid, task, known, args.tail))
+                if isinstance(files, dict):
+                    raise CliError(files["error"])
+                offsets[(node, pid)] = {f["file"]: f["offset"] for f in files}
+                shown.show(node, files)
+            if not args.follow:
+                break
+            time.sleep(FOLLOW_EVERY)
+        if not shown.printed:
+            print(f"nothing printed yet {say.log_scope(args)}", file=sys.stderr)
+
+
+FOLLOW_EVERY = 0.5  # seconds between reads of the log files while following
+
+
+def _log_targets(client: Client, args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """The (node, pid, task) whose log files to read: 0 is every process, "" every task."""
+    if args.actor:
+        actors = [a for a in client.query("actors") if a["actor_id"].startswith(args.actor)]
+        if len(actors) != 1:
+            raise CliError(f"{len(actors) or 'no'} actors have an id starting {args.actor!r}")
+        if not actors[0]["node_id"] or not actors[0]["pid"]:
+            raise CliError(f"actor {args.actor} has no process yet ({actors[0]['state']})")
+        return [(actors[0]["node_id"], actors[0]["pid"], "")]
+    if args.task:
+        # A task's id or one of its objects' (ObjectRef.hex()): the same first 12 bytes.
+        key = args.task[: 2 * BASE] if len(args.task) >= 2 * BASE else args.task
+        tasks = [t for t in client.query("tasks") if t["task_id"].startswith(key)]
+        if len(tasks) != 1:
+            raise CliError(
+                f"{len(tasks) or 'no'} tasks on record have an id starting {args.task!r}"
+            )
+        if not tasks[0]["node_id"]:
+            raise CliError(f"task {args.task} has not run yet ({tasks[0]['state']})")
+        return [(tasks[0]["node_id"], 0, tasks[0]["task_id"])]
+    nodes = [n["node_id"] for n in client.query("nodes")]
+    if args.node:
+        nodes = [n for n in nodes if n.startswith(args.node)]
+        if not nodes:
+            raise CliError(f"no node of the cluster has an id starting {args.node!r}")
+    return [(node, 0, "") for node in nodes]
+
+
 def _status_address(given: str | None) -> str:
     if given:
         return _normalize_address(given)
@@ -367,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_memory(commands)
     _add_story(commands)
+    _add_logs(commands)
     return parser
 
 
@@ -525,6 +586,34 @@ def _add_story(commands: Any) -> None:
     _add_cluster_arguments(p)
     p.add_argument("--json", action="store_true", help="print the changes as JSON")
     p.set_defaults(func=cmd_story)
+
+
+def _add_logs(commands: Any) -> None:
+    p = commands.add_parser(
+        "logs",
+        help="show what tasks and actors printed, from any node",
+        description=(
+            "Show the log files workers keep of what their processes printed (stdout "
+            "and stderr): of every node, one node, one actor's process or one task. "
+            "Ids may be shortened to a prefix, as the driver's output shows node ids."
+        ),
+    )
+    p.add_argument("--node", metavar="NODE_ID", help="only this node's processes")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--actor", metavar="ID", help="only this actor's process")
+    which.add_argument(
+        "--task", metavar="ID", help="only what this task printed (its id, or its ref's)"
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep showing new lines")
+    p.add_argument(
+        "--tail",
+        type=int,
+        default=100,
+        metavar="N",
+        help="lines of each file to show (default 100)",
+    )
+    _add_cluster_arguments(p)
+    p.set_defaults(func=cmd_logs)
 
 
 def _exit_on_signal(signum: int, _frame: Any) -> None:

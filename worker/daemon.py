@@ -51,6 +51,7 @@ from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.settings import settings
 
 from . import store
+from .logs import read_logs
 from .output import OutputRelay
 from .reports import READ_DELAY, ReportReader
 from .state import (
@@ -145,6 +146,7 @@ class WorkerDaemon:
         self._scheduler_now = False
         self.loop: IOLoop  # set when started, on the loop it runs on
         self.output: OutputRelay | None = None  # what executors print (worker/output.py)
+        self.log_dir = Path()  # where it goes (set when started)
         self._stopping = False
         self.stopped = asyncio.Event()
         self.server: _ExecutorServer | None = None
@@ -161,8 +163,8 @@ class WorkerDaemon:
 
     async def start(self) -> None:
         self.loop = IOLoop.current()
-        logs = config.state_dir() / "logs" / self.worker_id
-        self.output = OutputRelay(self.loop, self.worker_id, logs, self._send_output)
+        self.log_dir = config.state_dir() / "logs" / self.worker_id
+        self.output = OutputRelay(self.loop, self.worker_id, self.log_dir, self._send_output)
         swept = store.sweep_dead_daemons()
         if swept:
             log.warning("removed what %d dead worker daemon(s) left behind", swept)
@@ -307,6 +309,9 @@ class WorkerDaemon:
             self._carry_out(self.state.handle(KillActorRequested(msg.actor_id, msg.graceful)))
         elif isinstance(msg, w.Shutdown):
             IOLoop.current().add_callback(self.stop)
+        elif isinstance(msg, w.ReadLogs):
+            files = read_logs(self.log_dir, msg.pid, msg.task, msg.offsets, msg.tail)
+            self._to_scheduler(w.LogsRead(msg.client_id, msg.request_id, files))
         else:
             log.warning("ignoring unexpected %s from the scheduler", type(msg).__name__)
 

@@ -20,6 +20,13 @@ def list_tasks() -> list[dict[str, Any]]:
     return tasks
 
 
+def list_actors() -> list[dict[str, Any]]:
+    """Every actor on record: ``actor_id``, ``class_name``, ``name``, ``namespace``,
+    ``state`` (``PENDING``, ``ALIVE``, ``RESTARTING``, ``DEAD``), ``node_id``, ``pid``."""
+    actors: list[dict[str, Any]] = _api.client().query("actors")
+    return actors
+
+
 def cluster_statistics() -> dict[str, Any]:
     """The scheduler's counts: tasks by state, finished tasks by path, objects, workers."""
     stats: dict[str, Any] = _api.client().query("statistics")

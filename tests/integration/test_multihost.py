@@ -159,6 +159,14 @@ def test_objects_cross_between_two_hosts(two_hosts, tmp_path):
         # What a task on the other host printed reached this driver, named by its node.
         pid, node = driver.stdout.split(" FROM ")[1].split()
         assert f"(shout pid={pid}, node={node}) hello from the other host" in driver.stdout
+        # The head reads the other host's log files through its worker daemon.
+        logs = subprocess.run(
+            ["ip", "netns", "exec", a, py, "-m", "taskgraph.cli", "logs", "--node", node,
+             "--address", address, "--token", token],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert logs.returncode == 0, logs.stderr
+        assert f"==> node {node}" in logs.stdout and "hello from the other host" in logs.stdout
     finally:
         for proc in workers:
             stop_process(proc)
