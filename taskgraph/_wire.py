@@ -174,6 +174,11 @@ class TaskResult(Msg):
     started: float = 0.0  # wall-clock time it started (time.time(); 0: it never ran)
     delivered: bool = False  # the returns went straight to the waiting owner (_deliveries.py)
     channel: bytes = b""  # it came down a channel (TaskSpec.channel): the daemon only relays it
+    pid: int = 0  # the process that ran it
+    # Seconds it spent in each phase: [fetch, deserialize, run, store] (its
+    # arguments fetched from other hosts, then decoded; its function; its
+    # returns stored). Fewer when it failed before the end.
+    phases: list[float] = []
 
 
 # -- client -> scheduler -----------------------------------------------------

@@ -154,6 +154,7 @@ class Executor:
         self.client = client
         self.worker_id = worker_id
         self.executor_id = executor_id
+        self.pid = os.getpid()
         self.functions: dict[bytes, Any] = {}
         self.tasks = Inbox(client)
         self.running = False
@@ -169,6 +170,7 @@ class Executor:
         self.reports = ReportWriter(-1)  # the daemon's report pipe, set by main()
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
         self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
+        self._fetching = threading.local()  # .seconds: this thread's task waited on copies
         self._fetch_ids = itertools.count(1)
         client.fetch_via_worker = self.fetch
         client.on_block, client.on_unblock = self.tasks.block, self.tasks.unblock
@@ -218,8 +220,12 @@ class Executor:
         waiting: concurrent.futures.Future[w.Fetched] = concurrent.futures.Future()
         request_id = next(self._fetch_ids)
         self._fetches[request_id] = waiting
+        began = time.perf_counter()
         self.client.send_now(w.Fetch(request_id, object_id, location))
         reply = waiting.result()
+        self._fetching.seconds = getattr(self._fetching, "seconds", 0.0) + (
+            time.perf_counter() - began
+        )
         if reply.location is None:
             raise ObjectLostError(object_id.hex(), f"it could not be fetched: {reply.error}")
         return reply.location
@@ -336,6 +342,7 @@ class Executor:
         process cannot take a finished one's report with it.
         """
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
+        result.pid = self.pid
         caller = self.callers.caller_of(result.task_id) if self.callers is not None else None
         if caller is not None:
             result.channel = self.actor_id
@@ -451,11 +458,15 @@ class Executor:
                 os.environ["CUDA_VISIBLE_DEVICES"] = self.saved_cuda
 
     def call(self, a: w.Assignment, fn: Any) -> w.TaskResult:
-        """Run a task or a sequential/threaded actor call; its failure becomes data."""
+        """Run a task or a sequential/threaded actor call; its failure becomes data.
+        Its report says how long each phase took (``TaskResult.phases``)."""
         spec = a.spec
-        started, began = time.time(), time.perf_counter()
+        clock = Phases(time.perf_counter())
+        started = time.time()
+        self._fetching.seconds = 0.0
         try:
             args, kwargs = self._arguments(a)
+            clock.lap()
             self._enter(a)
             try:
                 out = fn(*args, **kwargs)
@@ -463,24 +474,31 @@ class Executor:
                     out = self._stream(spec, out)
             finally:
                 self._leave(a)
+            clock.lap()
             result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
             result = self._failed(a, exc)
-        result.started, result.duration = started, time.perf_counter() - began
+        result.started, result.duration = started, clock.end(self._fetching.seconds)
+        result.phases = clock.laps
         return result
 
     async def call_async(self, a: w.Assignment, method: Any) -> w.TaskResult:
         spec = a.spec
-        started, began = time.time(), time.perf_counter()
+        clock = Phases(time.perf_counter())
+        started = time.time()
         try:
             args, kwargs = self._arguments(a)
+            clock.lap()
             out = method(*args, **kwargs)
             if inspect.isawaitable(out):
                 out = await out
+            clock.lap()
             result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
             result = self._failed(a, exc)
-        result.started, result.duration = started, time.perf_counter() - began
+        # (calls run side by side on one loop: no fetch time of their own to tell)
+        result.started, result.duration = started, clock.end(0.0)
+        result.phases = clock.laps
         return result
 
     def _failed(self, a: w.Assignment, exc: BaseException) -> w.TaskResult:
@@ -539,6 +557,34 @@ class Executor:
             # inside a return.
             self._until_reported[spec.task_id] = [ObjectRef(oid, self.client) for oid in inner]
         return returns
+
+
+class Phases:
+    """A task's phases, timed: arguments (fetched, then decoded), its run, and
+    storing its returns. ``laps`` is what the report carries: seconds of
+    [fetch, deserialize, run, store]; a task that failed early has fewer."""
+
+    __slots__ = ("_marks",)
+
+    def __init__(self, began: float) -> None:
+        self._marks = [began]
+
+    def lap(self) -> None:
+        self._marks.append(time.perf_counter())
+
+    def end(self, fetched: float) -> float:
+        """The last lap; returns the whole duration. ``fetched``: of the first
+        phase, the seconds spent waiting for copies from other hosts."""
+        self.lap()
+        marks = self._marks
+        steps = [b - a for a, b in itertools.pairwise(marks)]
+        fetched = min(fetched, steps[0])
+        self._marks = [fetched, steps[0] - fetched, *steps[1:]]
+        return marks[-1] - marks[0]
+
+    @property
+    def laps(self) -> list[float]:
+        return self._marks
 
 
 def main() -> None:
