@@ -36,6 +36,7 @@ from .state import (
 log = logging.getLogger("taskgraph.scheduler")
 
 RELAYED = (w.TaskOutput, w.LogsRead)  # from workers, for clients; never the state's
+OUTPUT_BACKLOG = 16 << 20  # bytes waiting for a driver past which its tasks' output is dropped
 
 
 class SchedulerServer(TCPServer):
@@ -54,6 +55,7 @@ class SchedulerServer(TCPServer):
         self._ticker.start()
         self.client_streams: dict[bytes, IOStream] = {}
         self.shows_output: set[bytes] = set()  # drivers that asked for their tasks' output
+        self.output_dropped: dict[bytes, int] = {}  # lines dropped for a slow driver, by driver
         self.worker_streams: dict[str, IOStream] = {}
         self.rejected = 0
         self._outgoing: dict[IOStream, list[w.Msg]] = {}
@@ -135,6 +137,7 @@ class SchedulerServer(TCPServer):
         finally:
             self.client_streams.pop(client_id, None)
             self.shows_output.discard(client_id)
+            self.output_dropped.pop(client_id, None)
             self.handle(ClientLeft(client_id))
             stream.close()
 
@@ -172,7 +175,7 @@ class SchedulerServer(TCPServer):
         for msg in msgs:
             if type(msg) is w.TaskOutput:
                 if msg.job in self.shows_output:
-                    self._outgoing.setdefault(self.client_streams[msg.job], []).append(msg)
+                    self._relay_output(self.client_streams[msg.job], msg)
             elif type(msg) is w.LogsRead:
                 stream = self.client_streams.get(msg.client_id)
                 if stream is not None:
@@ -182,6 +185,26 @@ class SchedulerServer(TCPServer):
                 rest.append(msg)
         self._flush()
         return rest
+
+    def _relay_output(self, stream: IOStream, msg: w.TaskOutput) -> None:
+        """A driver that does not read (its stdout blocked, or stopped) would make us
+        hold everything its tasks print: past ``OUTPUT_BACKLOG`` bytes waiting for
+        it, lines are dropped (it is told when that starts, and how many when it
+        reads again)."""
+        outgoing = self._outgoing.setdefault(stream, [])
+        waiting = len(getattr(stream, "_write_buffer", None) or b"")  # (Tornado's, private)
+        if waiting > OUTPUT_BACKLOG:
+            if msg.job not in self.output_dropped:
+                self.output_dropped[msg.job] = 0
+                note = "this driver reads too slowly: what its tasks print is dropped for now"
+                outgoing.append(w.TaskOutput(msg.job, "taskgraph", 0, "scheduler", 2, [note]))
+            self.output_dropped[msg.job] += len(msg.lines)
+            return
+        dropped = self.output_dropped.pop(msg.job, None)
+        if dropped is not None:
+            note = f"{dropped} lines its tasks printed were dropped"
+            outgoing.append(w.TaskOutput(msg.job, "taskgraph", 0, "scheduler", 2, [note]))
+        outgoing.append(msg)
 
     def _ask_for_logs(self, client_id: bytes, msgs: list[w.Msg]) -> list[w.Msg]:
         """Log requests go to the worker named (which answers with ``LogsRead``);

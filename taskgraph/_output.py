@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from taskgraph import _wire as w
 
 FOLD_WINDOW = 5.0  # seconds a line's copies from other processes are folded for
+# Lines remembered for folding, at most: tasks printing thousands of distinct lines
+# a second would otherwise hold them all for a window; past this the oldest
+# window ends early (its count, if any, shows then).
+MAX_WINDOWS = 10_000
 
 
 @dataclass(slots=True)
@@ -37,9 +41,12 @@ class _Window:
 class Folder:
     """Which lines show now and which fold into a count (pure: the caller says the time)."""
 
-    def __init__(self, window: float = FOLD_WINDOW) -> None:
+    def __init__(self, window: float = FOLD_WINDOW, limit: int = MAX_WINDOWS) -> None:
         self.window = window
+        self.limit = limit
         self._open: OrderedDict[tuple[int, str], _Window] = OrderedDict()  # oldest first
+        self._folding = 0  # windows with folds: ``pending`` is asked at every message
+        self._ended: list[tuple[int, str]] = []  # counts of windows ended early, for ``due``
 
     def take(
         self, now: float, stream: int, text: str, process: tuple[str, int], prefix: str
@@ -48,31 +55,44 @@ class Folder:
         key = (stream, text)
         seen = self._open.get(key)
         if seen is None or now - seen.since >= self.window:
-            # (an ended window still here has no folds: ``due`` takes those)
-            self._open.pop(key, None)
+            ended = self._open.pop(key, None)
+            if ended is not None:
+                self._end(key, ended)  # (its count shows at the next ``due``)
+            if len(self._open) >= self.limit:
+                self._end(*self._open.popitem(last=False))
             self._open[key] = _Window(now, process, prefix)
             return True
         if process == seen.process:
             return True
+        self._folding += not seen.folded
         seen.folded += 1
         return False
 
+    def _end(self, key: tuple[int, str], seen: _Window) -> None:
+        if seen.folded:
+            self._folding -= 1
+            stream, text = key
+            self._ended.append(
+                (stream, f"{seen.prefix} {text} [repeated {seen.folded}x across the cluster]")
+            )
+
     def due(self, now: float) -> list[tuple[int, str]]:
         """The windows that ended with folds, as (stream, line to show); forgets ended ones."""
-        shown: list[tuple[int, str]] = []
         while self._open:
-            (stream, text), seen = next(iter(self._open.items()))
+            key, seen = next(iter(self._open.items()))
             if now - seen.since < self.window:
                 break
-            del self._open[(stream, text)]
-            if seen.folded:
-                shown.append(
-                    (stream, f"{seen.prefix} {text} [repeated {seen.folded}x across the cluster]")
-                )
+            del self._open[key]
+            self._end(key, seen)
+        shown, self._ended = self._ended, []
         return shown
 
     def pending(self) -> bool:
-        return any(seen.folded for seen in self._open.values())
+        return self._folding > 0 or bool(self._ended)
+
+    def __len__(self) -> int:
+        """Lines remembered now (at most ``limit``)."""
+        return len(self._open)
 
     def flush(self) -> list[tuple[int, str]]:
         """Every window's folds now (the driver is leaving)."""

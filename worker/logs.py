@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,15 @@ def _read(path: Path, start: int, follow: bool) -> tuple[list[str], int]:
     """The whole lines from ``start`` (the last ``MAX_BYTES`` of them, when not
     following), and where the next read starts."""
     try:
-        with open(path, "rb") as f:
+        # Not through a link: a task could plant one here, named like a log file,
+        # and have any client of the cluster read what it points to.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return [], 0  # a fifo or device by that name: nothing of ours
             size = f.seek(0, os.SEEK_END)
-            if start > size:
-                start = 0  # a new file under the same name
+            if not 0 <= start <= size:
+                start = 0  # a new file under the same name (or a bad offset)
             if not follow and size - start > MAX_BYTES:
                 start = size - MAX_BYTES
             f.seek(start)

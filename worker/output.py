@@ -25,6 +25,12 @@ from taskgraph import _wire as w
 from taskgraph._ids import job_of
 
 MARK = "\x1etaskgraph-source\x1f"  # a marker line starts so: no text a user prints does
+# A task's code writes to the same pipe as the executor (print, os.write, a child
+# process), so it could write a marker line naming another job and have its text
+# shown by that job's driver. So each executor draws a key, writes it on a line of
+# its own before any task runs (``TaggedStream``), and only markers with that key
+# count; a daemon takes the first key line of each pipe and no other.
+KEY = os.urandom(8).hex()
 LINE_LIMIT = 16 * 1024  # a longer line is cut into pieces this long (chars)
 
 
@@ -36,9 +42,9 @@ class Source:
     task_id: bytes = b""  # the task running (an actor's creation, for an actor)
     job: bytes = b""  # the driver's client id; empty: no driver (the executor itself)
 
-    def marker(self) -> str:
-        label = self.label.replace("\n", " ").replace("\x1f", " ")
-        return f"{MARK}{self.job.hex()}\x1f{self.task_id.hex()}\x1f{label}\n"
+    def marker(self, key: str = KEY) -> str:
+        label = self.label.replace("\n", " ").replace("\x1f", " ").replace("\x1e", " ")
+        return f"{MARK}{key}\x1f{self.job.hex()}\x1f{self.task_id.hex()}\x1f{label}\n"
 
     def header(self) -> str:
         """The line the log file shows where this source starts printing."""
@@ -76,6 +82,7 @@ class TaggedStream(io.TextIOBase):
         super().__init__()
         inner.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
         self.inner = inner
+        inner.write(f"{MARK}key\x1f{KEY}\n")  # before any task's code can write here
         self._marked: w.TaskSpec | bool | None = False  # the task of the last marker
         self._line_open = False  # the last text written did not end its line
 
@@ -119,11 +126,12 @@ class TaggedStream(io.TextIOBase):
 # -- in the daemon ---------------------------------------------------------------------
 
 
-def parse_marker(line: str) -> Source | None:
-    if not line.startswith(MARK):
-        return None
+def parse_marker(line: str, key: str) -> Source | None:
+    """The source a marker line names (``line`` starts after ``MARK``), if it has ``key``."""
     try:
-        job, task_id, label = line[len(MARK) :].split("\x1f", 2)
+        given, job, task_id, label = line.split("\x1f", 3)
+        if given != key:
+            return None  # a task's forgery (or another process's): an ordinary line
         return Source(label, bytes.fromhex(task_id), bytes.fromhex(job))
     except ValueError:
         return None  # not ours after all: an ordinary line
@@ -138,6 +146,7 @@ class OutputReader:
 
     def __init__(self) -> None:
         self.source = NOBODY
+        self.key = ""  # the executor's (``KEY``): until its key line, no marker counts
         self._partial = b""
 
     def feed(self, data: bytes) -> list[tuple[Source, list[str]]]:
@@ -147,7 +156,13 @@ class OutputReader:
         # split("\n"), not splitlines(): that also splits at the marker's \x1e.
         runs = self._lines(data[: cut - 1].decode("utf-8", "replace").split("\n") if cut else [])
         if len(self._partial) > 4 * LINE_LIMIT:  # bytes; chars are at most 4 bytes
+            # A marker may have begun at the end (after text with no newline): it
+            # stays for the rest of its line, or the next task's text is this one's.
+            begun = self._partial.rfind(MARK[:1].encode(), -LINE_LIMIT // 4)
+            keep = self._partial[begun:] if begun > 0 else b""
+            self._partial = self._partial[: len(self._partial) - len(keep)]
             runs += self.close()
+            self._partial = keep
         return runs
 
     def close(self) -> list[tuple[Source, list[str]]]:
@@ -156,15 +171,27 @@ class OutputReader:
 
     def _lines(self, lines: list[str]) -> list[tuple[Source, list[str]]]:
         runs: list[tuple[Source, list[str]]] = []
-        for line in lines:
-            marked = parse_marker(line)
-            if marked is not None:
+        for whole in lines:
+            # A marker ends a line that text written without a newline began
+            # (os.write, a child process): that text is the last source's.
+            line, _, marker = whole.rpartition(MARK)
+            marked = None
+            if marker and not self.key and marker.startswith("key\x1f"):
+                self.key = marker[4:]
+                marked = self.source
+            elif marker and self.key:
+                marked = parse_marker(marker, self.key)
+            if marked is None:
+                line = whole
+            elif not line:
                 self.source = marked
                 continue
             pieces = [line[i : i + LINE_LIMIT] for i in range(0, len(line), LINE_LIMIT)]
             if not runs or runs[-1][0] is not self.source:
                 runs.append((self.source, []))
             runs[-1][1].extend(pieces or [""])
+            if marked is not None:
+                self.source = marked
         return runs
 
 

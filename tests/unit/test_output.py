@@ -38,26 +38,33 @@ def tagged_writes(writes: list[tuple[w.TaskSpec | None, str]]) -> str:
     return pipe.getvalue()
 
 
+KEY_LINE = f"{output.MARK}key\x1f{output.KEY}\n"  # first, before any task's text
+
+
 A = spec("square", b"\x01" * 16)
 B = spec("cube", b"\x02" * 8 + b"\x03" * 8, job=b"\x09" * 8)
 
 
 def test_a_marker_goes_before_the_first_text_of_each_task_and_only_then() -> None:
     text = tagged_writes([(A, "one\n"), (A, "two\n"), (B, "three\n")])
-    assert text == (
+    assert text == KEY_LINE + (
         output.source_of(A).marker() + "one\ntwo\n" + output.source_of(B).marker() + "three\n"
     )
 
 
 def test_a_task_that_prints_nothing_writes_no_marker() -> None:
-    assert tagged_writes([(A, ""), (B, "x\n")]) == output.source_of(B).marker() + "x\n"
+    assert tagged_writes([(A, ""), (B, "x\n")]) == KEY_LINE + output.source_of(B).marker() + "x\n"
 
 
 def test_a_marker_after_an_unfinished_line_starts_a_line_of_its_own() -> None:
     text = tagged_writes([(A, "no newline"), (B, "next\n")])
     assert (
         text
-        == output.source_of(A).marker() + "no newline\n" + output.source_of(B).marker() + "next\n"
+        == KEY_LINE
+        + output.source_of(A).marker()
+        + "no newline\n"
+        + output.source_of(B).marker()
+        + "next\n"
     )
 
 
