@@ -104,54 +104,80 @@ def prefix(msg: w.TaskOutput) -> str:
 
 
 class OutputPrinter:
-    """The driver's end: prints what arrives (the client's reader thread calls
-    ``show``) and, on a thread of its own, the folded lines whose window ended."""
+    """The driver's end. ``show`` (called on the client's reader thread) only
+    queues: a driver whose stdout blocks (a full pipe nobody reads) must not
+    hold up its results. A thread of its own prints the lines, and the folded
+    ones whose window ended; it ends when nothing is queued or folded, and the
+    next line starts another. Past ``MAX_QUEUED`` lines waiting, lines are
+    dropped and counted (the count is printed once the stream takes lines again)."""
+
+    MAX_QUEUED = 100_000  # lines waiting to be printed
 
     def __init__(self, window: float = FOLD_WINDOW) -> None:
         self._folder = Folder(window)
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._queue: list[w.TaskOutput] = []
+        self._queued = 0  # lines in _queue
+        self._lost = 0  # lines dropped since the last note
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def show(self, msg: w.TaskOutput) -> None:
-        head = prefix(msg)
-        process = (msg.node, msg.pid)
         with self._lock:
-            now = time.monotonic()
-            lines = self._folder.due(now)
+            if self._closed:
+                return
+            if self._queued + len(msg.lines) > self.MAX_QUEUED:
+                self._lost += len(msg.lines)
+                return
+            self._queue.append(msg)
+            self._queued += len(msg.lines)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="taskgraph-output", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _take(self) -> tuple[list[tuple[int, str]], bool]:
+        """What to print now (lock held), and whether the thread is done."""
+        queue, self._queue, self._queued = self._queue, [], 0
+        now = time.monotonic()
+        lines = self._folder.due(now)
+        for msg in queue:
+            head, process = prefix(msg), (msg.node, msg.pid)
             lines += [
                 (msg.stream, f"{head} {text}")
                 for text in msg.lines
                 if self._folder.take(now, msg.stream, text, process, head)
             ]
-            folding = self._folder.pending()
-            if folding and self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._fold_loop, name="taskgraph-output", daemon=True
-                )
-                self._thread.start()
-        _write(lines)
+        if self._lost:
+            lines.append((2, f"[taskgraph: {self._lost} lines of task output dropped: "
+                             "this process's output was not being read]"))  # fmt: skip
+            self._lost = 0
+        if self._closed:
+            lines += self._folder.flush()
+        done = self._closed or (not queue and not self._folder.pending())
+        if done:
+            self._thread = None
+        return lines, done
 
-    def _fold_loop(self) -> None:
-        """Until nothing is folded (then it ends; the next fold starts another)."""
+    def _run(self) -> None:
         while True:
-            self._wake.wait(self._folder.window / 5)
+            self._wake.clear()
             with self._lock:
-                lines = self._folder.flush() if self._closed else self._folder.due(time.monotonic())
-                done = self._closed or not self._folder.pending()
-                if done:
-                    self._thread = None
+                lines, done = self._take()
             _write(lines)
             if done:
                 return
+            self._wake.wait(self._folder.window / 5 if not lines else 0.0)
 
     def close(self) -> None:
-        """Show what is folded still; the driver is leaving."""
+        """Print what is queued or folded still; the driver is leaving."""
         with self._lock:
             self._closed = True
             thread = self._thread
-            lines = self._folder.flush() if thread is None else []
+            lines = self._take()[0] if thread is None else []
         self._wake.set()
         if thread is not None:
             thread.join(5)
