@@ -17,6 +17,7 @@ from tornado.ioloop import PeriodicCallback
 from taskgraph import config
 from taskgraph.settings import settings
 
+from . import dashboard
 from .server import SchedulerServer
 
 
@@ -37,6 +38,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # May be given twice: a TCP socket (the cluster's address) and a Unix one.
     p.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--no-record", action="store_true", help="do not record for init('auto')")
+    p.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="interface for the HTTP port, /metrics (0.0.0.0: all)",
+    )
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=dashboard.DEFAULT_PORT,
+        help="HTTP port for /metrics; if taken, a free one is used and logged (0: any free port)",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="serve no HTTP port")
+    # The HTTP port's listening socket, made by a local cluster (like --listen-fd).
+    p.add_argument("--dashboard-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -56,9 +71,30 @@ async def serve(args: argparse.Namespace) -> None:
         server.listen(args.port, args.host)
         host, port = args.host, next(iter(server._sockets.values())).getsockname()[1]
     address = f"tcp://{host}:{port}"
+    http = None
+    if args.dashboard_fd is not None:
+        http_socks = [socket.socket(fileno=args.dashboard_fd)]
+    elif not args.no_dashboard:
+        try:
+            http_socks = dashboard.bind(args.dashboard_host, args.dashboard_port)
+        except OSError as exc:
+            where = f"{args.dashboard_host}:{args.dashboard_port}"
+            print(
+                f"taskgraph-scheduler: cannot serve /metrics on {where}: {exc} "
+                "(--dashboard-host, --dashboard-port; --no-dashboard for none)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from exc
+    else:
+        http_socks = []
+    if http_socks:
+        http = dashboard.serve(server.registry, http_socks)
+        server.dashboard_url = dashboard.url_of(http_socks[0])
     if not args.no_record:
         config.record_cluster(address, token, os.getpid(), "scheduler")
     print(f"taskgraph-scheduler listening at {address}", flush=True)
+    if http is not None:  # (a line of its own: the first one is read for the address)
+        print(f"taskgraph-scheduler metrics at {server.dashboard_url}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -73,6 +109,8 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     server.shutdown_cluster()
     server.stop()
+    if http is not None:
+        http.stop()
     for path in unix_paths:  # our starter removes them too, unless it died first
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -54,11 +54,14 @@ def record(task: Task) -> dict[str, Any]:
 class TaskHistory:
     def __init__(self, keep: int = KEEP) -> None:
         self.finished_by_path = {"scheduled": 0, "lease": 0, "actor_direct": 0}
+        self.finished_by_name: dict[tuple[str, str], int] = {}  # (name, FINISHED|FAILED) -> count
         self._last: deque[dict[str, Any]] = deque(maxlen=keep)
 
     def finished(self, task: Task) -> None:
         entry = record(task)
         self.finished_by_path[entry["path"]] += 1
+        key = (entry["name"], entry["state"])
+        self.finished_by_name[key] = self.finished_by_name.get(key, 0) + 1
         self._last.append(entry)
 
     def task_list(self, live: Iterable[Task]) -> list[dict[str, Any]]:

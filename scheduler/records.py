@@ -127,6 +127,8 @@ class WorkerRec:
     piped_reports: int = 0  # as of its last heartbeat (worker/reports.py)
     last_seen: float = 0.0
     store: dict[str, int] = field(default_factory=dict)  # its object store, as of its heartbeat
+    system: dict[str, float] = field(default_factory=dict)  # its host's CPU and memory, likewise
+    transfers: dict[str, int] = field(default_factory=dict)  # objects pulled and served, likewise
 
     # The worker's one ledger of what is free: tasks, actors and leases take and
     # give back through these two. GPUs are counted per device, in shares

@@ -20,6 +20,8 @@ from taskgraph._transport import FrameReader, accept_handshake, read_batch, writ
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.settings import settings
 
+from . import views
+from .metrics import LoopLag, UserMetrics, registry_for
 from .state import (
     ClientJoined,
     ClientLeft,
@@ -35,7 +37,10 @@ from .state import (
 
 log = logging.getLogger("taskgraph.scheduler")
 
-RELAYED = (w.TaskOutput, w.LogsRead)  # from workers, for clients; never the state's
+# For the shell, never the state's: from workers (output and log files for
+# clients, executors' metrics), and from clients (log requests, metrics).
+RELAYED = (w.TaskOutput, w.LogsRead, w.MetricsUpdate)
+FOR_THE_SHELL = (w.ReadLogs, w.MetricsUpdate)
 OUTPUT_BACKLOG = 16 << 20  # bytes waiting for a driver past which its tasks' output is dropped
 
 
@@ -60,6 +65,12 @@ class SchedulerServer(TCPServer):
         self.rejected = 0
         self._outgoing: dict[IOStream, list[w.Msg]] = {}
         self._closing: list[IOStream] = []
+        # What /metrics shows (scheduler/metrics.py, served by scheduler/dashboard.py).
+        self.user_metrics = UserMetrics()
+        self.registry = registry_for(lambda: views.metrics(self.state), self.user_metrics)
+        self._loop_lag = LoopLag(self.registry)
+        self._loop_lag.start()
+        self.dashboard_url = ""  # set by whoever serves the registry over HTTP
 
     def handle(self, *events: Event) -> None:
         try:
@@ -98,7 +109,7 @@ class SchedulerServer(TCPServer):
 
     def _welcome(self) -> w.Welcome:
         workers = [r.info for r in self.state.workers.values()]
-        return w.Welcome(b"", self.state.cluster_id, workers)
+        return w.Welcome(b"", self.state.cluster_id, workers, self.dashboard_url)
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         stream.set_nodelay(True)
@@ -129,8 +140,8 @@ class SchedulerServer(TCPServer):
         try:
             while True:
                 msgs = await reader.read()
-                if any(type(m) is w.ReadLogs for m in msgs):
-                    msgs = self._ask_for_logs(client_id, msgs)
+                if any(type(m) in FOR_THE_SHELL for m in msgs):
+                    msgs = self._shell_messages(client_id, msgs)
                 self.handle(ClientSent(client_id, msgs))
                 if any(isinstance(m, w.Goodbye) for m in msgs):
                     break
@@ -166,11 +177,12 @@ class SchedulerServer(TCPServer):
                 self.handle(WorkerLeft(worker_id))
             stream.close()
 
-    # -- relayed, with no part for the state machine: output and log files -----
+    # -- relayed, with no part for the state machine: output, log files, metrics --
 
     def _relay(self, msgs: list[w.Msg]) -> list[w.Msg]:
         """What tasks printed goes on to their drivers, a worker's log files to the
-        client that asked for them; the rest of the frame is returned."""
+        client that asked for them, executors' metrics to ``/metrics``; the rest of
+        the frame is returned."""
         rest: list[w.Msg] = []
         for msg in msgs:
             if type(msg) is w.TaskOutput:
@@ -181,6 +193,8 @@ class SchedulerServer(TCPServer):
                 if stream is not None:
                     reply = w.QueryReply(msg.request_id, msg.files)
                     self._outgoing.setdefault(stream, []).append(reply)
+            elif type(msg) is w.MetricsUpdate:
+                self.user_metrics.update(msg)
             else:
                 rest.append(msg)
         self._flush()
@@ -206,11 +220,14 @@ class SchedulerServer(TCPServer):
             outgoing.append(w.TaskOutput(msg.job, "taskgraph", 0, "scheduler", 2, [note]))
         outgoing.append(msg)
 
-    def _ask_for_logs(self, client_id: bytes, msgs: list[w.Msg]) -> list[w.Msg]:
-        """Log requests go to the worker named (which answers with ``LogsRead``);
-        the rest of the frame is returned."""
+    def _shell_messages(self, client_id: bytes, msgs: list[w.Msg]) -> list[w.Msg]:
+        """Log requests go to the worker named (which answers with ``LogsRead``),
+        metrics to ``/metrics``; the rest of the frame is returned."""
         rest: list[w.Msg] = []
         for msg in msgs:
+            if type(msg) is w.MetricsUpdate:
+                self.user_metrics.update(msg)
+                continue
             if type(msg) is not w.ReadLogs:
                 rest.append(msg)
                 continue
@@ -228,6 +245,7 @@ class SchedulerServer(TCPServer):
 
     def stop(self) -> None:
         self._ticker.stop()
+        self._loop_lag.stop()
         super().stop()
 
     def shutdown_cluster(self) -> None:

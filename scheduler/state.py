@@ -726,6 +726,10 @@ class SchedulerState:
             worker.piped_reports = msg.piped_reports
             if msg.store is not None:
                 worker.store = msg.store
+            if msg.system is not None:
+                worker.system = msg.system
+            if msg.transfers is not None:
+                worker.transfers = msg.transfers
         else:
             raise TypeError(f"a worker may not send {type(msg).__name__}")
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import placement
 from .actors import is_call
+from .history import STATE_NAMES
 
 if TYPE_CHECKING:
     from .records import Obj
@@ -115,6 +116,43 @@ def statistics(state: SchedulerState) -> dict[str, Any]:
         "workers": len(state.workers),
         "clients": len(state.clients),
         "transitions": state.transition_count,
+    }
+
+
+def metrics(state: SchedulerState) -> dict[str, Any]:
+    """What ``/metrics`` exports of the cluster (scheduler/metrics.py), as plain data:
+    tasks by state and function, objects, and each node as of its last heartbeat."""
+    tasks: dict[tuple[str, str], int] = {}
+    for task in state.tasks.values():
+        key = (STATE_NAMES[task.state], task.spec.name)
+        tasks[key] = tasks.get(key, 0) + 1
+    inline_objects = inline_bytes = 0
+    for obj in state.objects.values():
+        if obj.location is None and obj.data is not None:
+            inline_objects += 1
+            inline_bytes += len(obj.data)
+    nodes = [
+        {
+            "node_id": r.worker_id,
+            "running": len(r.running),
+            "executors": r.executors,
+            "resources": dict(r.total),
+            "available": {k: max(v, 0.0) for k, v in r.available.items()},
+            "store": dict(r.store),
+            "system": dict(r.system),
+            "transfers": dict(r.transfers),
+        }
+        for r in state.workers.values()
+    ]
+    return {
+        "tasks": tasks,  # (state, name) -> count, of tasks not finished
+        "finished": dict(state.history.finished_by_name),  # (name, state) -> count, ever
+        "objects": len(state.objects),
+        "inline_objects": inline_objects,
+        "inline_bytes": inline_bytes,
+        "clients": len(state.clients),
+        "transitions": state.transition_count,
+        "nodes": nodes,
     }
 
 

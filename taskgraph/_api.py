@@ -59,16 +59,26 @@ class Runtime:
 
 
 class ClusterContext:
-    """What ``init`` returns: where the cluster is, usable as a context manager."""
+    """What ``init`` returns: where the cluster is, usable as a context manager.
 
-    def __init__(self, address: str, namespace: str, local: bool) -> None:
+    ``dashboard_url``: the scheduler's HTTP port (``/metrics``), as
+    ``"http://127.0.0.1:PORT"``; None when it serves none.
+    """
+
+    def __init__(
+        self, address: str, namespace: str, local: bool, dashboard_url: str | None = None
+    ) -> None:
         self.address = address
         self.namespace = namespace
         self.local = local
+        self.dashboard_url = dashboard_url
 
     def __repr__(self) -> str:
         kind = "local cluster" if self.local else "cluster"
-        return f"ClusterContext({kind} at {self.address}, namespace={self.namespace!r})"
+        return (
+            f"ClusterContext({kind} at {self.address}, namespace={self.namespace!r}, "
+            f"dashboard_url={self.dashboard_url!r})"
+        )
 
     def __enter__(self) -> ClusterContext:
         return self
@@ -111,25 +121,24 @@ def init(
     ``logging_format`` set up the ``taskgraph`` logger (a handler to stderr),
     unless ``configure_logging=False``. What tasks and actors print shows here,
     each line prefixed with who printed it (``log_to_driver=False``: only in
-    the workers' log files). ``include_dashboard``, ``dashboard_host`` and
-    ``dashboard_port`` are taken for Ray code to run unchanged; there is no
-    dashboard yet (asking for one says so).
+    the workers' log files).
+
+    A local cluster's scheduler serves HTTP (``/metrics``, Prometheus text) on
+    ``dashboard_host`` (127.0.0.1) at ``dashboard_port``: a free port when None
+    or when the one asked for is taken (the log says so);
+    ``include_dashboard=False``: no HTTP port. The returned context's
+    ``dashboard_url`` says where (a cluster joined by address: where its
+    scheduler serves, whatever these keywords say).
     Another Ray keyword is an error that names it.
     """
     global _runtime
     _refuse_keywords(unsupported)
     if configure_logging:
         _configure_logging(logging_level, logging_format)
-    if include_dashboard:
-        logging.getLogger("taskgraph").warning(
-            "include_dashboard=True: taskgraph has no dashboard yet; init() goes on without one"
-        )
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
-                return ClusterContext(
-                    _runtime.address, _runtime.namespace, _runtime.cluster is not None
-                )
+                return _context(_runtime)
             raise RuntimeError(
                 "taskgraph.init() was already called; call shutdown() first or pass "
                 "ignore_reinit_error=True"
@@ -148,8 +157,16 @@ def init(
                 f"got {object_store_memory!r}"
             )
         if address == "local":
+            dashboard = None if include_dashboard is False else (dashboard_host, dashboard_port)
             _runtime = _start_local(
-                num_cpus, num_gpus, resources, object_store_memory, memory, namespace, log_to_driver
+                num_cpus,
+                num_gpus,
+                resources,
+                object_store_memory,
+                memory,
+                namespace,
+                log_to_driver,
+                dashboard,
             )
         else:
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
@@ -176,7 +193,19 @@ def init(
             client = _connect(address, token, namespace, log_to_driver)
             _runtime = Runtime(client, address, namespace)
         atexit.register(shutdown)
-        return ClusterContext(_runtime.address, namespace, _runtime.cluster is not None)
+        return _context(_runtime)
+
+
+def _context(runtime: Runtime) -> ClusterContext:
+    url = runtime.client.dashboard_url or None
+    if url is not None:
+        # A scheduler serving on every interface names none: use the host we reach it by.
+        scheme, _, rest = url.partition("://")
+        host, _, port = rest.rpartition(":")
+        if host in ("0.0.0.0", "[::]", ""):
+            there = runtime.address.partition("://")[2].rpartition(":")[0]
+            url = f"{scheme}://{there or '127.0.0.1'}:{port}"
+    return ClusterContext(runtime.address, runtime.namespace, runtime.cluster is not None, url)
 
 
 def _connect(address: str, token: str, namespace: str, output: bool = True) -> Client:
@@ -290,6 +319,7 @@ def _start_local(
     memory: int | None,
     namespace: str,
     output: bool,
+    dashboard: tuple[str, int | None] | None,
 ) -> Runtime:
     import json
 
@@ -304,7 +334,7 @@ def _start_local(
         args += ["--memory-limit", str(memory)]
     if object_store_memory is not None:
         args += ["--object-store-memory", str(object_store_memory)]
-    cluster = LocalCluster(args)
+    cluster = LocalCluster(args, dashboard)
     try:
         client = _connect(cluster.local_address, cluster.token, namespace, output)
         deadline = time.monotonic() + 60

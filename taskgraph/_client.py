@@ -35,8 +35,8 @@ from typing import Any
 
 import msgspec
 
+from taskgraph import _metrics, serialization
 from taskgraph import _wire as w
-from taskgraph import serialization
 from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ActorRoute
@@ -125,6 +125,7 @@ class Client:
         self.conn = conn
         self.client_id = client_id
         self.cluster_id = welcome.cluster_id
+        self.dashboard_url = welcome.dashboard  # "": the scheduler serves no HTTP port
         self.workers = list(welcome.workers)
         self.host = host_id()
         self._send = send or conn.send
@@ -350,12 +351,20 @@ class Client:
                     self._flush_cond.wait(LAZY_DELAY)
                 if self.closed:
                     return
+                if _metrics.RECORDER.due():
+                    self._queue_metrics()
             self.flush()
             for store_client in list(self._stores.values()):
                 try:
                     store_client.flush_unpins()
                 except OSError:
                     pass  # that daemon is gone, and its pins with it
+
+    def _queue_metrics(self) -> None:
+        """This process's user metrics since the last update (lock held)."""
+        update = _metrics.RECORDER.take()
+        if update is not None:
+            self._pending.append(update)
 
     # -- receiving -------------------------------------------------------
 
@@ -880,6 +889,8 @@ class Client:
         if self.closed:
             return
         with self._lock:
+            if _metrics.RECORDER.changed:
+                self._queue_metrics()
             self._queue(w.Goodbye())
         self.flush()
         with self._lock:

@@ -9,6 +9,8 @@ closing them.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import socket
@@ -24,10 +26,25 @@ START_TIMEOUT = 60.0
 
 
 class LocalCluster:
-    def __init__(self, worker_args: list[str]) -> None:
+    """``dashboard``: where the scheduler serves HTTP (/metrics), as (host, port);
+    port None: any free port; ``dashboard=None``: no HTTP port."""
+
+    def __init__(
+        self, worker_args: list[str], dashboard: tuple[str, int | None] | None = ("127.0.0.1", None)
+    ) -> None:
         self.token = config.new_token()
         env = child_env(self.token)
         parent = ["--parent-pid", str(os.getpid())]
+        # The scheduler's HTTP port (a free one unless asked for one), made here
+        # like its listening socket below.
+        http = _http_socket(*dashboard) if dashboard is not None else None
+        if http is None:
+            http_args = ["--no-dashboard"]
+            self.dashboard_url: str | None = None
+        else:
+            http_args = ["--dashboard-fd", str(http.fileno())]
+            host, port = http.getsockname()[:2]
+            self.dashboard_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         # We make the scheduler's listening socket, so the address is known at
         # once and the worker starts alongside the scheduler, not after it:
         # connections wait in the socket's backlog until the scheduler is up.
@@ -54,12 +71,13 @@ class LocalCluster:
                     "--listen-fd",
                     str(local.fileno()),
                     "--no-record",
+                    *http_args,
                     *parent,
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                pass_fds=(listener.fileno(), local.fileno()),
+                pass_fds=tuple(s.fileno() for s in (listener, local, http) if s is not None),
             )
         except BaseException:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
@@ -67,6 +85,8 @@ class LocalCluster:
         finally:
             listener.close()  # the scheduler holds them now; if it dies, connecting fails
             local.close()
+            if http is not None:
+                http.close()
         try:
             self.worker = subprocess.Popen(
                 [
@@ -111,3 +131,20 @@ class LocalCluster:
 
         sweep_dead_daemons()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def _http_socket(host: str, port: int | None) -> socket.socket:
+    """A listening socket for the scheduler's HTTP port: ``port``, or a free one
+    when it is None or taken (said in the log, as Dask does)."""
+    try:
+        return socket.create_server((host, port or 0), backlog=128)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not port:
+            raise
+    sock = socket.create_server((host, 0), backlog=128)
+    logging.getLogger("taskgraph").warning(
+        "dashboard_port=%d is taken (another cluster's?); the dashboard is on port %d instead",
+        port,
+        sock.getsockname()[1],
+    )
+    return sock

@@ -11,7 +11,7 @@ messages: every link batches, one frame per flush, whatever the count.
 This module knows nothing of sockets, threads or event loops: it encodes and
 decodes. Who sends what to whom::
 
-    client ──Submit/Put/Release/Acquire/Want/Cancel/Query──▶ scheduler
+    client ──Submit/Put/Release/Acquire/Want/Cancel/Query/MetricsUpdate──▶ scheduler
     client ◀──Welcome/ObjectsReady/Notice/QueryReply──────── scheduler
     worker ──RegisterWorker/TasksDone/FromClient/Heartbeat──▶ scheduler
     worker ◀──RunTasks/FreeObjects/CancelRunning/ToClient──── scheduler
@@ -68,6 +68,7 @@ class Welcome(Msg):
     client_id: bytes
     cluster_id: str
     workers: list[WorkerInfo] = []
+    dashboard: str = ""  # the scheduler's HTTP port (/metrics), "http://host:port"; "": none
 
 
 class Rejected(Msg):
@@ -291,6 +292,32 @@ class Goodbye(Msg):
     """The client is shutting down on purpose; its refs are released."""
 
 
+class MetricSeries(Msg):
+    """One tag combination of a user metric, as changed since the last update."""
+
+    tags: list[str]  # the tag values, in the metric's tag_keys order
+    value: float = 0.0  # counter: its increase; gauge: its value; histogram: sum observed
+    buckets: list[int] = []  # histogram: observations per bucket (the last: above all)
+
+
+class MetricData(Msg):
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    series: list[MetricSeries]
+    description: str = ""
+    tag_keys: list[str] = []
+    boundaries: list[float] = []
+
+
+class MetricsUpdate(Msg):
+    """A process's user metrics (``taskgraph.util.metrics``) since its last update,
+    at most one a second. For the scheduler's shell, which exports them on
+    ``/metrics``; the state machine never sees one. Executors' go through their
+    worker daemon unwrapped (order does not matter for them)."""
+
+    metrics: list[MetricData]
+
+
 # -- scheduler -> client -----------------------------------------------------
 
 
@@ -433,6 +460,8 @@ class Heartbeat(Msg):
     executors: int = 0
     store: dict[str, int] | None = None  # ObjectStore.stats()
     piped_reports: int = 0  # reports read from executors' report pipes, ever
+    system: dict[str, float] | None = None  # the host's cpu_percent, memory_* (psutil)
+    transfers: dict[str, int] | None = None  # objects and bytes pulled and served, ever
 
 
 class Shutdown(Msg):
@@ -641,7 +670,7 @@ class Link:
 
 TO_CLIENT = ToClientMessage.__args__
 HANDSHAKE = Link("handshake", Challenge, Hello, Welcome, Rejected)
-CLIENT_TO_SCHEDULER = Link("client to scheduler", *CLIENT_MESSAGES, ReadLogs)
+CLIENT_TO_SCHEDULER = Link("client to scheduler", *CLIENT_MESSAGES, ReadLogs, MetricsUpdate)
 SCHEDULER_TO_CLIENT = Link("scheduler to client", *TO_CLIENT)
 WORKER_TO_SCHEDULER = Link(
     "worker to scheduler",
@@ -656,6 +685,7 @@ WORKER_TO_SCHEDULER = Link(
     Heartbeat,
     TaskOutput,
     LogsRead,
+    MetricsUpdate,
 )
 SCHEDULER_TO_WORKER = Link(
     "scheduler to worker",
@@ -668,7 +698,9 @@ SCHEDULER_TO_WORKER = Link(
     Shutdown,
     ReadLogs,
 )
-EXECUTOR_TO_DAEMON = Link("executor to daemon", Executed, Returned, Fetch, *CLIENT_MESSAGES)
+EXECUTOR_TO_DAEMON = Link(
+    "executor to daemon", Executed, Returned, Fetch, *CLIENT_MESSAGES, MetricsUpdate
+)
 DAEMON_TO_EXECUTOR = Link("daemon to executor", Execute, CancelTask, Fetched, Shutdown, *TO_CLIENT)
 REPORT_PIPE = Link("report pipe", AfterFrames, Executed)
 STORE_REQUESTS = Link("store requests", StoreCreate, StoreSeal, StorePin, StoreUnpin, StoreStats)

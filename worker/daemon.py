@@ -216,8 +216,20 @@ class WorkerDaemon:
                 executors=len(self.processes),
                 store=self.objects.stats() if self.objects is not None else None,
                 piped_reports=self.piped_reports,
+                system=system_stats(),
+                transfers=self._transfer_stats(),
             )
         )
+
+    def _transfer_stats(self) -> dict[str, int]:
+        stats = {"pulled": 0, "pulled_bytes": 0, "served": 0, "served_bytes": 0}
+        if self.puller is not None:
+            stats["pulled"] = self.puller.pulled
+            stats["pulled_bytes"] = self.puller.pulled_bytes
+        if self.peer_server is not None:
+            stats["served"] = self.peer_server.served
+            stats["served_bytes"] = self.peer_server.served_bytes
+        return stats
 
     def _check_parent(self) -> None:
         # Orphans are re-parented; a dead parent may linger as a zombie, so ask who our parent is.
@@ -624,6 +636,8 @@ class WorkerDaemon:
                     self._carry_out(self.state.handle(TaskBlocked(msg.task_id)))
                 elif isinstance(msg, w.TaskUnblocked):
                     self._carry_out(self.state.handle(TaskUnblocked(msg.task_id)))
+            elif isinstance(msg, w.MetricsUpdate):
+                self._to_scheduler(msg)  # for the scheduler's shell; no order to keep
             else:
                 raise ProtocolError(f"an executor may not send {type(msg).__name__}")
         if events:
@@ -769,3 +783,18 @@ def run(daemon: WorkerDaemon) -> None:
         await daemon.stopped.wait()
 
     asyncio.run(main())
+
+
+def system_stats() -> dict[str, float]:
+    """This host's CPU and memory use, for the heartbeat (the scheduler's /metrics).
+
+    CPU is the share used since the previous call (psutil keeps the last
+    reading), so the first heartbeat says 0.
+    """
+    memory = psutil.virtual_memory()
+    return {
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "memory_percent": memory.percent,
+        "memory_used": float(memory.total - memory.available),
+        "memory_total": float(memory.total),
+    }

@@ -61,6 +61,7 @@ class PeerServer(TCPServer):
         self.token = token
         self.objects = objects
         self.served = 0
+        self.served_bytes = 0
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         stream.set_nodelay(True)
@@ -94,6 +95,7 @@ class PeerServer(TCPServer):
         finally:
             self.objects.unpin(object_id, holder)
         self.served += 1
+        self.served_bytes += len(view)
 
 
 class Puller:
@@ -111,6 +113,8 @@ class Puller:
         self._open: set[IOStream] = set()
         self._pulls: dict[bytes, asyncio.Future[w.Location]] = {}
         self.copies: dict[bytes, w.Location] = {}
+        self.pulled = 0
+        self.pulled_bytes = 0
 
     async def fetch(self, object_id: bytes, source: w.Location, host: str, peer: str) -> w.Location:
         """A local copy of the object, pulling it once however many ask at once."""
@@ -162,6 +166,8 @@ class Puller:
                     self.objects.unpin(object_id, holder)  # frees what was never sealed
                 raise
             self._idle.setdefault(source.peer, []).append(stream)
+        self.pulled += 1
+        self.pulled_bytes += reply.size
         local = w.Location(self.worker_id, self.address, reply.size, host, peer)
         self.copies[object_id] = local
         return local

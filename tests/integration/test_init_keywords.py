@@ -1,9 +1,11 @@
-"""Ray's init() keywords: the logging ones work, the dashboard and output ones are
+"""Ray's init() keywords: the logging and dashboard ones work, the output ones are
 taken, and any other is an error that names it, before anything starts."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -55,11 +57,18 @@ def test_configure_logging_false_leaves_the_logger_alone(taskgraph_logger):
     assert taskgraph_logger.handlers == handlers
 
 
-def test_asking_for_a_dashboard_says_there_is_none_yet(taskgraph_logger, caplog):
-    caplog.set_level(logging.WARNING, logger="taskgraph")
-    tg.init(num_cpus=1, include_dashboard=True)
-    tg.shutdown()
-    assert any("no dashboard yet" in r.message for r in caplog.records)
+def test_the_dashboard_keywords_place_the_scheduler_s_http_port(taskgraph_logger):
+    with socket.socket() as probe:  # a port free a moment ago (a taken one falls back)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = tg.init(num_cpus=1, include_dashboard=True, dashboard_port=port)
+    try:
+        assert context.dashboard_url == f"http://127.0.0.1:{port}"
+        assert repr(context).endswith(f"dashboard_url='http://127.0.0.1:{port}')")
+        with urllib.request.urlopen(f"{context.dashboard_url}/metrics", timeout=10) as reply:
+            assert b"taskgraph_nodes" in reply.read()
+    finally:
+        tg.shutdown()
 
 
 @pytest.mark.parametrize("keyword", ["runtime_env", "local_mode", "_system_config"])

@@ -66,6 +66,8 @@ def test_every_top_level_message_travels_some_link() -> None:
         w.ActorSpec,
         w.Assignment,
         w.Location,
+        w.MetricData,
+        w.MetricSeries,
         w.ReturnValue,
         w.TaskResult,
         w.TaskSpec,
