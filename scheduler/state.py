@@ -1052,17 +1052,6 @@ class SchedulerState:
             raise RuntimeError(f"object {oid.hex()} released more often than held")
         return obj if obj.refs == 0 and obj.state != "pending" else None
 
-    def _drop_bytes(self, obj: Obj) -> None:
-        """Free an object's copies in stores (the record stays)."""
-        places = (obj.location, *obj.copies.values()) if obj.location is not None else ()
-        for loc in places:
-            worker = self.workers.get(loc.worker_id)
-            if worker is not None:
-                worker.segments.pop(obj.id, None)
-                self.send_worker(worker.worker_id, w.FreeObjects([obj.id]))
-        obj.location = None
-        obj.copies.clear()
-
     def _free(self, obj: Obj) -> None:
         # A worklist, not recursion: objects may nest thousands deep.
         doomed = [obj]
