@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from taskgraph import _wire as w
-from taskgraph._ids import client_of, generator_item_id, is_first_return, return_ids, task_of
+from taskgraph._ids import client_of, generator_item_id, return_ids, task_of
 from taskgraph.exceptions import (
     ActorDiedError,
     NodeDiedError,
@@ -40,7 +40,7 @@ from taskgraph.exceptions import (
     WorkerCrashedError,
 )
 
-from . import placement, views
+from . import objects, placement, views
 from .actors import Actors, is_call
 from .history import TaskHistory
 from .records import (
@@ -88,7 +88,7 @@ from .records import (
 from .records import (
     error_bytes as error_bytes,
 )
-from .story import OBJECT_TRANSITIONS, Story, check
+from .story import Story
 
 LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
@@ -159,7 +159,9 @@ class SchedulerState:
         self._out: dict[tuple[str, Any], list[Any]] = {}
         self._assignments: dict[str, list[w.Assignment]] = {}
         self._dirty = False  # capacity or ready tasks changed: try to place
-        self._failing: deque[tuple[Task, bytes | None]] = deque()
+        # Tasks to fail, with the error, as this event ends: an argument of theirs
+        # failed (scheduler/objects.py's ``done``).
+        self.failing: deque[tuple[Task, bytes | None]] = deque()
         self.actors = Actors(self)
 
     # -- entry point -----------------------------------------------------
@@ -167,8 +169,8 @@ class SchedulerState:
     def handle(self, *events: Event) -> list[Send]:
         for event in events:
             self._dispatch_event(event)
-            while self._failing:
-                task, error = self._failing.popleft()
+            while self.failing:
+                task, error = self.failing.popleft()
                 if task.state in ("waiting", "ready"):
                     self.transition(task, "erred", error)
         if self._dirty:
@@ -208,7 +210,7 @@ class SchedulerState:
 
     # -- outbox ----------------------------------------------------------
 
-    def _send_client(self, client_id: bytes, msg: Any) -> None:
+    def send_client(self, client_id: bytes, msg: Any) -> None:
         self._out.setdefault(("client", client_id), []).append(msg)
 
     def send_worker(self, worker_id: str, msg: Any) -> None:
@@ -269,7 +271,7 @@ class SchedulerState:
         if spec.parent:
             self.children.setdefault(spec.parent, set()).add(spec.task_id)
         for oid in return_ids(spec.task_id, spec.num_returns):
-            self._new_object(oid, spec.task_id).refs = 1
+            objects.new(self, oid, spec.task_id).refs = 1
             client.held.add(oid)
         missing = None
         failed: Obj | None = None
@@ -282,8 +284,8 @@ class SchedulerState:
             if obj.state == "pending" and not spec.channel:  # (a channel's executor waits)
                 task.waiting_on.add(oid)
                 obj.dependents.append(task)
-                self._awaited(obj)
-            elif failed is None and self._dep_failed(obj):
+                objects.awaited(self, obj)
+            elif failed is None and obj.state == "error":
                 failed = obj
         for oid in spec.nested:
             obj = self.objects.get(oid)
@@ -348,7 +350,7 @@ class SchedulerState:
         if early is not None:
             self._task_done(worker, early.result)
             for oid in early.held:  # the returns hold them now
-                self.decref(oid)
+                objects.decref(self, oid)
 
     def _report_early(self, worker: WorkerRec, result: w.TaskResult) -> None:
         """A channel task's report before its record: kept (with what its returns
@@ -370,7 +372,7 @@ class SchedulerState:
         if stored and report.worker_id in self.workers:
             self.send_worker(report.worker_id, w.FreeObjects(stored))
         for oid in report.held:
-            self.decref(oid)
+            objects.decref(self, oid)
 
     def _lease_ended(self, lease: Task, result: w.TaskResult) -> None:
         """Tasks still running on a lease that ended were never reported: its
@@ -415,7 +417,7 @@ class SchedulerState:
             if oid in self.objects:  # a nested object may have been gone at submit
                 self.objects[oid].refs += 1
         failed = next(
-            (self.objects[o] for o in spec.deps if self._dep_failed(self.objects[o])), None
+            (self.objects[o] for o in spec.deps if self.objects[o].state == "error"), None
         )
         if failed is not None:
             self.transition(task, "erred", failed.error)
@@ -427,33 +429,22 @@ class SchedulerState:
         if "error" not in reply and not reply.get("existing"):
             self._submit(client, msg.spec)
         # With an existing actor the caller borrows its anchor with an AcquireRefs.
-        self._send_client(client.client_id, w.QueryReply(msg.request_id, reply))
+        self.send_client(client.client_id, w.QueryReply(msg.request_id, reply))
 
     def _on_kill_actor(self, client: ClientRec, msg: w.KillActor) -> None:
         self.actors.kill(msg)
 
-    @staticmethod
-    def _dep_failed(obj: Obj) -> bool:
-        return obj.state == "error"
-
     def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
         if msg.object_id in self.objects:
             return  # ids are fresh: a second put of one is a client's bug, and ignored
-        obj = self._new_object(msg.object_id, None, "ready")
+        obj = objects.new(self, msg.object_id, None, "ready")
         obj.data, obj.location, obj.refs = msg.data, msg.location, 1
         client.held.add(msg.object_id)
         if msg.location is not None:
             worker = self.workers.get(msg.location.worker_id)
             if worker is not None:
                 worker.segments[msg.object_id] = msg.location.store
-        self._hold_contained(obj, msg.contains)
-
-    def _hold_contained(self, obj: Obj, contains: list[bytes]) -> None:
-        for inner in contains:
-            inner_obj = self.objects.get(inner)
-            if inner_obj is not None:
-                inner_obj.refs += 1
-                obj.contains.append(inner)
+        objects.hold_contained(self, obj, msg.contains)
 
     def _on_acquire(self, client: ClientRec, msg: w.AcquireRefs) -> None:
         for oid in msg.object_ids:
@@ -466,50 +457,24 @@ class SchedulerState:
         for oid in msg.object_ids:
             if oid in client.held:
                 client.held.discard(oid)
-                self.decref(oid)
+                objects.decref(self, oid)
 
     def _on_want(self, client: ClientRec, msg: w.WantObjects) -> None:
         values = []
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
             if obj is None:
-                obj = self._generator_placeholder(oid)
+                obj = objects.generator_placeholder(self, oid)
             if obj is None:
                 err = ObjectLostError(oid.hex(), "no holder was left, so it was freed")
                 values.append(w.Value(oid, error=error_bytes(err)))
             elif obj.state == "pending":
                 obj.waiters.add(client.client_id)
-                self._awaited(obj)
+                objects.awaited(self, obj)
             else:
                 values.append(obj.as_value())
         if values:
-            self._send_client(client.client_id, w.ObjectsReady(values))
-
-    def _awaited(self, obj: Obj) -> None:
-        """Something waits on a pending object that a channel task makes. Its
-        report may be gathering in its worker (in its executor's report pipe,
-        read lazily): ask for it the moment it is in. (Other tasks' reports
-        gather for at most a millisecond there: not worth a message each.)"""
-        task = self.tasks.get(obj.task) if obj.task is not None else None
-        if (
-            task is not None
-            and task.spec.channel
-            and task.state == "processing"
-            and task.worker is not None
-            and not task.awaited
-        ):
-            task.awaited = True
-            self.reports_asked_for += 1
-            self.send_worker(task.worker, w.ReadReports([task.id]))
-
-    def _generator_placeholder(self, oid: bytes) -> Obj | None:
-        """A pending object for an item a running generator task has not yielded yet."""
-        task = self.tasks.get(task_of(oid))
-        if task is None or not task.spec.generator:
-            return None
-        obj = self._new_object(oid, task.id)
-        task.items.append(oid)
-        return obj
+            self.send_client(client.client_id, w.ObjectsReady(values))
 
     def _on_generator_item(self, client: ClientRec, msg: w.GeneratorItem) -> None:
         task = self.tasks.get(msg.task_id)
@@ -519,21 +484,21 @@ class SchedulerState:
         value = msg.value
         obj = self.objects.get(oid)
         if obj is None:
-            obj = self._new_object(oid, task.id)
+            obj = objects.new(self, oid, task.id)
             task.items.append(oid)
         elif obj.state != "pending":
             return  # a retried generator yields its items again; keep the first
         owner = self.clients.get(task.owner)
         if owner is None:
             return  # nobody can ever read it; the task's end frees the placeholder
-        self._object_state(obj, "ready")
+        objects.set_state(self, obj, "ready")
         obj.data, obj.location = value.data, value.location
         owner.held.add(oid)
         obj.refs += 1
         if value.location is not None and task.worker in self.workers:
             self.workers[task.worker].segments[oid] = value.location.store
-        self._hold_contained(obj, value.contains)
-        self._object_done(obj)
+        objects.hold_contained(self, obj, value.contains)
+        objects.done(self, obj)
 
     def _on_cancel(self, client: ClientRec, msg: w.CancelTasks) -> None:
         for oid in msg.object_ids:
@@ -592,7 +557,7 @@ class SchedulerState:
         elif msg.what == "story":
             arg = msg.key
         result = self.query(msg.what, arg)
-        self._send_client(client.client_id, w.QueryReply(msg.request_id, result))
+        self.send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
     def _on_caller_left(self, client: ClientRec, msg: w.CallerLeft) -> None:
         """An actor's process lost a direct caller's connection. Decided once that
@@ -649,7 +614,7 @@ class SchedulerState:
         for task_id in [t for t in self.early_reports if client_of(t) == client_id]:
             self._drop_report(self.early_reports.pop(task_id))  # its record will never come
         for oid in client.held:
-            self.decref(oid)
+            objects.decref(self, oid)
         client.held.clear()
         for worker_id, sealed in self.sealed_by_leaving.pop(client_id, ()):
             self._free_unheard_of(worker_id, sealed)
@@ -764,7 +729,7 @@ class SchedulerState:
                 continue
             lost = ObjectLostError(oid.hex(), f"the worker {worker_id} that held it left")
             obj.location = None
-            self._object_failed(obj, error_bytes(lost))
+            objects.failed(self, obj, error_bytes(lost))
         self._dirty = True
 
     def _task_done(self, worker: WorkerRec, result: w.TaskResult) -> None:
@@ -838,22 +803,6 @@ class SchedulerState:
     def wake_placement(self) -> None:
         """Capacity or ready tasks changed: try to place before this handle returns."""
         self._dirty = True
-
-    def _new_object(self, oid: bytes, task: bytes | None, state: str = "pending") -> Obj:
-        obj = self.objects[oid] = Obj(oid, task, state=state)
-        self._log(("object", oid, "", state, self.stimulus, self.now))
-        return obj
-
-    def _object_state(self, obj: Obj, finish: str) -> None:
-        """Move an object to ``finish`` (a pair missing from OBJECT_TRANSITIONS raises;
-        staying is no change: a restarted actor's creation makes its anchor again)."""
-        start = obj.state
-        if start == finish:
-            return
-        if (start, finish) not in OBJECT_TRANSITIONS:
-            check(OBJECT_TRANSITIONS, "object", obj.id, start, finish)  # (raises)
-        self._log(("object", obj.id, start, finish, self.stimulus, self.now))
-        obj.state = finish
 
     def story(self, key: bytes) -> list[dict[str, Any]]:
         """What happened to a task (and its returns), an object or an actor, oldest
@@ -945,13 +894,13 @@ class SchedulerState:
                 continue
             if result.delivered:
                 obj.waiters.discard(task.owner)  # the executor handed it over already
-            self._object_state(obj, "ready")
+            objects.set_state(self, obj, "ready")
             obj.data = ret.data
             obj.location = ret.location
             if ret.location is not None and worker is not None:
                 worker.segments[ret.object_id] = ret.location.store
-            self._hold_contained(obj, ret.contains)
-            self._object_done(obj)
+            objects.hold_contained(self, obj, ret.contains)
+            objects.done(self, obj)
         self._forget(task)
 
     def _to_erred(self, task: Task, error: bytes | None) -> None:
@@ -959,7 +908,7 @@ class SchedulerState:
         for oid in return_ids(task.id, task.spec.num_returns):
             obj = self.objects.get(oid)
             if obj is not None:
-                self._object_failed(obj, error)
+                objects.failed(self, obj, error)
         self._forget(task)
         if task.spec.actor is not None:
             self.actors.creation_erred(task.id, error)
@@ -985,10 +934,10 @@ class SchedulerState:
             if oid in self.objects:
                 if oid in task.waiting_on:
                     self.objects[oid].dependents.remove(task)
-                self.decref(oid)
+                objects.decref(self, oid)
         for oid in task.spec.nested:
             if oid in self.objects:
-                self.decref(oid)
+                objects.decref(self, oid)
         task.waiting_on.clear()
         del self.tasks[task.id]
         if task.spec.parent:
@@ -1000,7 +949,7 @@ class SchedulerState:
         for oid in return_ids(task.id, task.spec.num_returns):
             obj = self.objects.get(oid)
             if obj is not None and obj.refs == 0:
-                self._free(obj)
+                objects.free(self, obj)
         for oid in task.items:
             obj = self.objects.get(oid)
             if obj is not None and obj.state == "pending":
@@ -1009,67 +958,14 @@ class SchedulerState:
                 lost = ObjectLostError(
                     oid.hex(), f"generator task '{task.spec.name}' ended without yielding it"
                 )
-                self._object_failed(obj, error_bytes(lost))
+                objects.failed(self, obj, error_bytes(lost))
                 if obj.refs == 0:
-                    self._free(obj)
+                    objects.free(self, obj)
 
-    # -- objects ---------------------------------------------------------
-
-    def _object_done(self, obj: Obj) -> None:
-        """The object is ready or failed: tell who waits, move its dependents on."""
-        value = obj.as_value()
-        for client_id in obj.waiters:
-            self._send_client(client_id, w.ObjectsReady([value]))
-        obj.waiters.clear()
-        dependents, obj.dependents = obj.dependents, []
-        for task in dependents:
-            task.waiting_on.discard(obj.id)
-            if obj.state == "error":
-                # A worklist, not recursion: a failure may cross a chain of
-                # thousands of dependent tasks.
-                self._failing.append((task, obj.error))
-            elif not task.waiting_on and task.state == "waiting":
-                self.transition(task, "ready")
-
-    def _object_failed(self, obj: Obj, error: bytes | None) -> None:
-        self._object_state(obj, "error")
-        obj.error = error
-        obj.data = None
-        self._object_done(obj)
+    # -- objects (scheduler/objects.py) ----------------------------------
 
     def decref(self, oid: bytes) -> None:
-        obj = self._drop_ref(oid)
-        if obj is not None:
-            self._free(obj)
-
-    def _drop_ref(self, oid: bytes) -> Obj | None:
-        """Count one holder less; return the object if that was its last holder."""
-        obj = self.objects.get(oid)
-        if obj is None:
-            return None
-        obj.refs -= 1
-        if obj.refs < 0:
-            raise RuntimeError(f"object {oid.hex()} released more often than held")
-        return obj if obj.refs == 0 and obj.state != "pending" else None
-
-    def _free(self, obj: Obj) -> None:
-        # A worklist, not recursion: objects may nest thousands deep.
-        doomed = [obj]
-        while doomed:
-            obj = doomed.pop()
-            del self.objects[obj.id]
-            if is_first_return(obj.id) and task_of(obj.id) in self.actors.actors:
-                self.actors.anchor_freed(obj.id)
-            places = (obj.location, *obj.copies.values()) if obj.location is not None else ()
-            for loc in places:
-                worker = self.workers.get(loc.worker_id)
-                if worker is not None:
-                    worker.segments.pop(obj.id, None)
-                    self.send_worker(worker.worker_id, w.FreeObjects([obj.id]))
-            for inner in obj.contains:
-                freed = self._drop_ref(inner)
-                if freed is not None:
-                    doomed.append(freed)
+        objects.decref(self, oid)
 
     # -- placement -------------------------------------------------------
 
@@ -1141,7 +1037,7 @@ class SchedulerState:
             f"task '{task.spec.name}' ({task.id.hex()}) must run on node {node}, which is not "
             f"in the cluster; it waits until that node joins. Use soft=True to run elsewhere."
         )
-        self._send_client(client.client_id, w.Notice("warning", text))
+        self.send_client(client.client_id, w.Notice("warning", text))
 
     def _warn_infeasible(self, task: Task) -> None:
         client = self.clients.get(task.owner)
@@ -1167,7 +1063,7 @@ class SchedulerState:
             f"{{{need}}} and {where}. It will run when a worker that fits joins; "
             f"otherwise lower its resource request."
         )
-        self._send_client(client.client_id, w.Notice("warning", text))
+        self.send_client(client.client_id, w.Notice("warning", text))
 
     # -- snapshots (scheduler/views.py) ------------------------------------
 
