@@ -32,15 +32,11 @@ import msgspec
 from taskgraph import _wire as w
 from taskgraph._ids import client_of, generator_item_id, return_ids, task_of
 from taskgraph.exceptions import (
-    ActorDiedError,
-    NodeDiedError,
     ObjectLostError,
     TaskCancelledError,
-    TaskgraphError,
-    WorkerCrashedError,
 )
 
-from . import objects, placement, views
+from . import channels, objects, placement, views, workers
 from .actors import Actors, is_call
 from .history import TaskHistory
 from .records import (
@@ -90,7 +86,6 @@ from .records import (
 )
 from .story import Story
 
-LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
 
 
@@ -191,7 +186,7 @@ class SchedulerState:
                 return
             worker.last_seen = self.now
             for msg in event.messages:
-                self._worker_message(worker, msg)
+                workers.message(self, worker, msg)
         elif isinstance(event, ClientJoined):
             self.clients[event.client_id] = ClientRec(
                 event.client_id, event.via_worker, event.namespace, event.host, event.deliver
@@ -199,12 +194,12 @@ class SchedulerState:
         elif isinstance(event, ClientLeft):
             self._client_left(event.client_id)
         elif isinstance(event, WorkerJoined):
-            self._worker_joined(event.info)
+            workers.joined(self, event.info)
         elif isinstance(event, WorkerLeft):
-            self._worker_left(event.worker_id, event.reason)
+            workers.left(self, event.worker_id, event.reason)
         elif isinstance(event, Tick):
             self.now = event.now
-            self._check_heartbeats()
+            workers.check_heartbeats(self)
         else:  # pragma: no cover - the Event union is closed
             raise TypeError(f"unknown event {event!r}")
 
@@ -292,7 +287,7 @@ class SchedulerState:
             if obj is not None:
                 obj.refs += 1
         if spec.channel:
-            self._record_channel_task(task)
+            channels.record(self, task)
             return
         if spec.actor is not None:
             self.actors.created(task)
@@ -312,101 +307,6 @@ class SchedulerState:
             self.transition(task, "waiting")
         else:
             self.transition(task, "ready")
-
-    def _record_channel_task(self, task: Task) -> None:
-        """A task its client sent straight to an executor (a lease, or an actor's
-        process): record it as running there, or apply its report if it came first."""
-        spec = task.spec
-        early = self.early_reports.pop(task.id, None)
-        if early is not None:
-            worker_id: str | None = early.worker_id
-        elif is_call(spec):
-            rec = self.actors.actors.get(spec.actor_id)
-            worker_id = rec.worker if rec is not None and rec.state == "alive" else None
-        else:
-            lease = self.tasks.get(spec.channel)
-            worker_id = lease.worker if lease is not None and lease.state == "processing" else None
-        worker = self.workers.get(worker_id or "")
-        if worker is None:
-            # The channel ended before we heard of the task, and nobody reported
-            # it (or its worker left since): its executor died with it, or (an
-            # actor) its process is gone.
-            if early is not None:
-                self._drop_report(early)
-            if is_call(spec):
-                dead = self.actors.call_error(spec) or error_bytes(
-                    ActorDiedError(spec.actor_id.hex(), "its process is gone")
-                )
-                self.transition(task, "erred", dead)
-            else:
-                why = WorkerCrashedError(
-                    "its leased executor went away",
-                    task_name=spec.name,
-                    exit_code=self.leases_ended.get(spec.channel),
-                )
-                self._lost(task, why)
-            return
-        self.transition(task, "processing", worker)
-        if early is not None:
-            self._task_done(worker, early.result)
-            for oid in early.held:  # the returns hold them now
-                objects.decref(self, oid)
-
-    def _report_early(self, worker: WorkerRec, result: w.TaskResult) -> None:
-        """A channel task's report before its record: kept (with what its returns
-        hold) for the record to apply, unless its client is gone."""
-        report = EarlyReport(worker.worker_id, result, [])
-        if client_of(result.task_id) in self.clients_gone:
-            self._drop_report(report)  # nobody will record it
-            return
-        for ret in result.returns:
-            for inner in ret.contains:
-                if inner in self.objects:
-                    self.objects[inner].refs += 1
-                    report.held.append(inner)
-        self.early_reports[result.task_id] = report
-
-    def _drop_report(self, report: EarlyReport) -> None:
-        """Forget a report no record will apply: what it stored and held is nobody's."""
-        stored = [r.object_id for r in report.result.returns if r.location is not None]
-        if stored and report.worker_id in self.workers:
-            self.send_worker(report.worker_id, w.FreeObjects(stored))
-        for oid in report.held:
-            objects.decref(self, oid)
-
-    def _lease_ended(self, lease: Task, result: w.TaskResult) -> None:
-        """Tasks still running on a lease that ended were never reported: its
-        executor died (or was killed to cancel one of them)."""
-        worker = self.workers[lease.worker or ""]
-        exit_code = result.exit_code if result.failure == "crashed" else None
-        for task_id in self.lease_tasks.pop(lease.id, ()):
-            task = self.tasks[task_id]
-            worker.running.discard(task_id)
-            why = WorkerCrashedError(
-                "its leased executor went away", task_name=task.spec.name, exit_code=exit_code
-            )
-            self._lost(task, why)
-
-    def _lost(self, task: Task, why: TaskgraphError) -> None:
-        """A running task lost with its process or its node: cancelled if that was
-        asked, else retried while it may be (the usual way, a channel's too), else
-        failed with ``why``."""
-        running = self.lease_tasks.get(task.spec.channel)
-        if running is not None:
-            running.discard(task.id)
-        task.worker = None
-        task.blocked = False
-        if task.cancel_requested:
-            err = TaskCancelledError(task.spec.name, task.id.hex())
-            self.transition(task, "cancelled", error_bytes(err))
-        elif task.retries_left > 0:
-            task.retries_left -= 1
-            if task.spec.channel:
-                task.spec = msgspec.structs.replace(task.spec, channel=b"")
-                task.need = dict(task.spec.resources)
-            self.transition(task, "ready")
-        else:
-            self.transition(task, "erred", error_bytes(why))
 
     def resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None:
         """Restart an actor: its creation task again, with the arguments it kept alive."""
@@ -566,22 +466,7 @@ class SchedulerState:
         if caller is not None:
             caller.channels_closed.setdefault(msg.actor_id, set()).update(msg.in_flight)
         else:
-            self._never_sent(msg.client_id, msg.actor_id, set(msg.in_flight))
-
-    def _never_sent(self, client_id: bytes, actor_id: bytes, in_flight: set[bytes]) -> None:
-        """Calls a departed caller recorded but never sent (held for a ping when it
-        left): they will not run, and let go of what they hold."""
-        rec = self.actors.actors.get(actor_id)
-        if rec is None:
-            return
-        for task in list(rec.running.values()):
-            if task.spec.channel and client_of(task.id) == client_id and task.id not in in_flight:
-                worker = self.workers.get(task.worker or "")
-                if worker is not None:
-                    self.release_resources(worker, task)
-                task.worker = None
-                why = TaskCancelledError(task.spec.name, task.id.hex())
-                self.transition(task, "cancelled", error_bytes(why))
+            channels.never_sent(self, msg.client_id, msg.actor_id, set(msg.in_flight))
 
     def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
         self._client_left(client.client_id)
@@ -612,14 +497,16 @@ class SchedulerState:
         if len(self.clients_gone) > CLIENTS_GONE:
             del self.clients_gone[next(iter(self.clients_gone))]
         for task_id in [t for t in self.early_reports if client_of(t) == client_id]:
-            self._drop_report(self.early_reports.pop(task_id))  # its record will never come
+            channels.drop_report(
+                self, self.early_reports.pop(task_id)
+            )  # its record will never come
         for oid in client.held:
             objects.decref(self, oid)
         client.held.clear()
         for worker_id, sealed in self.sealed_by_leaving.pop(client_id, ()):
             self._free_unheard_of(worker_id, sealed)
         for actor_id, in_flight in client.channels_closed.items():
-            self._never_sent(client_id, actor_id, in_flight)
+            channels.never_sent(self, client_id, actor_id, in_flight)
         for obj in self.objects.values():
             obj.waiters.discard(client_id)
 
@@ -632,153 +519,6 @@ class SchedulerState:
 
     # -- workers ---------------------------------------------------------
 
-    def _check_heartbeats(self) -> None:
-        """A worker silent for longer than ``worker_timeout`` is gone (its host may be)."""
-        for worker in list(self.workers.values()):
-            if self.now - worker.last_seen > self.worker_timeout:
-                silent = self.now - worker.last_seen
-                self.send_worker(worker.worker_id, w.Shutdown(f"silent for {silent:.0f} s"))
-                self._worker_left(worker.worker_id, f"no heartbeat for {silent:.0f} s")
-
-    def _worker_joined(self, info: w.WorkerInfo) -> None:
-        self._feasible.clear()
-        if info.worker_id in self.workers:
-            # A worker restarted under its old id before its old connection was
-            # seen to drop: what ran and was stored there is gone all the same.
-            self._worker_left(info.worker_id, "it joined again")
-        total = dict(info.resources)
-        gpus = int(total.get("GPU", 0))
-        self.workers[info.worker_id] = WorkerRec(
-            info.worker_id, info, total, dict(total), [1.0] * gpus, last_seen=self.now
-        )
-        self._dirty = True
-
-    def _worker_message(self, worker: WorkerRec, msg: Any) -> None:
-        self.stimulus = (type(msg).__name__, "worker", worker.worker_id)
-        if isinstance(msg, w.TasksDone):
-            for result in msg.results:
-                self._task_done(worker, result)
-        elif isinstance(msg, w.FromClient):
-            if msg.client_id not in self.clients:
-                host = worker.info.host  # an executor's: its worker's
-                self.clients[msg.client_id] = ClientRec(msg.client_id, worker.worker_id, "", host)
-            client = self.clients[msg.client_id]
-            for inner in msg.messages:
-                self._client_message(client, inner)
-        elif isinstance(msg, w.ClientGone):
-            self._client_left(msg.client_id)
-        elif isinstance(msg, w.StoreClientGone):
-            if msg.client_id in self.clients:  # what it sent us may still be on the way
-                self.sealed_by_leaving.setdefault(msg.client_id, []).append(
-                    (worker.worker_id, msg.object_ids)
-                )
-            else:
-                self._free_unheard_of(worker.worker_id, msg.object_ids)
-        elif isinstance(msg, w.ObjectCopied):
-            obj = self.objects.get(msg.object_id)
-            if obj is None or obj.location is None:
-                # Freed while it travelled: the copy has no holder either.
-                self.send_worker(worker.worker_id, w.FreeObjects([msg.object_id]))
-            elif msg.location.worker_id != obj.location.worker_id:
-                obj.copies[worker.worker_id] = msg.location
-                worker.segments[msg.object_id] = msg.location.store
-        elif isinstance(msg, w.ActorDied):
-            self.actors.died(msg, worker.worker_id)
-        elif isinstance(msg, w.ActorStarted):
-            self.actors.started(msg)
-        elif isinstance(msg, w.Heartbeat):
-            worker.executors = msg.executors
-            worker.piped_reports = msg.piped_reports
-            if msg.store is not None:
-                worker.store = msg.store
-            if msg.system is not None:
-                worker.system = msg.system
-            if msg.transfers is not None:
-                worker.transfers = msg.transfers
-        else:
-            raise TypeError(f"a worker may not send {type(msg).__name__}")
-
-    def _worker_left(self, worker_id: str, reason: str) -> None:
-        self._feasible.clear()
-        worker = self.workers.pop(worker_id, None)
-        if worker is None:
-            return
-        # Actors first: a client leaving with the worker may drop an actor's last
-        # handle, and the actor must by then hold nothing on this worker.
-        self.actors.worker_left(worker)
-        for client_id in [c.client_id for c in self.clients.values() if c.via_worker == worker_id]:
-            self._client_left(client_id)
-        for task_id in list(worker.running):
-            task = self.tasks.get(task_id)
-            if task is None:
-                continue  # a lease's task, dealt with as its lease ended
-            why = NodeDiedError(
-                f"the worker {worker_id} running task '{task.spec.name}' left the "
-                f"cluster ({reason})"
-            )
-            self._lost(task, why)
-        for oid in list(worker.segments):
-            obj = self.objects.get(oid)
-            if obj is None:
-                continue
-            obj.copies.pop(worker_id, None)
-            if obj.location is None or obj.location.worker_id != worker_id:
-                continue
-            if obj.copies:  # another worker pulled a copy: it becomes the original
-                obj.location = obj.copies.pop(next(iter(obj.copies)))
-                continue
-            lost = ObjectLostError(oid.hex(), f"the worker {worker_id} that held it left")
-            obj.location = None
-            objects.failed(self, obj, error_bytes(lost))
-        self._dirty = True
-
-    def _task_done(self, worker: WorkerRec, result: w.TaskResult) -> None:
-        task = self.tasks.get(result.task_id)
-        if task is None and result.channel:
-            self._report_early(worker, result)
-            return
-        if task is None or task.state != "processing" or task.worker != worker.worker_id:
-            return  # stale report of a task that moved on (e.g. retried elsewhere)
-        if result.started:
-            task.started, task.ended = result.started, result.started + result.duration
-        if w.is_lease(task.spec):
-            # Its tasks' records may still come (they gather in the client): they
-            # are then lost with the same cause (the exit code of a crash).
-            self.leases_ended[task.id] = result.exit_code if result.failure == "crashed" else None
-            if len(self.leases_ended) > LEASES_ENDED:
-                del self.leases_ended[next(iter(self.leases_ended))]
-        if task.id in self.lease_tasks:
-            self._lease_ended(task, result)
-        if task.spec.actor is not None:
-            self.actors.creation_done(worker, task, result)
-            return
-        self.release_resources(worker, task)
-        if not result.failure:
-            if result.duration > 0:
-                fid = task.spec.function_id
-                mean = self.durations.get(fid)
-                # A moving mean: recent tasks count most, one outlier does not swing it.
-                self.durations[fid] = (
-                    result.duration if mean is None else 0.8 * mean + 0.2 * result.duration
-                )
-            self.transition(task, "memory", result)
-            return
-        if result.failure == "cancelled" or task.cancel_requested:
-            err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
-            self.transition(task, "cancelled", err)
-        elif task.retries_left > 0 and (
-            result.failure == "crashed" or (task.spec.retry_exceptions and not task.spec.channel)
-        ):
-            task.retries_left -= 1
-            self.transition(task, "ready")
-        else:
-            error = result.error
-            if error is None:
-                error = error_bytes(
-                    WorkerCrashedError(f"task '{task.spec.name}' failed without an error")
-                )
-            self.transition(task, "erred", error)
-
     def release_resources(self, worker: WorkerRec, task: Task) -> None:
         worker.running.discard(task.id)
         need = task.need
@@ -788,6 +528,11 @@ class SchedulerState:
         task.blocked = False
         task.gpu_ids = []
         self._dirty = True
+
+    def workers_changed(self) -> None:
+        """A worker joins or leaves: which shapes of task some worker could run
+        is asked anew (as they next become ready)."""
+        self._feasible.clear()
 
     # -- transitions -----------------------------------------------------
 
