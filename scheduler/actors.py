@@ -1,7 +1,9 @@
 """The actor part of the scheduler's state machine: pinned, stateful graph nodes.
 
-Pure, like ``state.py``, and driven only by it: ``SchedulerState`` owns an
-``Actors`` and calls it at the few points where actors differ from tasks.
+Pure, like ``state.py``, and driven only by the state machine:
+``SchedulerState`` owns an ``Actors``, and it and the modules beside it
+(``clients.py``, ``workers.py``, ``channels.py``, ``objects.py``) call it at
+the few points where actors differ from tasks.
 
 - An actor is born from a *creation task*, placed by resources like any
   task. When its constructor returns the actor is ``alive`` on that worker,

@@ -1,6 +1,6 @@
 """The scheduler's records and the events and instructions of its state machine.
 
-Plain data: ``state.py`` decides, ``views.py`` reads.
+Plain data: ``state.py`` and the modules beside it decide, ``views.py`` reads.
 """
 
 from __future__ import annotations

@@ -1,12 +1,30 @@
 """The scheduler's decisions: a pure state machine over tasks, objects, workers, clients.
 
-Rules of this module (everything that decides lives here, nothing else does):
-- It changes only through ``handle(*events) -> list[Send]``. No sockets,
+``SchedulerState`` holds everything the scheduler knows; this module keeps
+the task's life (its transitions and its placement) and the outbox. What each
+event does lives beside it, in plain functions over the state (actors in a
+part the state owns)::
+
+    handle(*events)
+      ├─▶ clients.py   a client's messages: submit, put, get, release, cancel, ...
+      ├─▶ workers.py   workers join, leave, report their tasks, beat
+      │      both go through channels.py (tasks sent down a channel), objects.py
+      │      (objects' states and holders) and actors.py, and change a task's
+      │      state only through transition() (here)
+      ├─▶ placement of ready tasks (here; placement.py chooses the worker)
+      └─▶ the outbox, drained: list[Send]
+
+    Readers: views.py (queries, statistics, validate), story.py (the log of changes).
+
+Rules of these modules (everything that decides lives in them, nothing else does):
+- The state changes only through ``handle(*events) -> list[Send]``. No sockets,
   asyncio, threads, clock or randomness: time arrives in events.
 - Task state changes go through ``transition``, which consults
   ``TRANSITIONS``; a pair missing from the table is a bug and raises.
-- ``validate()`` recomputes every invariant from scratch; tests call it after
-  every step.
+  Objects' and actors' changes are checked against their tables
+  (``story.py``) the same way.
+- ``validate()`` (``views.py``) recomputes every invariant from scratch;
+  tests call it after every step.
 
 Task states::
 
@@ -14,29 +32,22 @@ Task states::
        │          │  ▲        │ │
        │          │  └─retry──┘ └──▶ erred / cancelled
        └──────────┴──▶ erred / cancelled
-
-Objects are the task's return values and ``put`` values. Each counts its
-holders: clients holding a ref, unfinished tasks that take it as an argument,
-and stored objects that contain it. At zero holders a finished object is
-freed (and its bytes in a worker's store with it).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from taskgraph import _wire as w
-from taskgraph._ids import client_of, generator_item_id, return_ids, task_of
+from taskgraph._ids import return_ids
 from taskgraph.exceptions import (
     ObjectLostError,
-    TaskCancelledError,
 )
 
-from . import channels, objects, placement, views, workers
+from . import clients, objects, placement, views, workers
 from .actors import Actors, is_call
 from .history import TaskHistory
 from .records import (
@@ -85,9 +96,6 @@ from .records import (
     error_bytes as error_bytes,
 )
 from .story import Story
-
-CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
-
 
 # -- the state machine -------------------------------------------------------
 
@@ -179,7 +187,7 @@ class SchedulerState:
             if client is None:
                 return  # a relayed executor's first messages register it implicitly
             for msg in event.messages:
-                self._client_message(client, msg)
+                clients.message(self, client, msg)
         elif isinstance(event, WorkerSent):
             worker = self.workers.get(event.worker_id)
             if worker is None:
@@ -192,7 +200,7 @@ class SchedulerState:
                 event.client_id, event.via_worker, event.namespace, event.host, event.deliver
             )
         elif isinstance(event, ClientLeft):
-            self._client_left(event.client_id)
+            clients.left(self, event.client_id)
         elif isinstance(event, WorkerJoined):
             workers.joined(self, event.info)
         elif isinstance(event, WorkerLeft):
@@ -240,73 +248,16 @@ class SchedulerState:
         self._out = {}
         return sends
 
-    # -- clients ---------------------------------------------------------
+    # -- transitions -----------------------------------------------------
 
-    def _client_message(self, client: ClientRec, msg: Any) -> None:
-        handler = self._CLIENT_HANDLERS.get(type(msg))
-        if handler is None:
-            raise TypeError(f"a client may not send {type(msg).__name__}")
-        self.stimulus = (type(msg).__name__, "client", client.client_id)
-        handler(self, client, msg)
-
-    def _on_export(self, client: ClientRec, msg: w.ExportFunction) -> None:
-        self.functions.setdefault(msg.function_id, msg.payload)
-
-    def _on_submit(self, client: ClientRec, msg: w.SubmitTasks) -> None:
-        for spec in msg.tasks:
-            self._submit(client, spec)
-
-    def _submit(self, client: ClientRec, spec: w.TaskSpec) -> None:
-        need = dict(spec.resources)
-        task = Task(spec=spec, owner=client.client_id, need=need, retries_left=spec.max_retries)
-        task.shape = (tuple(sorted(need.items())), spec.strategy)
-        self.tasks[spec.task_id] = task
-        if w.is_lease(spec):
-            self.leases.add(spec.task_id)
-        if spec.parent:
-            self.children.setdefault(spec.parent, set()).add(spec.task_id)
-        for oid in return_ids(spec.task_id, spec.num_returns):
-            objects.new(self, oid, spec.task_id).refs = 1
-            client.held.add(oid)
-        missing = None
-        failed: Obj | None = None
-        for oid in spec.deps:
-            obj = self.objects.get(oid)
-            if obj is None:
-                missing = oid
-                continue
-            obj.refs += 1
-            if obj.state == "pending" and not spec.channel:  # (a channel's executor waits)
-                task.waiting_on.add(oid)
-                obj.dependents.append(task)
-                objects.awaited(self, obj)
-            elif failed is None and obj.state == "error":
-                failed = obj
-        for oid in spec.nested:
-            obj = self.objects.get(oid)
-            if obj is not None:
-                obj.refs += 1
-        if spec.channel:
-            channels.record(self, task)
-            return
-        if spec.actor is not None:
-            self.actors.created(task)
-        elif is_call(spec):
-            dead = self.actors.call_error(spec)
-            if dead is not None:
-                self.transition(task, "erred", dead)
-                return
-            self.actors.call_submitted(task)
-        if missing is not None:
-            err = ObjectLostError(missing.hex(), "it was freed before the task that needs it ran")
-            self.transition(task, "erred", error_bytes(err))
-            return
-        if failed is not None:
-            self.transition(task, "erred", failed.error)
-        elif task.waiting_on:
-            self.transition(task, "waiting")
-        else:
-            self.transition(task, "ready")
+    def transition(self, task: Task, finish: str, *args: Any) -> None:
+        start = task.state
+        method = self._methods.get((start, finish))
+        if method is None:
+            raise RuntimeError(f"no transition {start!r} -> {finish!r} for task {task.id.hex()}")
+        self.transition_count += 1
+        self._log(("task", task.id, start, finish, self.stimulus, self.now))
+        method(task, *args)
 
     def resubmit_creation(self, spec: w.TaskSpec, owner: bytes) -> None:
         """Restart an actor: its creation task again, with the arguments it kept alive."""
@@ -323,236 +274,6 @@ class SchedulerState:
             self.transition(task, "erred", failed.error)
         else:
             self.transition(task, "ready")
-
-    def _on_create_named_actor(self, client: ClientRec, msg: w.CreateNamedActor) -> None:
-        reply = self.actors.create_named(client.client_id, msg)
-        if "error" not in reply and not reply.get("existing"):
-            self._submit(client, msg.spec)
-        # With an existing actor the caller borrows its anchor with an AcquireRefs.
-        self.send_client(client.client_id, w.QueryReply(msg.request_id, reply))
-
-    def _on_kill_actor(self, client: ClientRec, msg: w.KillActor) -> None:
-        self.actors.kill(msg)
-
-    def _on_put(self, client: ClientRec, msg: w.PutObject) -> None:
-        if msg.object_id in self.objects:
-            return  # ids are fresh: a second put of one is a client's bug, and ignored
-        obj = objects.new(self, msg.object_id, None, "ready")
-        obj.data, obj.location, obj.refs = msg.data, msg.location, 1
-        client.held.add(msg.object_id)
-        if msg.location is not None:
-            worker = self.workers.get(msg.location.worker_id)
-            if worker is not None:
-                worker.segments[msg.object_id] = msg.location.store
-        objects.hold_contained(self, obj, msg.contains)
-
-    def _on_acquire(self, client: ClientRec, msg: w.AcquireRefs) -> None:
-        for oid in msg.object_ids:
-            obj = self.objects.get(oid)
-            if obj is not None and oid not in client.held:
-                client.held.add(oid)
-                obj.refs += 1
-
-    def _on_release(self, client: ClientRec, msg: w.ReleaseRefs) -> None:
-        for oid in msg.object_ids:
-            if oid in client.held:
-                client.held.discard(oid)
-                objects.decref(self, oid)
-
-    def _on_want(self, client: ClientRec, msg: w.WantObjects) -> None:
-        values = []
-        for oid in msg.object_ids:
-            obj = self.objects.get(oid)
-            if obj is None:
-                obj = objects.generator_placeholder(self, oid)
-            if obj is None:
-                err = ObjectLostError(oid.hex(), "no holder was left, so it was freed")
-                values.append(w.Value(oid, error=error_bytes(err)))
-            elif obj.state == "pending":
-                obj.waiters.add(client.client_id)
-                objects.awaited(self, obj)
-            else:
-                values.append(obj.as_value())
-        if values:
-            self.send_client(client.client_id, w.ObjectsReady(values))
-
-    def _on_generator_item(self, client: ClientRec, msg: w.GeneratorItem) -> None:
-        task = self.tasks.get(msg.task_id)
-        if task is None or task.state != "processing" or not task.spec.generator:
-            return
-        oid = generator_item_id(task.id, msg.index)
-        value = msg.value
-        obj = self.objects.get(oid)
-        if obj is None:
-            obj = objects.new(self, oid, task.id)
-            task.items.append(oid)
-        elif obj.state != "pending":
-            return  # a retried generator yields its items again; keep the first
-        owner = self.clients.get(task.owner)
-        if owner is None:
-            return  # nobody can ever read it; the task's end frees the placeholder
-        objects.set_state(self, obj, "ready")
-        obj.data, obj.location = value.data, value.location
-        owner.held.add(oid)
-        obj.refs += 1
-        if value.location is not None and task.worker in self.workers:
-            self.workers[task.worker].segments[oid] = value.location.store
-        objects.hold_contained(self, obj, value.contains)
-        objects.done(self, obj)
-
-    def _on_cancel(self, client: ClientRec, msg: w.CancelTasks) -> None:
-        for oid in msg.object_ids:
-            obj = self.objects.get(oid)
-            if obj is not None and obj.task is not None:
-                self._cancel(obj.task, msg.force, msg.recursive)
-            elif msg.recursive:
-                # A task we never saw (a leased one, taskgraph/_leases.py): the
-                # tasks it submitted name it as their parent all the same.
-                self._cancel(task_of(oid), msg.force, msg.recursive)
-
-    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
-        task = self.tasks.get(task_id)
-        if recursive:
-            for child in list(self.children.get(task_id, ())):
-                self._cancel(child, force, recursive)
-        if task is None:
-            return
-        if task.state in ("waiting", "ready"):
-            err = TaskCancelledError(task.spec.name, task_id.hex())
-            self.transition(task, "cancelled", error_bytes(err))
-        elif task.state == "processing" and not task.cancel_requested:
-            task.cancel_requested = True
-            assert task.worker is not None
-            # A call goes to its actor's process; a channel task to the executor serving it.
-            channel = task.spec.channel or task.spec.actor_id
-            self.send_worker(task.worker, w.CancelRunning(task_id, force, channel))
-
-    def _on_blocked(self, client: ClientRec, msg: w.TaskBlocked) -> None:
-        task = self.tasks.get(msg.task_id)
-        if task is None or task.state != "processing" or task.blocked:
-            return
-        task.blocked = True
-        assert task.worker is not None
-        worker = self.workers[task.worker]
-        worker.give_back({"CPU": task.need.get("CPU", 0.0)}, [])
-        self._dirty = True
-
-    def _on_unblocked(self, client: ClientRec, msg: w.TaskUnblocked) -> None:
-        task = self.tasks.get(msg.task_id)
-        if task is None or task.state != "processing" or not task.blocked:
-            return
-        task.blocked = False
-        assert task.worker is not None
-        worker = self.workers[task.worker]
-        # May go below zero for a moment: the task runs again at once, and no
-        # new task is placed there until the CPU is back.
-        worker.reserve({"CPU": task.need.get("CPU", 0.0)}, [])
-
-    def _on_query(self, client: ClientRec, msg: w.Query) -> None:
-        arg: Any = None
-        if msg.what == "get_actor":
-            arg = {"name": msg.name, "namespace": msg.namespace}
-        elif msg.what == "memory":
-            arg = msg.top
-        elif msg.what == "story":
-            arg = msg.key
-        result = self.query(msg.what, arg)
-        self.send_client(client.client_id, w.QueryReply(msg.request_id, result))
-
-    def _on_caller_left(self, client: ClientRec, msg: w.CallerLeft) -> None:
-        """An actor's process lost a direct caller's connection. Decided once that
-        caller is gone (all its records read): until then it may still record."""
-        caller = self.clients.get(msg.client_id)
-        if caller is not None:
-            caller.channels_closed.setdefault(msg.actor_id, set()).update(msg.in_flight)
-        else:
-            channels.never_sent(self, msg.client_id, msg.actor_id, set(msg.in_flight))
-
-    def _on_goodbye(self, client: ClientRec, msg: w.Goodbye) -> None:
-        self._client_left(client.client_id)
-
-    _CLIENT_HANDLERS: dict[type, Callable[..., None]] = {
-        w.ExportFunction: _on_export,
-        w.SubmitTasks: _on_submit,
-        w.PutObject: _on_put,
-        w.AcquireRefs: _on_acquire,
-        w.ReleaseRefs: _on_release,
-        w.WantObjects: _on_want,
-        w.CancelTasks: _on_cancel,
-        w.GeneratorItem: _on_generator_item,
-        w.TaskBlocked: _on_blocked,
-        w.TaskUnblocked: _on_unblocked,
-        w.Query: _on_query,
-        w.CreateNamedActor: _on_create_named_actor,
-        w.KillActor: _on_kill_actor,
-        w.CallerLeft: _on_caller_left,
-        w.Goodbye: _on_goodbye,
-    }
-
-    def _client_left(self, client_id: bytes) -> None:
-        client = self.clients.pop(client_id, None)
-        if client is None:
-            return
-        self.clients_gone[client_id] = None
-        if len(self.clients_gone) > CLIENTS_GONE:
-            del self.clients_gone[next(iter(self.clients_gone))]
-        for task_id in [t for t in self.early_reports if client_of(t) == client_id]:
-            channels.drop_report(
-                self, self.early_reports.pop(task_id)
-            )  # its record will never come
-        for oid in client.held:
-            objects.decref(self, oid)
-        client.held.clear()
-        for worker_id, sealed in self.sealed_by_leaving.pop(client_id, ()):
-            self._free_unheard_of(worker_id, sealed)
-        for actor_id, in_flight in client.channels_closed.items():
-            channels.never_sent(self, client_id, actor_id, in_flight)
-        for obj in self.objects.values():
-            obj.waiters.discard(client_id)
-
-    def _free_unheard_of(self, worker_id: str, sealed: list[bytes]) -> None:
-        """A client that is gone sealed these in a worker's store: those it never
-        told us of are nobody's."""
-        unheard = [oid for oid in sealed if oid not in self.objects]
-        if unheard:
-            self.send_worker(worker_id, w.FreeObjects(unheard))
-
-    # -- workers ---------------------------------------------------------
-
-    def release_resources(self, worker: WorkerRec, task: Task) -> None:
-        worker.running.discard(task.id)
-        need = task.need
-        if task.blocked:  # its CPUs were lent out already (TaskBlocked)
-            need = {name: amount for name, amount in need.items() if name != "CPU"}
-        worker.give_back(need, task.gpu_ids)
-        task.blocked = False
-        task.gpu_ids = []
-        self._dirty = True
-
-    def workers_changed(self) -> None:
-        """A worker joins or leaves: which shapes of task some worker could run
-        is asked anew (as they next become ready)."""
-        self._feasible.clear()
-
-    # -- transitions -----------------------------------------------------
-
-    def transition(self, task: Task, finish: str, *args: Any) -> None:
-        start = task.state
-        method = self._methods.get((start, finish))
-        if method is None:
-            raise RuntimeError(f"no transition {start!r} -> {finish!r} for task {task.id.hex()}")
-        self.transition_count += 1
-        self._log(("task", task.id, start, finish, self.stimulus, self.now))
-        method(task, *args)
-
-    def wake_placement(self) -> None:
-        """Capacity or ready tasks changed: try to place before this handle returns."""
-        self._dirty = True
-
-    def story(self, key: bytes) -> list[dict[str, Any]]:
-        """What happened to a task (and its returns), an object or an actor, oldest
-        first: each state change, what caused it, and when (monotonic seconds)."""
-        return self.changes.of(key)
 
     def _to_waiting(self, task: Task) -> None:
         task.state = "waiting"
@@ -710,9 +431,30 @@ class SchedulerState:
     # -- objects (scheduler/objects.py) ----------------------------------
 
     def decref(self, oid: bytes) -> None:
+        """One holder less (for actors.py; the modules beside this one call
+        ``objects.decref`` as this one does)."""
         objects.decref(self, oid)
 
     # -- placement -------------------------------------------------------
+
+    def wake_placement(self) -> None:
+        """Capacity or ready tasks changed: try to place before this handle returns."""
+        self._dirty = True
+
+    def release_resources(self, worker: WorkerRec, task: Task) -> None:
+        worker.running.discard(task.id)
+        need = task.need
+        if task.blocked:  # its CPUs were lent out already (TaskBlocked)
+            need = {name: amount for name, amount in need.items() if name != "CPU"}
+        worker.give_back(need, task.gpu_ids)
+        task.blocked = False
+        task.gpu_ids = []
+        self._dirty = True
+
+    def workers_changed(self) -> None:
+        """A worker joins or leaves: which shapes of task some worker could run
+        is asked anew (as they next become ready)."""
+        self._feasible.clear()
 
     def _schedule(self) -> None:
         self._dirty = False
@@ -811,6 +553,11 @@ class SchedulerState:
         self.send_client(client.client_id, w.Notice("warning", text))
 
     # -- snapshots (scheduler/views.py) ------------------------------------
+
+    def story(self, key: bytes) -> list[dict[str, Any]]:
+        """What happened to a task (and its returns), an object or an actor, oldest
+        first: each state change, what caused it, and when (monotonic seconds)."""
+        return self.changes.of(key)
 
     def query(self, what: str, arg: Any = None) -> Any:
         return views.query(self, what, arg)

@@ -1,6 +1,7 @@
 """What the scheduler shows and checks: its answers to queries, its statistics,
 and ``validate()``, every invariant recomputed from scratch. Readers only:
-nothing here changes the state (``state.py`` owns every change).
+nothing here changes the state (``state.py`` and the modules beside it own
+every change).
 """
 
 from __future__ import annotations

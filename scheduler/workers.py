@@ -30,7 +30,7 @@ from taskgraph.exceptions import (
     WorkerCrashedError,
 )
 
-from . import channels, objects
+from . import channels, clients, objects
 from .records import ClientRec, Task, WorkerRec, error_bytes
 
 if TYPE_CHECKING:
@@ -64,16 +64,16 @@ def message(state: SchedulerState, worker: WorkerRec, msg: Any) -> None:
             state.clients[msg.client_id] = ClientRec(msg.client_id, worker.worker_id, "", host)
         client = state.clients[msg.client_id]
         for inner in msg.messages:
-            state._client_message(client, inner)
+            clients.message(state, client, inner)
     elif isinstance(msg, w.ClientGone):
-        state._client_left(msg.client_id)
+        clients.left(state, msg.client_id)
     elif isinstance(msg, w.StoreClientGone):
         if msg.client_id in state.clients:  # what it sent us may still be on the way
             state.sealed_by_leaving.setdefault(msg.client_id, []).append(
                 (worker.worker_id, msg.object_ids)
             )
         else:
-            state._free_unheard_of(worker.worker_id, msg.object_ids)
+            clients.free_unheard_of(state, worker.worker_id, msg.object_ids)
     elif isinstance(msg, w.ObjectCopied):
         obj = state.objects.get(msg.object_id)
         if obj is None or obj.location is None:
@@ -156,7 +156,7 @@ def left(state: SchedulerState, worker_id: str, reason: str) -> None:
     # handle, and the actor must by then hold nothing on this worker.
     state.actors.worker_left(worker)
     for client_id in [c.client_id for c in state.clients.values() if c.via_worker == worker_id]:
-        state._client_left(client_id)
+        clients.left(state, client_id)
     for task_id in list(worker.running):
         task = state.tasks.get(task_id)
         if task is None:

@@ -28,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from send_checks import check_sends, query_message
 
 from taskgraph import _wire as w
+from taskgraph._ids import return_ids
 from taskgraph.exceptions import ActorError, TaskError
 from taskgraph.scheduler.actors import ActorRec, is_call
 from taskgraph.scheduler.state import (
@@ -40,7 +41,6 @@ from taskgraph.scheduler.state import (
     WorkerJoined,
     WorkerLeft,
     WorkerSent,
-    return_ids,
 )
 
 CLASS = b"c" * 16

@@ -16,6 +16,7 @@ import pytest
 from send_checks import query_message
 
 from taskgraph import _wire as w
+from taskgraph._ids import return_ids
 from taskgraph.exceptions import ActorDiedError, ActorError, ObjectLostError, TaskError
 from taskgraph.scheduler.state import (
     ClientJoined,
@@ -27,7 +28,6 @@ from taskgraph.scheduler.state import (
     WorkerJoined,
     WorkerLeft,
     WorkerSent,
-    return_ids,
 )
 
 M = TypeVar("M")

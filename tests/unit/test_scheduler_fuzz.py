@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 from send_checks import check_sends
 
 from taskgraph import _wire as w
+from taskgraph._ids import generator_item_id, return_ids
 from taskgraph.exceptions import ObjectLostError, TaskError, WorkerCrashedError
 from taskgraph.scheduler.state import (
     ClientJoined,
@@ -38,8 +39,6 @@ from taskgraph.scheduler.state import (
     WorkerJoined,
     WorkerLeft,
     WorkerSent,
-    generator_item_id,
-    return_ids,
 )
 
 FUNCTIONS = [b"f" * 16, b"g" * 16]

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from taskgraph import _wire as w
+from taskgraph._ids import generator_item_id, return_ids
 from taskgraph.exceptions import (
     NodeDiedError,
     ObjectLostError,
@@ -35,8 +36,6 @@ from taskgraph.scheduler.state import (
     WorkerJoined,
     WorkerLeft,
     WorkerSent,
-    generator_item_id,
-    return_ids,
 )
 
 M = TypeVar("M")
