@@ -43,9 +43,7 @@ import msgspec
 
 from taskgraph import _wire as w
 from taskgraph._ids import return_ids
-from taskgraph.exceptions import (
-    ObjectLostError,
-)
+from taskgraph.exceptions import ObjectLostError
 
 from . import clients, objects, placement, views, workers
 from .actors import Actors, is_call
