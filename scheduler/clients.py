@@ -54,6 +54,7 @@ def submit(state: SchedulerState, client: ClientRec, spec: w.TaskSpec) -> None:
     """Record a task and its returns (held by ``client``); it holds its arguments."""
     need = dict(spec.resources)
     task = Task(spec=spec, owner=client.client_id, need=need, retries_left=spec.max_retries)
+    task.submitted = state.now + state.clock_offset
     task.shape = (tuple(sorted(need.items())), spec.strategy)
     state.tasks[spec.task_id] = task
     if w.is_lease(spec):
@@ -249,6 +250,8 @@ def _on_query(state: SchedulerState, client: ClientRec, msg: w.Query) -> None:
         arg = msg.top
     elif msg.what == "story":
         arg = msg.key
+    elif msg.what in ("list", "summary"):
+        arg = {"kind": msg.kind, "filters": msg.filters, "limit": msg.limit, "detail": msg.detail}
     result = state.query(msg.what, arg)
     state.send_client(client.client_id, w.QueryReply(msg.request_id, result))
 

@@ -6,6 +6,8 @@ Plain data: ``state.py`` and the modules beside it decide, ``views.py`` reads.
 from __future__ import annotations
 
 import pickle
+import pickletools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +91,14 @@ class Task:
     started: float = 0.0  # wall-clock times from its report (0: not reported)
     awaited: bool = False  # its worker was asked to send its report at once
     ended: float = 0.0
+    # For its events (scheduler/history.py): wall-clock times the scheduler
+    # recorded it and placed it, and from its report, the process that ran it,
+    # its phases' seconds and its error's type.
+    submitted: float = 0.0
+    placed: float = 0.0
+    pid: int = 0
+    phases: Sequence[float] = ()  # (a shared empty tuple until reported: no list per task)
+    error_type: str = ""
 
     @property
     def id(self) -> bytes:
@@ -127,6 +137,7 @@ class WorkerRec:
     piped_reports: int = 0  # as of its last heartbeat (worker/reports.py)
     last_seen: float = 0.0
     store: dict[str, int] = field(default_factory=dict)  # its object store, as of its heartbeat
+    executor_pids: list[int] = field(default_factory=list)  # its processes, likewise
     system: dict[str, float] = field(default_factory=dict)  # its host's CPU and memory, likewise
     transfers: dict[str, int] = field(default_factory=dict)  # objects pulled and served, likewise
 
@@ -177,6 +188,26 @@ class EarlyReport:
     worker_id: str
     result: w.TaskResult
     held: list[bytes]
+
+
+def error_type_of(error: bytes | None) -> str:
+    """The class name of a pickled exception, read from the pickle's opcodes (an
+    exception pickles as its class, then its arguments), never by unpickling: the
+    scheduler runs no code of what it was sent."""
+    if not error:
+        return ""
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(error):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name == "STACK_GLOBAL" and strings:
+                return strings[-1].rsplit(".", 1)[-1]
+            elif op.name == "GLOBAL" and arg:
+                return str(arg).split(" ")[-1].rsplit(".", 1)[-1]
+    except Exception:  # (not a pickle after all)
+        return ""
+    return ""
 
 
 def error_bytes(exc: TaskgraphError) -> bytes:

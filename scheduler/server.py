@@ -53,7 +53,13 @@ class SchedulerServer(TCPServer):
         # Busy workers may queue up to this many short CPU-only tasks per CPU
         # (placement.queue_depth_for).
         queue_depth = settings().queue_depth
-        self.state = SchedulerState(cluster_id, worker_timeout, queue_depth)
+        self.state = SchedulerState(
+            cluster_id,
+            worker_timeout,
+            queue_depth,
+            task_events=settings().task_events,
+            clock_offset=time.time() - time.monotonic(),
+        )
         # Time passes for the state machine even when nobody writes: silent
         # workers are noticed on a tick.
         self._ticker = PeriodicCallback(self.handle, 1000)

@@ -47,53 +47,46 @@ from taskgraph.exceptions import ObjectLostError
 
 from . import clients, objects, placement, views, workers
 from .actors import Actors, is_call
-from .history import TaskHistory
-from .records import (
-    ClientJoined as ClientJoined,
-)
-from .records import (
-    ClientLeft as ClientLeft,
-)
-from .records import (
-    ClientRec as ClientRec,
-)
-from .records import (
-    ClientSent as ClientSent,
-)
-from .records import (
-    EarlyReport as EarlyReport,
-)
-from .records import (
-    Event as Event,
-)
-from .records import (
-    Obj as Obj,
-)
-from .records import (
-    Send as Send,
-)
-from .records import (
-    Task as Task,
-)
-from .records import (
-    Tick as Tick,
-)
-from .records import (
-    WorkerJoined as WorkerJoined,
-)
-from .records import (
-    WorkerLeft as WorkerLeft,
-)
-from .records import (
-    WorkerRec as WorkerRec,
-)
-from .records import (
-    WorkerSent as WorkerSent,
-)
-from .records import (
-    error_bytes as error_bytes,
+from .history import KEEP, TaskHistory
+from .records import (  # (the events and records are also taken from here: __all__)
+    ClientJoined,
+    ClientLeft,
+    ClientRec,
+    ClientSent,
+    EarlyReport,
+    Event,
+    Obj,
+    Send,
+    Task,
+    Tick,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerRec,
+    WorkerSent,
+    error_bytes,
+    error_type_of,
 )
 from .story import Story
+
+__all__ = [
+    "ClientJoined",
+    "ClientLeft",
+    "ClientRec",
+    "ClientSent",
+    "EarlyReport",
+    "Event",
+    "Obj",
+    "SchedulerState",
+    "Send",
+    "Task",
+    "Tick",
+    "WorkerJoined",
+    "WorkerLeft",
+    "WorkerRec",
+    "WorkerSent",
+    "error_bytes",
+    "error_type_of",
+]
 
 # -- the state machine -------------------------------------------------------
 
@@ -121,7 +114,12 @@ class SchedulerState:
     }
 
     def __init__(
-        self, cluster_id: str = "", worker_timeout: float = 30.0, queue_depth: float = 0.0
+        self,
+        cluster_id: str = "",
+        worker_timeout: float = 30.0,
+        queue_depth: float = 0.0,
+        task_events: int = KEEP,
+        clock_offset: float = 0.0,
     ) -> None:
         self.cluster_id = cluster_id
         self.worker_timeout = worker_timeout
@@ -131,6 +129,9 @@ class SchedulerState:
         self.durations: dict[bytes, float] = {}  # function id -> its tasks' mean run time
         self._feasible: dict[tuple[Any, ...], bool] = {}  # shape -> some worker could run it
         self.now = 0.0
+        # Wall-clock time is now + clock_offset (the shell's time.time() -
+        # time.monotonic() at start): task events' times are wall-clock times.
+        self.clock_offset = clock_offset
         self.tasks: dict[bytes, Task] = {}
         self.objects: dict[bytes, Obj] = {}
         self.workers: dict[str, WorkerRec] = {}
@@ -147,7 +148,7 @@ class SchedulerState:
         # What clients sealed in workers' stores, told as they left a store before
         # they left us: (worker, object ids) to check once they are gone.
         self.sealed_by_leaving: dict[bytes, list[tuple[str, list[bytes]]]] = {}
-        self.history = TaskHistory()
+        self.history = TaskHistory(task_events)  # finished tasks' events kept
         self.queues: dict[tuple[Any, ...], deque[Task]] = {}
         self.transition_count = 0
         # What the state machine is handling now, logged with each state change.
@@ -301,6 +302,7 @@ class SchedulerState:
     def _to_channel(self, task: Task, worker: WorkerRec) -> None:
         task.state = "processing"
         task.worker = worker.worker_id
+        task.placed = self.now + self.clock_offset
         task.need = {}  # what the channel's executor holds, it holds for the channel
         worker.running.add(task.id)
         if is_call(task.spec):
@@ -311,6 +313,7 @@ class SchedulerState:
     def _to_processing(self, task: Task, worker: WorkerRec, gpu_ids: list[int]) -> None:
         task.state = "processing"
         task.worker = worker.worker_id
+        task.placed = self.now + self.clock_offset
         task.gpu_ids = gpu_ids
         worker.running.add(task.id)
         worker.reserve(task.need, gpu_ids)
@@ -369,6 +372,8 @@ class SchedulerState:
 
     def _to_erred(self, task: Task, error: bytes | None) -> None:
         task.state = "erred"
+        if not task.error_type:  # (a report names it; a failure decided here does not)
+            task.error_type = error_type_of(error)
         for oid in return_ids(task.id, task.spec.num_returns):
             obj = self.objects.get(oid)
             if obj is not None:
@@ -391,6 +396,8 @@ class SchedulerState:
                 running.discard(task.id)
         if w.is_lease(spec):
             self.lease_tasks.pop(task.id, None)
+        if not task.ended:  # (no report: it ends now)
+            task.ended = self.now + self.clock_offset
         self.history.finished(task)
         if is_call(task.spec):
             self.actors.call_finished(task)
@@ -562,6 +569,11 @@ class SchedulerState:
 
     def task_list(self) -> list[dict[str, Any]]:
         return self.history.task_list(self.tasks.values())
+
+    def call_site(self, object_id: bytes) -> str | None:
+        """Where the user's code made an object (``file.py:function:line``): not
+        recorded yet."""
+        return None
 
     def memory(self, top: int = 10) -> dict[str, Any]:
         return views.memory(self, top)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import placement
+from . import listing, placement
 from .actors import is_call
 from .history import STATE_NAMES
 
@@ -53,6 +53,10 @@ def query(state: SchedulerState, what: str, arg: Any = None) -> Any:
         return state.task_list()
     if what == "story":
         return state.story(arg)
+    if what == "list":
+        return listing.listed(state, arg)
+    if what == "summary":
+        return listing.summary(state, arg["kind"])
     raise ValueError(f"unknown query {what!r}")
 
 

@@ -88,6 +88,7 @@ def message(state: SchedulerState, worker: WorkerRec, msg: Any) -> None:
         state.actors.started(msg)
     elif isinstance(msg, w.Heartbeat):
         worker.executors = msg.executors
+        worker.executor_pids = msg.executor_pids
         worker.piped_reports = msg.piped_reports
         if msg.store is not None:
             worker.store = msg.store
@@ -108,6 +109,7 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
         return  # stale report of a task that moved on (e.g. retried elsewhere)
     if result.started:
         task.started, task.ended = result.started, result.started + result.duration
+    task.pid, task.phases, task.error_type = result.pid, result.phases, result.error_type
     if w.is_lease(task.spec):
         # Its tasks' records may still come (they gather in the client): they
         # are then lost with the same cause (the exit code of a crash).

@@ -180,6 +180,7 @@ class TaskResult(Msg):
     # arguments fetched from other hosts, then decoded; its function; its
     # returns stored). Fewer when it failed before the end.
     phases: list[float] = []
+    error_type: str = ""  # the class name of the exception the task raised
 
 
 # -- client -> scheduler -----------------------------------------------------
@@ -246,6 +247,8 @@ QueryName = Literal[
     "memory",  # the top objects by size
     "tasks",
     "story",  # one task's, object's or actor's state changes, by id
+    "list",  # the state API: the rows of a kind (scheduler/listing.py)
+    "summary",  # the state API: the counts of a kind
 ]
 
 
@@ -261,17 +264,23 @@ class Query(Msg):
     namespace: str = ""  # get_actor
     top: int = 10  # memory
     key: bytes = b""  # story
+    kind: str = ""  # list, summary: tasks, actors, objects, nodes or workers
+    filters: list[list[str]] = []  # list: [key, "=" or "!=", value], all must hold
+    limit: int = 0  # list: rows at most (0: all)
+    detail: bool = False  # list: every field
 
 
 def query_for(what: QueryName, arg: Any = None, request_id: int = 0) -> Query:
     """The typed query for ``what``; ``arg``: get_actor's {"name", "namespace"},
-    memory's top count, or story's key."""
+    memory's top count, story's key, or list's and summary's fields as a dict."""
     if what == "get_actor":
         return Query(request_id, what, name=arg["name"], namespace=arg.get("namespace", ""))
     if what == "memory":
         return Query(request_id, what, top=int(arg or 10))
     if what == "story":
         return Query(request_id, what, key=arg)
+    if what in ("list", "summary"):
+        return Query(request_id, what, **arg)
     return Query(request_id, what)
 
 
@@ -462,6 +471,7 @@ class Heartbeat(Msg):
     piped_reports: int = 0  # reports read from executors' report pipes, ever
     system: dict[str, float] | None = None  # the host's cpu_percent, memory_* (psutil)
     transfers: dict[str, int] | None = None  # objects and bytes pulled and served, ever
+    executor_pids: list[int] = []  # its executor processes (the state API's workers)
 
 
 class Shutdown(Msg):

@@ -104,6 +104,13 @@ VARIABLES: tuple[Variable, ...] = (
         "seconds a driver folds the same line printed by other processes into one "
         "'[repeated Nx across the cluster]' line; 0: show every line",
     ),
+    Variable(
+        "task_events",
+        "10000",
+        int,
+        "finished tasks the scheduler remembers for the state API and the timeline "
+        "(the oldest are dropped, and counted); 0: none",
+    ),
     Variable("heartbeat_interval", "1", float, "seconds between a worker daemon's heartbeats"),
     Variable(
         "worker_timeout",
@@ -144,6 +151,7 @@ class Settings:
     batch_delay: float
     executor_prefetch: int
     output_fold_window: float
+    task_events: int
     heartbeat_interval: float
     worker_timeout: float
     queue_depth: float

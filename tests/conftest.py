@@ -147,7 +147,7 @@ def running_channel_tasks() -> list[dict[str, Any]]:
     """Tasks the scheduler has RUNNING, leases themselves aside."""
     from taskgraph.util.state import list_tasks
 
-    return [t for t in list_tasks() if t["state"] == "RUNNING" and t["name"] != "lease"]
+    return [t for t in list_tasks(limit=0) if t["state"] == "RUNNING" and t["name"] != "lease"]
 
 
 def settled() -> bool:

@@ -214,6 +214,7 @@ class WorkerDaemon:
             w.Heartbeat(
                 running=stats["running"],
                 executors=len(self.processes),
+                executor_pids=[p.pid for p in self.processes.values()],
                 store=self.objects.stats() if self.objects is not None else None,
                 piped_reports=self.piped_reports,
                 system=system_stats(),

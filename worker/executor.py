@@ -510,7 +510,10 @@ class Executor:
             self.actor.exiting = True
             return self.returns_none(a)
         return w.TaskResult(
-            spec.task_id, error=serialization.dumps_error(exc, spec.name), failure="task"
+            spec.task_id,
+            error=serialization.dumps_error(exc, spec.name),
+            failure="task",
+            error_type=type(exc).__name__,
         )
 
     def _stream(self, spec: w.TaskSpec, items: Any) -> int:

@@ -555,7 +555,9 @@ def test_a_queued_actor_call_is_cancelled_and_the_running_one_goes_on(direct, tm
     assert tg.get(gate.value.remote("after")) == "after", "the actor goes on"
     task_id = queued.id.hex()[:24] + "00000000"
     wait_for(
-        lambda: any(t["task_id"] == task_id and t["state"] == "FAILED" for t in list_tasks()),
+        lambda: any(
+            t["task_id"] == task_id and t["state"] == "FAILED" for t in list_tasks(limit=0)
+        ),
         what="the scheduler to record the call as failed",
     )
     tg.kill(gate)

@@ -312,7 +312,7 @@ def test_the_scheduler_records_every_direct_call():
     def finished(name: str = "") -> list[dict]:
         return [
             t
-            for t in list_tasks()
+            for t in list_tasks(limit=0)
             if t["actor_id"] == actor_id
             and t["path"] == "actor_direct"
             and t["state"] == "FINISHED"

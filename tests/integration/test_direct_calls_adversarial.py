@@ -241,12 +241,12 @@ def alive_log() -> tg.ActorHandle:
     """A new Log, returned once it is alive (so it takes direct calls: its process
     tells the scheduler where it listens before it reports its creation), and
     not yet called by this client."""
-    known = {t["task_id"] for t in list_tasks()}
+    known = {t["task_id"] for t in list_tasks(limit=0)}
     handle = Log.remote()
     wait_for(
         lambda: any(
             t["task_id"] not in known and t["name"] == "Log.__init__" and t["state"] == "FINISHED"
-            for t in list_tasks()
+            for t in list_tasks(limit=0)
         ),
         what="the actor to be alive",
     )

@@ -7,7 +7,7 @@ refs around while channel tasks run, then check what a hostile user would:
 the values or the exception types, the object store, the scheduler's record
 (no channel task left RUNNING, no report left waiting for its record) and the
 processes. Paths are read from public counts only (``tg.statistics()``,
-``taskgraph.util.state.list_tasks()`` and ``cluster_statistics()``).
+``taskgraph.util.state.list_tasks(limit=0)`` and ``cluster_statistics()``).
 """
 
 from __future__ import annotations

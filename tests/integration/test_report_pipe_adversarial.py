@@ -217,12 +217,12 @@ def namespace() -> str:
 
 def pending_tasks() -> list[dict]:
     """Tasks on record that wait for their arguments or a place to run."""
-    return [t for t in list_tasks() if t["state"].startswith("PENDING")]
+    return [t for t in list_tasks(limit=0) if t["state"].startswith("PENDING")]
 
 
 def tasks_named(name: str) -> dict[str, str]:
     """task id (hex) -> state, of the tasks on record with this name."""
-    return {t["task_id"]: t["state"] for t in list_tasks() if t["name"] == name}
+    return {t["task_id"]: t["state"] for t in list_tasks(limit=0) if t["name"] == name}
 
 
 def alive(pid_: int) -> bool:

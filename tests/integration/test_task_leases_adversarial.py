@@ -6,7 +6,7 @@ that the tasks behave as they would have through the scheduler, which records
 and hears the report of every leased task. Tests see the path a task took
 through public state only: the driver's ``tg.statistics()`` (``tasks_leased``
 grows as a task goes down a lease; ``open_leases``; ``awaiting_channels``) and
-the scheduler's ``list_tasks()`` (a lease is itself a task named "lease",
+the scheduler's ``list_tasks(limit=0)`` (a lease is itself a task named "lease",
 RUNNING while it serves the driver). Unless a test says otherwise, leases are made to last (``TASKGRAPH_LEASE_IDLE``, read by the
 cluster's executors when they start), so that one does not end between two
 steps of a test on a slow machine.
@@ -158,7 +158,11 @@ def open_leases() -> int:
 
 def running_leases() -> set[str]:
     """The leases the scheduler has running (a lease is a task named "lease")."""
-    return {t["task_id"] for t in list_tasks() if t["name"] == "lease" and t["state"] == "RUNNING"}
+    return {
+        t["task_id"]
+        for t in list_tasks(limit=0)
+        if t["name"] == "lease" and t["state"] == "RUNNING"
+    }
 
 
 def the_lease() -> str:
