@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .state import SchedulerState
 
 CLIENTS_GONE = 10_000  # clients remembered as gone (a late report of theirs is dropped)
+MAX_SITES = 10_000  # call sites kept per client (its CallSite messages past that are ignored)
 
 
 def message(state: SchedulerState, client: ClientRec, msg: Any) -> None:
@@ -61,8 +62,10 @@ def submit(state: SchedulerState, client: ClientRec, spec: w.TaskSpec) -> None:
         state.leases.add(spec.task_id)
     if spec.parent:
         state.children.setdefault(spec.parent, set()).add(spec.task_id)
+    site = client.sites.get(spec.site, "") if spec.site else ""
     for oid in return_ids(spec.task_id, spec.num_returns):
-        objects.new(state, oid, spec.task_id).refs = 1
+        made = objects.new(state, oid, spec.task_id)
+        made.refs, made.site = 1, site
         client.held.add(oid)
     missing = None
     failed: Obj | None = None
@@ -124,6 +127,8 @@ def _on_put(state: SchedulerState, client: ClientRec, msg: w.PutObject) -> None:
         return  # ids are fresh: a second put of one is a client's bug, and ignored
     obj = objects.new(state, msg.object_id, None, "ready")
     obj.data, obj.location, obj.refs = msg.data, msg.location, 1
+    if msg.site:
+        obj.site = client.sites.get(msg.site, "")
     client.held.add(msg.object_id)
     if msg.location is not None:
         worker = state.workers.get(msg.location.worker_id)
@@ -256,6 +261,11 @@ def _on_query(state: SchedulerState, client: ClientRec, msg: w.Query) -> None:
     state.send_client(client.client_id, w.QueryReply(msg.request_id, result))
 
 
+def _on_call_site(state: SchedulerState, client: ClientRec, msg: w.CallSite) -> None:
+    if len(client.sites) < MAX_SITES:
+        client.sites[msg.number] = msg.text
+
+
 def _on_caller_left(state: SchedulerState, client: ClientRec, msg: w.CallerLeft) -> None:
     """An actor's process lost a direct caller's connection. Decided once that
     caller is gone (all its records read): until then it may still record."""
@@ -285,6 +295,7 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     w.CreateNamedActor: _on_create_named_actor,
     w.KillActor: _on_kill_actor,
     w.CallerLeft: _on_caller_left,
+    w.CallSite: _on_call_site,
     w.Goodbye: _on_goodbye,
 }
 

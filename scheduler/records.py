@@ -118,6 +118,7 @@ class Obj:
     waiters: set[bytes] = field(default_factory=set)
     dependents: list[Task] = field(default_factory=list)
     copies: dict[str, w.Location] = field(default_factory=dict)  # pulled by other workers
+    site: str = ""  # where the user's code made it (file.py:function:line; "": not known)
 
     def as_value(self) -> w.Value:
         return w.Value(self.id, data=self.data, location=self.location, error=self.error)
@@ -178,6 +179,7 @@ class ClientRec:
     # Actors whose processes lost our direct connection: the calls they got and
     # had not answered then (see CallerLeft), applied when we leave.
     channels_closed: dict[bytes, set[bytes]] = field(default_factory=dict)
+    sites: dict[int, str] = field(default_factory=dict)  # its call sites, by number (CallSite)
 
 
 @dataclass(slots=True, eq=False)

@@ -571,9 +571,9 @@ class SchedulerState:
         return self.history.task_list(self.tasks.values())
 
     def call_site(self, object_id: bytes) -> str | None:
-        """Where the user's code made an object (``file.py:function:line``): not
-        recorded yet."""
-        return None
+        """Where the user's code made an object (``file.py:function:line``)."""
+        obj = self.objects.get(object_id)
+        return obj.site or None if obj is not None else None
 
     def memory(self, top: int = 10) -> dict[str, Any]:
         return views.memory(self, top)

@@ -37,6 +37,7 @@ import msgspec
 
 from taskgraph import _metrics, serialization
 from taskgraph import _wire as w
+from taskgraph._call_sites import CallSites
 from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ActorRoute
@@ -158,6 +159,7 @@ class Client:
         self.on_notice: Callable[[str, str], None] | None = None
         self.output: OutputPrinter | None = None  # a driver's, showing what its tasks print
         self.job = b""  # whose job our tasks belong to: set per task in an executor; a driver's own
+        self.sites = CallSites(self._queue_now)  # where the user's code calls us from
         self.broken: str | None = None
         self.closed = False
         # In an executor while a task runs: the task whose CPUs a blocking get()
@@ -527,6 +529,10 @@ class Client:
             ),
         )
 
+    def _queue_now(self, msg: w.Msg) -> None:
+        with self._lock:
+            self._queue(msg)
+
     def submit_later(self, spec: w.TaskSpec) -> None:
         """Queue a task for the scheduler (the flusher sends it)."""
         with self._lock:
@@ -541,8 +547,9 @@ class Client:
         oid = first_return(self.new_id())
         msg = self.encode_value(oid, value, "the value passed to put()")
         ref = ObjectRef(oid, self)
+        site = self.sites.here()
         with self._lock:
-            self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains))
+            self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains, site))
         return ref
 
     def encode_value(self, oid: bytes, value: Any, what: str) -> w.ReturnValue:

@@ -152,6 +152,7 @@ class RemoteFunction:
             strategy=p.strategy,
             parent=client.parent_task or b"",
             job=client.job,
+            site=client.sites.here(),
             generator=streaming,
             namespace=_api.current_namespace(),
         )

@@ -143,6 +143,7 @@ class TaskSpec(Msg):
     # The driver whose job this is (what it prints goes there), when the submitter
     # is not that driver: a task's tasks. Empty: the submitter's own.
     job: bytes = b""
+    site: int = 0  # where the user's code submitted it (CallSite; 0: not known)
 
 
 def is_lease(spec: TaskSpec) -> bool:
@@ -200,6 +201,15 @@ class PutObject(Msg):
     data: bytes | None = None
     location: Location | None = None
     contains: list[bytes] = []
+    site: int = 0  # where the user's code put it (CallSite)
+
+
+class CallSite(Msg):
+    """A place in the user's code that submits tasks or puts objects, named once;
+    later tasks and puts from there carry its number (taskgraph/_call_sites.py)."""
+
+    number: int
+    text: str  # file.py:function:line
 
 
 class AcquireRefs(Msg):
@@ -644,6 +654,7 @@ ClientMessage = (
     | CreateNamedActor
     | KillActor
     | CallerLeft
+    | CallSite
     | Goodbye
 )
 ToClientMessage = ObjectsReady | Notice | QueryReply | TaskOutput

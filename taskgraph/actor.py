@@ -175,6 +175,7 @@ class ActorClass:
             strategy=_options.strategy_string(options.get("scheduling_strategy")),
             parent=client.parent_task or b"",
             job=client.job,
+            site=client.sites.here(),
             actor_id=actor_id,
             actor=actor,
             namespace=actor.namespace,
@@ -321,6 +322,7 @@ class ActorMethod:
             resources={},
             parent=client.parent_task or b"",
             job=client.job,
+            site=client.sites.here(),
             actor_id=handle._actor_id,
             method=self._name,
         )

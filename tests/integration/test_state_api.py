@@ -210,3 +210,17 @@ def test_the_window_of_finished_tasks_is_bounded_and_counts_what_it_dropped(clus
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["5"]
+
+
+def test_an_objects_call_site_names_the_users_file_function_and_line(cluster):
+    import inspect
+
+    line = inspect.currentframe().f_lineno + 1
+    kept, made = tg.put(b"kept"), square.remote(3)
+    tg.get(made, timeout=30)
+    for ref in (kept, made):
+        [row] = list_objects(filters=[("object_id", "=", ref.hex())])
+        where = (
+            f"{__file__}:test_an_objects_call_site_names_the_users_file_function_and_line:{line}"
+        )
+        assert row["call_site"] == where, row
