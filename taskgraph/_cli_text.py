@@ -168,3 +168,105 @@ def log_scope(args: Any) -> str:
     if args.task:
         return f"by task {args.task}"
     return f"on node {args.node}" if args.node else "on any node"
+
+
+# -- list and summary ------------------------------------------------------------
+
+
+def list_text(kind: str, rows: list[dict[str, Any]], total: int, filtered: bool) -> str:
+    """``taskgraph list KIND``: a table of the rows, as ``ray list`` prints it, and a
+    closing line when ``--limit`` left some out."""
+    if not rows:
+        return f"No {kind} match the filters." if filtered else f"No {kind} on record."
+    lines = table(rows)
+    if total > len(rows):
+        lines += ["", f"Showing {len(rows)} of {total} {kind} (--limit N for more, 0 for all)."]
+    return "\n".join(lines)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> list[str]:
+    """Aligned columns under an upper-case header: the first row's keys, unless given."""
+    names = columns if columns is not None else list(rows[0]) if rows else []
+    cells = [[cell(row.get(name)) for name in names] for row in rows]
+    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(names)]
+    return [
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in [[n.upper() for n in names], *cells]
+    ]
+
+
+def cell(value: Any) -> str:
+    """One value as a table shows it: nothing for None, resources as ``status`` does."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        if all(isinstance(v, int | float) for v in value.values()):
+            return resources_line(value)
+        return ", ".join(f"{k}: {cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def detail_text(kind: str, rows: list[dict[str, Any]], total: int, filtered: bool) -> str:
+    """``taskgraph list KIND --detail``: each record as a block of ``field: value``
+    lines (a task's state changes and phases do not fit a column)."""
+    if not rows:
+        return f"No {kind} match the filters." if filtered else f"No {kind} on record."
+    blocks = []
+    for row in rows:
+        width = max(len(k) for k in row)
+        lines = []
+        for key, value in row.items():
+            if key == "events" and value:
+                first = value[0]["created_ms"]
+                value = [f"{e['state']} +{e['created_ms'] - first} ms" for e in value]
+            elif key == "phases" and value:
+                value = {k.removesuffix("_s"): f"{v * 1000:.3f} ms" for k, v in value.items()}
+            lines.append(f"{key + ':':<{width + 1}} {cell(value)}".rstrip())
+        blocks.append("\n".join(lines))
+    if total > len(rows):
+        blocks.append(f"Showing {len(rows)} of {total} {kind} (--limit N for more, 0 for all).")
+    return "\n\n".join(blocks)
+
+
+SUMMARY_KEYS = {"tasks": ("func_or_class_name", "type"), "actors": ("class_name",)}
+
+
+def summary_text(kind: str, address: str, summary: dict[str, Any]) -> str:
+    """``taskgraph summary KIND``: one row per function, class or reference type, with
+    a column per state (objects: their count and bytes), then the totals."""
+    groups = summary["summary"]
+    if kind == "objects":
+        rows = [
+            {"reference_type": name, "objects": g["objects"], "size": size(g["size_bytes"])}
+            for name, g in groups.items()
+        ]
+        totals = f"{summary['total_objects']} objects, {size(summary['total_size_bytes'])}"
+    else:
+        states = sorted({s for g in groups.values() for s in g["state_counts"]}, key=_by_life)
+        rows = [
+            {
+                **{k: g[k] for k in SUMMARY_KEYS[kind]},
+                **{s: g["state_counts"].get(s, 0) for s in states},
+            }
+            for g in groups.values()
+        ]
+        count = summary[f"total_{kind}"]
+        totals = f"{count} {kind if count != 1 else kind[:-1]}"
+        if summary.get("dropped"):
+            totals += f" ({summary['dropped']} finished ones no longer on record)"
+    lines = [f"Summary of the {kind} of the taskgraph cluster at {address}: {totals}"]
+    if rows:
+        lines += ["", *table(rows)]
+    return "\n".join(lines)
+
+
+LIFE = ("PENDING", "PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "RUNNING", "ALIVE")
+
+
+def _by_life(state: str) -> tuple[int, str]:
+    """States in the order a task or actor goes through them; the ends last."""
+    return (LIFE.index(state), "") if state in LIFE else (len(LIFE), state)

@@ -7,6 +7,10 @@
     taskgraph status                the nodes and their resources, used/total
     taskgraph memory                the object store: bytes per node, the largest objects
     taskgraph story KEY             what happened to one task, object or actor
+    taskgraph logs                  what tasks and actors printed, from any node
+    taskgraph list KIND             tasks, actors, objects, nodes or workers on record
+    taskgraph summary KIND          tasks, actors or objects counted by name and state
+    taskgraph timeline [FILE]       a Chrome/Perfetto trace of the tasks on record
     taskgraph stop                  stop every process ``start`` started on this host
 
 ``start`` runs the same programs as ``taskgraph-scheduler`` and
@@ -14,7 +18,9 @@
 ``<state_dir>/logs``), and records each in ``config.state_dir()``; ``stop``
 reads those records. A command that fails stops whatever it started before it
 returns, so an error never leaves a process behind, and nothing here starts a
-cluster implicitly: ``status`` only connects to one that runs.
+cluster implicitly: ``status`` only connects to one that runs. ``list``,
+``summary`` and ``timeline`` live in ``_cli_state.py``; what the commands
+share (finding and connecting to a cluster, ``CliError``) in ``_cli_common.py``.
 """
 
 from __future__ import annotations
@@ -26,29 +32,29 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from taskgraph import _api, config
+from taskgraph import _cli_state, config
 from taskgraph import _cli_text as say
 from taskgraph import _processes as processes
 from taskgraph import _wire as w
+from taskgraph._cli_common import (
+    CliError,
+    _add_cluster_arguments,
+    _ask,
+    _connected,
+    _connected_to,
+    _normalize_address,
+)
 from taskgraph._client import Client
 from taskgraph._ids import BASE
-from taskgraph._transport import parse_address
-from taskgraph.exceptions import AuthenticationError
 from taskgraph.settings import settings
 from taskgraph.worker import store
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 DEFAULT_PORT = 8786
-
-
-class CliError(Exception):
-    """A failure the user can act on: printed as one message, exit code 1."""
 
 
 # -- start ---------------------------------------------------------------------
@@ -233,18 +239,6 @@ def _remove_segments(worker: dict[str, Any]) -> int:
 # -- status --------------------------------------------------------------------
 
 
-def _ask(args: argparse.Namespace, what: w.QueryName, arg: Any = None) -> tuple[str, Any]:
-    """Ask the running cluster (``--address``/``--token`` or this host's) one question."""
-    address = _status_address(args.address)
-    token = args.token or config.token_for(address)
-    if token is None:
-        raise CliError(
-            f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
-        )
-    with _connected(address, token) as client:
-        return address, client.query(what, arg)
-
-
 def cmd_status(args: argparse.Namespace) -> None:
     address, nodes = _ask(args, "nodes")
     if args.json:
@@ -276,13 +270,7 @@ def cmd_story(args: argparse.Namespace) -> None:
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
-    address = _status_address(args.address)
-    token = args.token or config.token_for(address)
-    if token is None:
-        raise CliError(
-            f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
-        )
-    with _connected(address, token) as client:
+    with _connected_to(args) as (_, client):
         targets = _log_targets(client, args)
         offsets: dict[tuple[str, int], dict[str, int]] = {}
         shown = say.LogPrinter(
@@ -334,52 +322,6 @@ def _log_targets(client: Client, args: argparse.Namespace) -> list[tuple[str, in
     return [(node, 0, "") for node in nodes]
 
 
-def _status_address(given: str | None) -> str:
-    if given:
-        return _normalize_address(given)
-    from_env = settings().address
-    if from_env and from_env not in ("auto", "local"):
-        return _normalize_address(from_env)
-    running = config.recorded("scheduler")
-    if not running:
-        raise CliError(
-            "no taskgraph cluster is running on this host; start one with "
-            "'taskgraph start --head', or pass --address HOST:PORT to look at another"
-        )
-    return str(running[0]["address"])
-
-
-# -- shared --------------------------------------------------------------------
-
-
-@contextmanager
-def _connected(address: str, token: str) -> Iterator[Client]:
-    """A client of the cluster at ``address``; connection failures become CliErrors."""
-    try:
-        _api.init(address, token=token)
-    except AuthenticationError:
-        raise CliError(
-            f"authentication with the cluster at {address} failed: the token is wrong (or the "
-            "scheduler runs another taskgraph version). Pass the token that 'taskgraph start "
-            f"--head' printed with --token, or set {config.TOKEN_ENV}"
-        ) from None
-    except ConnectionError as exc:
-        raise CliError(f"cannot connect to the cluster at {address}: {exc}") from None
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    try:
-        yield _api.client()
-    finally:
-        _api.shutdown()
-
-
-def _normalize_address(text: str) -> str:
-    try:
-        return str(parse_address(text))
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-
-
 # -- arguments -----------------------------------------------------------------
 
 
@@ -428,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory(commands)
     _add_story(commands)
     _add_logs(commands)
+    _cli_state.add_commands(commands)
     return parser
 
 
@@ -544,18 +487,6 @@ def _add_status(commands: Any) -> None:
     _add_cluster_arguments(p)
     p.add_argument("--json", action="store_true", help="print the nodes as JSON")
     p.set_defaults(func=cmd_status)
-
-
-def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--address",
-        metavar="HOST:PORT",
-        default=None,
-        help=f"the scheduler (default: {config.ADDRESS_ENV}, or the cluster started here)",
-    )
-    p.add_argument(
-        "--token", default=None, help=f"cluster token (default: {config.TOKEN_ENV} or recorded)"
-    )
 
 
 def _add_memory(commands: Any) -> None:
