@@ -375,6 +375,13 @@ class Executor:
         return fn
 
     def create_actor(self, a: w.Assignment) -> w.TaskResult:
+        """Run the constructor; the result is timed as a task's is (its events)."""
+        started, began = time.time(), time.perf_counter()
+        result = self._construct(a)
+        result.started, result.duration = started, time.perf_counter() - began
+        return result
+
+    def _construct(self, a: w.Assignment) -> w.TaskResult:
         spec = a.spec
         assert spec.actor is not None
         try:
@@ -388,7 +395,10 @@ class Executor:
                 self._leave(a, keep_gpus=True)
         except BaseException as exc:  # the constructor's failure is the actor's
             return w.TaskResult(
-                spec.task_id, error=creation_error(spec.actor.class_name, exc), failure="task"
+                spec.task_id,
+                error=creation_error(spec.actor.class_name, exc),
+                failure="task",
+                error_type=type(exc).__name__,
             )
         self.actor = ActorRuntime(self, instance, spec.actor)
         if spec.actor.max_restarts == 0:  # (calls to a restarted one could be lost)
