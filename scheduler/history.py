@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class TaskHistory:
         self.finished_by_path = {"scheduled": 0, "lease": 0, "actor_direct": 0}
         self.finished_by_name: dict[tuple[str, str], int] = {}  # (name, FINISHED|FAILED) -> count
         self.dropped = 0  # finished tasks that fell out of the window
+        self.kept = 0  # events ever put in the window: the newest one's sequence number
         self._last: deque[TaskEvent] = deque(maxlen=max(keep, 1))
 
     def finished(self, task: Task) -> None:
@@ -153,6 +155,18 @@ class TaskHistory:
         if len(self._last) == self.keep:
             self.dropped += 1
         self._last.append(TaskEvent.of(task))
+        self.kept += 1
+
+    def since(self, seq: int) -> list[TaskEvent]:
+        """The events kept after sequence number ``seq`` (``kept`` as it was then),
+        oldest first; those that already fell out of the window are gone. Costs
+        what it returns, not the window's size (the dashboard asks every 0.2 s)."""
+        n = min(self.kept - seq, len(self._last))
+        if n <= 0:
+            return []
+        newest = list(islice(reversed(self._last), n))
+        newest.reverse()
+        return newest
 
     def events(self, live: Iterable[Task]) -> Iterator[TaskEvent]:
         """The last ``keep`` tasks that finished, oldest first, then ``live``."""

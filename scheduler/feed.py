@@ -1,0 +1,191 @@
+"""What the dashboard shows, published as a snapshot at most every ``period`` seconds.
+
+::
+
+    SchedulerState ──Feed.current(), at most every 0.2 s──▶ Snapshot ─┬─▶ /status, /workers (Bokeh sessions)
+      (history.since(seq): the tasks finished since the last one)     └─▶ /api/status, /api/workers, /api/tasks
+
+Every page and JSON handler reads the same ``Snapshot``; none reads the
+state. A snapshot is made on demand, by the first reader after ``period``
+has passed, so a cluster nobody watches pays nothing, and ten browsers cost
+what one does. Making one costs the tasks finished since the last (taken
+from ``TaskHistory.since``, never the whole window) plus one pass over the
+live tasks for the counts; when that pass grows slow, snapshots come less
+often (at most ``BUDGET`` of the loop's time), so the scheduler never stalls
+for its dashboard. Task rows are kept in a window of the last ``keep``,
+numbered, so each page streams only the rows it has not seen.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .history import STATE_NAMES, TaskEvent
+
+if TYPE_CHECKING:
+    from .state import SchedulerState
+
+PERIOD = 0.2  # seconds between snapshots, at most as often
+BUDGET = 0.1  # of the loop's time, at most, spent making snapshots
+KEEP = 10_000  # task rows a page holds (its ColumnDataSource's rollover)
+
+# Category20, by hand: the dashboard's colours without importing bokeh here.
+PALETTE = (
+    "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896",
+    "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7",
+    "#bcbd22", "#dbdb8d", "#17becf", "#9edae5",
+)  # fmt: skip
+PROGRESS_STATES = ("done", "running", "waiting", "failed")
+LIVE_STATES = {"new": "waiting", "waiting": "waiting", "ready": "waiting", "processing": "running"}
+TASK_COLUMNS = (
+    "left", "right", "lane", "name", "color", "duration", "node", "pid", "state",
+    "fetch", "deserialize", "run", "store", "task_id",
+)  # fmt: skip
+
+
+def color_of(name: str) -> str:
+    """A function's colour, the same in every page and every run."""
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    seq: int = 0  # the newest task row's number (TaskHistory.kept when it was taken)
+    rows: deque[tuple[int, tuple[Any, ...]]] = field(default_factory=deque)  # (seq, row)
+    lanes: list[str] = field(default_factory=list)  # "node/pid", by lane number
+    progress: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> state -> count
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    taken: float = 0.0  # wall-clock seconds
+
+    def rows_since(self, seq: int) -> tuple[int, dict[str, list[Any]]]:
+        """The task rows after ``seq``, as columns, and the newest row's number."""
+        columns: dict[str, list[Any]] = {c: [] for c in TASK_COLUMNS}
+        if seq >= self.seq:
+            return self.seq, columns
+        for n, row in reversed(self.rows):
+            if n <= seq:
+                break
+            for column, value in zip(TASK_COLUMNS, row, strict=True):
+                columns[column].append(value)
+        for values in columns.values():
+            values.reverse()
+        return self.seq, columns
+
+    def status(self) -> dict[str, Any]:
+        totals = dict.fromkeys(PROGRESS_STATES, 0)
+        for counts in self.progress.values():
+            for state, n in counts.items():
+                totals[state] += n
+        return {"time": self.taken, "tasks": totals, "by_function": self.progress}
+
+    def tasks(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` task rows, oldest first, in the state API's names."""
+        recent = list(self.rows)[-limit:] if limit > 0 else []
+        out = []
+        for _, row in recent:
+            r = dict(zip(TASK_COLUMNS, row, strict=True))
+            out.append(
+                {
+                    "task_id": r["task_id"],
+                    "name": r["name"],
+                    "state": r["state"],
+                    "node_id": r["node"] or None,
+                    "worker_pid": r["pid"] or None,
+                    "start_time_ms": r["left"],
+                    "end_time_ms": r["right"],
+                    "duration_ms": r["duration"],
+                    "phases_ms": {p: r[p] for p in ("fetch", "deserialize", "run", "store")},
+                }
+            )
+        return out
+
+
+class Feed:
+    """Makes the dashboard's snapshots off one ``SchedulerState``, which it only reads."""
+
+    def __init__(
+        self,
+        state: SchedulerState,
+        period: float = PERIOD,
+        keep: int = KEEP,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.period = period
+        self.clock = clock
+        self.wall = wall
+        self.snapshot = Snapshot(rows=deque(maxlen=keep))
+        self.published = 0  # snapshots made
+        self._lanes: dict[tuple[str | None, int], int] = {}
+        self._next = 0.0  # when the next snapshot may be made (the feed's clock)
+
+    def current(self) -> Snapshot:
+        now = self.clock()
+        if now >= self._next:
+            self.publish()
+            cost = self.clock() - now
+            self._next = now + max(self.period, cost / BUDGET)
+        return self.snapshot
+
+    def publish(self) -> None:
+        state = self.state
+        history = state.history
+        snap = self.snapshot
+        events = history.since(snap.seq)
+        first = history.kept - len(events) + 1  # the oldest one's number
+        for n, event in enumerate(events, first):
+            snap.rows.append((n, self._row(event)))
+        snap.seq = history.kept
+        progress: dict[str, dict[str, int]] = {}
+        for (name, final), n in history.finished_by_name.items():
+            counts = progress.setdefault(name, dict.fromkeys(PROGRESS_STATES, 0))
+            counts["done" if final == "FINISHED" else "failed"] += n
+        for task in state.tasks.values():
+            live = LIVE_STATES.get(task.state)
+            if live is not None:
+                counts = progress.setdefault(task.spec.name, dict.fromkeys(PROGRESS_STATES, 0))
+                counts[live] += 1
+        snap.progress = progress
+        snap.nodes = [
+            {
+                "node_id": r.worker_id,
+                "host": r.info.host,
+                "cpu_percent": r.system.get("cpu_percent"),
+                "memory_percent": r.system.get("memory_percent"),
+                "store_bytes": r.store.get("bytes_in_memory", 0),
+                "store_capacity": r.store.get("capacity", 0),
+                "spilled_bytes": r.store.get("bytes_spilled", 0),
+                "running": len(r.running),
+                "executors": r.executors,
+                "resources": dict(r.total),
+            }
+            for r in state.workers.values()
+        ]
+        snap.lanes = [f"{node}/{pid}" for node, pid in self._lanes]
+        snap.taken = self.wall()
+        self.published += 1
+
+    def _row(self, event: TaskEvent) -> tuple[Any, ...]:
+        lane = self._lanes.setdefault((event.node, event.pid), len(self._lanes))
+        started = event.started or event.placed or event.submitted
+        ended = max(event.ended, started)
+        phases = [round(p * 1000, 3) for p in event.phases] + [0.0] * (4 - len(event.phases))
+        return (
+            started * 1000,
+            ended * 1000,
+            lane,
+            event.name,
+            color_of(event.name) if event.state == "memory" else "#000000",
+            round((ended - started) * 1000, 3),
+            event.node or "",
+            event.pid,
+            STATE_NAMES[event.state],
+            *phases[:4],
+            event.task_id.hex(),
+        )
