@@ -51,7 +51,7 @@ def main() -> None:
     pids = {pid for pid, _ in tg.get([where.remote() for _ in range(8)])}
     print(f"tasks ran in {len(pids)} executor process(es), none of them this one ({os.getpid()})")
     print(f"scheduler: {context.address}")
-    print(f"dashboard: {context.dashboard_url} (metrics at {context.dashboard_url}/metrics)")
+    print(f"dashboard: {context.dashboard_url}/status (metrics at {context.dashboard_url}/metrics)")
     tg.shutdown()
     print(f"shut down cleanly in {time.perf_counter() - started:.2f} s total")
 

@@ -88,13 +88,13 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         http_socks = []
     if http_socks:
-        http = dashboard.serve(server.registry, http_socks)
+        http = dashboard.serve(server.registry, server.feed, http_socks)
         server.dashboard_url = dashboard.url_of(http_socks[0])
     if not args.no_record:
         config.record_cluster(address, token, os.getpid(), "scheduler")
     print(f"taskgraph-scheduler listening at {address}", flush=True)
     if http is not None:  # (a line of its own: the first one is read for the address)
-        print(f"taskgraph-scheduler metrics at {server.dashboard_url}/metrics", flush=True)
+        print(f"taskgraph-scheduler dashboard at {server.dashboard_url}/status", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

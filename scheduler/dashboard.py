@@ -1,10 +1,22 @@
-"""The scheduler's HTTP port: ``/metrics`` (Prometheus text) for now; the
-dashboard's pages will join it here (CONVENTIONS.md, "Dashboard and output").
+"""The scheduler's HTTP port: the dashboard's pages, their JSON, and ``/metrics``.
 
-Runs in the scheduler's process and event loop, beside its TCP server, and
-only reads: the registry's collectors take their snapshots as each request
-comes. Nothing here needs the cluster's token: it shows numbers, and it
-listens on 127.0.0.1 unless told otherwise.
+::
+
+    /                 redirects to /status
+    /status /workers  Bokeh server applications (scheduler/pages.py), websockets and all
+    /api/status       task counts, in all and by function
+    /api/workers      a row per node
+    /api/tasks?limit= the last task events (100 unless told)
+    /metrics          Prometheus text (scheduler/metrics.py)
+
+One Tornado application, a ``BokehTornado`` with our handlers as its extra
+patterns (as dask.distributed mounts its dashboard), in the scheduler's
+process and event loop beside its TCP server. Pages and JSON read the
+``Feed``'s snapshot (scheduler/feed.py); ``/metrics`` its collectors' own.
+Nothing here changes the cluster or needs its token: it shows numbers, and
+listens on 127.0.0.1 unless told otherwise. Bokeh's websockets accept pages
+opened from this address only (and localhost's, for a loopback one), so
+another site open in the browser cannot read the cluster through them.
 """
 
 from __future__ import annotations
@@ -13,10 +25,15 @@ import errno
 import logging
 import socket
 
+from bokeh.server.tornado import BokehTornado
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from tornado import web
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
+
+from . import pages
+from .feed import Feed
 
 log = logging.getLogger("taskgraph.scheduler")
 
@@ -32,8 +49,67 @@ class MetricsHandler(web.RequestHandler):
         self.write(generate_latest(self.registry))
 
 
-def make_app(registry: CollectorRegistry) -> web.Application:
-    return web.Application([(r"/metrics", MetricsHandler, {"registry": registry})])
+class ApiHandler(web.RequestHandler):
+    def initialize(self, feed: Feed) -> None:
+        self.feed = feed
+
+    def get(self, what: str) -> None:
+        snap = self.feed.current()
+        if what == "status":
+            self.write(snap.status())
+        elif what == "workers":
+            self.write({"time": snap.taken, "workers": snap.nodes})
+        elif what == "tasks":
+            limit = self.get_query_argument("limit", "100")
+            if not limit.isdigit():
+                raise web.HTTPError(400, reason=f"limit must be a whole number, not {limit!r}")
+            self.write({"time": snap.taken, "tasks": snap.tasks(int(limit))})
+        else:
+            known = "/api/status, /api/workers, /api/tasks"
+            raise web.HTTPError(404, reason=f"no /api/{what} (there are {known})")
+
+
+class Dashboard:
+    """The HTTP port's server and application; ``stop()`` ends both."""
+
+    def __init__(self, registry: CollectorRegistry, feed: Feed, socks: list[socket.socket]):
+        self.feed = feed
+        port = socks[0].getsockname()[1]
+        self.app = BokehTornado(
+            pages.applications(feed),
+            extra_patterns=[
+                (r"/", web.RedirectHandler, {"url": "/status"}),
+                (r"/metrics", MetricsHandler, {"registry": registry}),
+                (r"/api/(\w+)", ApiHandler, {"feed": feed}),
+            ],
+            extra_websocket_origins=origins(socks[0].getsockname()[0], port),
+            use_index=False,
+            redirect_root=False,
+        )
+        self.app.initialize(IOLoop.current())
+        self.app.start()
+        self.server = HTTPServer(self.app)
+        for sock in socks:
+            sock.setblocking(False)
+        self.server.add_sockets(socks)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.app.stop()
+
+
+def origins(host: str, port: int) -> list[str]:
+    """Where a page must come from to open Bokeh's websocket: this address, and for
+    loopback ones the names a browser may use for it; on all interfaces, any."""
+    if host in ("0.0.0.0", "::"):
+        return ["*"]
+    names = {host}
+    if host in ("127.0.0.1", "::1", "localhost"):
+        names |= {"localhost", "127.0.0.1", "[::1]"}
+    return [
+        f"{name if ':' not in name or name.startswith('[') else f'[{name}]'}:{port}"
+        for name in names
+    ]
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -60,9 +136,5 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def serve(registry: CollectorRegistry, socks: list[socket.socket]) -> HTTPServer:
-    server = HTTPServer(make_app(registry))
-    for sock in socks:
-        sock.setblocking(False)
-    server.add_sockets(socks)
-    return server
+def serve(registry: CollectorRegistry, feed: Feed, socks: list[socket.socket]) -> Dashboard:
+    return Dashboard(registry, feed, socks)

@@ -21,6 +21,7 @@ from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.settings import settings
 
 from . import views
+from .feed import Feed
 from .metrics import LoopLag, UserMetrics, registry_for
 from .state import (
     ClientJoined,
@@ -76,6 +77,7 @@ class SchedulerServer(TCPServer):
         self.registry = registry_for(lambda: views.metrics(self.state), self.user_metrics)
         self._loop_lag = LoopLag(self.registry)
         self._loop_lag.start()
+        self.feed = Feed(self.state)  # what the dashboard's pages and JSON read (scheduler/feed.py)
         self.dashboard_url = ""  # set by whoever serves the registry over HTTP
 
     def handle(self, *events: Event) -> None:

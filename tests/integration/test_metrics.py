@@ -189,8 +189,8 @@ def test_the_scheduler_cli_serves_metrics_and_falls_back_from_a_taken_port(taken
     try:
         assert "listening at tcp://" in read_line(scheduler)
         line = read_line(scheduler)
-        assert line.startswith("taskgraph-scheduler metrics at http://127.0.0.1:"), line
-        url = line.split()[-1].removesuffix("/metrics")
+        assert line.startswith("taskgraph-scheduler dashboard at http://127.0.0.1:"), line
+        url = line.split()[-1].removesuffix("/status")
         assert not url.endswith(f":{taken_port}")
         assert sample(url, "taskgraph_nodes") == 0
     finally:

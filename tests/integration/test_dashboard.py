@@ -1,0 +1,145 @@
+"""The dashboard in a real browser (Debian's headless ``chromium``, driven by
+Playwright; never ``playwright install``), and its JSON under ``/api/``.
+
+The status page's task stream is read back from the Bokeh document in the
+page: one rectangle per finished task. A failing browser test leaves a
+screenshot in its temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import taskgraph as tg
+from conftest import wait_for
+
+pytestmark = pytest.mark.cluster
+
+N = 40  # tasks in the known workload
+
+# The length of the named ColumnDataSource in the page's Bokeh document; -1: not there yet.
+SOURCE_LENGTH = """name => {
+    const docs = (window.Bokeh && window.Bokeh.documents) || [];
+    if (docs.length === 0) return -1;
+    const source = docs[0].get_model_by_name(name);
+    return source === null ? -1 : source.get_length();
+}"""
+
+
+@tg.remote
+def square(i: int) -> int:
+    return i * i
+
+
+@tg.remote
+def halve(i: int) -> float:
+    return i / 2
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.headers["Content-Type"].startswith("application/json")
+        return json.loads(reply.read())
+
+
+def test_the_api_counts_tasks_by_function_and_lists_nodes_and_events(
+    fresh_cluster: tg.ClusterContext,
+) -> None:
+    url = fresh_cluster.dashboard_url
+    assert url is not None
+    assert tg.get([square.remote(i) for i in range(N)]) == [i * i for i in range(N)]
+    tg.get([halve.remote(i) for i in range(5)])
+
+    def counted() -> bool:
+        return get_json(f"{url}/api/status")["tasks"]["done"] == N + 5
+
+    wait_for(counted, what="the finished tasks on /api/status")
+    status = get_json(f"{url}/api/status")
+    assert status["by_function"]["square"] == {"done": N, "running": 0, "waiting": 0, "failed": 0}
+    assert status["by_function"]["halve"]["done"] == 5
+    workers = get_json(f"{url}/api/workers")["workers"]
+    assert len(workers) == 1 and workers[0]["resources"]["CPU"] == 2
+    tasks = get_json(f"{url}/api/tasks?limit=3")["tasks"]
+    assert [t["name"] for t in tasks] == ["halve"] * 3
+    assert all(t["state"] == "FINISHED" and t["worker_pid"] for t in tasks)
+    assert all(t["start_time_ms"] <= t["end_time_ms"] for t in tasks)
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        get_json(f"{url}/api/tasks?limit=many")
+    bad.value.close()
+    assert bad.value.code == 400
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        get_json(f"{url}/api/nothing")
+    missing.value.close()
+    assert missing.value.code == 404
+
+
+def test_the_root_redirects_to_the_status_page(fresh_cluster: tg.ClusterContext) -> None:
+    with urllib.request.urlopen(f"{fresh_cluster.dashboard_url}/", timeout=10) as reply:
+        assert reply.geturl().endswith("/status")
+        assert b"Bokeh" in reply.read()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium page; closed, with every process it started, at the end."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 800})
+        finally:
+            browser.close()
+
+
+@contextmanager
+def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path = folder / "failure.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot of the page: {path}")
+        raise
+
+
+def test_the_status_page_streams_one_rectangle_per_finished_task(
+    fresh_cluster: tg.ClusterContext, browser: Any, tmp_path: Path
+) -> None:
+    url = fresh_cluster.dashboard_url
+    assert url is not None
+    with screenshot_on_failure(browser, tmp_path):
+        see_the_pages(url, browser)
+
+
+def see_the_pages(url: str, browser: Any) -> None:
+    browser.goto(f"{url}/status")
+    wait_for(lambda: browser.evaluate(SOURCE_LENGTH, "task-stream") == 0, what="an empty stream")
+    assert tg.get([square.remote(i) for i in range(N)]) == [i * i for i in range(N)]
+    wait_for(
+        lambda: browser.evaluate(SOURCE_LENGTH, "task-stream") == N,
+        timeout=30,
+        what=f"{N} rectangles in the page's task stream",
+    )
+    lanes = browser.evaluate(
+        """() => new Set(Bokeh.documents[0].get_model_by_name('task-stream').data.lane).size"""
+    )
+    assert 1 <= lanes <= 2  # two CPUs: at most two executors ran them
+    wait_for(
+        lambda: browser.evaluate(SOURCE_LENGTH, "progress") == 1,
+        what="the progress bars' one function",
+    )
+
+    browser.goto(f"{url}/workers")
+    wait_for(lambda: browser.evaluate(SOURCE_LENGTH, "workers") == 1, what="one node's row")
