@@ -27,20 +27,17 @@ import os
 import pickle
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-
-import msgspec
 
 from taskgraph import _metrics, serialization
 from taskgraph import _wire as w
 from taskgraph._call_sites import CallSites
 from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
-from taskgraph._direct import ActorRoute
+from taskgraph._direct import ActorCalls
 from taskgraph._ids import first_return, return_ids
 from taskgraph._leases import Leases
 from taskgraph._object_ref import ObjectRef
@@ -60,7 +57,6 @@ INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 # the flusher sends them: the scheduler wakes once per burst (10 ms, not 2: sync
 # direct calls 4.5k -> 4.8k/s). Any urgent message takes them along sooner.
 LAZY_DELAY = 0.01
-MAX_ROUTES = 1000  # actors whose way this client remembers, beyond those it calls directly
 
 
 def host_id() -> str:
@@ -179,16 +175,16 @@ class Client:
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
         self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
-        # Direct actor calls (taskgraph/_direct.py): routes per actor, the return
-        # ids of direct calls not yet answered, and the first return id of each
-        # call that went through the scheduler -> (its route, its number there).
-        self._routes: dict[bytes, ActorRoute] = {}
-        self._channels: dict[bytes, Channel] = {}  # actors' open ones, by actor
+        # Actor calls, direct or through the scheduler (_direct.py). Its dicts of
+        # open channels and unanswered calls are read here on every flush and
+        # value, so we hold them too.
+        self.actors = ActorCalls(self, self._lock)
+        self._channels = self.actors.channels
+        self._slow_calls = self.actors.slow_calls
         # Returns of tasks sent down a channel (a lease, an actor called directly)
         # whose values come from that channel, not from the scheduler.
         self._direct: set[bytes] = set()
         self._stats = _Counts()
-        self._slow_calls: dict[bytes, tuple[ActorRoute, int]] = {}
         self._stores_lock = threading.Lock()
         self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
         self._flusher = threading.Thread(
@@ -267,10 +263,7 @@ class Client:
                     self._borrowed.discard(oid)
                     continue  # never acquired: nothing to give back
                 if oid in self._slow_calls:
-                    # Nobody will ask for it, so we would never see the call end;
-                    # a later call's end still tells us (see _slow_call_ended).
-                    route, number = self._slow_calls.pop(oid)
-                    route.forgotten(number)
+                    self.actors.slow_call_forgotten(oid)
                 gone.append(oid)
         if gone:
             self._queue(w.ReleaseRefs(gone))
@@ -398,7 +391,7 @@ class Client:
                 for value in msg.values:
                     oid = value.object_id
                     if oid in self._slow_calls:
-                        self._slow_call_ended(oid, value.error is None)
+                        self.actors.slow_call_ended(oid, value.error is None)
                     self._wanted.discard(oid)
                     if oid in self._counts:
                         self._values[oid] = value
@@ -524,9 +517,7 @@ class Client:
             **dataclasses.asdict(self._stats),
             awaiting_channels=awaiting,
             open_leases=leases,
-            direct_actors=sum(
-                1 for r in list(self._routes.values()) if r.direct and r.channel is not None
-            ),
+            direct_actors=self.actors.direct(),
         )
 
     def _queue_now(self, msg: w.Msg) -> None:
@@ -590,79 +581,12 @@ class Client:
                 return info
         return None
 
-    # -- actor calls, direct or through the scheduler (see _direct.py) ---------
-
-    def call_actor(self, spec: w.TaskSpec) -> list[ObjectRef]:
-        """Send an actor method call the way its route says; return its refs."""
-        actor_id = spec.actor_id
-        with self._lock:
-            route = self._routes.get(actor_id)
-            if route is None:
-                if len(self._routes) >= MAX_ROUTES:
-                    # Forget the ways to actors not called directly (many may be
-                    # gone); one called again just offers again.
-                    self._routes = {a: r for a, r in self._routes.items() if r.channel}
-                route = self._routes[actor_id] = ActorRoute(actor_id, client=self)
-                route.never = not settings().direct_actor_calls
-        # One call at a time per actor from this client: the way it goes, and its
-        # place in line, are decided together (threads may call at once).
-        with route.lock:
-            return self._call_actor(route, spec)
-
-    def _call_actor(self, route: ActorRoute, spec: w.TaskSpec) -> list[ObjectRef]:
-        refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
-        channel = route.channel
-        if channel is not None and channel.broken is None and route.go_direct():
-            barrier = bool(spec.deps) or len(spec.nested) > 1
-            if barrier:
-                # The actor will ask the scheduler for these: it must have heard of
-                # every object we made first. The call (and those after it) waits
-                # in the channel until the scheduler answers a ping sent now.
-                channel.hold()
-            try:
-                channel.send(spec)
-            except ConnectionError:
-                if barrier:
-                    channel.release()
-            else:
-                if barrier:
-                    self.ask(w.Query(0, "ping"), lambda _: channel.release())
-                self.flush_urgent()  # what the call may name (a put) goes first
-                channel.flush()  # now, from this thread: no hand-off to the flusher
-                return refs
-        if channel is not None and (channel.broken is not None or route.direct):
-            # It broke: the scheduler says why from now on.
-            route.never, route.channel = True, None
-            with self._lock:
-                self._channels.pop(route.actor_id, None)
-            channel.close()
-        address = "" if route.never else (self.deliveries or self.listener()).address
-        with self._lock:
-            number = route.call_slow(refs[0].id if refs else b"")
-            if number is not None and refs:
-                self._slow_calls[refs[0].id] = (route, number)
-            if address and route.should_offer(number, time.monotonic()):
-                # Its process opens a channel to us before it runs this call.
-                spec = msgspec.structs.replace(spec, channel_to=address)
-            self._queue(w.SubmitTasks([spec]))
-        return refs
-
     def channel_ready(self, channel_id: bytes, sock: socket.socket) -> Channel | None:
         """An executor opened channel ``channel_id`` to us on ``sock`` (the listener's
         thread): a lease we asked for, or an actor we offered; None: not wanted."""
         if self.leases is not None and self.leases.asked_for(channel_id):
             return self.leases.granted(channel_id, sock)
-        with self._lock:
-            route = self._routes.get(channel_id)
-        if route is None:
-            return None
-        with route.lock:
-            if self.closed or not route.channel_came():
-                return None
-            channel = route.channel = Channel(self, channel_id, sock, route)
-        with self._lock:
-            self._channels[channel_id] = channel
-        return channel
+        return self.actors.channel_came(channel_id, sock)
 
     def listener(self) -> DeliveryListener:
         """Where executors on this host open channels to us (an executor's is made
@@ -672,27 +596,6 @@ class Client:
                 self.deliveries = DeliveryListener(self.token)
                 self.deliveries.client = self
             return self.deliveries
-
-    def forget_route(self, actor_id: bytes, channel: Channel | None = None) -> None:
-        """The actor's process is gone, or going (kill): later calls go through the
-        scheduler, which knows; direct calls still in flight fail. With
-        ``channel``: only if the route still has that one."""
-        with self._lock:
-            route = self._routes.get(actor_id)
-            if route is None or (channel is not None and route.channel is not channel):
-                return
-            del self._routes[actor_id]
-            self._channels.pop(actor_id, None)
-        route.never = True
-        channel, route.channel = route.channel, None
-        if channel is not None:
-            channel.close()
-
-    def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
-        """A call through the scheduler ended (lock held): maybe calls may go direct now."""
-        route, number = self._slow_calls.pop(oid)
-        for earlier in route.call_ended(number, ok):
-            self._slow_calls.pop(earlier, None)
 
     def _connection_error(self, reason: str) -> ClusterConnectionError:
         """Why calls fail now: the connection broke, or this client was shut down."""
