@@ -230,8 +230,7 @@ def _connect(address: str, token: str, namespace: str, output: bool = True) -> C
     except BaseException:
         listener.close()
         raise
-    client = Client(conn, client_id, welcome)
-    client.token = secret
+    client = Client(conn, client_id, welcome, token=secret)
     client.on_notice = _show_notice
     if output:
         client.output = OutputPrinter(settings().output_fold_window)

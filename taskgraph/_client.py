@@ -116,6 +116,7 @@ class Client:
         client_id: bytes,
         welcome: w.Welcome,
         *,
+        token: bytes = b"",
         send: Callable[[list[Any]], None] | None = None,
         start_reader: bool = True,
     ) -> None:
@@ -139,12 +140,9 @@ class Client:
         self._lazy_waiting = False
         self._counts: dict[bytes, int] = {}
         self.released: collections.deque[bytes] = collections.deque()
-        # In an executor: refs that a task's arguments made here. The task holds
-        # them at the scheduler while it runs, so we tell the scheduler only of
-        # those that outlive the task (keep_borrowed), not of every one.
-        self._deferring = False
+        # Refs counted here that the scheduler has not heard of: an executor's,
+        # made by its task's arguments (worker/executor_client.py). Empty in a driver.
         self._borrowed: set[bytes] = set()
-        self._blocked_waits = 0  # in an executor: the running task's threads waiting in get()
         self._values: dict[bytes, w.Value] = {}
         self._wanted: set[bytes] = set()
         self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
@@ -154,26 +152,20 @@ class Client:
         self.notices: list[str] = []
         self.on_notice: Callable[[str, str], None] | None = None
         self.output: OutputPrinter | None = None  # a driver's, showing what its tasks print
-        self.job = b""  # whose job our tasks belong to: set per task in an executor; a driver's own
+        # Whose job our tasks belong to, and the task that submissions come from:
+        # a driver's own and none; per task in an executor (worker/executor_client.py).
+        self.job = b""
+        self.parent_task: bytes | None = None
         self.sites = CallSites(self._queue_now)  # where the user's code calls us from
         self.broken: str | None = None
         self.closed = False
-        # In an executor while a task runs: the task whose CPUs a blocking get()
-        # lends out (a leased task's lease), and the task that submissions come from.
-        self.current_task: bytes | None = None
-        self.parent_task: bytes | None = None
-        self.token = b""  # to pull objects from other hosts' workers
-        # In an executor: ask our worker daemon for a local copy of a remote object.
-        self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
+        self.token = token  # to reach worker daemons and executors, and pull objects
         # Where executors on this host hand over results and open channels
         # (_deliveries.py): a driver's from the start, an executor's on first use.
         self.deliveries: DeliveryListener | None = None
         # A driver's task leases (_leases.py).
         self.leases: Leases | None = None
         self._functions: dict[bytes, bytes] = {}  # exported code by id, for leased executors
-        # In an executor: told when the running task starts and stops waiting in get().
-        self.on_block: Callable[[], None] | None = None
-        self.on_unblock: Callable[[], None] | None = None
         self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
         # Actor calls, direct or through the scheduler (_direct.py). Its dicts of
         # open channels and unanswered calls are read here on every flush and
@@ -209,41 +201,7 @@ class Client:
             count = self._counts.get(object_id, 0)
             self._counts[object_id] = count + 1
             if count == 0 and acquire:
-                if self._deferring:
-                    self._borrowed.add(object_id)
-                else:
-                    self._queue(w.AcquireRefs([object_id]))
-
-    def borrow_arguments(self, load: Callable[[], Any]) -> Any:
-        """Run ``load`` (a task's arguments unpickled) with its refs' acquires held back."""
-        with self._lock:
-            self._deferring = True
-        try:
-            return load()
-        finally:
-            with self._lock:
-                self._deferring = False
-
-    def task_ended(self) -> None:
-        """In an executor: the task is over (its waits too), before its report goes."""
-        with self._lock:
-            self._blocked_waits = 0
-        self.keep_borrowed()
-
-    def keep_borrowed(self) -> None:
-        """The task is over: acquire the refs from its arguments that are still alive here.
-
-        Queued ahead of the task's report, so the scheduler counts us before it
-        lets go of what the task held.
-        """
-        with self._lock:
-            if not self._borrowed:
-                return
-            self._drain_released()
-            alive = [oid for oid in self._borrowed if oid in self._counts]
-            self._borrowed.clear()
-            if alive:
-                self._queue(w.AcquireRefs(alive), wake=False)
+                self._queue(w.AcquireRefs([object_id]))
 
     def _drain_released(self) -> None:
         """Apply the decrements that ``ObjectRef.__del__`` queued (lock held)."""
@@ -675,7 +633,7 @@ class Client:
         counts arrivals for us and wakes us once, when enough are here.
         """
         unique = list(dict.fromkeys(oids))
-        blocked = first = False
+        waits = False
         with self._lock:
             self._want(unique)
             missing = [o for o in unique if o not in self._values]
@@ -692,19 +650,9 @@ class Client:
                     )
                 for oid in missing:
                     self._waiters.setdefault(oid, []).append(waiter)
-                task = self.current_task
-                blocked = task is not None
-                if task is not None:
-                    # Several threads of a task may wait at once: the task is
-                    # blocked from the first wait to the end of the last.
-                    self._blocked_waits += 1
-                    first = self._blocked_waits == 1
-                    if first:
-                        self._queue(w.TaskBlocked(task), wake=False)
-            urgent = self._urgent
-        if first and self.on_block is not None:
-            self.on_block()
-        if urgent:  # (values of channel tasks come from their channel)
+                waits = True
+        blocked = waits and self._wait_begins()
+        if self._urgent:  # (values of channel tasks come from their channel)
             self.flush()
         try:
             # Already here (perhaps while we flushed): no wait, but a task that
@@ -719,19 +667,22 @@ class Client:
                         if not waiting:
                             del self._waiters[oid]
             if blocked:
-                with self._lock:
-                    self._blocked_waits = max(0, self._blocked_waits - 1)
-                    last = self._blocked_waits == 0
-                if last and self.on_unblock is not None:
-                    self.on_unblock()
-                if last and self.current_task is not None:
-                    self.send_soon(w.TaskUnblocked(self.current_task))
+                self._wait_ended()
         if self.broken is not None:
             raise self._connection_error(self.broken)
         if not arrived:
             return None
         with self._lock:
             return [o for o in unique if o in self._values]
+
+    def _wait_begins(self) -> bool:
+        """A caller is about to wait for values (no lock held). True: call
+        ``_wait_ended`` after. A driver's waits are nobody else's business; an
+        executor's task lends its CPUs meanwhile (worker/executor_client.py)."""
+        return False
+
+    def _wait_ended(self) -> None:
+        """The wait that ``_wait_begins`` said True for is over."""
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         oids = [r.id for r in refs]
@@ -752,10 +703,10 @@ class Client:
 
             location = value.location
             if location.host != self.host:
-                if self.fetch_via_worker is None:
-                    # No worker of ours to hold a copy: read it into our own memory.
+                here = self._copy_here(value.object_id, location)
+                if here is None:
                     return transfer.pull_into_memory(location, self.token, value.object_id)
-                location = self.fetch_via_worker(value.object_id, location)
+                location = here
             try:
                 return self.store_for(location.worker_id, location.store).read(value.object_id)
             except (OSError, ConnectionError) as exc:
@@ -765,6 +716,11 @@ class Client:
                 ) from exc
         assert value.data is not None
         return serialization.loads(value.data)
+
+    def _copy_here(self, object_id: bytes, location: w.Location) -> w.Location | None:
+        """A copy on this host of an object on another; None: a driver has no worker
+        daemon of its own to hold one, so it reads the object into its own memory."""
+        return None
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
