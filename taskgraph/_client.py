@@ -23,7 +23,6 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
-import os
 import pickle
 import socket
 import threading
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from taskgraph import _metrics, serialization
+from taskgraph import _metrics
 from taskgraph import _wire as w
 from taskgraph._call_sites import CallSites
 from taskgraph._channels import Channel
@@ -40,40 +39,20 @@ from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ActorCalls
 from taskgraph._ids import first_return, return_ids
 from taskgraph._leases import Leases
+from taskgraph._object_io import ObjectIO
 from taskgraph._object_ref import ObjectRef
 from taskgraph._output import OutputPrinter
-from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import (
     ClusterConnectionError,
     GetTimeoutError,
-    ObjectLostError,
     TaskgraphError,
 )
-from taskgraph.settings import settings
 
-INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 # Seconds messages nothing waits on (records of channel tasks) may gather before
 # the flusher sends them: the scheduler wakes once per burst (10 ms, not 2: sync
 # direct calls 4.5k -> 4.8k/s). Any urgent message takes them along sooner.
 LAZY_DELAY = 0.01
-
-
-def host_id() -> str:
-    """Processes with the same host id share /dev/shm.
-
-    ``TASKGRAPH_HOST_ID`` overrides it, for processes that share a machine but
-    should act as separate hosts (containers, network namespaces, tests).
-    """
-    override = settings().host_id
-    if override:
-        return override
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ""
-    return f"{os.uname().nodename}/{boot}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +103,6 @@ class Client:
         self.client_id = client_id
         self.cluster_id = welcome.cluster_id
         self.dashboard_url = welcome.dashboard  # "": the scheduler serves no HTTP port
-        self.workers = list(welcome.workers)
-        self.host = host_id()
         self._send = send or conn.send
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -160,13 +137,20 @@ class Client:
         self.broken: str | None = None
         self.closed = False
         self.token = token  # to reach worker daemons and executors, and pull objects
+        # Values in and out, through this host's stores (_object_io.py); what a
+        # client does with values is its own, but these are its methods too.
+        self.objects = ObjectIO(client_id, token, list(welcome.workers), self._copy_here)
+        self.host = self.objects.host
+        self.encode_value = self.objects.encode
+        self.decode_value = self.objects.decode
+        self.store_for = self.objects.store_for
+        self.local_worker = self.objects.local_worker
         # Where executors on this host hand over results and open channels
         # (_deliveries.py): a driver's from the start, an executor's on first use.
         self.deliveries: DeliveryListener | None = None
         # A driver's task leases (_leases.py).
         self.leases: Leases | None = None
         self._functions: dict[bytes, bytes] = {}  # exported code by id, for leased executors
-        self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
         # Actor calls, direct or through the scheduler (_direct.py). Its dicts of
         # open channels and unanswered calls are read here on every flush and
         # value, so we hold them too.
@@ -177,7 +161,6 @@ class Client:
         # whose values come from that channel, not from the scheduler.
         self._direct: set[bytes] = set()
         self._stats = _Counts()
-        self._stores_lock = threading.Lock()
         self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
@@ -189,6 +172,15 @@ class Client:
                 target=self._read_loop, name="taskgraph-read", daemon=True
             )
             self._reader.start()
+
+    @property
+    def workers(self) -> list[w.WorkerInfo]:
+        """The cluster's workers, as this client last heard."""
+        return self.objects.workers
+
+    @workers.setter
+    def workers(self, workers: list[w.WorkerInfo]) -> None:
+        self.objects.workers = workers
 
     # -- ids and refs ----------------------------------------------------
 
@@ -307,11 +299,7 @@ class Client:
                 if _metrics.RECORDER.due():
                     self._queue_metrics()
             self.flush()
-            for store_client in list(self._stores.values()):
-                try:
-                    store_client.flush_unpins()
-                except OSError:
-                    pass  # that daemon is gone, and its pins with it
+            self.objects.flush_unpins()
 
     def _queue_metrics(self) -> None:
         """This process's user metrics since the last update (lock held)."""
@@ -494,50 +482,12 @@ class Client:
                 "cluster; pass the ref itself."
             )
         oid = first_return(self.new_id())
-        msg = self.encode_value(oid, value, "the value passed to put()")
+        msg = self.objects.encode(oid, value, "the value passed to put()")
         ref = ObjectRef(oid, self)
         site = self.sites.here()
         with self._lock:
             self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains, site))
         return ref
-
-    def encode_value(self, oid: bytes, value: Any, what: str) -> w.ReturnValue:
-        """Serialize a value once: inline when small, into a local segment when large."""
-        buffers: list[Any] = []
-        if serialization.is_plain(value):  # checked once here, not again in dumps()
-            header, contains = serialization.dumps(value, what=what, plain=True)
-        else:
-            header, buffers, contains = serialization.dumps_oob(value, what=what)
-        size = serialization.serialized_size(header, buffers)
-        worker = self.local_worker() if size > INLINE_LIMIT else None
-        if worker is None:
-            if buffers:  # small, or no store on this host: one in-band blob
-                header, contains = serialization.dumps(value, what=what)
-            return w.ReturnValue(oid, data=header, contains=contains)
-        size = self.store_for(worker.worker_id, worker.address).write(oid, header, buffers)
-        location = w.Location(worker.worker_id, worker.address, size, self.host, worker.peer)
-        return w.ReturnValue(oid, location=location, contains=contains)
-
-    def _forget_store(self, address: str) -> None:
-        with self._stores_lock:
-            client = self._stores.pop(address, None)
-        if client is not None:
-            client.close()
-
-    def store_for(self, worker_id: str, address: str) -> StoreClient:
-        """The connection to a worker daemon's object store on this host."""
-        with self._stores_lock:
-            client = self._stores.get(address)
-            if client is None:
-                client = StoreClient(worker_id, address, self.token, self.client_id)
-                self._stores[address] = client
-            return client
-
-    def local_worker(self) -> w.WorkerInfo | None:
-        for info in self.workers:
-            if info.host == self.host:
-                return info
-        return None
 
     def channel_ready(self, channel_id: bytes, sock: socket.socket) -> Channel | None:
         """An executor opened channel ``channel_id`` to us on ``sock`` (the listener's
@@ -693,29 +643,8 @@ class Client:
             self.leases.got(unique)
         with self._lock:
             values = [self._values[o] for o in oids]
-        return [self.decode_value(v) for v in values]
-
-    def decode_value(self, value: w.Value) -> Any:
-        if value.error is not None:
-            raise serialization.loads_error(value.error)
-        if value.location is not None:
-            from taskgraph.worker import transfer
-
-            location = value.location
-            if location.host != self.host:
-                here = self._copy_here(value.object_id, location)
-                if here is None:
-                    return transfer.pull_into_memory(location, self.token, value.object_id)
-                location = here
-            try:
-                return self.store_for(location.worker_id, location.store).read(value.object_id)
-            except (OSError, ConnectionError) as exc:
-                self._forget_store(location.store)
-                raise ObjectLostError(
-                    value.object_id.hex(), f"the worker daemon holding it is gone ({exc})"
-                ) from exc
-        assert value.data is not None
-        return serialization.loads(value.data)
+        decode = self.objects.decode
+        return [decode(v) for v in values]
 
     def _copy_here(self, object_id: bytes, location: w.Location) -> w.Location | None:
         """A copy on this host of an object on another; None: a driver has no worker
@@ -730,7 +659,7 @@ class Client:
         def done(value: w.Value) -> None:
             del keep_alive[:]
             try:
-                fut.set_result(self.decode_value(value))
+                fut.set_result(self.objects.decode(value))
             except BaseException as exc:
                 fut.set_exception(exc)
 
@@ -770,10 +699,7 @@ class Client:
             self.deliveries.close()
         for channel in list(self._channels.values()):
             channel.close()
-        with self._stores_lock:
-            stores, self._stores = self._stores, {}
-        for store_client in stores.values():
-            store_client.close()
+        self.objects.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
         if self.output is not None:

@@ -401,14 +401,14 @@ class Executor:
         count = 0
         for item in items:
             oid = generator_item_id(spec.task_id, count)
-            value = self.client.encode_value(oid, item, f"item {count} of task '{spec.name}'")
+            value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
             self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
             count += 1
         return count
 
     def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
         if isinstance(value, ObjectRef):
-            return self.client.decode_value(inputs[value.id])
+            return self.client.objects.decode(inputs[value.id])
         return value
 
     def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:
@@ -429,7 +429,7 @@ class Executor:
             outs = list(out)
         what = f"the return value of task '{spec.name}'"
         returns = [
-            self.client.encode_value(oid, value, what)
+            self.client.objects.encode(oid, value, what)
             for oid, value in zip(return_ids(spec.task_id, n), outs, strict=True)
         ]
         inner = [oid for r in returns for oid in r.contains]
