@@ -13,7 +13,14 @@ last release, in batches.
 
 In a task's process the connection is the executor's socket to its worker
 daemon, which relays, so submissions, releases and the task's completion
-reach the scheduler in one order.
+reach the scheduler in one order (``worker/executor_client.py``: what only a
+task's client does).
+
+Here: refs, the outbox and its flusher, the reader, and the API's verbs.
+Elsewhere: get(), wait() and futures (``_waiting.py``, the other half of this
+class), values in and out of this host's stores (``_object_io.py``), actor
+calls direct or through the scheduler (``_direct.py``), leases
+(``_leases.py``) and channels (``_channels.py``).
 """
 
 from __future__ import annotations
@@ -43,9 +50,9 @@ from taskgraph._object_io import ObjectIO
 from taskgraph._object_ref import ObjectRef
 from taskgraph._output import OutputPrinter
 from taskgraph._transport import BlockingConnection
+from taskgraph._waiting import Waiter, Waiting
 from taskgraph.exceptions import (
     ClusterConnectionError,
-    GetTimeoutError,
     TaskgraphError,
 )
 
@@ -78,17 +85,9 @@ class _Counts:
     results_via_scheduler: int = 0
 
 
-class _Waiter:
-    """A caller blocked in get/wait: how many more of its objects must arrive."""
+class Client(Waiting):
+    """A driver's client, and the base of an executor's (worker/executor_client.py)."""
 
-    __slots__ = ("event", "remaining")
-
-    def __init__(self, remaining: int) -> None:
-        self.remaining = remaining
-        self.event = threading.Event()
-
-
-class Client:
     def __init__(
         self,
         conn: BlockingConnection,
@@ -108,7 +107,7 @@ class Client:
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._flush_cond = threading.Condition(self._lock)
-        self._waiters: dict[bytes, list[_Waiter]] = {}  # object id -> blocked callers
+        self._waiters: dict[bytes, list[Waiter]] = {}  # object id -> blocked callers
         self._pending: list[Any] = []
         self._flush_requested = False
         # Pending holds something a blocking call must send before it waits; or
@@ -489,6 +488,11 @@ class Client:
             self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains, site))
         return ref
 
+    def _copy_here(self, object_id: bytes, location: w.Location) -> w.Location | None:
+        """A copy on this host of an object on another; None: a driver has no worker
+        daemon of its own to hold one, so it reads the object into its own memory."""
+        return None
+
     def channel_ready(self, channel_id: bytes, sock: socket.socket) -> Channel | None:
         """An executor opened channel ``channel_id`` to us on ``sock`` (the listener's
         thread): a lease we asked for, or an actor we offered; None: not wanted."""
@@ -545,137 +549,6 @@ class Client:
             msg.request_id = next(self._query_ids)
             self._queries[msg.request_id] = fut
             self._queue(msg, wake=wake)
-        return fut
-
-    def _want(self, oids: Sequence[bytes]) -> None:
-        """Ask for values not yet here (lock held; the caller flushes).
-
-        Returns of tasks sent down a channel come from the channel.
-        """
-        missing = [
-            o
-            for o in oids
-            if o not in self._values and o not in self._wanted and o not in self._direct
-        ]
-        if missing:
-            self._wanted.update(missing)
-            self._queue(w.WantObjects(missing), wake=False)
-
-    def peek(self, oid: bytes) -> w.Value | None:
-        with self._lock:
-            return self._values.get(oid)
-
-    def is_ready(self, oid: bytes) -> bool:
-        with self._lock:
-            if oid in self._values:
-                return True
-            self._want([oid])
-        self.flush()
-        return False
-
-    def wait_values(
-        self, oids: Sequence[bytes], count: int, timeout: float | None
-    ) -> list[bytes] | None:
-        """Block until ``count`` of ``oids`` have arrived; return the arrived ones.
-
-        Returns None when the timeout passed first. While blocked inside a
-        task, the task's CPU is lent back to its worker. The reader thread
-        counts arrivals for us and wakes us once, when enough are here.
-        """
-        unique = list(dict.fromkeys(oids))
-        waits = False
-        with self._lock:
-            self._want(unique)
-            missing = [o for o in unique if o not in self._values]
-            waiter = _Waiter(count - (len(unique) - len(missing)))
-            if waiter.remaining > 0:
-                if self.broken is not None:
-                    raise self._connection_error(self.broken)
-                if getattr(self._in_callback, "active", False):
-                    # This thread delivers results: waiting here, it would wait for itself.
-                    raise RuntimeError(
-                        "get() or wait() inside a ref's future callback cannot wait for a "
-                        "value that is not here yet: the callback runs on the thread that "
-                        "delivers values. Hand the work to a thread or executor of your own."
-                    )
-                for oid in missing:
-                    self._waiters.setdefault(oid, []).append(waiter)
-                waits = True
-        blocked = waits and self._wait_begins()
-        if self._urgent:  # (values of channel tasks come from their channel)
-            self.flush()
-        try:
-            # Already here (perhaps while we flushed): no wait, but a task that
-            # said it blocked still says it goes on.
-            arrived = waiter.remaining <= 0 or waiter.event.wait(timeout)
-        finally:
-            with self._lock:
-                for oid in missing:
-                    waiting = self._waiters.get(oid)
-                    if waiting is not None and waiter in waiting:
-                        waiting.remove(waiter)
-                        if not waiting:
-                            del self._waiters[oid]
-            if blocked:
-                self._wait_ended()
-        if self.broken is not None:
-            raise self._connection_error(self.broken)
-        if not arrived:
-            return None
-        with self._lock:
-            return [o for o in unique if o in self._values]
-
-    def _wait_begins(self) -> bool:
-        """A caller is about to wait for values (no lock held). True: call
-        ``_wait_ended`` after. A driver's waits are nobody else's business; an
-        executor's task lends its CPUs meanwhile (worker/executor_client.py)."""
-        return False
-
-    def _wait_ended(self) -> None:
-        """The wait that ``_wait_begins`` said True for is over."""
-
-    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        oids = [r.id for r in refs]
-        unique = list(dict.fromkeys(oids))
-        if self.wait_values(unique, len(unique), timeout) is None:
-            raise GetTimeoutError(timeout, len(unique))
-        if self.leases is not None:
-            self.leases.got(unique)
-        with self._lock:
-            values = [self._values[o] for o in oids]
-        decode = self.objects.decode
-        return [decode(v) for v in values]
-
-    def _copy_here(self, object_id: bytes, location: w.Location) -> w.Location | None:
-        """A copy on this host of an object on another; None: a driver has no worker
-        daemon of its own to hold one, so it reads the object into its own memory."""
-        return None
-
-    def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        # The future keeps the ref alive until it completes.
-        keep = ref
-
-        def done(value: w.Value) -> None:
-            del keep_alive[:]
-            try:
-                fut.set_result(self.objects.decode(value))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        keep_alive = [keep]
-        with self._lock:
-            value = self._values.get(ref.id)
-            if value is None:
-                if self.broken is not None:
-                    fut.set_exception(ConnectionError(self.broken))
-                    return fut
-                self._callbacks.setdefault(ref.id, []).append(done)
-                self._want([ref.id])
-        if value is not None:
-            done(value)
-        else:
-            self.flush()
         return fut
 
     # -- shutdown --------------------------------------------------------
