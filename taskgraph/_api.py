@@ -22,10 +22,11 @@ from typing import Any
 
 from taskgraph import _wire as w
 from taskgraph import config
-from taskgraph._client import Client, ClientStatistics, host_id
+from taskgraph._client import Client, ClientStatistics
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._leases import Leases
 from taskgraph._local_cluster import LocalCluster
+from taskgraph._object_io import host_id
 from taskgraph._object_ref import ObjectRef
 from taskgraph._output import OutputPrinter
 from taskgraph._transport import connect_blocking
@@ -230,8 +231,7 @@ def _connect(address: str, token: str, namespace: str, output: bool = True) -> C
     except BaseException:
         listener.close()
         raise
-    client = Client(conn, client_id, welcome)
-    client.token = secret
+    client = Client(conn, client_id, welcome, token=secret)
     client.on_notice = _show_notice
     if output:
         client.output = OutputPrinter(settings().output_fold_window)

@@ -13,7 +13,14 @@ last release, in batches.
 
 In a task's process the connection is the executor's socket to its worker
 daemon, which relays, so submissions, releases and the task's completion
-reach the scheduler in one order.
+reach the scheduler in one order (``worker/executor_client.py``: what only a
+task's client does).
+
+Here: refs, the outbox and its flusher, the reader, and the API's verbs.
+Elsewhere: get(), wait() and futures (``_waiting.py``, the other half of this
+class), values in and out of this host's stores (``_object_io.py``), actor
+calls direct or through the scheduler (``_direct.py``), leases
+(``_leases.py``) and channels (``_channels.py``).
 """
 
 from __future__ import annotations
@@ -23,61 +30,36 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
-import os
 import pickle
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import msgspec
-
-from taskgraph import _metrics, serialization
+from taskgraph import _metrics
 from taskgraph import _wire as w
 from taskgraph._call_sites import CallSites
 from taskgraph._channels import Channel
 from taskgraph._deliveries import DeliveryListener
-from taskgraph._direct import ActorRoute
+from taskgraph._direct import ActorCalls
 from taskgraph._ids import first_return, return_ids
 from taskgraph._leases import Leases
+from taskgraph._object_io import ObjectIO
 from taskgraph._object_ref import ObjectRef
 from taskgraph._output import OutputPrinter
-from taskgraph._store_client import StoreClient
 from taskgraph._transport import BlockingConnection
+from taskgraph._waiting import Waiter, Waiting
 from taskgraph.exceptions import (
     ClusterConnectionError,
-    GetTimeoutError,
-    ObjectLostError,
     TaskgraphError,
 )
-from taskgraph.settings import settings
 
-INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 # Seconds messages nothing waits on (records of channel tasks) may gather before
 # the flusher sends them: the scheduler wakes once per burst (10 ms, not 2: sync
 # direct calls 4.5k -> 4.8k/s). Any urgent message takes them along sooner.
 LAZY_DELAY = 0.01
-MAX_ROUTES = 1000  # actors whose way this client remembers, beyond those it calls directly
-
-
-def host_id() -> str:
-    """Processes with the same host id share /dev/shm.
-
-    ``TASKGRAPH_HOST_ID`` overrides it, for processes that share a machine but
-    should act as separate hosts (containers, network namespaces, tests).
-    """
-    override = settings().host_id
-    if override:
-        return override
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ""
-    return f"{os.uname().nodename}/{boot}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +85,16 @@ class _Counts:
     results_via_scheduler: int = 0
 
 
-class _Waiter:
-    """A caller blocked in get/wait: how many more of its objects must arrive."""
+class Client(Waiting):
+    """A driver's client, and the base of an executor's (worker/executor_client.py)."""
 
-    __slots__ = ("event", "remaining")
-
-    def __init__(self, remaining: int) -> None:
-        self.remaining = remaining
-        self.event = threading.Event()
-
-
-class Client:
     def __init__(
         self,
         conn: BlockingConnection,
         client_id: bytes,
         welcome: w.Welcome,
         *,
+        token: bytes = b"",
         send: Callable[[list[Any]], None] | None = None,
         start_reader: bool = True,
     ) -> None:
@@ -127,14 +102,12 @@ class Client:
         self.client_id = client_id
         self.cluster_id = welcome.cluster_id
         self.dashboard_url = welcome.dashboard  # "": the scheduler serves no HTTP port
-        self.workers = list(welcome.workers)
-        self.host = host_id()
         self._send = send or conn.send
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._flush_cond = threading.Condition(self._lock)
-        self._waiters: dict[bytes, list[_Waiter]] = {}  # object id -> blocked callers
+        self._waiters: dict[bytes, list[Waiter]] = {}  # object id -> blocked callers
         self._pending: list[Any] = []
         self._flush_requested = False
         # Pending holds something a blocking call must send before it waits; or
@@ -143,12 +116,9 @@ class Client:
         self._lazy_waiting = False
         self._counts: dict[bytes, int] = {}
         self.released: collections.deque[bytes] = collections.deque()
-        # In an executor: refs that a task's arguments made here. The task holds
-        # them at the scheduler while it runs, so we tell the scheduler only of
-        # those that outlive the task (keep_borrowed), not of every one.
-        self._deferring = False
+        # Refs counted here that the scheduler has not heard of: an executor's,
+        # made by its task's arguments (worker/executor_client.py). Empty in a driver.
         self._borrowed: set[bytes] = set()
-        self._blocked_waits = 0  # in an executor: the running task's threads waiting in get()
         self._values: dict[bytes, w.Value] = {}
         self._wanted: set[bytes] = set()
         self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
@@ -158,38 +128,38 @@ class Client:
         self.notices: list[str] = []
         self.on_notice: Callable[[str, str], None] | None = None
         self.output: OutputPrinter | None = None  # a driver's, showing what its tasks print
-        self.job = b""  # whose job our tasks belong to: set per task in an executor; a driver's own
+        # Whose job our tasks belong to, and the task that submissions come from:
+        # a driver's own and none; per task in an executor (worker/executor_client.py).
+        self.job = b""
+        self.parent_task: bytes | None = None
         self.sites = CallSites(self._queue_now)  # where the user's code calls us from
         self.broken: str | None = None
         self.closed = False
-        # In an executor while a task runs: the task whose CPUs a blocking get()
-        # lends out (a leased task's lease), and the task that submissions come from.
-        self.current_task: bytes | None = None
-        self.parent_task: bytes | None = None
-        self.token = b""  # to pull objects from other hosts' workers
-        # In an executor: ask our worker daemon for a local copy of a remote object.
-        self.fetch_via_worker: Callable[[bytes, w.Location], w.Location] | None = None
+        self.token = token  # to reach worker daemons and executors, and pull objects
+        # Values in and out, through this host's stores (_object_io.py); what a
+        # client does with values is its own, but these are its methods too.
+        self.objects = ObjectIO(client_id, token, list(welcome.workers), self._copy_here)
+        self.host = self.objects.host
+        self.encode_value = self.objects.encode
+        self.decode_value = self.objects.decode
+        self.store_for = self.objects.store_for
+        self.local_worker = self.objects.local_worker
         # Where executors on this host hand over results and open channels
         # (_deliveries.py): a driver's from the start, an executor's on first use.
         self.deliveries: DeliveryListener | None = None
         # A driver's task leases (_leases.py).
         self.leases: Leases | None = None
         self._functions: dict[bytes, bytes] = {}  # exported code by id, for leased executors
-        # In an executor: told when the running task starts and stops waiting in get().
-        self.on_block: Callable[[], None] | None = None
-        self.on_unblock: Callable[[], None] | None = None
-        self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
-        # Direct actor calls (taskgraph/_direct.py): routes per actor, the return
-        # ids of direct calls not yet answered, and the first return id of each
-        # call that went through the scheduler -> (its route, its number there).
-        self._routes: dict[bytes, ActorRoute] = {}
-        self._channels: dict[bytes, Channel] = {}  # actors' open ones, by actor
+        # Actor calls, direct or through the scheduler (_direct.py). Its dicts of
+        # open channels and unanswered calls are read here on every flush and
+        # value, so we hold them too.
+        self.actors = ActorCalls(self, self._lock)
+        self._channels = self.actors.channels
+        self._slow_calls = self.actors.slow_calls
         # Returns of tasks sent down a channel (a lease, an actor called directly)
         # whose values come from that channel, not from the scheduler.
         self._direct: set[bytes] = set()
         self._stats = _Counts()
-        self._slow_calls: dict[bytes, tuple[ActorRoute, int]] = {}
-        self._stores_lock = threading.Lock()
         self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
@@ -202,6 +172,15 @@ class Client:
             )
             self._reader.start()
 
+    @property
+    def workers(self) -> list[w.WorkerInfo]:
+        """The cluster's workers, as this client last heard."""
+        return self.objects.workers
+
+    @workers.setter
+    def workers(self, workers: list[w.WorkerInfo]) -> None:
+        self.objects.workers = workers
+
     # -- ids and refs ----------------------------------------------------
 
     def new_id(self) -> bytes:
@@ -213,41 +192,7 @@ class Client:
             count = self._counts.get(object_id, 0)
             self._counts[object_id] = count + 1
             if count == 0 and acquire:
-                if self._deferring:
-                    self._borrowed.add(object_id)
-                else:
-                    self._queue(w.AcquireRefs([object_id]))
-
-    def borrow_arguments(self, load: Callable[[], Any]) -> Any:
-        """Run ``load`` (a task's arguments unpickled) with its refs' acquires held back."""
-        with self._lock:
-            self._deferring = True
-        try:
-            return load()
-        finally:
-            with self._lock:
-                self._deferring = False
-
-    def task_ended(self) -> None:
-        """In an executor: the task is over (its waits too), before its report goes."""
-        with self._lock:
-            self._blocked_waits = 0
-        self.keep_borrowed()
-
-    def keep_borrowed(self) -> None:
-        """The task is over: acquire the refs from its arguments that are still alive here.
-
-        Queued ahead of the task's report, so the scheduler counts us before it
-        lets go of what the task held.
-        """
-        with self._lock:
-            if not self._borrowed:
-                return
-            self._drain_released()
-            alive = [oid for oid in self._borrowed if oid in self._counts]
-            self._borrowed.clear()
-            if alive:
-                self._queue(w.AcquireRefs(alive), wake=False)
+                self._queue(w.AcquireRefs([object_id]))
 
     def _drain_released(self) -> None:
         """Apply the decrements that ``ObjectRef.__del__`` queued (lock held)."""
@@ -267,10 +212,7 @@ class Client:
                     self._borrowed.discard(oid)
                     continue  # never acquired: nothing to give back
                 if oid in self._slow_calls:
-                    # Nobody will ask for it, so we would never see the call end;
-                    # a later call's end still tells us (see _slow_call_ended).
-                    route, number = self._slow_calls.pop(oid)
-                    route.forgotten(number)
+                    self.actors.slow_call_forgotten(oid)
                 gone.append(oid)
         if gone:
             self._queue(w.ReleaseRefs(gone))
@@ -356,11 +298,7 @@ class Client:
                 if _metrics.RECORDER.due():
                     self._queue_metrics()
             self.flush()
-            for store_client in list(self._stores.values()):
-                try:
-                    store_client.flush_unpins()
-                except OSError:
-                    pass  # that daemon is gone, and its pins with it
+            self.objects.flush_unpins()
 
     def _queue_metrics(self) -> None:
         """This process's user metrics since the last update (lock held)."""
@@ -398,7 +336,7 @@ class Client:
                 for value in msg.values:
                     oid = value.object_id
                     if oid in self._slow_calls:
-                        self._slow_call_ended(oid, value.error is None)
+                        self.actors.slow_call_ended(oid, value.error is None)
                     self._wanted.discard(oid)
                     if oid in self._counts:
                         self._values[oid] = value
@@ -524,9 +462,7 @@ class Client:
             **dataclasses.asdict(self._stats),
             awaiting_channels=awaiting,
             open_leases=leases,
-            direct_actors=sum(
-                1 for r in list(self._routes.values()) if r.direct and r.channel is not None
-            ),
+            direct_actors=self.actors.direct(),
         )
 
     def _queue_now(self, msg: w.Msg) -> None:
@@ -545,124 +481,24 @@ class Client:
                 "cluster; pass the ref itself."
             )
         oid = first_return(self.new_id())
-        msg = self.encode_value(oid, value, "the value passed to put()")
+        msg = self.objects.encode(oid, value, "the value passed to put()")
         ref = ObjectRef(oid, self)
         site = self.sites.here()
         with self._lock:
             self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains, site))
         return ref
 
-    def encode_value(self, oid: bytes, value: Any, what: str) -> w.ReturnValue:
-        """Serialize a value once: inline when small, into a local segment when large."""
-        buffers: list[Any] = []
-        if serialization.is_plain(value):  # checked once here, not again in dumps()
-            header, contains = serialization.dumps(value, what=what, plain=True)
-        else:
-            header, buffers, contains = serialization.dumps_oob(value, what=what)
-        size = serialization.serialized_size(header, buffers)
-        worker = self.local_worker() if size > INLINE_LIMIT else None
-        if worker is None:
-            if buffers:  # small, or no store on this host: one in-band blob
-                header, contains = serialization.dumps(value, what=what)
-            return w.ReturnValue(oid, data=header, contains=contains)
-        size = self.store_for(worker.worker_id, worker.address).write(oid, header, buffers)
-        location = w.Location(worker.worker_id, worker.address, size, self.host, worker.peer)
-        return w.ReturnValue(oid, location=location, contains=contains)
-
-    def _forget_store(self, address: str) -> None:
-        with self._stores_lock:
-            client = self._stores.pop(address, None)
-        if client is not None:
-            client.close()
-
-    def store_for(self, worker_id: str, address: str) -> StoreClient:
-        """The connection to a worker daemon's object store on this host."""
-        with self._stores_lock:
-            client = self._stores.get(address)
-            if client is None:
-                client = StoreClient(worker_id, address, self.token, self.client_id)
-                self._stores[address] = client
-            return client
-
-    def local_worker(self) -> w.WorkerInfo | None:
-        for info in self.workers:
-            if info.host == self.host:
-                return info
+    def _copy_here(self, object_id: bytes, location: w.Location) -> w.Location | None:
+        """A copy on this host of an object on another; None: a driver has no worker
+        daemon of its own to hold one, so it reads the object into its own memory."""
         return None
-
-    # -- actor calls, direct or through the scheduler (see _direct.py) ---------
-
-    def call_actor(self, spec: w.TaskSpec) -> list[ObjectRef]:
-        """Send an actor method call the way its route says; return its refs."""
-        actor_id = spec.actor_id
-        with self._lock:
-            route = self._routes.get(actor_id)
-            if route is None:
-                if len(self._routes) >= MAX_ROUTES:
-                    # Forget the ways to actors not called directly (many may be
-                    # gone); one called again just offers again.
-                    self._routes = {a: r for a, r in self._routes.items() if r.channel}
-                route = self._routes[actor_id] = ActorRoute(actor_id, client=self)
-                route.never = not settings().direct_actor_calls
-        # One call at a time per actor from this client: the way it goes, and its
-        # place in line, are decided together (threads may call at once).
-        with route.lock:
-            return self._call_actor(route, spec)
-
-    def _call_actor(self, route: ActorRoute, spec: w.TaskSpec) -> list[ObjectRef]:
-        refs = [ObjectRef(oid, self) for oid in return_ids(spec.task_id, spec.num_returns)]
-        channel = route.channel
-        if channel is not None and channel.broken is None and route.go_direct():
-            barrier = bool(spec.deps) or len(spec.nested) > 1
-            if barrier:
-                # The actor will ask the scheduler for these: it must have heard of
-                # every object we made first. The call (and those after it) waits
-                # in the channel until the scheduler answers a ping sent now.
-                channel.hold()
-            try:
-                channel.send(spec)
-            except ConnectionError:
-                if barrier:
-                    channel.release()
-            else:
-                if barrier:
-                    self.ask(w.Query(0, "ping"), lambda _: channel.release())
-                self.flush_urgent()  # what the call may name (a put) goes first
-                channel.flush()  # now, from this thread: no hand-off to the flusher
-                return refs
-        if channel is not None and (channel.broken is not None or route.direct):
-            # It broke: the scheduler says why from now on.
-            route.never, route.channel = True, None
-            with self._lock:
-                self._channels.pop(route.actor_id, None)
-            channel.close()
-        address = "" if route.never else (self.deliveries or self.listener()).address
-        with self._lock:
-            number = route.call_slow(refs[0].id if refs else b"")
-            if number is not None and refs:
-                self._slow_calls[refs[0].id] = (route, number)
-            if address and route.should_offer(number, time.monotonic()):
-                # Its process opens a channel to us before it runs this call.
-                spec = msgspec.structs.replace(spec, channel_to=address)
-            self._queue(w.SubmitTasks([spec]))
-        return refs
 
     def channel_ready(self, channel_id: bytes, sock: socket.socket) -> Channel | None:
         """An executor opened channel ``channel_id`` to us on ``sock`` (the listener's
         thread): a lease we asked for, or an actor we offered; None: not wanted."""
         if self.leases is not None and self.leases.asked_for(channel_id):
             return self.leases.granted(channel_id, sock)
-        with self._lock:
-            route = self._routes.get(channel_id)
-        if route is None:
-            return None
-        with route.lock:
-            if self.closed or not route.channel_came():
-                return None
-            channel = route.channel = Channel(self, channel_id, sock, route)
-        with self._lock:
-            self._channels[channel_id] = channel
-        return channel
+        return self.actors.channel_came(channel_id, sock)
 
     def listener(self) -> DeliveryListener:
         """Where executors on this host open channels to us (an executor's is made
@@ -672,27 +508,6 @@ class Client:
                 self.deliveries = DeliveryListener(self.token)
                 self.deliveries.client = self
             return self.deliveries
-
-    def forget_route(self, actor_id: bytes, channel: Channel | None = None) -> None:
-        """The actor's process is gone, or going (kill): later calls go through the
-        scheduler, which knows; direct calls still in flight fail. With
-        ``channel``: only if the route still has that one."""
-        with self._lock:
-            route = self._routes.get(actor_id)
-            if route is None or (channel is not None and route.channel is not channel):
-                return
-            del self._routes[actor_id]
-            self._channels.pop(actor_id, None)
-        route.never = True
-        channel, route.channel = route.channel, None
-        if channel is not None:
-            channel.close()
-
-    def _slow_call_ended(self, oid: bytes, ok: bool) -> None:
-        """A call through the scheduler ended (lock held): maybe calls may go direct now."""
-        route, number = self._slow_calls.pop(oid)
-        for earlier in route.call_ended(number, ok):
-            self._slow_calls.pop(earlier, None)
 
     def _connection_error(self, reason: str) -> ClusterConnectionError:
         """Why calls fail now: the connection broke, or this client was shut down."""
@@ -736,160 +551,6 @@ class Client:
             self._queue(msg, wake=wake)
         return fut
 
-    def _want(self, oids: Sequence[bytes]) -> None:
-        """Ask for values not yet here (lock held; the caller flushes).
-
-        Returns of tasks sent down a channel come from the channel.
-        """
-        missing = [
-            o
-            for o in oids
-            if o not in self._values and o not in self._wanted and o not in self._direct
-        ]
-        if missing:
-            self._wanted.update(missing)
-            self._queue(w.WantObjects(missing), wake=False)
-
-    def peek(self, oid: bytes) -> w.Value | None:
-        with self._lock:
-            return self._values.get(oid)
-
-    def is_ready(self, oid: bytes) -> bool:
-        with self._lock:
-            if oid in self._values:
-                return True
-            self._want([oid])
-        self.flush()
-        return False
-
-    def wait_values(
-        self, oids: Sequence[bytes], count: int, timeout: float | None
-    ) -> list[bytes] | None:
-        """Block until ``count`` of ``oids`` have arrived; return the arrived ones.
-
-        Returns None when the timeout passed first. While blocked inside a
-        task, the task's CPU is lent back to its worker. The reader thread
-        counts arrivals for us and wakes us once, when enough are here.
-        """
-        unique = list(dict.fromkeys(oids))
-        blocked = first = False
-        with self._lock:
-            self._want(unique)
-            missing = [o for o in unique if o not in self._values]
-            waiter = _Waiter(count - (len(unique) - len(missing)))
-            if waiter.remaining > 0:
-                if self.broken is not None:
-                    raise self._connection_error(self.broken)
-                if getattr(self._in_callback, "active", False):
-                    # This thread delivers results: waiting here, it would wait for itself.
-                    raise RuntimeError(
-                        "get() or wait() inside a ref's future callback cannot wait for a "
-                        "value that is not here yet: the callback runs on the thread that "
-                        "delivers values. Hand the work to a thread or executor of your own."
-                    )
-                for oid in missing:
-                    self._waiters.setdefault(oid, []).append(waiter)
-                task = self.current_task
-                blocked = task is not None
-                if task is not None:
-                    # Several threads of a task may wait at once: the task is
-                    # blocked from the first wait to the end of the last.
-                    self._blocked_waits += 1
-                    first = self._blocked_waits == 1
-                    if first:
-                        self._queue(w.TaskBlocked(task), wake=False)
-            urgent = self._urgent
-        if first and self.on_block is not None:
-            self.on_block()
-        if urgent:  # (values of channel tasks come from their channel)
-            self.flush()
-        try:
-            # Already here (perhaps while we flushed): no wait, but a task that
-            # said it blocked still says it goes on.
-            arrived = waiter.remaining <= 0 or waiter.event.wait(timeout)
-        finally:
-            with self._lock:
-                for oid in missing:
-                    waiting = self._waiters.get(oid)
-                    if waiting is not None and waiter in waiting:
-                        waiting.remove(waiter)
-                        if not waiting:
-                            del self._waiters[oid]
-            if blocked:
-                with self._lock:
-                    self._blocked_waits = max(0, self._blocked_waits - 1)
-                    last = self._blocked_waits == 0
-                if last and self.on_unblock is not None:
-                    self.on_unblock()
-                if last and self.current_task is not None:
-                    self.send_soon(w.TaskUnblocked(self.current_task))
-        if self.broken is not None:
-            raise self._connection_error(self.broken)
-        if not arrived:
-            return None
-        with self._lock:
-            return [o for o in unique if o in self._values]
-
-    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        oids = [r.id for r in refs]
-        unique = list(dict.fromkeys(oids))
-        if self.wait_values(unique, len(unique), timeout) is None:
-            raise GetTimeoutError(timeout, len(unique))
-        if self.leases is not None:
-            self.leases.got(unique)
-        with self._lock:
-            values = [self._values[o] for o in oids]
-        return [self.decode_value(v) for v in values]
-
-    def decode_value(self, value: w.Value) -> Any:
-        if value.error is not None:
-            raise serialization.loads_error(value.error)
-        if value.location is not None:
-            from taskgraph.worker import transfer
-
-            location = value.location
-            if location.host != self.host:
-                if self.fetch_via_worker is None:
-                    # No worker of ours to hold a copy: read it into our own memory.
-                    return transfer.pull_into_memory(location, self.token, value.object_id)
-                location = self.fetch_via_worker(value.object_id, location)
-            try:
-                return self.store_for(location.worker_id, location.store).read(value.object_id)
-            except (OSError, ConnectionError) as exc:
-                self._forget_store(location.store)
-                raise ObjectLostError(
-                    value.object_id.hex(), f"the worker daemon holding it is gone ({exc})"
-                ) from exc
-        assert value.data is not None
-        return serialization.loads(value.data)
-
-    def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        # The future keeps the ref alive until it completes.
-        keep = ref
-
-        def done(value: w.Value) -> None:
-            del keep_alive[:]
-            try:
-                fut.set_result(self.decode_value(value))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        keep_alive = [keep]
-        with self._lock:
-            value = self._values.get(ref.id)
-            if value is None:
-                if self.broken is not None:
-                    fut.set_exception(ConnectionError(self.broken))
-                    return fut
-                self._callbacks.setdefault(ref.id, []).append(done)
-                self._want([ref.id])
-        if value is not None:
-            done(value)
-        else:
-            self.flush()
-        return fut
-
     # -- shutdown --------------------------------------------------------
 
     def close(self) -> None:
@@ -911,10 +572,7 @@ class Client:
             self.deliveries.close()
         for channel in list(self._channels.values()):
             channel.close()
-        with self._stores_lock:
-            stores, self._stores = self._stores, {}
-        for store_client in stores.values():
-            store_client.close()
+        self.objects.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
         if self.output is not None:

@@ -15,9 +15,10 @@ from typing import Any
 
 from taskgraph import _api, _options, serialization
 from taskgraph import _wire as w
-from taskgraph._client import INLINE_LIMIT, Client
+from taskgraph._client import Client
 from taskgraph._ids import return_ids
 from taskgraph._ids import task_id as make_task_id
+from taskgraph._object_io import INLINE_LIMIT
 from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 
 FOREVER = 2**31 - 1

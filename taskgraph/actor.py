@@ -326,7 +326,7 @@ class ActorMethod:
             actor_id=handle._actor_id,
             method=self._name,
         )
-        refs = client.call_actor(spec)
+        refs = client.actors.call(spec)
         del held  # the call holds them now
         if num_returns == 1:
             return refs[0]
@@ -360,7 +360,7 @@ def kill(handle: ActorHandle, *, no_restart: bool = True) -> None:
     client = _api.client()
     client.send_soon(w.KillActor(handle._actor_id, no_restart))
     client.flush()
-    client.forget_route(handle._actor_id)  # later calls: through the scheduler, which knows
+    client.actors.forget_route(handle._actor_id)  # later calls: through the scheduler, which knows
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

@@ -39,8 +39,8 @@ from tornado.tcpserver import TCPServer
 
 from taskgraph import _wire as w
 from taskgraph import config
-from taskgraph._client import host_id
 from taskgraph._ids import client_of, same_task
+from taskgraph._object_io import host_id
 from taskgraph._transport import (
     FrameReader,
     accept_handshake,

@@ -19,12 +19,10 @@ daemon. Functions arrive once per process and stay cached by content hash.
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 import itertools
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
@@ -38,18 +36,18 @@ import msgspec
 
 from taskgraph import _api, serialization
 from taskgraph import _wire as w
-from taskgraph._client import Client
 from taskgraph._deliveries import Deliverer, deliverable
 from taskgraph._ids import generator_item_id, return_ids
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
-from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
+from taskgraph.exceptions import TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
 
 from . import output
 from .actor_runtime import ActorRuntime, creation_error
 from .channel import Caller, Callers, Lease
+from .executor_client import ExecutorClient
 from .reports import ReportWriter
 
 
@@ -57,106 +55,14 @@ class _Cancelled(BaseException):
     """Raised into a running task by SIGINT when the user cancelled it."""
 
 
-class Inbox:
-    """The tasks handed to this process, in order, and what the running one is doing.
-
-    The reader thread puts, the main thread gets (a C queue between them: a
-    task crosses threads for about a microsecond). The plain tasks waiting
-    here go back to the daemon (``Returned``: it queues them for other
-    executors) when the running task blocks in get(), so that none waits
-    behind a task that may be waiting for it; so do those that arrive until
-    it goes on. A task handed back or cancelled stays in the queue but is skipped:
-    only the ids in ``_waiting`` are still ours to run. Messages are queued
-    under the lock, so that a ``Returned`` always goes before the
-    ``TaskUnblocked`` after it.
-    """
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[w.Assignment | None] = queue.SimpleQueue()
-        self._waiting: dict[bytes, str] = {}  # plain tasks put and not yet taken -> name
-        self.current: bytes | None = None  # the task the main thread runs
-        self.cancelling: bytes | None = None  # the task the next SIGINT is for
-        self.blocked = False  # the running task waits in get()
-        self._cancelled_calls: set[bytes] = set()  # actor calls cancelled before they started
-
-    def put(self, a: w.Assignment | None) -> None:
-        if a is not None and not a.spec.actor_id:
-            with self._lock:
-                if self.blocked:
-                    self.client.send_soon(w.Returned([a.spec.task_id]))
-                    return
-                self._waiting[a.spec.task_id] = a.spec.name
-        self._queue.put(a)
-
-    def done(self) -> None:
-        """The main thread finished its task: whatever it waited on is over too."""
-        with self._lock:
-            self.current, self.blocked = None, False
-
-    def get(self) -> w.Assignment | None:
-        while True:
-            a = self._queue.get()
-            if a is None or a.spec.actor_id:
-                self.current = None if a is None else a.spec.task_id
-                return a
-            with self._lock:
-                if self._waiting.pop(a.spec.task_id, None) is None:
-                    continue  # cancelled or handed back while it waited
-                self.current = a.spec.task_id
-                return a
-
-    def block(self) -> None:
-        """The running task waits in get(): hand back what would wait behind it."""
-        with self._lock:
-            self.blocked = True
-            self._hand_back()
-
-    def unblock(self) -> None:
-        with self._lock:
-            self.blocked = False
-
-    def _hand_back(self) -> None:
-        if self._waiting:
-            back = list(self._waiting)
-            self._waiting.clear()
-            self.client.send_soon(w.Returned(back))
-
-    def cancel_call(self, task_id: bytes) -> None:
-        """An actor call is cancelled: dropped if it has not started (a call that
-        runs goes on: an actor's state may not survive an interrupted method)."""
-        with self._lock:
-            if self.current != task_id:
-                self._cancelled_calls.add(task_id)
-
-    def call_cancelled(self, task_id: bytes) -> bool:
-        with self._lock:
-            if task_id in self._cancelled_calls:
-                self._cancelled_calls.discard(task_id)
-                return True
-            return False
-
-    def cancel(self, task_id: bytes, force: bool) -> None:
-        with self._lock:
-            name = self._waiting.pop(task_id, None)
-            if name is not None:
-                err = TaskCancelledError(name, task_id.hex())
-                result = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
-                self.client.send_soon(w.Executed(result))
-            elif self.current == task_id:
-                self.cancelling = task_id
-                os.kill(os.getpid(), signal.SIGKILL if force else signal.SIGINT)
-
-
 class Executor:
-    def __init__(self, client: Client, worker_id: str, executor_id: str) -> None:
+    def __init__(self, client: ExecutorClient, worker_id: str, executor_id: str) -> None:
         self.client = client
         self.worker_id = worker_id
         self.executor_id = executor_id
         self.pid = os.getpid()
         self.functions: dict[bytes, Any] = {}
-        self.tasks = Inbox(client)
+        self.tasks = client.inbox
         self.running = False
         self.actor: ActorRuntime | None = None
         self.actor_id = b""
@@ -169,11 +75,6 @@ class Executor:
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
         self.reports = ReportWriter(-1)  # the daemon's report pipe, set by main()
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
-        self._fetches: dict[int, concurrent.futures.Future[w.Fetched]] = {}
-        self._fetching = threading.local()  # .seconds: this thread's task waited on copies
-        self._fetch_ids = itertools.count(1)
-        client.fetch_via_worker = self.fetch
-        client.on_block, client.on_unblock = self.tasks.block, self.tasks.unblock
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -190,9 +91,7 @@ class Executor:
                 if isinstance(msg, w.Shutdown) and self.lease is not None:
                     self.lease.stop()  # the daemon stops us: end a lease we serve
                 if isinstance(msg, w.Fetched):
-                    waiting = self._fetches.pop(msg.request_id, None)
-                    if waiting is not None:
-                        waiting.set_result(msg)
+                    self.client.fetched(msg)
                 elif isinstance(msg, w.Execute):
                     if w.is_lease(msg.assignment.spec):
                         self.leases.add(msg.assignment.spec.task_id)
@@ -214,21 +113,6 @@ class Executor:
                     forward.append(msg)
             if forward:
                 self.client.on_messages(forward)
-
-    def fetch(self, object_id: bytes, location: w.Location) -> w.Location:
-        """A copy in our daemon's store of an object that lives on another host."""
-        waiting: concurrent.futures.Future[w.Fetched] = concurrent.futures.Future()
-        request_id = next(self._fetch_ids)
-        self._fetches[request_id] = waiting
-        began = time.perf_counter()
-        self.client.send_now(w.Fetch(request_id, object_id, location))
-        reply = waiting.result()
-        self._fetching.seconds = getattr(self._fetching, "seconds", 0.0) + (
-            time.perf_counter() - began
-        )
-        if reply.location is None:
-            raise ObjectLostError(object_id.hex(), f"it could not be fetched: {reply.error}")
-        return reply.location
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         # Only the cancel the reader thread raised, and only into its task: a
@@ -442,21 +326,17 @@ class Executor:
         )
         if a.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
-        self.client.job = spec.job or spec.task_id[:8]  # (job_of, inlined: every task)
+        self.client.task_began(spec, self.lease.lease_id if self.lease else None)
         if not spec.actor_id or spec.actor is not None:
             # A task sees its job's named actors; an actor keeps its creator's.
             _api.set_namespace(spec.namespace)
             output.task = spec  # who prints now: an actor's lines are its own
         if not spec.actor_id:
-            # Only plain tasks hold CPUs that a blocking get() can lend out; a
-            # leased task's are the lease's.
-            self.client.current_task = self.lease.lease_id if self.lease else spec.task_id
-            self.client.parent_task = spec.task_id
             self.running = True
 
     def _leave(self, a: w.Assignment, keep_gpus: bool = False) -> None:
         self.running = False
-        self.client.current_task = self.client.parent_task = None
+        self.client.task_left()
         if not self.actor_id:
             _api.set_task_context(None)
         if keep_gpus:
@@ -473,7 +353,7 @@ class Executor:
         spec = a.spec
         clock = Phases(time.perf_counter())
         started = time.time()
-        self._fetching.seconds = 0.0
+        self.client.fetch_waits.seconds = 0.0
         try:
             args, kwargs = self._arguments(a)
             clock.lap()
@@ -488,7 +368,7 @@ class Executor:
             result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
             result = self._failed(a, exc)
-        result.started, result.duration = started, clock.end(self._fetching.seconds)
+        result.started, result.duration = started, clock.end(self.client.fetch_waits.seconds)
         result.phases = clock.laps
         return result
 
@@ -531,14 +411,14 @@ class Executor:
         count = 0
         for item in items:
             oid = generator_item_id(spec.task_id, count)
-            value = self.client.encode_value(oid, item, f"item {count} of task '{spec.name}'")
+            value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
             self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
             count += 1
         return count
 
     def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
         if isinstance(value, ObjectRef):
-            return self.client.decode_value(inputs[value.id])
+            return self.client.objects.decode(inputs[value.id])
         return value
 
     def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:
@@ -559,7 +439,7 @@ class Executor:
             outs = list(out)
         what = f"the return value of task '{spec.name}'"
         returns = [
-            self.client.encode_value(oid, value, what)
+            self.client.objects.encode(oid, value, what)
             for oid, value in zip(return_ids(spec.task_id, n), outs, strict=True)
         ]
         inner = [oid for r in returns for oid in r.contains]
@@ -611,8 +491,7 @@ def main() -> None:
     hello = w.Hello("executor", b"", client_id, pid=os.getpid())
     conn, welcome = connect_blocking(f"unix://{socket_path}", token, hello, w.DAEMON_TO_EXECUTOR)
     reports = ReportWriter(given.report_fd, conn)
-    client = Client(conn, client_id, welcome, start_reader=False)
-    client.token = token
+    client = ExecutorClient(conn, client_id, welcome, token=token)
     _api.set_executor_client(client, welcome.cluster_id)
     executor = Executor(client, worker_id, f"{worker_id}/{executor_id}")
     executor.reports = reports

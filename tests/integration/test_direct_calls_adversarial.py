@@ -24,7 +24,7 @@ import pytest
 
 import taskgraph as tg
 from conftest import SWITCH_TO_DIRECT, stored, wait_for
-from taskgraph import _client as client_module
+from taskgraph import _direct as direct_module
 from taskgraph._channels import Channel
 from taskgraph._direct import ActorRoute
 from taskgraph.exceptions import ActorDiedError, GetTimeoutError, TaskError
@@ -695,7 +695,7 @@ def test_threads_switching_together_use_one_channel(monkeypatch):
             super().__init__(*args, **kwargs)
             opened.append(self)
 
-    monkeypatch.setattr(client_module, "Channel", SlowToOpen)
+    monkeypatch.setattr(direct_module, "Channel", SlowToOpen)
     log = alive_log()
     open_the_channel(log)
     start = threading.Barrier(4)
@@ -821,13 +821,13 @@ def test_calls_after_kill_open_no_channel(monkeypatch):
     log = Log.remote()
     switch_to_direct(log)
     tries: list[bytes] = []
-    real_channel = client_module.Channel
+    real_channel = direct_module.Channel
 
     def channel(client, channel_id, sock, owner):
         tries.append(channel_id)
         return real_channel(client, channel_id, sock, owner)
 
-    monkeypatch.setattr(client_module, "Channel", channel)
+    monkeypatch.setattr(direct_module, "Channel", channel)
     tg.kill(log)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -914,7 +914,7 @@ def test_a_large_return_for_a_caller_that_left_is_freed():
 
 
 def test_the_routes_a_client_remembers_are_bounded(monkeypatch):
-    monkeypatch.setattr(client_module, "MAX_ROUTES", 3)
+    monkeypatch.setattr(direct_module, "MAX_ROUTES", 3)
     pids = []
     for _ in range(6):
         log = Log.remote()

@@ -11,7 +11,7 @@ import signal
 
 from taskgraph import _wire as w
 from taskgraph.exceptions import TaskCancelledError
-from taskgraph.worker.executor import Inbox
+from taskgraph.worker.executor_client import Inbox
 
 
 class Outbox:

@@ -17,6 +17,7 @@ from taskgraph import _wire as w
 from taskgraph._ids import return_ids
 from taskgraph.worker.channel import Callers
 from taskgraph.worker.executor import Executor
+from taskgraph.worker.executor_client import Inbox
 
 TASK = bytes(range(16))
 
@@ -54,6 +55,7 @@ class Recorder:
 def executor_with_a_call() -> tuple[Executor, Recorder]:
     rec = Recorder()
     client: Any = SimpleNamespace(sent=rec.sent, send_now=rec.send_now)
+    client.inbox = Inbox(client)
     executor = Executor(client, "worker", "executor")
     executor.actor_id = b"\x01" * 16
     executor.callers = rec.callers = Callers(executor)
