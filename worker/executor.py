@@ -55,6 +55,9 @@ class _Cancelled(BaseException):
     """Raised into a running task by SIGINT when the user cancelled it."""
 
 
+ORPHAN_GRACE = 1.0  # seconds a running task outlives its daemon before the process ends
+
+
 class Executor:
     def __init__(self, client: ExecutorClient, worker_id: str, executor_id: str) -> None:
         self.client = client
@@ -85,6 +88,12 @@ class Executor:
                 if self.lease is not None:
                     self.lease.stop()
                 self.tasks.put(None)
+                # The daemon is gone (killed: a stopping daemon ends us first). An
+                # idle executor ends at once; a running task could report to no one
+                # and would outlive its node: end the process after a moment.
+                orphaned = threading.Timer(ORPHAN_GRACE, os._exit, (1,))
+                orphaned.daemon = True
+                orphaned.start()
                 return
             forward = []
             for msg in msgs:

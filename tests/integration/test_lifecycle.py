@@ -180,6 +180,25 @@ def test_dead_worker_fails_its_tasks_with_node_died(fresh_cluster):
     wait_for(lambda: tg.nodes() == [], what="the scheduler to drop the dead worker")
 
 
+@tg.remote(max_retries=0)
+def sleep_and_say_where(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+
+
+def test_a_task_running_when_its_worker_is_killed_does_not_outlive_it(fresh_cluster, tmp_path):
+    """Its executor cannot report to anyone: it ends within a moment, not after the task."""
+    path = tmp_path / "pid"
+    ref = sleep_and_say_where.remote(str(path))
+    wait_for(lambda: path.exists() and path.read_text(), what="the task to start")
+    executor = int(path.read_text())
+    psutil.Process(tg.nodes()[0]["pid"]).kill()
+    with pytest.raises(NodeDiedError):
+        tg.get(ref, timeout=30)
+    wait_for(lambda: not alive([executor]), timeout=10, what="the orphaned executor to end")
+
+
 def test_driver_death_stops_its_local_cluster(tmp_path):
     script = (
         "import os, taskgraph as tg\n"
