@@ -43,6 +43,7 @@ from taskgraph.testing import child_processes as direct_children  # noqa: E402
 from taskgraph.testing import stored_objects as stored  # noqa: E402
 
 __all__ = [  # what test modules take from here besides fixtures
+    "Captured",
     "alive",
     "descendants",
     "direct_children",
@@ -102,6 +103,29 @@ def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[tg.ClusterContext]
     """A cluster of one's own; parametrize indirectly with init() keyword arguments."""
     kwargs = getattr(request, "param", {"num_cpus": 2})
     yield from _checked_cluster(**kwargs)
+
+
+class Captured:
+    """What this test's stdout and stderr received so far (the driver prints there
+    from its reader thread, whenever lines arrive)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.out = self.err = ""
+
+    def read(self) -> Captured:
+        got = self.capsys.readouterr()
+        self.out += got.out
+        self.err += got.err
+        return self
+
+    def wait_out(self, text: str) -> str:
+        wait_for(lambda: text in self.read().out, what=f"{text!r} in the driver's stdout")
+        return next(line for line in self.out.splitlines() if text in line)
+
+    def wait_err(self, text: str) -> str:
+        wait_for(lambda: text in self.read().err, what=f"{text!r} in the driver's stderr")
+        return next(line for line in self.err.splitlines() if text in line)
 
 
 def goes_direct(handle: Any) -> bool:

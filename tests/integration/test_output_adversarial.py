@@ -15,29 +15,11 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import another_driver, finish, wait_for
+from conftest import Captured, another_driver, finish, wait_for
 from taskgraph._output import Folder
 from taskgraph.exceptions import WorkerCrashedError
 from taskgraph.worker import output
 from taskgraph.worker.logs import read_logs
-
-
-class Captured:
-    """What this test's stdout and stderr received so far."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.out = self.err = ""
-
-    def read(self) -> Captured:
-        got = self.capsys.readouterr()
-        self.out += got.out
-        self.err += got.err
-        return self
-
-    def wait_out(self, text: str) -> str:
-        wait_for(lambda: text in self.read().out, what=f"{text!r} in the driver's stdout")
-        return next(line for line in self.out.splitlines() if text in line)
 
 
 def cluster_process(part: str) -> psutil.Process:

@@ -7,34 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-import pytest
-
 import taskgraph as tg
-from conftest import another_driver, finish, leased, on_lease, switch_to_direct, wait_for
+from conftest import Captured, another_driver, finish, leased, on_lease, switch_to_direct, wait_for
 from taskgraph.settings import settings
-
-
-class Captured:
-    """What this test's stdout and stderr received so far (the driver prints there
-    from its reader thread, whenever lines arrive)."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.out = self.err = ""
-
-    def read(self) -> Captured:
-        got = self.capsys.readouterr()
-        self.out += got.out
-        self.err += got.err
-        return self
-
-    def wait_out(self, text: str) -> str:
-        wait_for(lambda: text in self.read().out, what=f"{text!r} in the driver's stdout")
-        return next(line for line in self.out.splitlines() if text in line)
-
-    def wait_err(self, text: str) -> str:
-        wait_for(lambda: text in self.read().err, what=f"{text!r} in the driver's stderr")
-        return next(line for line in self.err.splitlines() if text in line)
 
 
 @tg.remote
