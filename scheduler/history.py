@@ -53,7 +53,7 @@ def type_of(spec: w.TaskSpec) -> str:
     return "ACTOR_TASK" if spec.actor_id else "NORMAL_TASK"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # (not frozen: a frozen init costs a setattr call per field)
 class TaskEvent:
     """What is kept of a finished task (its spec, arguments and all, is not)."""
 
