@@ -2,17 +2,26 @@
 
 ::
 
-    /                 redirects to /status
-    /status /workers  Bokeh server applications (scheduler/pages.py), websockets and all
-    /api/status       task counts, in all and by function
-    /api/workers      a row per node
-    /api/tasks?limit= the last task events (100 unless told)
-    /metrics          Prometheus text (scheduler/metrics.py)
+    /                  redirects to /status
+    /status /workers   Bokeh server applications (scheduler/pages.py: the list),
+    /actors /objects   websockets and all
+    /logs
+    /api/status        task counts, in all and by function; each node's store
+    /api/workers       a row per node
+    /api/tasks?limit=  the last task events (100 unless told)
+    /api/actors        a row per actor (alive ones first), counts by state
+    /api/objects       the largest objects, with who holds them and their call sites
+    /api/logs?node=    the last lines of each of a node's log files
+    /api/timeline      the finished tasks as a Chrome trace (as tg.timeline() writes)
+    /metrics           Prometheus text (scheduler/metrics.py)
 
 One Tornado application, a ``BokehTornado`` with our handlers as its extra
 patterns (as dask.distributed mounts its dashboard), in the scheduler's
 process and event loop beside its TCP server. Pages and JSON read the
-``Feed``'s snapshot (scheduler/feed.py); ``/metrics`` its collectors' own.
+``Feed``'s snapshots (scheduler/feed.py); ``/metrics`` its collectors' own.
+What takes time is not done on the loop: a node's log lines are awaited (its
+daemon reads them), and the timeline's trace is made and encoded in a thread
+from a copy of the finished tasks' events.
 Nothing here changes the cluster or needs its token: it shows numbers, and
 listens on 127.0.0.1 unless told otherwise. Bokeh's websockets accept pages
 opened from this address only (and localhost's, for a loopback one), so
@@ -21,9 +30,12 @@ another site open in the browser cannot read the cluster through them.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 import logging
 import socket
+from typing import Any
 
 from bokeh.server.tornado import BokehTornado
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -32,8 +44,11 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
+from taskgraph._timeline import trace_events
+
 from . import pages
 from .feed import Feed
+from .history import TaskEvent
 
 log = logging.getLogger("taskgraph.scheduler")
 
@@ -49,24 +64,58 @@ class MetricsHandler(web.RequestHandler):
         self.write(generate_latest(self.registry))
 
 
+API = ("status", "workers", "tasks", "actors", "objects", "logs", "timeline")
+
+
 class ApiHandler(web.RequestHandler):
     def initialize(self, feed: Feed) -> None:
         self.feed = feed
 
-    def get(self, what: str) -> None:
-        snap = self.feed.current()
+    async def get(self, what: str) -> None:
         if what == "status":
-            self.write(snap.status())
+            self.write(self.feed.current().status())
         elif what == "workers":
+            snap = self.feed.current()
             self.write({"time": snap.taken, "workers": snap.nodes})
         elif what == "tasks":
             limit = self.get_query_argument("limit", "100")
             if not limit.isdigit():
                 raise web.HTTPError(400, reason=f"limit must be a whole number, not {limit!r}")
+            snap = self.feed.current()
             self.write({"time": snap.taken, "tasks": snap.tasks(int(limit))})
+        elif what == "actors":
+            self.write(self.feed.actors().json())
+        elif what == "objects":
+            self.write(self.feed.objects().json())
+        elif what == "logs":
+            await self._logs()
+        elif what == "timeline":
+            events = self.feed.finished()
+            trace = await asyncio.get_running_loop().run_in_executor(None, trace_json, events)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.write(trace)
         else:
-            known = "/api/status, /api/workers, /api/tasks"
+            known = ", ".join(f"/api/{name}" for name in API)
             raise web.HTTPError(404, reason=f"no /api/{what} (there are {known})")
+
+    async def _logs(self) -> None:
+        node = self.get_query_argument("node", "")
+        if not node:
+            nodes = ", ".join(n["node_id"] for n in self.feed.current().nodes) or "none yet"
+            raise web.HTTPError(400, reason=f"say which node: /api/logs?node=ID (nodes: {nodes})")
+        if self.feed.logs is None:
+            raise web.HTTPError(404, reason="this scheduler reads no log files")
+        answer = await self.feed.logs.read(node)
+        if answer.unknown:
+            raise web.HTTPError(404, reason=answer.error)
+        self.write(answer.json())
+
+
+def trace_json(events: list[TaskEvent]) -> bytes:
+    """The tasks' events as the Chrome trace ``tg.timeline()`` writes (taskgraph/_timeline.py),
+    encoded: made in a thread, as it costs time in proportion to the window."""
+    records: list[dict[str, Any]] = [event.record(detail=True) for event in events]
+    return json.dumps(trace_events(records)).encode()
 
 
 class Dashboard:
