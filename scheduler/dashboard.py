@@ -20,8 +20,9 @@ patterns (as dask.distributed mounts its dashboard), in the scheduler's
 process and event loop beside its TCP server. Pages and JSON read the
 ``Feed``'s snapshots (scheduler/feed.py); ``/metrics`` its collectors' own.
 What takes time is not done on the loop: a node's log lines are awaited (its
-daemon reads them), and the timeline's trace is made and encoded in a thread
-from a copy of the finished tasks' events.
+daemon reads them), the largest objects are found a step at a time, and the
+timeline's trace is made and encoded in a thread from a copy of the finished
+tasks' events (once per window: kept until another task finishes).
 Nothing here changes the cluster or needs its token: it shows numbers, and
 listens on 127.0.0.1 unless told otherwise. Bokeh's websockets accept pages
 opened from this address only (and localhost's, for a loopback one), so
@@ -67,9 +68,34 @@ class MetricsHandler(web.RequestHandler):
 API = ("status", "workers", "tasks", "actors", "objects", "logs", "timeline")
 
 
-class ApiHandler(web.RequestHandler):
-    def initialize(self, feed: Feed) -> None:
+class Timeline:
+    """``/api/timeline``'s trace: made in a thread, one at a time, and kept while no
+    task finished since (however many download it)."""
+
+    def __init__(self, feed: Feed) -> None:
         self.feed = feed
+        self.made = 0  # traces made
+        self._trace: tuple[int, asyncio.Future[bytes]] | None = None  # (its window's newest, it)
+
+    async def trace(self) -> bytes:
+        newest, events = self.feed.finished()
+        if self._trace is None or self._trace[0] != newest:
+            making = asyncio.get_running_loop().run_in_executor(None, trace_json, events)
+            self._trace = (newest, making)
+            self.made += 1
+        making = self._trace[1]
+        try:
+            return await asyncio.shield(making)
+        except Exception:
+            if self._trace is not None and self._trace[1] is making:
+                self._trace = None  # (the next reader has it made again)
+            raise
+
+
+class ApiHandler(web.RequestHandler):
+    def initialize(self, feed: Feed, timeline: Timeline) -> None:
+        self.feed = feed
+        self.timeline = timeline
 
     async def get(self, what: str) -> None:
         if what == "status":
@@ -86,12 +112,11 @@ class ApiHandler(web.RequestHandler):
         elif what == "actors":
             self.write(self.feed.actors().json())
         elif what == "objects":
-            self.write(self.feed.objects().json())
+            self.write((await self.feed.objects_made()).json())
         elif what == "logs":
             await self._logs()
         elif what == "timeline":
-            events = self.feed.finished()
-            trace = await asyncio.get_running_loop().run_in_executor(None, trace_json, events)
+            trace = await self.timeline.trace()
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.write(trace)
         else:
@@ -129,7 +154,7 @@ class Dashboard:
             extra_patterns=[
                 (r"/", web.RedirectHandler, {"url": "/status"}),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
-                (r"/api/(\w+)", ApiHandler, {"feed": feed}),
+                (r"/api/(\w+)", ApiHandler, {"feed": feed, "timeline": Timeline(feed)}),
             ],
             extra_websocket_origins=origins(socks[0].getsockname()[0], port),
             use_index=False,

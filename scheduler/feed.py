@@ -18,24 +18,29 @@ often (at most ``BUDGET`` of the loop's time), so the scheduler never stalls
 for its dashboard. Task rows are kept in a window of the last ``keep``,
 numbered, so each page streams only the rows it has not seen. The actors and
 the largest objects (scheduler/feed_tables.py) are sections of their own,
-made when a reader asks for them, under the same rules.
+made when a reader asks for them, under the same rules; the objects, which
+may be millions, a step at a time (``Stepped``), the loop running between.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .feed_tables import ActorTable, ObjectTable, actor_table, object_table
+from .feed_tables import ActorTable, ObjectTable, actor_table, object_steps
 from .history import STATE_NAMES, TaskEvent
 
 if TYPE_CHECKING:
     from .log_tail import LogTail
     from .state import SchedulerState
+
+log = logging.getLogger("taskgraph.scheduler")
 
 PERIOD = 0.2  # seconds between snapshots, at most as often
 TABLE_PERIOD = 1.0  # seconds between tables of actors or objects, at most as often
@@ -156,6 +161,63 @@ class Section(Generic[T]):
         return self._value
 
 
+class Stepped(Generic[T]):
+    """A section too large to make at once: ``steps()`` makes one a step at a time
+    (a generator that yields between steps, each bounded), in a task on the loop
+    that lets everything else run between them. Readers get the last one made at
+    once, and ask for the next when it is ``period`` old; ``BUDGET`` counts the
+    steps' time, not the waits between them."""
+
+    def __init__(
+        self,
+        steps: Callable[[], Generator[None, None, T]],
+        first: T,
+        period: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.steps = steps
+        self.period = period
+        self.clock = clock
+        self.made = 0
+        self._value = first  # (shown until the first is made)
+        self._next = 0.0
+        self._making: asyncio.Future[None] | None = None
+
+    def current(self) -> T:
+        if self._making is None and self.clock() >= self._next:
+            self._making = asyncio.ensure_future(self._make())
+        return self._value
+
+    async def made_once(self) -> T:
+        """The last one made; if none was yet, the first, once made."""
+        self.current()
+        if not self.made and self._making is not None:
+            await asyncio.shield(self._making)
+        return self._value
+
+    async def _make(self) -> None:
+        began = self.clock()
+        spent = 0.0
+        try:
+            steps = self.steps()
+            while True:
+                step = self.clock()
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    self._value = done.value
+                    self.made += 1
+                    break
+                finally:
+                    spent += self.clock() - step
+                await asyncio.sleep(0)  # (one turn of the loop for everything else)
+        except Exception:
+            log.exception("the dashboard could not make a table")
+        finally:
+            self._next = began + max(self.period, spent / BUDGET)
+            self._making = None
+
+
 class Feed:
     """Makes the dashboard's snapshots off one ``SchedulerState``, which it only reads.
     ``logs``: where pages read nodes' log files (set by the server; None: nowhere)."""
@@ -179,7 +241,9 @@ class Feed:
         self._lanes: dict[tuple[str | None, int], int] = {}
         self._snapshot = Section(self._published, period, clock)
         self._actors = Section(lambda: actor_table(state, wall()), table_period, clock)
-        self._objects = Section(lambda: object_table(state, wall()), table_period, clock)
+        self._objects = Stepped(
+            lambda: object_steps(state, wall()), ObjectTable(), table_period, clock
+        )
 
     @property
     def published(self) -> int:
@@ -193,13 +257,20 @@ class Feed:
         return self._actors.current()
 
     def objects(self) -> ObjectTable:
-        """The largest objects (scheduler/feed_tables.py's ``OBJECT_ROWS``)."""
+        """The largest objects (scheduler/feed_tables.py's ``OBJECT_ROWS``), as last made
+        (an empty table until the first is); needs a running event loop."""
         return self._objects.current()
 
-    def finished(self) -> list[TaskEvent]:
-        """The finished tasks' events the scheduler keeps, oldest first: a copy of the
-        window (its events are not changed once made, so a thread may read them)."""
-        return self.state.history.since(0)
+    async def objects_made(self) -> ObjectTable:
+        """As ``objects()``, but never the empty table before the first is made."""
+        return await self._objects.made_once()
+
+    def finished(self) -> tuple[int, list[TaskEvent]]:
+        """The finished tasks' events the scheduler keeps, oldest first, and the newest
+        one's number: a copy of the window (an event does not change once made, so
+        a thread may read them)."""
+        history = self.state.history
+        return history.kept, history.since(0)
 
     def _published(self) -> Snapshot:
         self.publish()

@@ -9,17 +9,19 @@ timeline's trace from plain data.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
-from types import SimpleNamespace
+from collections.abc import Generator
 from typing import Any
 
+import pytest
 from test_scheduler_actors import Harness, alive_actor, assigned, ok, raised, ret
 
 from taskgraph import _wire as w
-from taskgraph.scheduler.dashboard import trace_json
-from taskgraph.scheduler.feed import Feed, Section, Snapshot
-from taskgraph.scheduler.feed_tables import actor_table, object_table
+from taskgraph.scheduler.dashboard import Timeline, trace_json
+from taskgraph.scheduler.feed import Feed, Section, Snapshot, Stepped
+from taskgraph.scheduler.feed_tables import ObjectTable, actor_table, object_steps, object_table
 from taskgraph.scheduler.log_tail import LogAnswer
 from taskgraph.scheduler.logs_page import log_columns
 from taskgraph.scheduler.pages import PAGES, nav
@@ -158,14 +160,71 @@ def test_a_section_is_made_at_most_once_a_period_and_less_often_when_slow() -> N
 
 
 def test_the_feed_makes_its_tables_only_when_asked() -> None:
-    clock = Clock()
-    state: Any = SimpleNamespace(
-        history=None, tasks={}, workers={}, objects={}, clients={},
-        actors=SimpleNamespace(actors={}),
-    )  # fmt: skip
-    feed = Feed(state, clock=clock, wall=lambda: 42.0)
-    assert feed.objects().total_objects == 0 and feed.objects().taken == 42.0
-    assert feed.actors().total == 0 and feed.published == 0  # the task snapshot was not made
+    async def run() -> None:
+        clock = Clock()
+        h = Harness()
+        h.client()
+        h.worker("w1")
+        stored(h, 1_000)
+        feed = Feed(h.state, clock=clock, wall=lambda: 42.0)
+        assert feed.objects().taken == 0.0, "at first, an empty table (the first is on its way)"
+        made = await feed.objects_made()
+        assert made.taken == 42.0 and made.total_objects == 1
+        assert feed.actors().total == 0 and feed.published == 0  # the task snapshot was not made
+
+    asyncio.run(run())
+
+
+def test_a_stepped_section_lets_the_loop_run_between_steps_and_keeps_to_its_budget() -> None:
+    async def run() -> None:
+        clock, between = Clock(), []
+
+        def steps() -> Generator[None, None, float]:
+            for _ in range(3):
+                clock.now += 0.25  # each step costs 0.25 s: 0.75 s in all, so 7.5 s apart
+                yield
+            return clock.now
+
+        async def meanwhile() -> None:
+            for _ in range(3):
+                between.append(clock.now)
+                await asyncio.sleep(0)
+
+        section = Stepped(steps, -1.0, period=1.0, clock=clock)
+        assert section.current() == -1.0 and section.made == 0
+        other = asyncio.ensure_future(meanwhile())
+        assert await section.made_once() == 0.75
+        await other
+        assert len(set(between)) > 1, "the other task ran between the steps"
+        clock.now = 7.4
+        assert section.current() == 0.75
+        await asyncio.sleep(0)
+        assert section.made == 1, "not before 7.5 s"
+        clock.now = 7.5
+        section.current()
+        assert await section.made_once() == 0.75  # the last made, not waited for
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert section.made == 2 and section.current() == 8.25
+
+    asyncio.run(run())
+
+
+def test_object_steps_yield_every_chunk_and_leave_out_what_was_freed_meanwhile() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1")
+    puts = [stored(h, 100 + i) for i in range(25)]
+    steps = object_steps(h.state, taken=0.0, top=3, chunk=10)
+    next(steps)
+    next(steps)  # two chunks of ten objects looked at
+    h.release(puts[-1].object_id)  # the largest, freed meanwhile
+    with pytest.raises(StopIteration) as made:
+        while True:
+            next(steps)
+    table: ObjectTable = made.value.value
+    assert [r["object_size"] for r in table.rows] == [123, 122]
+    assert table.total_objects == 25  # as it was when the table began
 
 
 # -- what the pages draw ----------------------------------------------------------
@@ -244,3 +303,34 @@ def test_the_timeline_download_is_tg_timelines_trace() -> None:
     assert {e["name"] for e in trace if e.get("cat") == "phase"} == {
         "deserialize", "run", "store",
     }  # fmt: skip
+
+
+def test_the_timeline_is_made_once_per_window_however_many_download_it() -> None:
+    from test_dashboard_feed import finished
+
+    from taskgraph.scheduler.history import TaskHistory
+
+    history = TaskHistory()
+    history.finished(finished("a"))
+    feed: Any = SimpleFeed(history)
+    timeline = Timeline(feed)
+
+    async def run() -> None:
+        first, second = await asyncio.gather(timeline.trace(), timeline.trace())
+        assert first is second and timeline.made == 1
+        history.finished(finished("b"))
+        later = json.loads(await timeline.trace())
+        assert timeline.made == 2
+        assert [e["name"] for e in later if e.get("cat") == "task"] == ["a", "b"]
+
+    asyncio.run(run())
+
+
+class SimpleFeed:
+    """What Timeline reads of a Feed."""
+
+    def __init__(self, history: Any) -> None:
+        self.history = history
+
+    def finished(self) -> tuple[int, list[Any]]:
+        return self.history.kept, self.history.since(0)
