@@ -26,6 +26,12 @@ from .feed import Feed
 Rows = tuple[float, list[dict[str, Any]], str]  # (when taken, rows, a line of totals)
 # Numbers' formats (numbro's); a formatter is a model of its own in each document.
 FORMATS = {"count": "0,0", "bytes": "0.0 b", "percent": "0.0"}
+# Columns' widths, in proportion (the table fills the page); others get WIDTH.
+WIDTH = 100
+WIDTHS = {
+    "object_id": 260, "actor_id": 260, "reference_type": 170, "holders": 340, "call_site": 420,
+    "resources": 180,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +47,7 @@ class TablePage:
         source = ColumnDataSource(self.data(rows), name=self.source)
         table = DataTable(
             source=source,
-            columns=[
-                TableColumn(field=key, title=title, formatter=NumberFormatter(format=FORMATS[kind]))
-                if kind in FORMATS
-                else TableColumn(field=key, title=title)
-                for key, title, kind in self.columns
-            ],
+            columns=[_column(key, title, kind) for key, title, kind in self.columns],
             sizing_mode="stretch_width",
             height=600,
             index_position=None,
@@ -69,6 +70,14 @@ class TablePage:
         return {key: [_cell(row.get(key)) for row in rows] for key, _, _ in self.columns}
 
 
+def _column(key: str, title: str, kind: str) -> TableColumn:
+    width = WIDTHS.get(key, WIDTH)
+    if kind in FORMATS:
+        formatter = NumberFormatter(format=FORMATS[kind])
+        return TableColumn(field=key, title=title, width=width, formatter=formatter)
+    return TableColumn(field=key, title=title, width=width)
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return "; ".join(str(v) for v in value)
@@ -79,23 +88,27 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
 def _nodes(feed: Feed) -> Rows:
     snap = feed.current()
-    return snap.taken, snap.nodes, f"{len(snap.nodes)} nodes"
+    return snap.taken, snap.nodes, _count(len(snap.nodes), "node")
 
 
 def _actors(feed: Feed) -> Rows:
     table = feed.actors()
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(table.by_state.items()))
     shown = f" (the first {len(table.rows)} shown)" if len(table.rows) < table.total else ""
-    return table.taken, table.rows, f"{table.total} actors{': ' + counts if counts else ''}{shown}"
+    actors = _count(table.total, "actor")
+    return table.taken, table.rows, f"{actors}{': ' + counts if counts else ''}{shown}"
 
 
 def _objects(feed: Feed) -> Rows:
     table = feed.objects()
-    totals = (
-        f"{table.total_objects:,} objects, {table.total_bytes:,} bytes in all; "
-        f"the {len(table.rows)} largest:"
+    totals = f"{_count(table.total_objects, 'object')}, {table.total_bytes:,} bytes in all" + (
+        f"; the {len(table.rows)} largest:" if table.rows else ""
     )
     return table.taken, table.rows, totals
 
