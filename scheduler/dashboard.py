@@ -32,7 +32,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from . import pages
+from . import graph_page, pages
 from .feed import Feed
 
 log = logging.getLogger("taskgraph.scheduler")
@@ -80,6 +80,7 @@ class Dashboard:
             extra_patterns=[
                 (r"/", web.RedirectHandler, {"url": "/status"}),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
+                (r"/api/graph", graph_page.GraphApi, {"feed": feed}),
                 (r"/api/(\w+)", ApiHandler, {"feed": feed}),
             ],
             extra_websocket_origins=origins(socks[0].getsockname()[0], port),

@@ -23,6 +23,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool
 from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
 from bokeh.plotting import figure
 
+from . import graph_page
 from .feed import KEEP, PROGRESS_STATES, Feed, Snapshot
 
 UPDATE_MS = 200  # how often a page asks for the snapshot
@@ -40,6 +41,7 @@ def applications(feed: Feed) -> dict[str, Application]:
     return {
         "/status": Application(FunctionHandler(_page(feed, status_page))),
         "/workers": Application(FunctionHandler(_page(feed, workers_page))),
+        "/graph": graph_page.application(feed),
     }
 
 
