@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from taskgraph import _wire as w
 from taskgraph._ids import task_of
 
 from .history import STATE_NAMES
@@ -182,7 +181,7 @@ class TaskGraph:
         live_now: set[bytes] = set()
         for task in live:
             spec = task.spec
-            if w.is_lease(spec):
+            if spec.channel_to and not spec.actor_id:  # (w.is_lease, inlined: every live task)
                 continue
             key = spec.task_id
             live_now.add(key)

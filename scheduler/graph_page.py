@@ -40,6 +40,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
@@ -48,6 +49,7 @@ from bokeh.models import ColumnDataSource, DataRange1d, HoverTool
 from bokeh.models.annotations import LabelSet
 from bokeh.models.widgets import Div
 from bokeh.plotting import figure
+from bokeh.transform import factor_cmap
 from tornado import web
 
 from .feed import BUDGET, PERIOD, Feed
@@ -71,6 +73,9 @@ log = logging.getLogger("taskgraph.scheduler")
 
 UPDATE_MS = 200  # how often a page asks for the graph
 LABELS = 60  # nodes are named on the page up to this many (and always when collapsed)
+# A page takes a new layout at most this many nodes' worth a second: sending one
+# costs the loop tens of milliseconds for 5,000 nodes (ids and names as JSON).
+REPLACED_PER_SECOND = 5_000
 NAV = (
     '<b>taskgraph</b> &nbsp; <a href="status">status</a> &nbsp; <a href="workers">workers</a>'
     ' &nbsp; <a href="graph">graph</a>'
@@ -98,13 +103,13 @@ class GraphFeed:
         self.clock = clock
         self.wall = wall
         self.graph = TaskGraph(keep, limit)
-        self.layout = EMPTY  # the last one done
+        self.drawing = Drawing.of(EMPTY)  # the last layout done, ready to draw
         self.view = GraphView(EMPTY, [], [], 0)
         self.layouts = 0  # layouts done
         self.layout_seconds = 0.0  # what the last one took
         self._seq = 0  # the history's ``kept`` as of the last update
         self._asked = EMPTY.version  # the version of the nodes last sent to be laid out
-        self._running: Future[tuple[Layout, float]] | None = None
+        self._running: Future[tuple[Drawing, float]] | None = None
         self._next = 0.0  # when the next snapshot may be made (the feed's clock)
         self._next_layout = 0.0  # when the next layout may start
 
@@ -126,19 +131,19 @@ class GraphFeed:
             self._asked = graph.version
             self._running = self._lay_out(graph.shape())
             self._take_layout(now)  # (done already when laid out in the caller)
-        self.view = graph.view(self.layout, self.wall())
+        self.view = graph.view(self.drawing.layout, self.wall())
 
-    def _lay_out(self, shape: Shape) -> Future[tuple[Layout, float]]:
+    def _lay_out(self, shape: Shape) -> Future[tuple[Drawing, float]]:
         clock = self.clock
 
-        def lay_out() -> tuple[Layout, float]:
+        def lay_out() -> tuple[Drawing, float]:
             start = clock()
-            done = layout(shape)
+            done = Drawing.of(layout(shape))
             return done, clock() - start
 
         if self.executor is not None:
             return self.executor.submit(lay_out)
-        future: Future[tuple[Layout, float]] = Future()
+        future: Future[tuple[Drawing, float]] = Future()
         try:
             future.set_result(lay_out())
         except Exception as exc:
@@ -151,13 +156,39 @@ class GraphFeed:
             return
         self._running = None
         try:
-            self.layout, self.layout_seconds = running.result()
+            self.drawing, self.layout_seconds = running.result()
         except Exception:  # (a bug in the layout must not take the scheduler down)
             log.exception("laying out the task graph failed; the page keeps the last layout")
             self._next_layout = now + 10 * self.period
             return
         self.layouts += 1
         self._next_layout = now + self.layout_seconds / BUDGET
+
+
+@dataclass(frozen=True, slots=True)
+class Drawing:
+    """A ``Layout`` and what a page draws of it but the states (ids, names, places,
+    edges), made with it off the loop: a page that takes a new layout only adds
+    the states. (A collapsed graph's nodes, a handful, are made per update.)"""
+
+    layout: Layout
+    nodes: dict[str, Any]
+    edges: dict[str, Any]
+
+    @classmethod
+    def of(cls, layout: Layout) -> Drawing:
+        n = len(layout.keys)
+        nodes: dict[str, Any] = {}
+        if not layout.collapsed:
+            nodes = {
+                "key": [k.hex() for k in layout.keys if isinstance(k, bytes)],
+                "name": list(layout.names),
+                "tasks": np.ones(n, dtype=np.int64),
+                "size": np.full(n, 14.0 if n <= 100 else 8.0 if n <= 1000 else 5.0),
+                "x": np.array(layout.x),
+                "y": np.array(layout.y),
+            }
+        return cls(layout, nodes, edge_columns(layout))
 
 
 _feeds: weakref.WeakKeyDictionary[Feed, GraphFeed] = weakref.WeakKeyDictionary()
@@ -194,9 +225,10 @@ def application(feed: Feed) -> Application:
 
 def graph_page(doc: Document, feed: GraphFeed) -> None:
     view = feed.current()
-    nodes = ColumnDataSource(node_columns(view), name="graph-nodes")
-    edges = ColumnDataSource(edge_columns(view.layout), name="graph-edges")
+    nodes = ColumnDataSource(node_columns(view, feed.drawing), name="graph-nodes")
+    edges = ColumnDataSource(feed.drawing.edges, name="graph-edges")
     shares = ColumnDataSource(share_columns(view), name="graph-shares")
+    labels = ColumnDataSource(label_columns(view), name="graph-labels")
     plot = figure(
         title="Task graph",
         name="graph-plot",
@@ -231,11 +263,15 @@ def graph_page(doc: Document, feed: GraphFeed) -> None:
         source=shares,
         name="graph-share-wedges",
     )
+    # Coloured in the browser from the state (a patch sends the state alone); a
+    # function's node says how many of its tasks are in which state, no factor:
+    # unfilled, over its wedges.
+    fill = factor_cmap("state", list(STATE_COLORS.values()), list(STATE_COLORS), nan_color="#0000")
     circles = plot.scatter(
         x="x",
         y="y",
         size="size",
-        fill_color="fill",
+        fill_color=fill,
         line_color="#333333",
         line_width=0.5,
         source=nodes,
@@ -249,11 +285,11 @@ def graph_page(doc: Document, feed: GraphFeed) -> None:
         LabelSet(
             x="x",
             y="y",
-            text="label",
+            text="text",
             x_offset="offset",
             y_offset=4,
             text_font_size="9pt",
-            source=nodes,
+            source=labels,
         )
     )
     plot.add_tools(
@@ -269,14 +305,21 @@ def graph_page(doc: Document, feed: GraphFeed) -> None:
         view = feed.current()
         if view is shown.view:
             return
-        before, shown.view = shown.view, view
+        before = shown.view
+        now = feed.clock()
+        if view.layout is not before.layout:
+            if now < shown.hold:
+                return  # (a few hundred ms late, for a big graph that grows)
+            shown.hold = now + len(view.layout.keys) / REPLACED_PER_SECOND
+        shown.view = view
         summary.text = summary_of(view, feed.graph)
         if view.layout is not before.layout:
-            edges.data = edge_columns(view.layout)
+            edges.data = feed.drawing.edges
         if view.layout.collapsed or before.layout.collapsed:
             shares.data = share_columns(view)
         if view.layout is not before.layout or view.layout.collapsed:
-            nodes.data = node_columns(view)  # (collapsed: a node per function, a few)
+            nodes.data = node_columns(view, feed.drawing)
+            labels.data = label_columns(view)
             return
         changed = [
             (i, state)
@@ -284,13 +327,7 @@ def graph_page(doc: Document, feed: GraphFeed) -> None:
             if state != was
         ]
         if changed:
-            nodes.patch(
-                {
-                    "state": changed,
-                    "fill": [(i, STATE_COLORS[state]) for i, state in changed],
-                    "color": [(i, STATE_COLORS[state]) for i, state in changed],
-                }
-            )
+            nodes.patch({"state": changed})
 
     doc.title = "taskgraph: graph"
     doc.add_root(column(Div(text=NAV), summary, plot, sizing_mode="stretch_width"))
@@ -300,6 +337,7 @@ def graph_page(doc: Document, feed: GraphFeed) -> None:
 @dataclass(slots=True)
 class _Shown:
     view: GraphView
+    hold: float = 0.0  # no new layout before (monotonic seconds)
 
 
 def summary_of(view: GraphView, graph: TaskGraph) -> str:
@@ -314,50 +352,54 @@ def summary_of(view: GraphView, graph: TaskGraph) -> str:
     )
 
 
-def node_columns(view: GraphView) -> dict[str, list[Any]]:
+# Numbers go to the browser as numpy arrays (binary buffers, not JSON lists): a new
+# layout of 5,000 nodes is then mostly their ids and names.
+
+
+def node_columns(view: GraphView, drawing: Drawing) -> dict[str, Any]:
     layout = view.layout
-    n = len(layout.keys)
-    colors = view.colors()
-    if layout.collapsed:
-        tasks = [sum(c.values()) for c in view.counts]
-        return {
-            "key": list(layout.names),
-            "name": list(layout.names),
-            "state": [_summary(c) for c in view.counts],
-            "color": colors,
-            "fill": ["#ffffff00"] * n,  # (the wedges beneath show the states)
-            "tasks": tasks,
-            "size": [2 * _radius(t) for t in tasks],
-            "offset": [_radius(t) + 2 for t in tasks],
-            "label": list(layout.names),
-            "x": list(layout.x),
-            "y": list(layout.y),
-        }
-    size = 14 if n <= 100 else 8 if n <= 1000 else 5
+    if not layout.collapsed:
+        assert drawing.layout is layout
+        return {**drawing.nodes, "state": list(view.states)}
+    tasks = np.array([sum(c.values()) for c in view.counts])
     return {
-        "key": [k.hex() for k in layout.keys if isinstance(k, bytes)],
+        "key": list(layout.names),
         "name": list(layout.names),
-        "state": list(view.states),
-        "color": colors,
-        "fill": list(colors),
-        "tasks": [1] * n,
-        "size": [size] * n,
-        "offset": [size / 2 + 2] * n,
-        "label": list(layout.names) if n <= LABELS else [""] * n,
-        "x": list(layout.x),
-        "y": list(layout.y),
+        "state": [_summary(c) for c in view.counts],
+        "tasks": tasks,
+        "size": 2 * _radius(tasks),
+        "x": np.array(layout.x),
+        "y": np.array(layout.y),
     }
 
 
-def edge_columns(layout: Layout) -> dict[str, list[Any]]:
-    x, y = layout.x, layout.y
+def label_columns(view: GraphView) -> dict[str, Any]:
+    """A function's name beside each node, for a graph small enough to read them
+    (or collapsed)."""
+    layout = view.layout
+    if not layout.collapsed and len(layout.keys) > LABELS:
+        layout = EMPTY
+    tasks = np.array([sum(c.values()) for c in view.counts]) if layout.collapsed else 1
     return {
-        "x0": [x[s] for s, _ in layout.edges],
-        "y0": [y[s] for s, _ in layout.edges],
-        "x1": [x[t] for _, t in layout.edges],
-        "y1": [y[t] for _, t in layout.edges],
-        "tasks": list(layout.weights),
-        "width": [1 + math.log10(n) for n in layout.weights],
+        "x": np.array(layout.x),
+        "y": np.array(layout.y),
+        "text": list(layout.names),
+        "offset": _radius(tasks) + 2 if layout.collapsed else np.full(len(layout.x), 9.0),
+    }
+
+
+def edge_columns(layout: Layout) -> dict[str, Any]:
+    x, y = np.array(layout.x), np.array(layout.y)
+    parents = np.array([s for s, _ in layout.edges], dtype=np.int64)
+    children = np.array([t for _, t in layout.edges], dtype=np.int64)
+    tasks = np.array(layout.weights, dtype=np.int64)
+    return {
+        "x0": x[parents],
+        "y0": y[parents],
+        "x1": x[children],
+        "y1": y[children],
+        "tasks": tasks,
+        "width": 1 + np.log10(np.maximum(tasks, 1)),
     }
 
 
@@ -379,7 +421,7 @@ def share_columns(view: GraphView) -> dict[str, list[Any]]:
             end = start - 2 * math.pi * n / total
             for column_, value in zip(
                 columns.values(),
-                (x, y, _radius(total), end, start, STATE_COLORS[state], name, state, n),
+                (x, y, float(_radius(total)), end, start, STATE_COLORS[state], name, state, n),
                 strict=True,
             ):
                 column_.append(value)
@@ -387,8 +429,9 @@ def share_columns(view: GraphView) -> dict[str, list[Any]]:
     return columns
 
 
-def _radius(tasks: int) -> float:
-    return 8 + 3 * math.log10(max(tasks, 1))
+def _radius(tasks: Any) -> Any:
+    """A function's node's radius in pixels, by how many tasks it stands for."""
+    return 8 + 3 * np.log10(np.maximum(tasks, 1))
 
 
 def _summary(counts: dict[str, int]) -> str:

@@ -29,8 +29,11 @@ GRAPH = """() => {
     if (nodes === null || edges === null) return null;
     const columns = (source, names) =>
         Object.fromEntries(names.map(name => [name, Array.from(source.data[name])]));
+    // The nodes are coloured in the page, from their state: the colour of each.
+    const fill = docs[0].get_model_by_name('graph-node-circles').glyph.fill_color.transform;
+    const colors = Array.from(nodes.data.state).map(s => fill.palette[fill.factors.indexOf(s)]);
     return {
-        nodes: columns(nodes, ['key', 'name', 'state', 'color', 'x', 'y']),
+        nodes: {...columns(nodes, ['key', 'name', 'state', 'x', 'y']), color: colors},
         edges: columns(edges, ['x0', 'y0', 'x1', 'y1']),
     };
 }"""

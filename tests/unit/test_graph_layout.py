@@ -20,6 +20,7 @@ from bokeh.document.events import ColumnDataChangedEvent, ColumnsPatchedEvent
 
 from taskgraph import _wire as w
 from taskgraph._ids import first_return, task_id
+from taskgraph.scheduler import graph_page as graph_page_module
 from taskgraph.scheduler.feed import BUDGET
 from taskgraph.scheduler.graph import (
     MIN_ROWS,
@@ -412,23 +413,43 @@ def test_the_page_replaces_a_new_layout_and_patches_only_states_that_changed() -
     update.callback()
     [patch] = sent
     assert isinstance(patch, ColumnsPatchedEvent) and patch.model is nodes
-    assert patch.patches == {
-        "state": [(0, "FINISHED")],
-        "fill": [(0, STATE_COLORS["FINISHED"])],
-        "color": [(0, STATE_COLORS["FINISHED"])],
-    }
+    assert patch.patches == {"state": [(0, "FINISHED")]}  # (coloured in the browser)
     assert nodes.data["state"][0] == "FINISHED"
     sent.clear()
     cluster.submit(task("e", d))
     clock.now = 2.0
     update.callback()
     replaced = {e.model.name for e in sent if isinstance(e, ColumnDataChangedEvent)}
-    assert replaced == {"graph-nodes", "graph-edges"}  # (not the shares: not collapsed)
+    assert replaced == {"graph-nodes", "graph-edges", "graph-labels"}  # (no shares: not collapsed)
     assert nodes.data["name"][-1] == "e" and len(edges.data["x0"]) == 5
     sent.clear()
     clock.now = 3.0
     update.callback()
     assert sent == []  # nothing changed: nothing sent
+
+
+def test_a_page_takes_a_new_layout_at_most_so_many_nodes_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(graph_page_module, "REPLACED_PER_SECOND", 2)  # (5,000 in earnest)
+    cluster = Cluster()
+    cluster.submit(*diamond())
+    feed, clock = feed_of(cluster)
+    doc = Document()
+    graph_page(doc, feed)
+    nodes = doc.get_model_by_name("graph-nodes")
+    [update] = doc.session_callbacks
+    cluster.submit(task("e"))
+    clock.now = 1.0
+    update.callback()  # 5 nodes: the next layout not before 1.0 + 5 / 2
+    assert len(nodes.data["name"]) == 5
+    cluster.submit(task("f"))
+    clock.now = 2.0
+    update.callback()
+    assert len(nodes.data["name"]) == 5 and feed.current().nodes == 6
+    clock.now = 3.5
+    update.callback()
+    assert len(nodes.data["name"]) == 6
 
 
 def test_a_collapsed_page_shows_each_function_as_wedges_of_its_states() -> None:
@@ -441,7 +462,8 @@ def test_a_collapsed_page_shows_each_function_as_wedges_of_its_states() -> None:
     graph_page(doc, feed)
     nodes = doc.get_model_by_name("graph-nodes")
     shares = doc.get_model_by_name("graph-shares")
-    assert nodes.data["name"] == ["load", "add"] and nodes.data["tasks"] == [3, 1]
+    assert nodes.data["name"] == ["load", "add"] and list(nodes.data["tasks"]) == [3, 1]
+    assert doc.get_model_by_name("graph-labels").data["text"] == ["load", "add"]
     assert nodes.data["state"][0] == "2 PENDING_ARGS_AVAIL, 1 FINISHED"
     wedges = Counter(
         zip(shares.data["name"], shares.data["state"], shares.data["tasks"], strict=True)
