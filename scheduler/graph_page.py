@@ -24,9 +24,10 @@ threads every 5 ms); a layout that took ``t`` seconds waits ``t / BUDGET``
 before the next may start, so at most ``BUDGET`` of the time goes to layouts.
 
 Models a test reads back carry names: the sources ``graph-nodes`` (a row per
-node: ``key``, ``name``, ``state``, ``color``, ``x``, ``y``), ``graph-edges``
-(``x0``, ``y0``, ``x1``, ``y1``, ``tasks``) and ``graph-shares`` (a wedge
-per function and state, collapsed graphs only).
+node: ``key``, ``name``, ``state``, ``tasks``, ``size``, ``x``, ``y``; its
+renderer ``graph-node-circles`` colours it from ``state``), ``graph-edges``
+(``x0``, ``y0``, ``x1``, ``y1``, ``tasks``, ``width``), ``graph-shares`` (a
+wedge per function and state, collapsed graphs only) and ``graph-labels``.
 """
 
 from __future__ import annotations
