@@ -5,12 +5,13 @@
     /                  redirects to /status
     /status /workers   Bokeh server applications (scheduler/pages.py: the list),
     /actors /objects   websockets and all
-    /logs
+    /graph /logs
     /api/status        task counts, in all and by function; each node's store
     /api/workers       a row per node
     /api/tasks?limit=  the last task events (100 unless told)
     /api/actors        a row per actor (alive ones first), counts by state
     /api/objects       the largest objects, with who holds them and their call sites
+    /api/graph         the task graph's nodes (places, states) and edges (scheduler/graph_page.py)
     /api/logs?node=    the last lines of each of a node's log files
     /api/timeline      the finished tasks as a Chrome trace (as tg.timeline() writes)
     /metrics           Prometheus text (scheduler/metrics.py)
@@ -47,7 +48,7 @@ from tornado.netutil import bind_sockets
 
 from taskgraph._timeline import trace_events
 
-from . import pages
+from . import graph_page, pages
 from .feed import Feed
 from .history import TaskEvent
 
@@ -65,7 +66,7 @@ class MetricsHandler(web.RequestHandler):
         self.write(generate_latest(self.registry))
 
 
-API = ("status", "workers", "tasks", "actors", "objects", "logs", "timeline")
+API = ("status", "workers", "tasks", "actors", "objects", "graph", "logs", "timeline")
 
 
 class Timeline:
@@ -154,6 +155,7 @@ class Dashboard:
             extra_patterns=[
                 (r"/", web.RedirectHandler, {"url": "/status"}),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
+                (r"/api/graph", graph_page.GraphApi, {"feed": feed}),
                 (r"/api/(\w+)", ApiHandler, {"feed": feed, "timeline": Timeline(feed)}),
             ],
             extra_websocket_origins=origins(socks[0].getsockname()[0], port),

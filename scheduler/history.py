@@ -75,6 +75,9 @@ class TaskEvent:
     ended: float
     phases: Sequence[float]
     error_type: str
+    # The ids of the objects its arguments awaited (the spec's own list, not a
+    # copy): the /graph page's edges, which outlive the task (scheduler/graph.py).
+    deps: Sequence[bytes]
 
     @classmethod
     def of(cls, task: Task) -> TaskEvent:
@@ -98,6 +101,7 @@ class TaskEvent:
             task.ended,
             task.phases,
             task.error_type,
+            spec.deps,
         )
 
     def record(self, detail: bool = False) -> dict[str, Any]:

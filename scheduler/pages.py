@@ -19,7 +19,7 @@ from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.models.widgets import Div
 
-from . import logs_page, status_page
+from . import graph_page, logs_page, status_page
 from .feed import Feed
 from .table_pages import ACTORS, OBJECTS, WORKERS
 
@@ -30,6 +30,7 @@ PAGES: dict[str, Build] = {
     "/workers": WORKERS.build,
     "/actors": ACTORS.build,
     "/objects": OBJECTS.build,
+    "/graph": graph_page.build,
     "/logs": logs_page.build,
 }
 

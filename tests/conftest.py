@@ -10,10 +10,12 @@ from __future__ import annotations
 import atexit
 import collections
 import gc
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +51,7 @@ __all__ = [  # what test modules take from here besides fixtures
     "alive",
     "descendants",
     "direct_children",
+    "get_json",
     "screenshot_on_failure",
     "segments",
     "stored",
@@ -129,6 +132,41 @@ class Captured:
     def wait_err(self, text: str) -> str:
         wait_for(lambda: text in self.read().err, what=f"{text!r} in the driver's stderr")
         return next(line for line in self.err.splitlines() if text in line)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium page (Debian's ``chromium``, driven by Playwright; never
+    ``playwright install``); closed, with every process it started, at the end."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 800})
+        finally:
+            browser.close()
+
+
+def get_json(url: str) -> Any:
+    """A JSON reply (the dashboard's ``/api/*``), checking that it says it is JSON."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.headers["Content-Type"].startswith("application/json")
+        return json.loads(reply.read())
+
+
+@contextmanager
+def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
+    """A failing browser test leaves a screenshot of its page in ``folder``."""
+    try:
+        yield
+    except BaseException:
+        path = folder / "failure.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot of the page: {path}")
+        raise
 
 
 def goes_direct(handle: Any) -> bool:
@@ -273,34 +311,3 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-# -- the dashboard in a browser ------------------------------------------------------
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """A headless Chromium page (Debian's ``chromium``, driven by Playwright; never
-    ``playwright install``); closed, with every process it started, at the end."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 800})
-        finally:
-            browser.close()
-
-
-@contextmanager
-def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
-    """On a failure inside, a screenshot of the whole page in ``folder`` (the test's tmp_path)."""
-    try:
-        yield
-    except BaseException:
-        path = folder / "failure.png"
-        page.screenshot(path=str(path), full_page=True)
-        print(f"screenshot of the page: {path}")
-        raise

@@ -8,7 +8,6 @@ screenshot in its temporary folder.
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 import taskgraph as tg
-from conftest import screenshot_on_failure, wait_for
+from conftest import get_json, screenshot_on_failure, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -40,12 +39,6 @@ def square(i: int) -> int:
 @tg.remote
 def halve(i: int) -> float:
     return i / 2
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        assert reply.headers["Content-Type"].startswith("application/json")
-        return json.loads(reply.read())
 
 
 def test_the_api_counts_tasks_by_function_and_lists_nodes_and_events(

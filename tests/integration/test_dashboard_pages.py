@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import taskgraph as tg
-from conftest import screenshot_on_failure, start_worker, stop_process, wait_for
+from conftest import get_json, screenshot_on_failure, start_worker, stop_process, wait_for
 from taskgraph.exceptions import ActorDiedError
 
 pytestmark = pytest.mark.cluster
@@ -49,12 +49,6 @@ def columns(page: Any, name: str) -> dict[str, list[Any]]:
 def rows(page: Any, name: str) -> list[dict[str, Any]]:
     data = columns(page, name)
     return [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        assert reply.headers["Content-Type"].startswith("application/json")
-        return json.loads(reply.read())
 
 
 def http_error(url: str) -> int:
