@@ -24,6 +24,7 @@ from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
 from bokeh.plotting import figure
 
 from .feed import KEEP, PROGRESS_STATES, Feed, Snapshot
+from .pages_single import task_stream_page
 
 UPDATE_MS = 200  # how often a page asks for the snapshot
 PROGRESS_COLORS = ("#2ca02c", "#1f77b4", "#c7c7c7", "#d62728")  # done, running, waiting, failed
@@ -38,6 +39,7 @@ NAV = '<b>taskgraph</b> &nbsp; <a href="status">status</a> &nbsp; <a href="worke
 
 def applications(feed: Feed) -> dict[str, Application]:
     return {
+        "/individual-task-stream": Application(FunctionHandler(_page(feed, task_stream_page))),
         "/status": Application(FunctionHandler(_page(feed, status_page))),
         "/workers": Application(FunctionHandler(_page(feed, workers_page))),
     }
