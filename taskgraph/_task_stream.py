@@ -23,6 +23,7 @@ notebook, on GitHub and in nbconvert's HTML.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from taskgraph import _api
 PAGE = "/individual-task-stream"
 KEEP = 10_000  # task rows the dashboard keeps (feed.KEEP; a test holds them equal)
 FETCH_TIMEOUT = 10.0  # seconds to wait for the dashboard's JSON
+FRESH_WITHIN = 1.0  # seconds to wait for a snapshot newer than the call (made every 0.2 s)
 
 
 class TaskStream:
@@ -59,15 +61,26 @@ class TaskStream:
     def tasks(self, limit: int = KEEP) -> list[dict[str, Any]]:
         """The last ``limit`` finished tasks the dashboard keeps, oldest first, with
         the state API's field names (``name``, ``state``, ``node_id``,
-        ``worker_pid``, ``start_time_ms``, ``end_time_ms``, ...)."""
+        ``worker_pid``, ``start_time_ms``, ``end_time_ms``, ...).
+
+        As of now: the dashboard's view is a snapshot up to 0.2 s old, so this
+        waits (up to ``FRESH_WITHIN``) for one made after the call, which holds
+        every task the scheduler had recorded by then.
+        """
+        called = time.time()
+        deadline = time.monotonic() + FRESH_WITHIN
+        # (A scheduler on another host with a clock ahead or behind: the deadline.)
+        while self._get("/api/status")["time"] < called and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tasks: list[dict[str, Any]] = self._get(f"/api/tasks?limit={int(limit)}")["tasks"]
+        return tasks
+
+    def _get(self, path: str) -> Any:
         import json
         import urllib.request
 
-        with urllib.request.urlopen(
-            f"{self.dashboard_url}/api/tasks?limit={int(limit)}", timeout=FETCH_TIMEOUT
-        ) as reply:
-            tasks: list[dict[str, Any]] = json.loads(reply.read())["tasks"]
-        return tasks
+        with urllib.request.urlopen(self.dashboard_url + path, timeout=FETCH_TIMEOUT) as reply:
+            return json.loads(reply.read())
 
     def picture(self, limit: int = KEEP, title: str = "Task stream") -> TaskStreamPicture:
         """The stream as it is now, as a still picture (SVG) of the last ``limit`` tasks."""
