@@ -29,8 +29,8 @@ from typing import Any
 
 from taskgraph import _api
 
-# What follows is imported by the functions that use it: every process imports
-# this module (with taskgraph), only a notebook's draws.
+# json, urllib and _html are imported by the functions that use them: every
+# process imports this module (with taskgraph), only a notebook's kernel draws.
 
 PAGE = "/individual-task-stream"
 KEEP = 10_000  # task rows the dashboard keeps (feed.KEEP; a test holds them equal)
