@@ -28,8 +28,6 @@ from typing import Any
 
 import psutil
 import pytest
-from test_dashboard import SOURCE_LENGTH, screenshot_on_failure
-from test_dashboard import browser as browser  # a fixture (headless Chromium)
 
 from conftest import wait_for
 
@@ -38,6 +36,12 @@ pytestmark = pytest.mark.cluster
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "task_stream.ipynb"
 TASKS = 127  # the notebook's graph: 64 points_inside tasks, a tree of 63 combine tasks
 FRAME = "iframe[title='taskgraph task stream']"
+# The bars in the frame's Bokeh document (its "task-stream" source); -1: not there yet.
+BARS = """() => {
+    const docs = (window.Bokeh && window.Bokeh.documents) || [];
+    const source = docs.length ? docs[0].get_model_by_name("task-stream") : null;
+    return source === null ? -1 : source.get_length();
+}"""
 
 
 class Lab:
@@ -161,16 +165,31 @@ def jupyterlab(tmp_path: Path) -> Iterator[Lab]:
         lab.stop()
 
 
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A headless Chromium page (Debian's ``chromium``; never ``playwright install``),
+    closed with every process it started."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 800})
+        finally:
+            browser.close()
+
+
 def test_the_notebook_shows_the_task_stream_growing_while_its_graph_runs(
-    jupyterlab: Lab, browser: Any, tmp_path: Path
+    jupyterlab: Lab, page: Any, tmp_path: Path
 ) -> None:
-    lab, page = jupyterlab, browser
     page.set_default_timeout(60_000)  # JupyterLab takes its time to load on a busy machine
     try:
-        with screenshot_on_failure(page, tmp_path):
-            run_the_notebook(lab, page)
+        run_the_notebook(jupyterlab, page)
     except BaseException:
-        print(f"JupyterLab's log: {lab.log}")
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        print(f"screenshot: {tmp_path / 'failure.png'}; JupyterLab's log: {jupyterlab.log}")
         raise
 
 
@@ -187,7 +206,7 @@ def run_the_notebook(lab: Lab, page: Any) -> None:
     def all_bars_shown() -> bool:
         lab.track()
         frame = page.locator(FRAME).element_handle().content_frame()
-        n = frame.evaluate(SOURCE_LENGTH, "task-stream") if frame is not None else -1
+        n = frame.evaluate(BARS) if frame is not None else -1
         if not counts or counts[-1] != n:
             counts.append(n)
         return n == TASKS
