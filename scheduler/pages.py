@@ -24,7 +24,7 @@ from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
 from bokeh.plotting import figure
 
 from .feed import KEEP, PROGRESS_STATES, Feed, Snapshot
-from .pages_single import task_stream_page
+from .pages_single import applications as single_plot_pages
 
 UPDATE_MS = 200  # how often a page asks for the snapshot
 PROGRESS_COLORS = ("#2ca02c", "#1f77b4", "#c7c7c7", "#d62728")  # done, running, waiting, failed
@@ -39,7 +39,7 @@ NAV = '<b>taskgraph</b> &nbsp; <a href="status">status</a> &nbsp; <a href="worke
 
 def applications(feed: Feed) -> dict[str, Application]:
     return {
-        "/individual-task-stream": Application(FunctionHandler(_page(feed, task_stream_page))),
+        **single_plot_pages(feed),  # for frames: no navigation bar, not in it
         "/status": Application(FunctionHandler(_page(feed, status_page))),
         "/workers": Application(FunctionHandler(_page(feed, workers_page))),
     }

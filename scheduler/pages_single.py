@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure
 
 from .feed import KEEP, Feed, Snapshot
 
+PATH = "/individual-task-stream"
 UPDATE_MS = 200  # how often the page asks for the snapshot (as /status does)
 TOOLTIPS = [
     ("name", "@name"),
@@ -89,3 +92,13 @@ def task_stream_page(doc: Document, feed: Feed) -> None:
     doc.title = "taskgraph: task stream"
     doc.add_root(plot.figure)
     doc.add_periodic_callback(update, UPDATE_MS)
+
+
+def applications(feed: Feed) -> dict[str, Application]:
+    """This module's pages, for the dashboard's application. They have no
+    navigation bar (they go in frames) and are not in the dashboard's."""
+
+    def modify(doc: Document) -> None:
+        task_stream_page(doc, feed)
+
+    return {PATH: Application(FunctionHandler(modify))}
