@@ -13,7 +13,7 @@ A transition added to the table without a line in ``WHEN`` below still
 renders, marked as undescribed, so ``--write`` never blocks on prose.
 
 Objects, actors and executors have their tables in the code too, each change
-described there (``scheduler/story.py``, ``worker/state.py``); their sections
+described there (``scheduler/story.py``, ``worker/records.py``); their sections
 are drawn between their own markers (``<!-- object-states:begin -->``, ...).
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from taskgraph.scheduler.state import SchedulerState
 from taskgraph.scheduler.story import ACTOR_TRANSITIONS, OBJECT_TRANSITIONS
-from taskgraph.worker.state import EXECUTOR_TRANSITIONS
+from taskgraph.worker.records import EXECUTOR_TRANSITIONS
 
 ARCHITECTURE = Path(__file__).resolve().parent / "architecture.md"
 BEGIN = "<!-- transitions:begin -->"
@@ -34,7 +34,7 @@ END = "<!-- transitions:end -->"
 STATE_TABLES: dict[str, tuple[dict[tuple[str, str], str], str]] = {
     "object-states": (OBJECT_TRANSITIONS, "OBJECT_TRANSITIONS (scheduler/story.py)"),
     "actor-states": (ACTOR_TRANSITIONS, "ACTOR_TRANSITIONS (scheduler/story.py)"),
-    "executor-states": (EXECUTOR_TRANSITIONS, "EXECUTOR_TRANSITIONS (worker/state.py)"),
+    "executor-states": (EXECUTOR_TRANSITIONS, "EXECUTOR_TRANSITIONS (worker/records.py)"),
 }
 
 # When each transition happens, in the reader's words. Keyed like TRANSITIONS.

@@ -92,6 +92,8 @@ class ActorRec:
     killing: bool = False  # kill() was asked: no caller opens a channel to it any more
     no_restart: bool = False
     death: bytes | None = None  # the error later calls get
+    calls_finished: int = 0  # its calls that returned, whichever road they took
+    calls_failed: int = 0  # those that raised, were cancelled or died with its process
 
     @property
     def actor(self) -> w.ActorSpec:
@@ -230,6 +232,10 @@ class Actors:
         rec = self.actors.get(task.spec.actor_id)
         if rec is None:
             return
+        if task.state == "memory":
+            rec.calls_finished += 1
+        else:
+            rec.calls_failed += 1
         if rec.running.pop(task.id, None) is None and rec.calls and rec.calls[0] is task:
             # It failed or was cancelled at the head of the queue: the calls behind
             # it need not wait for it any more.

@@ -2,17 +2,27 @@
 
 ::
 
-    /                 redirects to /status
-    /status /workers  Bokeh server applications (scheduler/pages.py), websockets and all
-    /api/status       task counts, in all and by function
-    /api/workers      a row per node
-    /api/tasks?limit= the last task events (100 unless told)
-    /metrics          Prometheus text (scheduler/metrics.py)
+    /                  redirects to /status
+    /status /workers   Bokeh server applications (scheduler/pages.py: the list),
+    /actors /objects   websockets and all
+    /logs
+    /api/status        task counts, in all and by function; each node's store
+    /api/workers       a row per node
+    /api/tasks?limit=  the last task events (100 unless told)
+    /api/actors        a row per actor (alive ones first), counts by state
+    /api/objects       the largest objects, with who holds them and their call sites
+    /api/logs?node=    the last lines of each of a node's log files
+    /api/timeline      the finished tasks as a Chrome trace (as tg.timeline() writes)
+    /metrics           Prometheus text (scheduler/metrics.py)
 
 One Tornado application, a ``BokehTornado`` with our handlers as its extra
 patterns (as dask.distributed mounts its dashboard), in the scheduler's
 process and event loop beside its TCP server. Pages and JSON read the
-``Feed``'s snapshot (scheduler/feed.py); ``/metrics`` its collectors' own.
+``Feed``'s snapshots (scheduler/feed.py); ``/metrics`` its collectors' own.
+What takes time is not done on the loop: a node's log lines are awaited (its
+daemon reads them), the largest objects are found a step at a time, and the
+timeline's trace is made and encoded in a thread from a copy of the finished
+tasks' events (once per window: kept until another task finishes).
 Nothing here changes the cluster or needs its token: it shows numbers, and
 listens on 127.0.0.1 unless told otherwise. Bokeh's websockets accept pages
 opened from this address only (and localhost's, for a loopback one), so
@@ -21,9 +31,12 @@ another site open in the browser cannot read the cluster through them.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 import logging
 import socket
+from typing import Any
 
 from bokeh.server.tornado import BokehTornado
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -32,8 +45,11 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
+from taskgraph._timeline import trace_events
+
 from . import pages
 from .feed import Feed
+from .history import TaskEvent
 
 log = logging.getLogger("taskgraph.scheduler")
 
@@ -49,24 +65,82 @@ class MetricsHandler(web.RequestHandler):
         self.write(generate_latest(self.registry))
 
 
-class ApiHandler(web.RequestHandler):
-    def initialize(self, feed: Feed) -> None:
-        self.feed = feed
+API = ("status", "workers", "tasks", "actors", "objects", "logs", "timeline")
 
-    def get(self, what: str) -> None:
-        snap = self.feed.current()
+
+class Timeline:
+    """``/api/timeline``'s trace: made in a thread, one at a time, and kept while no
+    task finished since (however many download it)."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.made = 0  # traces made
+        self._trace: tuple[int, asyncio.Future[bytes]] | None = None  # (its window's newest, it)
+
+    async def trace(self) -> bytes:
+        newest, events = self.feed.finished()
+        if self._trace is None or self._trace[0] != newest:
+            making = asyncio.get_running_loop().run_in_executor(None, trace_json, events)
+            self._trace = (newest, making)
+            self.made += 1
+        making = self._trace[1]
+        try:
+            return await asyncio.shield(making)
+        except Exception:
+            if self._trace is not None and self._trace[1] is making:
+                self._trace = None  # (the next reader has it made again)
+            raise
+
+
+class ApiHandler(web.RequestHandler):
+    def initialize(self, feed: Feed, timeline: Timeline) -> None:
+        self.feed = feed
+        self.timeline = timeline
+
+    async def get(self, what: str) -> None:
         if what == "status":
-            self.write(snap.status())
+            self.write(self.feed.current().status())
         elif what == "workers":
+            snap = self.feed.current()
             self.write({"time": snap.taken, "workers": snap.nodes})
         elif what == "tasks":
             limit = self.get_query_argument("limit", "100")
             if not limit.isdigit():
                 raise web.HTTPError(400, reason=f"limit must be a whole number, not {limit!r}")
+            snap = self.feed.current()
             self.write({"time": snap.taken, "tasks": snap.tasks(int(limit))})
+        elif what == "actors":
+            self.write(self.feed.actors().json())
+        elif what == "objects":
+            self.write((await self.feed.objects_made()).json())
+        elif what == "logs":
+            await self._logs()
+        elif what == "timeline":
+            trace = await self.timeline.trace()
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.write(trace)
         else:
-            known = "/api/status, /api/workers, /api/tasks"
+            known = ", ".join(f"/api/{name}" for name in API)
             raise web.HTTPError(404, reason=f"no /api/{what} (there are {known})")
+
+    async def _logs(self) -> None:
+        node = self.get_query_argument("node", "")
+        if not node:
+            nodes = ", ".join(n["node_id"] for n in self.feed.current().nodes) or "none yet"
+            raise web.HTTPError(400, reason=f"say which node: /api/logs?node=ID (nodes: {nodes})")
+        if self.feed.logs is None:
+            raise web.HTTPError(404, reason="this scheduler reads no log files")
+        answer = await self.feed.logs.read(node)
+        if answer.unknown:
+            raise web.HTTPError(404, reason=answer.error)
+        self.write(answer.json())
+
+
+def trace_json(events: list[TaskEvent]) -> bytes:
+    """The tasks' events as the Chrome trace ``tg.timeline()`` writes (taskgraph/_timeline.py),
+    encoded: made in a thread, as it costs time in proportion to the window."""
+    records: list[dict[str, Any]] = [event.record(detail=True) for event in events]
+    return json.dumps(trace_events(records)).encode()
 
 
 class Dashboard:
@@ -80,7 +154,7 @@ class Dashboard:
             extra_patterns=[
                 (r"/", web.RedirectHandler, {"url": "/status"}),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
-                (r"/api/(\w+)", ApiHandler, {"feed": feed}),
+                (r"/api/(\w+)", ApiHandler, {"feed": feed, "timeline": Timeline(feed)}),
             ],
             extra_websocket_origins=origins(socks[0].getsockname()[0], port),
             use_index=False,

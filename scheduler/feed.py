@@ -1,9 +1,12 @@
-"""What the dashboard shows, published as a snapshot at most every ``period`` seconds.
+"""What the dashboard shows, published as snapshots made at most once a period.
 
 ::
 
     SchedulerState ──Feed.current(), at most every 0.2 s──▶ Snapshot ─┬─▶ /status, /workers (Bokeh sessions)
       (history.since(seq): the tasks finished since the last one)     └─▶ /api/status, /api/workers, /api/tasks
+                   ──Feed.actors(), .objects(), every 1 s──▶ ActorTable, ObjectTable ──▶ /actors, /objects, /api/...
+                   ──Feed.finished(): the window's events──▶ /api/timeline (made into a trace off the loop)
+    worker daemons ──Feed.logs (LogTail, scheduler/log_tail.py)──▶ /logs, /api/logs
 
 Every page and JSON handler reads the same ``Snapshot``; none reads the
 state. A snapshot is made on demand, by the first reader after ``period``
@@ -13,24 +16,34 @@ from ``TaskHistory.since``, never the whole window) plus one pass over the
 live tasks for the counts; when that pass grows slow, snapshots come less
 often (at most ``BUDGET`` of the loop's time), so the scheduler never stalls
 for its dashboard. Task rows are kept in a window of the last ``keep``,
-numbered, so each page streams only the rows it has not seen.
+numbered, so each page streams only the rows it has not seen. The actors and
+the largest objects (scheduler/feed_tables.py) are sections of their own,
+made when a reader asks for them, under the same rules; the objects, which
+may be millions, a step at a time (``Stepped``), the loop running between.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .feed_tables import ActorTable, ObjectTable, actor_table, object_steps
 from .history import STATE_NAMES, TaskEvent
 
 if TYPE_CHECKING:
+    from .log_tail import LogTail
     from .state import SchedulerState
 
+log = logging.getLogger("taskgraph.scheduler")
+
 PERIOD = 0.2  # seconds between snapshots, at most as often
+TABLE_PERIOD = 1.0  # seconds between tables of actors or objects, at most as often
 BUDGET = 0.1  # of the loop's time, at most, spent making snapshots
 KEEP = 10_000  # task rows a page holds (its ColumnDataSource's rollover)
 
@@ -81,7 +94,24 @@ class Snapshot:
         for counts in self.progress.values():
             for state, n in counts.items():
                 totals[state] += n
-        return {"time": self.taken, "tasks": totals, "by_function": self.progress}
+        return {
+            "time": self.taken,
+            "tasks": totals,
+            "by_function": self.progress,
+            "store": self.store(),
+        }
+
+    def store(self) -> list[dict[str, Any]]:
+        """Each node's object store: bytes in memory, spilled to disk, and its capacity."""
+        return [
+            {
+                "node_id": node["node_id"],
+                "bytes_in_memory": node["store_bytes"],
+                "bytes_spilled": node["spilled_bytes"],
+                "capacity": node["store_capacity"],
+            }
+            for node in self.nodes
+        ]
 
     def tasks(self, limit: int) -> list[dict[str, Any]]:
         """The last ``limit`` task rows, oldest first, in the state API's names."""
@@ -105,8 +135,92 @@ class Snapshot:
         return out
 
 
+T = TypeVar("T")
+
+
+class Section(Generic[T]):
+    """One thing the dashboard shows, made by ``make`` when a reader asks and the
+    last one is ``period`` old, and never more than ``BUDGET`` of the time: what
+    took long to make is made less often."""
+
+    def __init__(self, make: Callable[[], T], period: float, clock: Callable[[], float]):
+        self.make = make
+        self.period = period
+        self.clock = clock
+        self.made = 0  # how many times
+        self._value: T | None = None
+        self._next = 0.0  # when it may be made again (the clock's time)
+
+    def current(self) -> T:
+        now = self.clock()
+        if self._value is None or now >= self._next:
+            self._value = self.make()
+            self.made += 1
+            cost = self.clock() - now
+            self._next = now + max(self.period, cost / BUDGET)
+        return self._value
+
+
+class Stepped(Generic[T]):
+    """A section too large to make at once: ``steps()`` makes one a step at a time
+    (a generator that yields between steps, each bounded), in a task on the loop
+    that lets everything else run between them. Readers get the last one made at
+    once, and ask for the next when it is ``period`` old; ``BUDGET`` counts the
+    steps' time, not the waits between them."""
+
+    def __init__(
+        self,
+        steps: Callable[[], Generator[None, None, T]],
+        first: T,
+        period: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.steps = steps
+        self.period = period
+        self.clock = clock
+        self.made = 0
+        self._value = first  # (shown until the first is made)
+        self._next = 0.0
+        self._making: asyncio.Future[None] | None = None
+
+    def current(self) -> T:
+        if self._making is None and self.clock() >= self._next:
+            self._making = asyncio.ensure_future(self._make())
+        return self._value
+
+    async def made_once(self) -> T:
+        """The last one made; if none was yet, the first, once made."""
+        self.current()
+        if not self.made and self._making is not None:
+            await asyncio.shield(self._making)
+        return self._value
+
+    async def _make(self) -> None:
+        began = self.clock()
+        spent = 0.0
+        try:
+            steps = self.steps()
+            while True:
+                step = self.clock()
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    self._value = done.value
+                    self.made += 1
+                    break
+                finally:
+                    spent += self.clock() - step
+                await asyncio.sleep(0)  # (one turn of the loop for everything else)
+        except Exception:
+            log.exception("the dashboard could not make a table")
+        finally:
+            self._next = began + max(self.period, spent / BUDGET)
+            self._making = None
+
+
 class Feed:
-    """Makes the dashboard's snapshots off one ``SchedulerState``, which it only reads."""
+    """Makes the dashboard's snapshots off one ``SchedulerState``, which it only reads.
+    ``logs``: where pages read nodes' log files (set by the server; None: nowhere)."""
 
     def __init__(
         self,
@@ -115,22 +229,51 @@ class Feed:
         keep: int = KEEP,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        table_period: float = TABLE_PERIOD,
+        logs: LogTail | None = None,
     ) -> None:
         self.state = state
         self.period = period
         self.clock = clock
         self.wall = wall
+        self.logs = logs
         self.snapshot = Snapshot(rows=deque(maxlen=keep))
-        self.published = 0  # snapshots made
         self._lanes: dict[tuple[str | None, int], int] = {}
-        self._next = 0.0  # when the next snapshot may be made (the feed's clock)
+        self._snapshot = Section(self._published, period, clock)
+        self._actors = Section(lambda: actor_table(state, wall()), table_period, clock)
+        self._objects = Stepped(
+            lambda: object_steps(state, wall()), ObjectTable(), table_period, clock
+        )
+
+    @property
+    def published(self) -> int:
+        """Snapshots made."""
+        return self._snapshot.made
 
     def current(self) -> Snapshot:
-        now = self.clock()
-        if now >= self._next:
-            self.publish()
-            cost = self.clock() - now
-            self._next = now + max(self.period, cost / BUDGET)
+        return self._snapshot.current()
+
+    def actors(self) -> ActorTable:
+        return self._actors.current()
+
+    def objects(self) -> ObjectTable:
+        """The largest objects (scheduler/feed_tables.py's ``OBJECT_ROWS``), as last made
+        (an empty table until the first is); needs a running event loop."""
+        return self._objects.current()
+
+    async def objects_made(self) -> ObjectTable:
+        """As ``objects()``, but never the empty table before the first is made."""
+        return await self._objects.made_once()
+
+    def finished(self) -> tuple[int, list[TaskEvent]]:
+        """The finished tasks' events the scheduler keeps, oldest first, and the newest
+        one's number: a copy of the window (an event does not change once made, so
+        a thread may read them)."""
+        history = self.state.history
+        return history.kept, history.since(0)
+
+    def _published(self) -> Snapshot:
+        self.publish()
         return self.snapshot
 
     def publish(self) -> None:
@@ -158,6 +301,8 @@ class Feed:
                 "host": r.info.host,
                 "cpu_percent": r.system.get("cpu_percent"),
                 "memory_percent": r.system.get("memory_percent"),
+                "memory_used": r.system.get("memory_used"),
+                "memory_total": r.system.get("memory_total"),
                 "store_bytes": r.store.get("bytes_in_memory", 0),
                 "store_capacity": r.store.get("capacity", 0),
                 "spilled_bytes": r.store.get("bytes_spilled", 0),
@@ -169,7 +314,6 @@ class Feed:
         ]
         snap.lanes = [f"{node}/{pid}" for node, pid in self._lanes]
         snap.taken = self.wall()
-        self.published += 1
 
     def _row(self, event: TaskEvent) -> tuple[Any, ...]:
         lane = self._lanes.setdefault((event.node, event.pid), len(self._lanes))

@@ -92,21 +92,13 @@ def _objects(state: SchedulerState, detail: bool) -> Iterator[dict[str, Any]]:
     )
     inside: Counter[bytes] = Counter(oid for o in state.objects.values() for oid in o.contains)
     for obj in state.objects.values():
-        if obj.id in held:
-            kind = "LOCAL_REFERENCE"
-        elif obj.id in pending:
-            kind = "USED_BY_PENDING_TASK"
-        elif obj.id in inside:
-            kind = "CAPTURED_IN_OBJECT"
-        elif obj.task in state.actors.actors and is_first_return(obj.id):  # (its anchor)
-            kind = "ACTOR_HANDLE"
-        else:
-            kind = "PINNED_IN_MEMORY"
         row: dict[str, Any] = {
             "object_id": obj.id.hex(),
-            "object_size": _size(obj),
+            "object_size": size_of(obj),
             "state": obj.state.upper(),
-            "reference_type": kind,
+            "reference_type": reference_type(
+                state, obj, obj.id in held, obj.id in pending, obj.id in inside
+            ),
             "node_id": obj.location.worker_id if obj.location else None,
             "task_id": obj.task.hex() if obj.task else None,
             "call_site": state.call_site(obj.id),
@@ -122,7 +114,22 @@ def _objects(state: SchedulerState, detail: bool) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def _size(obj: Obj) -> int:
+def reference_type(state: SchedulerState, obj: Obj, held: bool, pending: bool, inside: bool) -> str:
+    """What keeps an object, as Ray's reference types, strongest first: a client
+    (``held``), a task not yet run (``pending``), another object (``inside``), an
+    actor's handle (its anchor), or nothing but its pin."""
+    if held:
+        return "LOCAL_REFERENCE"
+    if pending:
+        return "USED_BY_PENDING_TASK"
+    if inside:
+        return "CAPTURED_IN_OBJECT"
+    if obj.task in state.actors.actors and is_first_return(obj.id):
+        return "ACTOR_HANDLE"
+    return "PINNED_IN_MEMORY"
+
+
+def size_of(obj: Obj) -> int:
     if obj.location is not None:
         return obj.location.size
     return len(obj.data) if obj.data is not None else 0

@@ -1,200 +1,62 @@
-"""The dashboard's Bokeh pages: ``/status`` (the task stream, progress per function)
-and ``/workers`` (a table of nodes).
+"""The dashboard's Bokeh pages, listed in one place: ``PAGES`` maps each path to
+the function that builds its document (``build(doc, feed)``), in the order of
+the navigation bar. A new page is a module of its own with such a function,
+and a line here. Pages for frames (scheduler/pages_single.py: one plot, no
+bar) are mounted beside them.
 
 Each page is a Bokeh document made per browser tab, on the scheduler's loop,
-and updated by a periodic callback that reads the ``Feed``'s snapshot
-(scheduler/feed.py), never the state: the task stream gets only the rows it
-has not seen (``ColumnDataSource.stream`` with a rollover), the small tables
-are replaced whole. Models a test reads back carry names (``task-stream``,
-``progress``, ``workers``).
+and updated by periodic callbacks that read the ``Feed``'s snapshots
+(scheduler/feed.py), never the state. Above each, a bar links the pages and
+the timeline's download (``/api/timeline``, the trace ``tg.timeline()``
+writes). Models a test reads back carry names (see each page's module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
-from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool
-from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
-from bokeh.plotting import figure
+from bokeh.models.widgets import Div
 
-from .feed import KEEP, PROGRESS_STATES, Feed, Snapshot
-from .pages_single import applications as single_plot_pages
+from . import logs_page, pages_single, status_page
+from .feed import Feed
+from .table_pages import ACTORS, OBJECTS, WORKERS
 
-UPDATE_MS = 200  # how often a page asks for the snapshot
-PROGRESS_COLORS = ("#2ca02c", "#1f77b4", "#c7c7c7", "#d62728")  # done, running, waiting, failed
-NODE_COLUMNS = (
-    ("node_id", "node"), ("host", "host"), ("cpu_percent", "CPU %"),
-    ("memory_percent", "memory %"), ("store_bytes", "store bytes"),
-    ("spilled_bytes", "spilled bytes"), ("running", "running tasks"), ("executors", "executors"),
-)  # fmt: skip
+Build = Callable[[Document, Feed], None]
 
-NAV = '<b>taskgraph</b> &nbsp; <a href="status">status</a> &nbsp; <a href="workers">workers</a>'
+PAGES: dict[str, Build] = {
+    "/status": status_page.build,
+    "/workers": WORKERS.build,
+    "/actors": ACTORS.build,
+    "/objects": OBJECTS.build,
+    "/logs": logs_page.build,
+}
 
 
 def applications(feed: Feed) -> dict[str, Application]:
-    return {
-        **single_plot_pages(feed),  # for frames: no navigation bar, not in it
-        "/status": Application(FunctionHandler(_page(feed, status_page))),
-        "/workers": Application(FunctionHandler(_page(feed, workers_page))),
+    listed = {
+        path: Application(FunctionHandler(_page(feed, path, build)))
+        for path, build in PAGES.items()
     }
+    return {**listed, **pages_single.applications(feed)}  # (for frames: no bar, not in it)
 
 
-def _page(feed: Feed, build: Callable[[Document, Feed], None]) -> Callable[[Document], None]:
+def nav(current: str) -> str:
+    """The bar above every page: each page's link (the current one in bold), then
+    the timeline's download. Links are relative, so they work behind a proxy's prefix."""
+    links = [
+        f"<b>{path[1:]}</b>" if path == current else f'<a href="{path[1:]}">{path[1:]}</a>'
+        for path in PAGES
+    ]
+    links.append('<a href="api/timeline" download="timeline.json">timeline (JSON)</a>')
+    return "<b>taskgraph</b> &nbsp; " + " &nbsp; ".join(links)
+
+
+def _page(feed: Feed, path: str, build: Build) -> Callable[[Document], None]:
     def modify(doc: Document) -> None:
+        doc.add_root(Div(text=nav(path), name="nav"))
         build(doc, feed)
 
     return modify
-
-
-def status_page(doc: Document, feed: Feed) -> None:
-    snap = feed.current()
-    seen, columns = snap.rows_since(0)
-    columns["top"] = [lane + 0.8 for lane in columns["lane"]]  # a quad's top, beside its lane
-    tasks = ColumnDataSource(columns, name="task-stream")
-    stream = figure(
-        title="Task stream",
-        name="task-stream-plot",
-        x_axis_type="datetime",
-        height=360,
-        sizing_mode="stretch_width",
-        tools="xpan,xwheel_zoom,reset",
-        toolbar_location="above",
-    )
-    bars = stream.quad(
-        left="left",
-        right="right",
-        bottom="lane",
-        top="top",
-        fill_color="color",
-        line_color="color",
-        fill_alpha=0.8,
-        source=tasks,
-    )
-    stream.add_tools(
-        HoverTool(
-            renderers=[bars],
-            tooltips=[
-                ("name", "@name"),
-                ("duration", "@duration{0.000} ms"),
-                ("node", "@node"),
-                ("pid", "@pid"),
-                ("state", "@state"),
-                ("phases (ms)", "fetch @fetch, decode @deserialize, run @run, store @store"),
-            ],
-        )
-    )
-    stream.yaxis.axis_label = "node/pid"
-    stream.ygrid.visible = False
-
-    names = sorted(snap.progress)
-    progress = ColumnDataSource(_progress_columns(snap, names), name="progress")
-    functions = FactorRange(factors=names)
-    bars_height = max(120, 40 + 26 * len(names))
-    progress_plot = figure(
-        title="Progress per function",
-        y_range=functions,
-        height=bars_height,
-        sizing_mode="stretch_width",
-        tools="",
-        toolbar_location=None,
-    )
-    progress_plot.hbar_stack(
-        list(PROGRESS_STATES),
-        y="name",
-        height=0.7,
-        color=list(PROGRESS_COLORS),
-        source=progress,
-        legend_label=list(PROGRESS_STATES),
-    )
-    progress_plot.legend.location = "bottom_right"
-    progress_plot.legend.orientation = "horizontal"
-    _label_lanes(stream, snap.lanes)
-
-    shown = _Shown(seen, len(snap.lanes), snap.taken)
-
-    def update() -> None:
-        snap = feed.current()
-        if snap.taken == shown.taken:
-            return
-        shown.taken = snap.taken
-        shown.seq, new = snap.rows_since(shown.seq)
-        if new["left"]:
-            new["top"] = [lane + 0.8 for lane in new["lane"]]
-            tasks.stream(dict(new), rollover=KEEP)
-        if len(snap.lanes) != shown.lanes:
-            shown.lanes = len(snap.lanes)
-            _label_lanes(stream, snap.lanes)
-        names = sorted(snap.progress)
-        if list(functions.factors) != names:
-            functions.factors = names
-            progress_plot.height = max(120, 40 + 26 * len(names))
-        progress.data = _progress_columns(snap, names)
-
-    doc.title = "taskgraph: status"
-    doc.add_root(column(Div(text=NAV), stream, progress_plot, sizing_mode="stretch_width"))
-    doc.add_periodic_callback(update, UPDATE_MS)
-
-
-@dataclass(slots=True)
-class _Shown:
-    """What one page has shown: the newest task row, how many lanes, which snapshot."""
-
-    seq: int
-    lanes: int
-    taken: float
-
-
-def _label_lanes(plot: Any, lanes: list[str]) -> None:
-    plot.yaxis.ticker = [i + 0.4 for i in range(len(lanes))]
-    plot.yaxis.major_label_overrides = {i + 0.4: lane for i, lane in enumerate(lanes)}
-
-
-def _progress_columns(snap: Snapshot, names: list[str]) -> dict[str, list[Any]]:
-    data: dict[str, list[Any]] = {"name": names}
-    for state in PROGRESS_STATES:
-        data[state] = [snap.progress[n][state] for n in names]
-    return data
-
-
-def workers_page(doc: Document, feed: Feed) -> None:
-    snap = feed.current()
-    nodes = ColumnDataSource(_node_columns(snap), name="workers")
-    number = NumberFormatter(format="0,0")
-    percent = NumberFormatter(format="0.0")
-    table = DataTable(
-        source=nodes,
-        columns=[
-            TableColumn(
-                field=key,
-                title=title,
-                formatter=percent if key.endswith("percent") else number,
-            )
-            if key not in ("node_id", "host")
-            else TableColumn(field=key, title=title)
-            for key, title in NODE_COLUMNS
-        ],
-        sizing_mode="stretch_width",
-        height=400,
-        index_position=None,
-    )
-    state = {"taken": snap.taken}
-
-    def update() -> None:
-        snap = feed.current()
-        if snap.taken != state["taken"]:
-            state["taken"] = snap.taken
-            nodes.data = _node_columns(snap)
-
-    doc.title = "taskgraph: workers"
-    doc.add_root(column(Div(text=NAV), table, sizing_mode="stretch_width"))
-    doc.add_periodic_callback(update, 500)
-
-
-def _node_columns(snap: Snapshot) -> dict[str, list[Any]]:
-    return {key: [node[key] for node in snap.nodes] for key, _ in NODE_COLUMNS}

@@ -7,6 +7,7 @@ become one frame per destination. One coroutine per connection, none per task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -22,6 +23,7 @@ from taskgraph.settings import settings
 
 from . import views
 from .feed import Feed
+from .log_tail import LogTail
 from .metrics import LoopLag, UserMetrics, registry_for
 from .state import (
     ClientJoined,
@@ -43,6 +45,7 @@ log = logging.getLogger("taskgraph.scheduler")
 RELAYED = (w.TaskOutput, w.LogsRead, w.MetricsUpdate)
 FOR_THE_SHELL = (w.ReadLogs, w.MetricsUpdate)
 OUTPUT_BACKLOG = 16 << 20  # bytes waiting for a driver past which its tasks' output is dropped
+DASHBOARD = b"dashboard"  # who asks, on the dashboard's log requests (a client's id has 16 bytes)
 
 
 class SchedulerServer(TCPServer):
@@ -77,7 +80,10 @@ class SchedulerServer(TCPServer):
         self.registry = registry_for(lambda: views.metrics(self.state), self.user_metrics)
         self._loop_lag = LoopLag(self.registry)
         self._loop_lag.start()
-        self.feed = Feed(self.state)  # what the dashboard's pages and JSON read (scheduler/feed.py)
+        # What the dashboard's pages and JSON read (scheduler/feed.py).
+        self.feed = Feed(self.state, logs=LogTail(self.read_logs))
+        self._log_requests: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._log_request_ids = 0
         self.dashboard_url = ""  # set by whoever serves the registry over HTTP
 
     def handle(self, *events: Event) -> None:
@@ -196,6 +202,10 @@ class SchedulerServer(TCPServer):
             if type(msg) is w.TaskOutput:
                 if msg.job in self.shows_output:
                     self._relay_output(self.client_streams[msg.job], msg)
+            elif type(msg) is w.LogsRead and msg.client_id == DASHBOARD:
+                asked = self._log_requests.pop(msg.request_id, None)
+                if asked is not None and not asked.done():
+                    asked.set_result(msg.files)
             elif type(msg) is w.LogsRead:
                 stream = self.client_streams.get(msg.client_id)
                 if stream is not None:
@@ -250,6 +260,25 @@ class SchedulerServer(TCPServer):
                 self._outgoing.setdefault(worker, []).append(msg)
         self._flush()
         return rest
+
+    def read_logs(self, node: str, tail: int) -> asyncio.Future[list[dict[str, Any]]]:
+        """Ask a node's daemon for the last ``tail`` lines of each of its log files,
+        for the dashboard (scheduler/log_tail.py): the future of its answer, which
+        the caller awaits with a timeout. ``LookupError`` for a node not here."""
+        worker = self.worker_streams.get(node)
+        if worker is None:
+            known = ", ".join(sorted(self.worker_streams)) or "none"
+            raise LookupError(f"no node {node!r} in the cluster (nodes: {known})")
+        self._log_request_ids += 1
+        request_id = self._log_request_ids
+        asked: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._log_requests[request_id] = asked
+        # Cancelled by a reader's timeout, or answered: either way not waited for any more.
+        asked.add_done_callback(lambda _: self._log_requests.pop(request_id, None))
+        ask = w.ReadLogs(request_id, node, tail=tail, client_id=DASHBOARD)
+        self._outgoing.setdefault(worker, []).append(ask)
+        self._flush()
+        return asked
 
     def stop(self) -> None:
         self._ticker.stop()

@@ -9,9 +9,9 @@ def square(x):
 print(sum(tg.get([square.remote(i) for i in range(100)])))
 """
 
-from __future__ import annotations
+from typing import Any as _Any
 
-from typing import Any
+import cloudpickle  # re-exported as Ray does: tg.cloudpickle.dumps(...)
 
 from taskgraph import actor, exceptions
 from taskgraph._api import (
@@ -44,7 +44,7 @@ from taskgraph.progress import progress
 __version__ = "0.1.0"
 
 
-def remote(*args: Any, **options: Any) -> Any:
+def remote(*args: _Any, **options: _Any) -> _Any:
     """Make a function a remote function: ``@tg.remote`` or ``@tg.remote(num_cpus=2, ...)``."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
@@ -53,13 +53,13 @@ def remote(*args: Any, **options: Any) -> Any:
             "@remote takes either no arguments or keyword options, e.g. @remote(num_cpus=2)"
         )
 
-    def decorator(target: Any) -> Any:
+    def decorator(target: _Any) -> _Any:
         return _make_remote(target, options)
 
     return decorator
 
 
-def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+def _make_remote(target: _Any, options: dict[str, _Any]) -> _Any:
     if isinstance(target, type):
         return ActorClass(target, options)
     return RemoteFunction(target, options)
@@ -77,6 +77,7 @@ __all__ = [
     "as_completed",
     "available_resources",
     "cancel",
+    "cloudpickle",
     "cluster_resources",
     "exceptions",
     "get",

@@ -482,6 +482,8 @@ def wait(
     if isinstance(refs, ObjectRef):
         raise TypeError("wait() takes a list of ObjectRefs, got a single ObjectRef; use [ref]")
     refs = _check_refs(refs, "wait")
+    if not refs:  # as Ray: nothing to wait for is nothing ready, whatever num_returns says
+        return [], []
     if len({r.id for r in refs}) != len(refs):
         raise ValueError("wait() requires a list of unique ObjectRefs")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
@@ -492,8 +494,6 @@ def wait(
         )
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
-    if not refs:
-        return [], []
     c = client()
     arrived = c.wait_values([r.id for r in refs], num_returns, timeout)
     if arrived is None:  # timed out: whatever is here by now is ready

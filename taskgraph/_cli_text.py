@@ -11,7 +11,13 @@ from taskgraph._transport import parse_address
 
 
 def head_started_text(
-    address: str, token: str, host: str, scheduler: Started, node: dict[str, Any], log: Path
+    address: str,
+    token: str,
+    host: str,
+    scheduler: Started,
+    node: dict[str, Any],
+    log: Path,
+    dashboard_url: str = "",
 ) -> str:
     port = parse_address(address).port
     reachable = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
@@ -22,6 +28,7 @@ def head_started_text(
         f"  worker     {node['node_id']} (pid {node['pid']}) with "
         f"{resources_line(node['resources'])}",
         f"  logs       {log.parent}",
+        f"  dashboard  {dashboard_url}/status" if dashboard_url else "  dashboard  (none)",
         "",
         "Connect from Python on this host:",
         "    import taskgraph as tg",

@@ -227,6 +227,13 @@ class _BoundActorOptions:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._remote(args, kwargs, self._options)
 
+    def get_or_create(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """The named actor if it exists, else a new one from these arguments: the older
+        spelling of ``.options(name=..., get_if_exists=True).remote(...)``."""
+        if not self._options.get("name"):
+            raise ValueError("get_or_create() needs a name: .options(name=...).get_or_create()")
+        return self._actor_class._remote(args, kwargs, {**self._options, "get_if_exists": True})
+
 
 def _actor_resources(options: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
     """(resources to place the actor, resources it holds while alive), as in Ray.

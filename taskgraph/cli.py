@@ -55,6 +55,7 @@ from taskgraph.worker import store
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 DEFAULT_PORT = 8786
+DASHBOARD_PORT = 8686  # scheduler/dashboard.py's (not imported: it brings in bokeh)
 
 
 # -- start ---------------------------------------------------------------------
@@ -90,9 +91,14 @@ def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> N
         )
     token = args.token or settings().token or config.new_token()
     deadline = time.monotonic() + args.timeout
+    dashboard = (
+        ["--dashboard-host", args.dashboard_host, "--dashboard-port", str(args.dashboard_port)]
+        if args.include_dashboard
+        else ["--no-dashboard"]
+    )
     scheduler = processes.launch(
         "scheduler",
-        ["taskgraph.scheduler.cli", "--host", args.host, "--port", str(args.port)],
+        ["taskgraph.scheduler.cli", "--host", args.host, "--port", str(args.port), *dashboard],
         token,
     )
     started.append(scheduler)
@@ -101,7 +107,10 @@ def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> N
     started.append(worker)
     with _connected(address, token) as client:
         node = _wait_for_worker(client, worker, worker_id, deadline)
-    print(say.head_started_text(address, token, args.host, scheduler, node, worker.log))
+        dashboard_url = client.dashboard_url
+    print(
+        say.head_started_text(address, token, args.host, scheduler, node, worker.log, dashboard_url)
+    )
 
 
 def _start_worker_only(args: argparse.Namespace, started: list[processes.Started]) -> None:
@@ -348,6 +357,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _yes_no(text: str) -> bool:
+    """Ray's way of switching a part on or off (``--include-dashboard false``)."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is neither true nor false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskgraph",
@@ -400,6 +418,25 @@ def _add_start(commands: Any) -> None:
         type=_port,
         default=DEFAULT_PORT,
         help=f"with --head: the scheduler's port (default {DEFAULT_PORT}; 0: any free port)",
+    )
+    p.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="with --head: interface of the dashboard's HTTP port (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--dashboard-port",
+        type=_port,
+        default=DASHBOARD_PORT,
+        help=f"with --head: the dashboard's port (default {DASHBOARD_PORT}, or a free one "
+        "when it is taken; 0: any free port)",
+    )
+    p.add_argument(
+        "--include-dashboard",
+        type=_yes_no,
+        metavar="true|false",
+        default=True,
+        help="with --head: serve the dashboard and /metrics (default true)",
     )
     p.add_argument(
         "--token",

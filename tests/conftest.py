@@ -11,9 +11,11 @@ import atexit
 import collections
 import gc
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ __all__ = [  # what test modules take from here besides fixtures
     "alive",
     "descendants",
     "direct_children",
+    "screenshot_on_failure",
     "segments",
     "stored",
     "taskgraph_threads",
@@ -270,3 +273,34 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- the dashboard in a browser ------------------------------------------------------
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium page (Debian's ``chromium``, driven by Playwright; never
+    ``playwright install``); closed, with every process it started, at the end."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 800})
+        finally:
+            browser.close()
+
+
+@contextmanager
+def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
+    """On a failure inside, a screenshot of the whole page in ``folder`` (the test's tmp_path)."""
+    try:
+        yield
+    except BaseException:
+        path = folder / "failure.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot of the page: {path}")
+        raise

@@ -11,7 +11,8 @@ import sys
 
 from taskgraph import config
 
-from .daemon import WorkerDaemon, default_resources, run
+from .daemon import WorkerDaemon, run
+from .host import default_resources
 
 
 def _worker_id(text: str) -> str:

@@ -490,7 +490,7 @@ class Phases:
 
 
 def main() -> None:
-    given = settings()  # set by our daemon (worker/daemon.py)
+    given = settings()  # set by our daemon (worker/daemon_executors.py, spawn)
     socket_path, token = given.executor_socket, bytes.fromhex(given.token_hex)
     worker_id, executor_id = given.worker_id, given.executor_id
     # What tasks print goes to our daemon, tagged with who printed it (worker/output.py).

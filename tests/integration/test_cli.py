@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,35 @@ def test_a_cluster_from_start_to_stop(cli: Cli, tmp_path: Path) -> None:
     again = cli("stop")
     assert again.returncode == 0
     assert "Nothing to stop" in again.stdout
+
+
+def test_start_prints_the_dashboard_and_it_answers(cli: Cli) -> None:
+    port = free_port()
+    out = cli.ok(
+        "start", "--head", "--port", str(free_port()), "--num-cpus", "1",
+        "--dashboard-port", str(port),
+    )  # fmt: skip
+    assert f"  dashboard  http://127.0.0.1:{port}/status\n" in out, out
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=30) as reply:
+        assert len(json.load(reply)["workers"]) == 1
+
+
+def test_start_without_a_dashboard_serves_no_http_port(cli: Cli) -> None:
+    port = free_port()
+    out = cli.ok(
+        "start", "--head", "--port", str(free_port()), "--num-cpus", "1",
+        "--dashboard-port", str(port), "--include-dashboard", "false",
+    )  # fmt: skip
+    assert "  dashboard  (none)\n" in out, out
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # nobody holds it
+
+
+def test_a_bad_include_dashboard_value_is_a_clear_error(cli: Cli) -> None:
+    result = cli("start", "--head", "--include-dashboard", "maybe")
+    assert result.returncode == 2
+    assert "'maybe' is neither true nor false" in result.stderr
+    assert not cli.processes()
 
 
 def test_the_wrong_token_cannot_join(cli: Cli) -> None:

@@ -9,18 +9,15 @@ screenshot in its temporary folder.
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import taskgraph as tg
-from conftest import wait_for
+from conftest import screenshot_on_failure, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -86,32 +83,6 @@ def test_the_root_redirects_to_the_status_page(fresh_cluster: tg.ClusterContext)
     with urllib.request.urlopen(f"{fresh_cluster.dashboard_url}/", timeout=10) as reply:
         assert reply.geturl().endswith("/status")
         assert b"Bokeh" in reply.read()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """A headless Chromium page; closed, with every process it started, at the end."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 800})
-        finally:
-            browser.close()
-
-
-@contextmanager
-def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        path = folder / "failure.png"
-        page.screenshot(path=str(path), full_page=True)
-        print(f"screenshot of the page: {path}")
-        raise
 
 
 def test_the_status_page_streams_one_rectangle_per_finished_task(

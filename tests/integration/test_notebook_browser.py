@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import screenshot_on_failure, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -165,31 +165,15 @@ def jupyterlab(tmp_path: Path) -> Iterator[Lab]:
         lab.stop()
 
 
-@pytest.fixture
-def page() -> Iterator[Any]:
-    """A headless Chromium page (Debian's ``chromium``; never ``playwright install``),
-    closed with every process it started."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 800})
-        finally:
-            browser.close()
-
-
 def test_the_notebook_shows_the_task_stream_growing_while_its_graph_runs(
-    jupyterlab: Lab, page: Any, tmp_path: Path
+    jupyterlab: Lab, browser: Any, tmp_path: Path
 ) -> None:
-    page.set_default_timeout(60_000)  # JupyterLab takes its time to load on a busy machine
+    browser.set_default_timeout(60_000)  # JupyterLab takes its time to load on a busy machine
     try:
-        run_the_notebook(jupyterlab, page)
+        with screenshot_on_failure(browser, tmp_path):
+            run_the_notebook(jupyterlab, browser)
     except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        print(f"screenshot: {tmp_path / 'failure.png'}; JupyterLab's log: {jupyterlab.log}")
+        print(f"JupyterLab's log: {jupyterlab.log}")
         raise
 
 

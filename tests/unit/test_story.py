@@ -19,7 +19,7 @@ from taskgraph.scheduler.story import (
     check,
     stimulus_text,
 )
-from taskgraph.worker.state import (
+from taskgraph.worker.records import (
     EXECUTOR_TRANSITIONS,
     ExecutorDied,
     ExecutorState,
