@@ -1,7 +1,8 @@
 """The dashboard's Bokeh pages, listed in one place: ``PAGES`` maps each path to
 the function that builds its document (``build(doc, feed)``), in the order of
 the navigation bar. A new page is a module of its own with such a function,
-and a line here.
+and a line here. Pages for frames (scheduler/pages_single.py: one plot, no
+bar) are mounted beside them.
 
 Each page is a Bokeh document made per browser tab, on the scheduler's loop,
 and updated by periodic callbacks that read the ``Feed``'s snapshots
@@ -19,7 +20,7 @@ from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.models.widgets import Div
 
-from . import graph_page, logs_page, status_page
+from . import graph_page, logs_page, pages_single, status_page
 from .feed import Feed
 from .table_pages import ACTORS, OBJECTS, WORKERS
 
@@ -36,10 +37,11 @@ PAGES: dict[str, Build] = {
 
 
 def applications(feed: Feed) -> dict[str, Application]:
-    return {
+    listed = {
         path: Application(FunctionHandler(_page(feed, path, build)))
         for path, build in PAGES.items()
     }
+    return {**listed, **pages_single.applications(feed)}  # (for frames: no bar, not in it)
 
 
 def nav(current: str) -> str:

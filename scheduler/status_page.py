@@ -21,7 +21,6 @@ replaced whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from bokeh.document import Document
@@ -86,13 +85,33 @@ def store_columns(snap: Snapshot) -> dict[str, list[Any]]:
     return data
 
 
+class TaskStreamPart:
+    """The task stream as a part of a page (``/status``, and the one in a notebook
+    cell's frame): its figure (``plot``) over the ``task-stream`` and
+    ``task-phases`` sources; ``update(snap)`` adds the rows it has not shown."""
+
+    def __init__(self, snap: Snapshot, **figure_options: Any) -> None:
+        self.seq, columns = snap.rows_since(0)
+        self.lanes = len(snap.lanes)
+        self.tasks = ColumnDataSource(_with_tops(columns), name="task-stream")
+        self.phases = ColumnDataSource(phase_columns(columns), name="task-phases")
+        self.plot = _task_stream(self.tasks, self.phases, **figure_options)
+        _label_lanes(self.plot, snap.lanes)
+
+    def update(self, snap: Snapshot) -> None:
+        self.seq, new = snap.rows_since(self.seq)
+        if new["left"]:
+            shades: dict[str, Any] = phase_columns(new)
+            self.tasks.stream(_with_tops(new), rollover=KEEP)
+            self.phases.stream(shades, rollover=KEEP * 3)
+        if len(snap.lanes) != self.lanes:
+            self.lanes = len(snap.lanes)
+            _label_lanes(self.plot, snap.lanes)
+
+
 def build(doc: Document, feed: Feed) -> None:
     snap = feed.current()
-    seen, columns = snap.rows_since(0)
-    tasks = ColumnDataSource(_with_tops(columns), name="task-stream")
-    phases = ColumnDataSource(phase_columns(columns), name="task-phases")
-    stream = _task_stream(tasks, phases)
-    _label_lanes(stream, snap.lanes)
+    stream = TaskStreamPart(snap)
 
     names = sorted(snap.progress)
     progress = ColumnDataSource(_progress_columns(snap, names), name="progress")
@@ -104,21 +123,15 @@ def build(doc: Document, feed: Feed) -> None:
     node_range = FactorRange(factors=nodes["node_id"])
     store_plot = _store_plot(store, node_range, len(nodes["node_id"]))
 
-    shown = _Shown(seen, len(snap.lanes), snap.taken)
+    taken = snap.taken  # the snapshot shown
 
     def update() -> None:
+        nonlocal taken
         snap = feed.current()
-        if snap.taken == shown.taken:
+        if snap.taken == taken:
             return
-        shown.taken = snap.taken
-        shown.seq, new = snap.rows_since(shown.seq)
-        if new["left"]:
-            shades: dict[str, Any] = phase_columns(new)
-            tasks.stream(_with_tops(new), rollover=KEEP)
-            phases.stream(shades, rollover=KEEP * 3)
-        if len(snap.lanes) != shown.lanes:
-            shown.lanes = len(snap.lanes)
-            _label_lanes(stream, snap.lanes)
+        taken = snap.taken
+        stream.update(snap)
         names = sorted(snap.progress)
         if list(functions.factors) != names:
             functions.factors = names
@@ -131,17 +144,8 @@ def build(doc: Document, feed: Feed) -> None:
         store.data = nodes
 
     doc.title = "taskgraph: status"
-    doc.add_root(column(stream, progress_plot, store_plot, sizing_mode="stretch_width"))
+    doc.add_root(column(stream.plot, progress_plot, store_plot, sizing_mode="stretch_width"))
     doc.add_periodic_callback(update, UPDATE_MS)
-
-
-@dataclass(slots=True)
-class _Shown:
-    """What one page has shown: the newest task row, how many lanes, which snapshot."""
-
-    seq: int
-    lanes: int
-    taken: float
 
 
 def _with_tops(columns: dict[str, list[Any]]) -> dict[str, Any]:
@@ -149,15 +153,14 @@ def _with_tops(columns: dict[str, list[Any]]) -> dict[str, Any]:
     return columns
 
 
-def _task_stream(tasks: ColumnDataSource, phases: ColumnDataSource) -> Any:
+def _task_stream(tasks: ColumnDataSource, phases: ColumnDataSource, **options: Any) -> Any:
     stream = figure(
         title="Task stream",
         name="task-stream-plot",
         x_axis_type="datetime",
-        height=360,
-        sizing_mode="stretch_width",
         tools="xpan,xwheel_zoom,reset",
         toolbar_location="above",
+        **{"height": 360, "sizing_mode": "stretch_width", **options},
     )
     bars = stream.quad(
         left="left",

@@ -36,6 +36,7 @@ from taskgraph._api import (
 from taskgraph._executor import Executor
 from taskgraph._object_ref import ObjectRef
 from taskgraph._remote_function import RemoteFunction
+from taskgraph._task_stream import task_stream
 from taskgraph._timeline import timeline
 from taskgraph.actor import ActorClass, ActorHandle, get_actor, kill, method
 from taskgraph.progress import progress
@@ -94,6 +95,7 @@ __all__ = [
     "remote",
     "shutdown",
     "statistics",
+    "task_stream",
     "timeline",
     "wait",
 ]

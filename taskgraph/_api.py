@@ -34,6 +34,7 @@ from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, Ge
 from taskgraph.settings import reread, settings
 
 _lock = threading.RLock()
+REPR_TIMEOUT = 2.0  # seconds a notebook repr may wait for the scheduler's answer
 _runtime: Runtime | None = None
 
 
@@ -80,6 +81,34 @@ class ClusterContext:
             f"ClusterContext({kind} at {self.address}, namespace={self.namespace!r}, "
             f"dashboard_url={self.dashboard_url!r})"
         )
+
+    def _repr_html_(self) -> str:
+        """The cluster's size and resources (asked of the scheduler, briefly), and
+        the dashboard's link."""
+        from taskgraph import __version__, _html
+
+        nodes, why = self._nodes()
+        return _html.cluster(
+            kind="local cluster" if self.local else "cluster",
+            address=self.address,
+            namespace=self.namespace,
+            dashboard_url=self.dashboard_url,
+            nodes=nodes,
+            why_no_nodes=why,
+            version=__version__,
+        )
+
+    def _nodes(self) -> tuple[list[dict[str, Any]] | None, str]:
+        """The nodes, or None and why not: a repr must not start a cluster nor wait long."""
+        runtime = _runtime
+        if runtime is None or runtime.in_executor or runtime.address != self.address:
+            return None, "not connected: shut down, or another cluster's context"
+        try:
+            return runtime.client.query("nodes", timeout=REPR_TIMEOUT), ""
+        except TimeoutError:
+            return None, f"the scheduler did not answer within {REPR_TIMEOUT:g} s"
+        except ConnectionError as exc:
+            return None, str(exc)
 
     def __enter__(self) -> ClusterContext:
         return self
@@ -504,9 +533,29 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 # -- cluster information -------------------------------------------------------
 
 
+class NodeList(list[dict[str, Any]]):
+    """What ``nodes()`` returns: a list of dicts, as Ray's (equal to a plain list
+    of them); a notebook shows it as a table."""
+
+    def _repr_html_(self) -> str:
+        from taskgraph import _html
+
+        return _html.node_table(self)
+
+
 def nodes() -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = client().query("nodes")
-    return result
+    """A dict per node: ``node_id``, ``host``, ``address``, ``resources`` (its
+    total), ``available`` (free now), ``pid``, ``alive``."""
+    return NodeList(client().query("nodes"))
+
+
+def dashboard_url() -> str | None:
+    """Where the cluster's dashboard is (connecting first, as every call does);
+    None when its scheduler serves none."""
+    client()
+    runtime = _runtime
+    assert runtime is not None
+    return _context(runtime).dashboard_url
 
 
 def cluster_resources() -> dict[str, float]:

@@ -61,6 +61,19 @@ class ObjectRef:
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
+    def _repr_html_(self) -> str:
+        from taskgraph import _html  # here: executors never draw HTML
+
+        return _html.object_ref(self._id.hex(), self._state())
+
+    def _state(self) -> str:
+        """What this process knows of the value without asking anyone: ``ready``,
+        ``failed``, or ``not here yet`` (running, waiting, or done but not fetched)."""
+        value = self._client.peek(self._id) if self._client is not None else None
+        if value is None:
+            return "not here yet"
+        return "failed" if value.error is not None else "ready"
+
     def __hash__(self) -> int:
         return hash(self._id)
 

@@ -188,9 +188,24 @@ class ActorClass:
             anchor_id = first_return(actor_id)
             if reply.get("existing"):
                 anchor = ObjectRef(anchor_id, client, borrowed=True)
-                return ActorHandle(actor_id, anchor, reply["methods"], reply["class_name"])
+                return ActorHandle(
+                    actor_id,
+                    anchor,
+                    reply["methods"],
+                    reply["class_name"],
+                    name=actor.name,
+                    namespace=actor.namespace,
+                )
             anchor = ObjectRef(anchor_id, client)
-            return ActorHandle(actor_id, anchor, actor.methods, actor.class_name, self._signatures)
+            return ActorHandle(
+                actor_id,
+                anchor,
+                actor.methods,
+                actor.class_name,
+                self._signatures,
+                name=actor.name,
+                namespace=actor.namespace,
+            )
         anchor = ObjectRef(first_return(actor_id), client)
         client.submit(spec)
         del held  # the creation task holds them now
@@ -243,12 +258,16 @@ class ActorHandle:
         methods: dict[str, int],
         class_name: str,
         signatures: dict[str, inspect.Signature | None] | None = None,
+        name: str = "",
+        namespace: str = "",
     ) -> None:
         self._actor_id = actor_id
         self._anchor = anchor
         self._methods = methods
         self._class_name = class_name
         self._signatures = signatures or {}
+        self._name = name  # "": not a named actor (or a handle that was not told)
+        self._namespace = namespace
         self._arities: dict[str, tuple[int, int] | None] = {}
 
     def _arity(self, name: str) -> tuple[int, int] | None:
@@ -267,6 +286,11 @@ class ActorHandle:
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
 
+    def _repr_html_(self) -> str:
+        from taskgraph import _html  # here: executors never draw HTML
+
+        return _html.actor(self._class_name, self._actor_id.hex(), self._name, self._namespace)
+
     def __hash__(self) -> int:
         return hash(self._actor_id)
 
@@ -274,7 +298,18 @@ class ActorHandle:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ActorHandle, (self._actor_id, self._anchor, self._methods, self._class_name))
+        return (
+            ActorHandle,
+            (
+                self._actor_id,
+                self._anchor,
+                self._methods,
+                self._class_name,
+                None,
+                self._name,
+                self._namespace,
+            ),
+        )
 
 
 class ActorMethod:
@@ -383,4 +418,11 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"no actor named {name!r}{where}")
     actor_id = bytes.fromhex(reply["actor_id"])
     anchor = ObjectRef(first_return(actor_id), client, borrowed=True)
-    return ActorHandle(actor_id, anchor, reply["methods"], reply["class_name"])
+    return ActorHandle(
+        actor_id,
+        anchor,
+        reply["methods"],
+        reply["class_name"],
+        name=name,
+        namespace=namespace or "",
+    )
