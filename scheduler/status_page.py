@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from bokeh.document import Document
 from bokeh.layouts import column
 from bokeh.models import (
@@ -34,9 +35,17 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
-from .feed import KEEP, PROGRESS_STATES, Feed, Snapshot
+from .feed import PROGRESS_STATES, Feed, Snapshot
 
 UPDATE_MS = 200  # how often a page asks for the snapshot
+# Rectangles a page holds, the newest (the feed keeps more, for /api/tasks): a
+# browser redraws them all, and indexes them for hovering, on every update,
+# which costs it more than the scheduler spends on the tasks themselves.
+SHOWN = 2_000
+NUMBERS = frozenset(
+    ("left", "right", "lane", "top", "duration", "fetch", "deserialize", "run", "store",
+     "alpha"),
+)  # fmt: skip
 PROGRESS_COLORS = ("#2ca02c", "#1f77b4", "#c7c7c7", "#d62728")  # done, running, waiting, failed
 LANE_HEIGHT = 0.8
 # A task's phases in order, as its row names them, and how each is drawn over it:
@@ -92,18 +101,19 @@ class TaskStreamPart:
 
     def __init__(self, snap: Snapshot, **figure_options: Any) -> None:
         self.seq, columns = snap.rows_since(0)
+        columns = {name: values[-SHOWN:] for name, values in columns.items()}
         self.lanes = len(snap.lanes)
-        self.tasks = ColumnDataSource(_with_tops(columns), name="task-stream")
-        self.phases = ColumnDataSource(phase_columns(columns), name="task-phases")
+        self.tasks = ColumnDataSource(_as_arrays(_with_tops(columns)), name="task-stream")
+        self.phases = ColumnDataSource(_as_arrays(phase_columns(columns)), name="task-phases")
         self.plot = _task_stream(self.tasks, self.phases, **figure_options)
         _label_lanes(self.plot, snap.lanes)
 
     def update(self, snap: Snapshot) -> None:
         self.seq, new = snap.rows_since(self.seq)
         if new["left"]:
-            shades: dict[str, Any] = phase_columns(new)
-            self.tasks.stream(_with_tops(new), rollover=KEEP)
-            self.phases.stream(shades, rollover=KEEP * 3)
+            shades = _as_arrays(phase_columns(new))
+            self.tasks.stream(_as_arrays(_with_tops(new)), rollover=SHOWN)
+            self.phases.stream(shades, rollover=SHOWN * 3)
         if len(snap.lanes) != self.lanes:
             self.lanes = len(snap.lanes)
             _label_lanes(self.plot, snap.lanes)
@@ -146,6 +156,15 @@ def build(doc: Document, feed: Feed) -> None:
     doc.title = "taskgraph: status"
     doc.add_root(column(stream.plot, progress_plot, store_plot, sizing_mode="stretch_width"))
     doc.add_periodic_callback(update, UPDATE_MS)
+
+
+def _as_arrays(columns: dict[str, list[Any]]) -> dict[str, Any]:
+    """Number columns as numpy arrays: Bokeh sends those as binary buffers, not JSON
+    lists, which is most of what streaming a few thousand rows a second costs."""
+    return {
+        name: np.asarray(values, dtype=np.float64) if name in NUMBERS else values
+        for name, values in columns.items()
+    }
 
 
 def _with_tops(columns: dict[str, list[Any]]) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def test_the_embeddable_page_is_served_and_streams_only_new_rows() -> None:
     (update,) = doc.session_callbacks
     update.callback()
     assert source.data["name"] == ["square", "add", "add"]
-    assert source.data["top"] == [0.8, 1.8, 0.8]
+    assert list(source.data["top"]) == [0.8, 1.8, 0.8]
     assert plot.yaxis[0].major_label_overrides == {0.4: "node-a/1", 1.4: "node-a/2"}
     update.callback()  # the same snapshot: nothing new
     assert len(source.data["name"]) == 3
