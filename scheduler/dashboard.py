@@ -51,15 +51,20 @@ from taskgraph._timeline import trace_events
 from . import graph_page, pages
 from .feed import Feed
 from .history import TaskEvent
+from .http_guard import Guarded, allowed_hosts
 
 log = logging.getLogger("taskgraph.scheduler")
+# A tab closed between two updates makes Bokeh warn that it could not send the
+# second; that is how tabs end, not a fault, and it reached the driver's terminal.
+logging.getLogger("bokeh.server.views.ws").setLevel(logging.ERROR)
 
 DEFAULT_PORT = 8686  # neither Ray's 8265 nor Dask's 8787
 
 
-class MetricsHandler(web.RequestHandler):
-    def initialize(self, registry: CollectorRegistry) -> None:
+class MetricsHandler(Guarded):
+    def initialize(self, registry: CollectorRegistry, hosts: frozenset[str] | None) -> None:
         self.registry = registry
+        self.hosts = hosts
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
@@ -93,10 +98,11 @@ class Timeline:
             raise
 
 
-class ApiHandler(web.RequestHandler):
-    def initialize(self, feed: Feed, timeline: Timeline) -> None:
+class ApiHandler(Guarded):
+    def initialize(self, feed: Feed, timeline: Timeline, hosts: frozenset[str] | None) -> None:
         self.feed = feed
         self.timeline = timeline
+        self.hosts = hosts
 
     async def get(self, what: str) -> None:
         if what == "status":
@@ -150,13 +156,18 @@ class Dashboard:
     def __init__(self, registry: CollectorRegistry, feed: Feed, socks: list[socket.socket]):
         self.feed = feed
         port = socks[0].getsockname()[1]
+        hosts = allowed_hosts(socks[0].getsockname()[0], port)
         self.app = BokehTornado(
             pages.applications(feed),
             extra_patterns=[
                 (r"/", web.RedirectHandler, {"url": "/status"}),
-                (r"/metrics", MetricsHandler, {"registry": registry}),
-                (r"/api/graph", graph_page.GraphApi, {"feed": feed}),
-                (r"/api/(\w+)", ApiHandler, {"feed": feed, "timeline": Timeline(feed)}),
+                (r"/metrics", MetricsHandler, {"registry": registry, "hosts": hosts}),
+                (r"/api/graph", graph_page.GraphApi, {"feed": feed, "hosts": hosts}),
+                (
+                    r"/api/(\w+)",
+                    ApiHandler,
+                    {"feed": feed, "timeline": Timeline(feed), "hosts": hosts},
+                ),
             ],
             extra_websocket_origins=origins(socks[0].getsockname()[0], port),
             use_index=False,

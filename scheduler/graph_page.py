@@ -49,7 +49,6 @@ from bokeh.models.annotations import LabelSet
 from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
-from tornado import web
 
 from .feed import BUDGET, PERIOD, Feed
 from .graph import (
@@ -64,6 +63,7 @@ from .graph import (
     TaskGraph,
     layout,
 )
+from .http_guard import Guarded
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -198,9 +198,10 @@ def graph_feed(feed: Feed) -> GraphFeed:
     return graph
 
 
-class GraphApi(web.RequestHandler):
-    def initialize(self, feed: Feed) -> None:
+class GraphApi(Guarded):
+    def initialize(self, feed: Feed, hosts: frozenset[str] | None) -> None:
         self.graph = graph_feed(feed)
+        self.hosts = hosts
 
     def get(self) -> None:
         self.write(self.graph.current().to_json())

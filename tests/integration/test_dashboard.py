@@ -8,6 +8,7 @@ screenshot in its temporary folder.
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -107,3 +108,24 @@ def see_the_pages(url: str, browser: Any) -> None:
 
     browser.goto(f"{url}/workers")
     wait_for(lambda: browser.evaluate(SOURCE_LENGTH, "workers") == 1, what="one node's row")
+
+
+def test_a_request_naming_another_host_is_refused(cluster: tg.ClusterContext) -> None:
+    """A page that rebinds its own name to 127.0.0.1 sends that name as the Host: it
+    cannot read the JSON, the metrics or the graph, though the port is on loopback."""
+    url = cluster.dashboard_url
+    assert url is not None
+    port = int(url.rsplit(":", 1)[1])
+
+    def status_of(path: str, host: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    for path in ("/api/status", "/api/graph", "/metrics"):
+        assert status_of(path, f"rebound.example:{port}") == 403, path
+        assert status_of(path, f"127.0.0.1:{port}") == 200, path
+        assert status_of(path, f"localhost:{port}") == 200, path
