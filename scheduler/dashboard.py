@@ -46,6 +46,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
+from taskgraph import config
 from taskgraph._timeline import trace_events
 
 from . import graph_page, pages
@@ -58,7 +59,7 @@ log = logging.getLogger("taskgraph.scheduler")
 # second; that is how tabs end, not a fault, and it reached the driver's terminal.
 logging.getLogger("bokeh.server.views.ws").setLevel(logging.ERROR)
 
-DEFAULT_PORT = 8686  # neither Ray's 8265 nor Dask's 8787
+DEFAULT_PORT = config.DASHBOARD_PORT
 
 
 class MetricsHandler(Guarded):

@@ -153,9 +153,10 @@ def init(
     each line prefixed with who printed it (``log_to_driver=False``: only in
     the workers' log files).
 
-    A local cluster's scheduler serves HTTP (``/metrics``, Prometheus text) on
-    ``dashboard_host`` (127.0.0.1) at ``dashboard_port``: a free port when None
-    or when the one asked for is taken (the log says so);
+    A local cluster's scheduler serves the dashboard and ``/metrics`` on
+    ``dashboard_host`` (127.0.0.1) at ``dashboard_port`` (None: 8686), or a free
+    port when that one is taken (the log says so when it was asked for); the
+    log says where at INFO level;
     ``include_dashboard=False``: no HTTP port. The returned context's
     ``dashboard_url`` says where (a cluster joined by address: where its
     scheduler serves, whatever these keywords say).
@@ -198,6 +199,12 @@ def init(
                 log_to_driver,
                 dashboard,
             )
+            url = _runtime.cluster.dashboard_url if _runtime.cluster is not None else None
+            logging.getLogger("taskgraph").info(
+                "started a local cluster at %s%s",
+                _runtime.address,
+                f"; dashboard at {url}/status" if url else "",
+            )  # (as Ray says where its dashboard is)
         else:
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
                 raise ValueError(

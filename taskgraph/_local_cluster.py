@@ -134,13 +134,16 @@ class LocalCluster:
 
 
 def _http_socket(host: str, port: int | None) -> socket.socket:
-    """A listening socket for the scheduler's HTTP port: ``port``, or a free one
-    when it is None or taken (said in the log, as Dask does)."""
+    """A listening socket for the scheduler's HTTP port: ``port`` (None: the usual
+    one, ``config.DASHBOARD_PORT``), or a free one when that is taken (said in
+    the log, as Dask does, when the port was asked for)."""
     try:
-        return socket.create_server((host, port or 0), backlog=128)
+        return socket.create_server((host, port or config.DASHBOARD_PORT), backlog=128)
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or not port:
+        if exc.errno != errno.EADDRINUSE:
             raise
+    if not port:  # the usual port is another cluster's: any will do
+        return socket.create_server((host, 0), backlog=128)
     sock = socket.create_server((host, 0), backlog=128)
     logging.getLogger("taskgraph").warning(
         "dashboard_port=%d is taken (another cluster's?); the dashboard is on port %d instead",

@@ -55,7 +55,7 @@ from taskgraph.worker import store
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 DEFAULT_PORT = 8786
-DASHBOARD_PORT = 8686  # scheduler/dashboard.py's (not imported: it brings in bokeh)
+DASHBOARD_PORT = config.DASHBOARD_PORT
 
 
 # -- start ---------------------------------------------------------------------

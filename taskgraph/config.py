@@ -26,6 +26,7 @@ from taskgraph.settings import settings
 
 TOKEN_ENV = "TASKGRAPH_TOKEN"
 ADDRESS_ENV = "TASKGRAPH_ADDRESS"
+DASHBOARD_PORT = 8686  # the scheduler's HTTP port unless told: neither Ray's 8265 nor Dask's 8787
 
 
 def state_dir() -> Path:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 import taskgraph as tg
+from taskgraph import config
 
 
 @pytest.fixture
@@ -69,6 +70,29 @@ def test_the_dashboard_keywords_place_the_scheduler_s_http_port(taskgraph_logger
             assert b"taskgraph_nodes" in reply.read()
     finally:
         tg.shutdown()
+
+
+def test_init_says_where_the_dashboard_is_on_the_usual_port_or_another(taskgraph_logger, caplog):
+    caplog.set_level(logging.INFO, logger="taskgraph")
+    try:  # the usual port, held here (or by someone else already: taken either way)
+        holder: socket.socket | None = socket.create_server(("127.0.0.1", config.DASHBOARD_PORT))
+    except OSError:
+        holder = None
+    try:
+        context = tg.init(num_cpus=1, configure_logging=False)
+        try:
+            url = context.dashboard_url
+            assert url is not None and not url.endswith(f":{config.DASHBOARD_PORT}")
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+                assert b"taskgraph_nodes" in reply.read()
+        finally:
+            tg.shutdown()
+    finally:
+        if holder is not None:
+            holder.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "taskgraph"]
+    assert any(f"dashboard at {url}/status" in line for line in said), said
+    assert not any("is taken" in line for line in said), "nobody asked for that port"
 
 
 @pytest.mark.parametrize("keyword", ["runtime_env", "local_mode", "_system_config"])
