@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 # Each test session gets its own shared-memory folder (still tmpfs), so that
@@ -52,6 +53,7 @@ __all__ = [  # what test modules take from here besides fixtures
     "descendants",
     "direct_children",
     "get_json",
+    "running_processes",
     "screenshot_on_failure",
     "segments",
     "stored",
@@ -167,6 +169,18 @@ def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot of the page: {path}")
         raise
+
+
+def running_processes(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (zombies count as ended)."""
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def goes_direct(handle: Any) -> bool:

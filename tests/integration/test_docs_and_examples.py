@@ -28,6 +28,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import running_processes
+
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,17 +103,6 @@ def _track(root_pid: int, tracked: dict[int, psutil.Process]) -> None:
         tracked.setdefault(child.pid, child)
 
 
-def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 def _describe(proc: psutil.Process) -> str:
     try:
         return f"{proc.pid} {' '.join(proc.cmdline()[:4])}"
@@ -151,7 +142,7 @@ def run_program(
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline:
                     timed_out = True
-                    _kill([*_running(list(tracked.values())), psutil.Process(proc.pid)])
+                    _kill([*running_processes(list(tracked.values())), psutil.Process(proc.pid)])
                     proc.wait()
                     break
         out.seek(0)
@@ -161,9 +152,9 @@ def run_program(
         pytest.fail(f"still running after {PROGRAM_TIMEOUT:g} s, killed:\n{finished.describe()}")
     # Its cluster's processes stop on their own once it is gone; give them time.
     until = time.monotonic() + 15
-    while _running(list(tracked.values())) and time.monotonic() < until:
+    while running_processes(list(tracked.values())) and time.monotonic() < until:
         time.sleep(0.05)
-    leftovers = _running(list(tracked.values()))
+    leftovers = running_processes(list(tracked.values()))
     if leftovers:
         names = [_describe(p) for p in leftovers]
         _kill(leftovers)

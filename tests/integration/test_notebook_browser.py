@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import screenshot_on_failure, wait_for
+from conftest import running_processes, screenshot_on_failure, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -93,24 +93,16 @@ class Lab:
             self.server.wait()
         procs = list(self.seen.values())
         try:
-            wait_for(lambda: not _running(procs), what="JupyterLab's kernels and clusters to exit")
+            wait_for(
+                lambda: not running_processes(procs),
+                what="JupyterLab's kernels and clusters to exit",
+            )
         except BaseException:
-            left = _running(procs)
+            left = running_processes(procs)
             for proc in left:
                 proc.kill()
             psutil.wait_procs(left, timeout=10)
             raise
-
-
-def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 @pytest.fixture
