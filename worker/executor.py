@@ -45,7 +45,7 @@ from taskgraph.exceptions import TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
 
 from . import output
-from .actor_runtime import ActorRuntime, creation_error
+from .actor_runtime import ActorRuntime, creation_error, exit_for
 from .channel import Caller, Callers, Lease
 from .executor_client import ExecutorClient
 from .reports import ReportWriter
@@ -286,6 +286,8 @@ class Executor:
                 instance = cls(*args, **kwargs)
             finally:
                 self._leave(a, keep_gpus=True)
+        except SystemExit as exc:  # as in Ray: the process ends (a restart, unless code 0)
+            exit_for(self, exc, "constructor")
         except BaseException as exc:  # the constructor's failure is the actor's
             return w.TaskResult(
                 spec.task_id,
@@ -303,7 +305,7 @@ class Executor:
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         if self.actor is not None:
-            self.actor.exit_now()
+            self.actor.exit_now("its last handle was dropped")
 
     def returns_none(self, a: w.Assignment) -> w.TaskResult:
         none = serialization.dumps(None)[0]
@@ -408,6 +410,10 @@ class Executor:
         if isinstance(exc, _ActorExit) and self.actor is not None:
             self.actor.exiting = True
             return self.returns_none(a)
+        if isinstance(exc, SystemExit) and self.actor is not None:
+            # sys.exit() in a method ends the actor's process, as in Ray: the
+            # call has no result (its callers get ActorDiedError, or a retry).
+            exit_for(self, exc, f"method {spec.method!r}")
         return w.TaskResult(
             spec.task_id,
             error=serialization.dumps_error(exc, spec.name),

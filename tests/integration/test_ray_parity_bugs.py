@@ -7,10 +7,15 @@ executors); what the tests read is public state (``taskgraph.util.state``,
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 import taskgraph as tg
 from conftest import wait_for
+from taskgraph.exceptions import ActorDiedError, TaskError
 from taskgraph.util.state import list_actors, list_tasks
 
 pytestmark = pytest.mark.cluster
@@ -50,3 +55,141 @@ def test_actors_holding_a_cpu_each_do_not_overfill_a_node(cluster: tg.ClusterCon
     for handle in (second, third):
         tg.kill(handle)
     wait_for(lambda: tg.available_resources().get("CPU") == 2.0, what="the CPUs to come back")
+
+
+# -- how an actor's process ends ---------------------------------------------------
+
+
+@tg.remote(max_restarts=1)
+class Ends:
+    """Counts its calls; a restart starts again from 0."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def count(self) -> int:
+        self.calls += 1
+        return self.calls
+
+    def os_exit_0(self) -> None:
+        os._exit(0)
+
+    def sys_exit(self, code: object) -> None:
+        sys.exit(code)
+
+    def exit_actor(self) -> None:
+        tg.actor.exit_actor()
+
+
+def test_os_exit_0_in_a_method_is_a_crash_and_restarts_the_actor(
+    cluster: tg.ClusterContext,
+) -> None:
+    actor = Ends.remote()
+    assert tg.get([actor.count.remote(), actor.count.remote()], timeout=60) == [1, 2]
+
+    with pytest.raises(ActorDiedError, match="exited with code 0"):
+        tg.get(actor.os_exit_0.remote(), timeout=60)
+
+    assert tg.get(actor.count.remote(), timeout=60) == 1, "restarted, fresh"
+    tg.kill(actor)
+
+
+@pytest.mark.parametrize("code", [1, None, "bad input"], ids=["code-1", "no-code", "message"])
+def test_sys_exit_not_0_in_a_method_ends_the_process_and_restarts_the_actor(
+    cluster: tg.ClusterContext, code: object
+) -> None:
+    # Ray (_raylet.pyx): only SystemExit with code 0 is an intended exit; any
+    # other, sys.exit() with no code included, is a crash that max_restarts undoes.
+    actor = Ends.remote()
+    assert tg.get(actor.count.remote(), timeout=60) == 1
+
+    with pytest.raises(ActorDiedError):
+        tg.get(actor.sys_exit.remote(code), timeout=60)
+
+    assert tg.get(actor.count.remote(), timeout=60) == 1, "restarted, fresh"
+    tg.kill(actor)
+
+
+@pytest.mark.parametrize("how", ["sys.exit(0)", "exit_actor()", "__taskgraph_terminate__"])
+def test_an_actor_that_ends_on_purpose_is_not_restarted(
+    cluster: tg.ClusterContext, how: str
+) -> None:
+    actor = Ends.remote()
+    assert tg.get(actor.count.remote(), timeout=60) == 1
+
+    if how == "sys.exit(0)":
+        with pytest.raises(ActorDiedError, match=r"sys.exit\(0\) in its method 'sys_exit'"):
+            tg.get(actor.sys_exit.remote(0), timeout=60)  # as in Ray: the call dies with it
+    elif how == "exit_actor()":
+        assert tg.get(actor.exit_actor.remote(), timeout=60) is None
+    else:
+        assert tg.get(actor.__taskgraph_terminate__.remote(), timeout=60) is None
+
+    with pytest.raises(ActorDiedError, match="ended on purpose"):
+        tg.get(actor.count.remote(), timeout=60)
+
+
+@pytest.mark.parametrize("concurrency", ["threaded", "async"])
+def test_sys_exit_ends_threaded_and_async_actors_too(
+    cluster: tg.ClusterContext, concurrency: str
+) -> None:
+    @tg.remote(max_restarts=1, max_concurrency=2)
+    class Threaded:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def leave(self, code: int) -> None:
+            sys.exit(code)
+
+    @tg.remote(max_restarts=1)
+    class Async:
+        async def pid(self) -> int:
+            return os.getpid()
+
+        async def leave(self, code: int) -> None:
+            sys.exit(code)
+
+    actor = (Threaded if concurrency == "threaded" else Async).remote()
+    first = tg.get(actor.pid.remote(), timeout=60)
+    with pytest.raises(ActorDiedError):
+        tg.get(actor.leave.remote(2), timeout=60)
+    assert tg.get(actor.pid.remote(), timeout=60) != first, "a new process"
+    with pytest.raises(ActorDiedError, match="ended on purpose"):
+        tg.get(actor.leave.remote(0), timeout=60)
+    with pytest.raises(ActorDiedError, match="ended on purpose"):
+        tg.get(actor.pid.remote(), timeout=60)
+
+
+@tg.remote(max_restarts=1)
+class ExitsInItsConstructor:
+    def __init__(self, flag: str, code: int) -> None:
+        if not Path(flag).exists():
+            Path(flag).touch()
+            sys.exit(code)
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_sys_exit_in_the_constructor_ends_the_process_as_in_ray(
+    cluster: tg.ClusterContext, tmp_path: Path
+) -> None:
+    crashed = ExitsInItsConstructor.remote(str(tmp_path / "first-try"), 3)
+    assert tg.get(crashed.ping.remote(), timeout=60) == "pong", "restarted after sys.exit(3)"
+
+    ended = ExitsInItsConstructor.remote(str(tmp_path / "ends"), 0)
+    with pytest.raises(ActorDiedError, match=r"sys.exit\(0\) in its constructor"):
+        tg.get(ended.ping.remote(), timeout=60)
+    tg.kill(crashed)
+
+
+@tg.remote(max_retries=0)
+def exits(code: int) -> None:
+    sys.exit(code)
+
+
+def test_sys_exit_in_a_plain_task_is_still_the_tasks_error(cluster: tg.ClusterContext) -> None:
+    # Kept on purpose (docs/guide.md, Porting from Ray): Ray's worker process
+    # exits and the task is retried as a crash, even for sys.exit(0) (ray#40358).
+    with pytest.raises(TaskError, match="SystemExit"):
+        tg.get(exits.remote(4), timeout=60)
