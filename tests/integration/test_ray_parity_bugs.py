@@ -8,6 +8,7 @@ executors); what the tests read is public state (``taskgraph.util.state``,
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -193,3 +194,43 @@ def test_sys_exit_in_a_plain_task_is_still_the_tasks_error(cluster: tg.ClusterCo
     # exits and the task is retried as a crash, even for sys.exit(0) (ray#40358).
     with pytest.raises(TaskError, match="SystemExit"):
         tg.get(exits.remote(4), timeout=60)
+
+
+# -- tracebacks: the user's files and lines, from the user's first frame ------------
+
+
+def divide_by(x: int) -> float:  # a helper beside the remote code: it travels by value
+    return 1 / x
+
+
+@tg.remote(max_retries=0)
+def uses_a_helper(x: int) -> float:
+    return divide_by(x)
+
+
+@tg.remote
+class UsesAHelper:
+    def call(self, x: int) -> float:
+        return divide_by(x)
+
+
+def frames(err: TaskError) -> list[str]:
+    return re.findall(r'File "([^"]+)", line \d+, in (\w+)', err.remote_traceback)
+
+
+@pytest.mark.parametrize("caller", ["task", "actor method"])
+def test_a_traceback_shows_the_users_files_and_lines_from_the_users_frame(
+    cluster: tg.ClusterContext, caller: str
+) -> None:
+    if caller == "task":
+        ref, entry = uses_a_helper.remote(0), "uses_a_helper"
+    else:
+        ref, entry = UsesAHelper.remote().call.remote(0), "call"
+    with pytest.raises(ZeroDivisionError) as caught:
+        tg.get(ref, timeout=60)
+    err = caught.value
+    assert isinstance(err, TaskError)
+
+    assert frames(err) == [(__file__, entry), (__file__, "divide_by")], err.remote_traceback
+    assert "return 1 / x" in err.remote_traceback, "the helper's source line is shown"
+    assert "<dynamic-code>" not in str(err)
