@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import wait_for
+from conftest import alive, wait_for
 from taskgraph.exceptions import ActorDiedError, TaskError
 from taskgraph.util.state import list_actors, list_tasks
 
@@ -234,3 +237,47 @@ def test_a_traceback_shows_the_users_files_and_lines_from_the_users_frame(
     assert frames(err) == [(__file__, entry), (__file__, "divide_by")], err.remote_traceback
     assert "return 1 / x" in err.remote_traceback, "the helper's source line is shown"
     assert "<dynamic-code>" not in str(err)
+
+
+# -- Ctrl-C in a terminal -------------------------------------------------------------
+
+BLOCKED_IN_GET = """
+import sys, time
+import taskgraph as tg
+
+@tg.remote
+def slow(path):
+    open(path, "w").close()
+    time.sleep(60)
+
+tg.init(num_cpus=1)
+ref = slow.remote(sys.argv[1])
+tg.get(ref)
+"""
+
+
+def test_ctrl_c_during_get_ends_the_driver_without_false_warnings(tmp_path: Path) -> None:
+    started, script = tmp_path / "started", tmp_path / "driver.py"
+    script.write_text(BLOCKED_IN_GET)
+    # A terminal's Ctrl-C goes to its foreground process group: the driver, and
+    # whatever it started there. The driver leads a group of its own here.
+    driver = subprocess.Popen(
+        [sys.executable, str(script), str(started)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(started.exists, what="the task to start while the driver waits in get")
+        cluster = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+        os.killpg(driver.pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert "KeyboardInterrupt" in err and "tg.get(ref)" in err, err
+    assert "cannot be scheduled" not in err, err
+    assert "no worker has joined" not in err, err
+    wait_for(lambda: not alive(cluster), what="the driver's cluster to stop with it")
