@@ -7,11 +7,14 @@ executors); what the tests read is public state (``taskgraph.util.state``,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -281,3 +284,85 @@ def test_ctrl_c_during_get_ends_the_driver_without_false_warnings(tmp_path: Path
     assert "cannot be scheduled" not in err, err
     assert "no worker has joined" not in err, err
     wait_for(lambda: not alive(cluster), what="the driver's cluster to stop with it")
+
+
+# -- taskgraph start, its output piped into a reader that stops early -------------------
+
+
+class Shell:
+    """``taskgraph ...`` against a state directory of its own; every process it
+    starts inherits it, which is how the fixture finds (and stops) them all."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("TASKGRAPH_TOKEN", "TASKGRAPH_ADDRESS", "TASKGRAPH_STATE_DIR")
+        }
+        self.env["TASKGRAPH_STATE_DIR"] = str(state_dir)
+
+    def run(self, *args: str, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskgraph.cli", *args],
+            env=self.env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if (
+                    proc.environ().get("TASKGRAPH_STATE_DIR") == str(self.state_dir)
+                    and proc.status() != psutil.STATUS_ZOMBIE
+                ):
+                    found.append(proc)
+            except psutil.Error:
+                pass
+        return found
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Iterator[Shell]:
+    runner = Shell(tmp_path / "state")
+    try:
+        yield runner
+    finally:
+        runner.run("stop")
+        try:
+            wait_for(lambda: not runner.processes(), what="every started process to exit")
+        finally:
+            for proc in runner.processes():
+                proc.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_start_piped_into_a_reader_that_stopped_keeps_the_cluster_up(shell: Shell) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `taskgraph start --head | head -2`, once head has read its lines
+    try:
+        port = str(free_port())
+        started = shell.run("start", "--head", "--port", port, "--num-cpus", "1", stdout=write)
+    finally:
+        os.close(write)
+    assert started.returncode == 0, started.stderr
+    assert "BrokenPipeError" not in started.stderr, started.stderr
+
+    status = shell.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert len(json.loads(status.stdout)["nodes"]) == 1, "the cluster is up"
+
+    stopped = shell.run("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Stopped scheduler" in stopped.stdout
+    wait_for(lambda: not shell.processes(), what="'taskgraph stop' to stop the cluster")
