@@ -78,6 +78,10 @@ class Executor:
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
         self.reports = ReportWriter(-1)  # the daemon's report pipe, set by main()
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
+        # Tasks tg.cancel() was asked for and not reported yet: what
+        # get_runtime_context().is_canceled() reads (the reader thread adds).
+        self.cancels: set[bytes] = set()
+        self.actor_job = b""  # an actor's job: its creator's (Ray's get_job_id())
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -106,6 +110,7 @@ class Executor:
                         self.leases.add(msg.assignment.spec.task_id)
                     self.tasks.put(msg.assignment)
                 elif isinstance(msg, w.CancelTask):
+                    self.cancels.add(msg.task_id)
                     lease = self.lease
                     if msg.task_id in self.leases and not msg.force:
                         self.revoke(msg.task_id)
@@ -235,6 +240,7 @@ class Executor:
         process cannot take a finished one's report with it.
         """
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
+        self.cancels.discard(result.task_id)
         result.pid = self.pid
         caller = self.callers.caller_of(result.task_id) if self.callers is not None else None
         if caller is not None:
@@ -325,14 +331,21 @@ class Executor:
 
     def _enter(self, a: w.Assignment) -> None:
         spec = a.spec
+        call = self.actor is not None and spec.actor is None
+        if spec.actor is not None:
+            self.actor_job = spec.job or spec.task_id[:8]
         _api.set_task_context(
             _api.TaskContext(
                 task_id=spec.task_id,
                 node_id=self.worker_id,
                 worker_id=self.executor_id,
-                resources=dict(spec.resources),
+                # A call holds nothing of its own: its actor's are what it has.
+                resources=dict(self.actor.spec.hold if call and self.actor else spec.resources),
                 gpu_ids=list(a.gpu_ids) or self.gpu_ids,
                 actor_id=self.actor_id,
+                job_id=self.actor_job if self.actor_id else spec.job or spec.task_id[:8],
+                cancelled=partial(self.cancels.__contains__, spec.task_id),
+                in_async_actor=spec.actor is not None and spec.actor.is_async,
             )
         )
         if a.gpu_ids:

@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -366,3 +368,121 @@ def test_start_piped_into_a_reader_that_stopped_keeps_the_cluster_up(shell: Shel
     assert stopped.returncode == 0, stopped.stderr
     assert "Stopped scheduler" in stopped.stdout
     wait_for(lambda: not shell.processes(), what="'taskgraph stop' to stop the cluster")
+
+
+# -- the runtime context: Ray's names -------------------------------------------------
+
+
+def where_am_i() -> dict[str, Any]:
+    ctx = tg.get_runtime_context()
+    return {
+        "job": ctx.get_job_id(),
+        "job_property": ctx.job_id,
+        "job_hex": ctx.job_id.hex(),
+        "task": ctx.get_task_id(),
+        "task_property": ctx.task_id,
+        "node": ctx.get_node_id(),
+        "node_property": ctx.node_id,
+        "actor": ctx.get_actor_id(),
+        "actor_property": ctx.actor_id,
+        "resources": ctx.get_assigned_resources(),
+        "accelerators": ctx.get_accelerator_ids(),
+        "canceled": ctx.is_canceled(),
+    }
+
+
+@tg.remote(num_gpus=1)
+def in_a_task() -> dict[str, Any]:
+    return where_am_i()
+
+
+@tg.remote(num_cpus=0)
+def in_a_nested_task() -> dict[str, Any]:
+    return tg.get(in_a_task.remote())
+
+
+@tg.remote(num_gpus=1)
+class InAnActor:
+    def where(self) -> dict[str, Any]:
+        return where_am_i()
+
+
+@tg.remote(num_cpus=0)
+def actor_made_in_a_task() -> dict[str, Any]:
+    actor = InAnActor.remote()
+    try:
+        return tg.get(actor.where.remote())
+    finally:
+        tg.kill(actor)
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 2, "num_gpus": 2}], indirect=True)
+def test_the_runtime_context_answers_with_rays_names(fresh_cluster: tg.ClusterContext) -> None:
+    driver = tg.get_runtime_context()
+    job = driver.get_job_id()
+    assert job and driver.job_id == job and driver.job_id.hex() == job
+    assert driver.task_id is None and driver.actor_id is None
+    assert driver.get_accelerator_ids() == {"GPU": []}
+    with pytest.raises(RuntimeError, match="not a driver"):
+        driver.is_canceled()
+
+    task = tg.get(in_a_task.remote(), timeout=60)
+    assert task["job"] == task["job_property"] == task["job_hex"] == job
+    assert task["task"] is not None and task["task_property"] == task["task"]
+    assert task["node_property"] == task["node"] in [n["node_id"] for n in tg.nodes()]
+    assert task["actor"] is None and task["actor_property"] is None
+    assert task["resources"] == {"CPU": 1.0, "GPU": 1.0}
+    [gpu] = task["accelerators"]["GPU"]
+    assert gpu in ("0", "1") and task["canceled"] is False
+
+    assert tg.get(in_a_nested_task.remote(), timeout=60)["job"] == job, "a task's task: same job"
+    assert job in {t["job_id"] for t in list_tasks(filters=[("name", "=", "in_a_task")])}
+
+    actor = InAnActor.remote()
+    method = tg.get(actor.where.remote(), timeout=60)
+    assert method["job"] == job
+    assert method["actor"] is not None and method["actor_property"] == method["actor"]
+    assert method["resources"] == {"GPU": 1.0}, "what the actor holds for life, as in Ray"
+    assert len(method["accelerators"]["GPU"]) == 1
+    tg.kill(actor)
+
+    assert tg.get(actor_made_in_a_task.remote(), timeout=60)["job"] == job
+
+
+@tg.remote(max_concurrency=2)
+class Polls:
+    """Runs until it sees that its call was cancelled (a running method is not
+    interrupted by tg.cancel, in Ray as here)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.saw_cancel: bool | None = None
+
+    def work(self) -> None:
+        ctx = tg.get_runtime_context()
+        self.started = True
+        deadline = time.monotonic() + 60
+        while not ctx.is_canceled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.saw_cancel = ctx.is_canceled()
+
+    def has_started(self) -> bool:
+        return self.started
+
+    def outcome(self) -> bool | None:
+        assert not tg.get_runtime_context().is_canceled(), "another call: not cancelled"
+        return self.saw_cancel
+
+
+def test_a_running_method_sees_that_it_was_cancelled(cluster: tg.ClusterContext) -> None:
+    actor = Polls.remote()
+    ref = actor.work.remote()
+    wait_for(lambda: tg.get(actor.has_started.remote(), timeout=30), what="the method to run")
+
+    tg.cancel(ref)
+
+    wait_for(
+        lambda: tg.get(actor.outcome.remote(), timeout=30) is True,
+        what="the method to see its cancel",
+    )
+    tg.kill(actor)
