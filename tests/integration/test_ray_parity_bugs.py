@@ -24,8 +24,8 @@ import pytest
 
 import taskgraph as tg
 from conftest import alive, wait_for
-from taskgraph.exceptions import ActorDiedError, TaskError
-from taskgraph.util.state import list_actors, list_tasks
+from taskgraph.exceptions import ActorDiedError, ObjectLostError, TaskError
+from taskgraph.util.state import list_actors, list_objects, list_tasks
 
 pytestmark = pytest.mark.cluster
 
@@ -486,3 +486,64 @@ def test_a_running_method_sees_that_it_was_cancelled(cluster: tg.ClusterContext)
         what="the method to see its cancel",
     )
     tg.kill(actor)
+
+
+# -- refs whose ids crossed out of band ------------------------------------------------
+
+
+def object_known(hex_id: str) -> bool:
+    return any(o["object_id"] == hex_id for o in list_objects(limit=10_000))
+
+
+@tg.remote
+def read_by_id(hex_id: str) -> Any:
+    return tg.get(tg.ObjectRef.from_hex(hex_id))
+
+
+@tg.remote
+class KeepsById:
+    def __init__(self) -> None:
+        self.kept: list[tg.ObjectRef] = []
+
+    def keep(self, binary: bytes) -> None:
+        self.kept.append(tg.ObjectRef(binary))
+
+    def read(self) -> Any:
+        return tg.get(self.kept[0])
+
+
+def test_a_ref_made_from_its_id_is_the_same_ref(cluster: tg.ClusterContext) -> None:
+    ref = tg.put({"value": 42})
+    by_bytes, by_text = tg.ObjectRef(ref.binary()), tg.ObjectRef.from_hex(ref.hex())
+    assert by_bytes == by_text == ref and hash(by_text) == hash(ref)
+    del ref  # the refs made from its id hold the object too
+    assert tg.get([by_bytes, by_text], timeout=30) == [{"value": 42}] * 2
+    assert tg.get(read_by_id.remote(by_text.hex()), timeout=30) == {"value": 42}
+
+    with pytest.raises(ValueError, match="16 bytes"):
+        tg.ObjectRef(b"too short")
+    with pytest.raises(ValueError, match="32 hex digits"):
+        tg.ObjectRef.from_hex("not hex")
+
+
+def test_a_ref_made_from_its_id_in_another_process_holds_the_object(
+    cluster: tg.ClusterContext,
+) -> None:
+    ref = tg.put("kept")
+    keeper = KeepsById.remote()
+    tg.get(keeper.keep.remote(ref.binary()), timeout=30)  # its ref exists: ours may go
+    hex_id = ref.hex()
+    del ref
+    assert tg.get(keeper.read.remote(), timeout=30) == "kept"
+    assert object_known(hex_id)
+    tg.kill(keeper)
+
+
+def test_an_id_whose_object_was_freed_gives_object_lost(cluster: tg.ClusterContext) -> None:
+    # As in Ray: an id held as text keeps nothing alive.
+    ref = tg.put("gone")
+    hex_id = ref.hex()
+    del ref
+    wait_for(lambda: not object_known(hex_id), what="the object to be freed")
+    with pytest.raises(ObjectLostError):
+        tg.get(tg.ObjectRef.from_hex(hex_id), timeout=30)
