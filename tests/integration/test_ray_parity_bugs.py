@@ -23,11 +23,17 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import alive, wait_for
+from conftest import _checked_cluster, alive, wait_for
 from taskgraph.exceptions import ActorDiedError, ObjectLostError, TaskError
 from taskgraph.util.state import list_actors, list_objects, list_tasks
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tg.ClusterContext]:
+    """This module's cluster: 2 CPUs, and 2 GPUs (counted only: nothing here uses one)."""
+    yield from _checked_cluster(num_cpus=2, num_gpus=2)
 
 
 def actor_states(class_name: str) -> list[str]:
@@ -416,8 +422,7 @@ def actor_made_in_a_task() -> dict[str, Any]:
         tg.kill(actor)
 
 
-@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 2, "num_gpus": 2}], indirect=True)
-def test_the_runtime_context_answers_with_rays_names(fresh_cluster: tg.ClusterContext) -> None:
+def test_the_runtime_context_answers_with_rays_names(cluster: tg.ClusterContext) -> None:
     driver = tg.get_runtime_context()
     job = driver.get_job_id()
     assert job and driver.job_id == job and driver.job_id.hex() == job
