@@ -310,8 +310,13 @@ class Executor:
         return self.returns_none(a)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if self.actor is not None:
-            self.actor.exit_now("its last handle was dropped")
+        # Not here: the handler interrupts the main thread wherever it is, maybe
+        # holding the client's locks, which ending (a last message, a flush) takes.
+        actor = self.actor
+        if actor is not None:
+            threading.Thread(
+                target=actor.exit_now, args=("its last handle was dropped",), daemon=True
+            ).start()
 
     def returns_none(self, a: w.Assignment) -> w.TaskResult:
         none = serialization.dumps(None)[0]
