@@ -118,8 +118,8 @@ class Executor:
                         lease.cancel(msg.task_id, msg.force)  # a task sent down it
                     elif self.actor_id:
                         self.tasks.cancel_call(msg.task_id)
-                    else:
-                        self.tasks.cancel(msg.task_id, msg.force)
+                    elif not self.tasks.cancel(msg.task_id, msg.force):
+                        self.cancels.discard(msg.task_id)  # not running here: no report comes
                 elif isinstance(msg, w.Shutdown):
                     self.tasks.put(None)
                     return
