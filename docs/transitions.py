@@ -53,8 +53,8 @@ WHEN: dict[tuple[str, str], str] = {
     ),
     ("waiting", "cancelled"): "`cancel()` before it could run",
     ("ready", "processing"): (
-        "placement chose a worker with the resources free (or, CPU-only, room in a busy "
-        "worker's queue): they are reserved and the task leaves in that worker's next "
+        "placement chose a worker with the resources free (or, CPU-only and not an actor's "
+        "creation, room in a busy worker's queue): they are reserved and the task leaves in that worker's next "
         "`RunTasks`. A method call is not placed: it leaves when it reaches the head of its "
         "actor's queue while the actor is alive, for the actor's worker, reserving nothing"
     ),

@@ -277,16 +277,19 @@ class Actors:
             return  # dead, or a late report of a process it already replaced
         if worker_id is not None and self._process_at(rec) != worker_id:
             return  # a worker we gave up on reports a process the actor has replaced
-        graceful = msg.exit_code == 0
+        # Only an end the actor announced is intended (exit_actor(), sys.exit(0),
+        # __taskgraph_terminate__); any other exit is a crash, exit code 0 included
+        # (os._exit(0)), and restarts it while max_restarts allows, as in Ray.
+        intended = bool(msg.ending)
         if msg.exit_code < 0:
             how = f"its process died of signal {-msg.exit_code}"
         else:
             how = f"its process exited with code {msg.exit_code}"
         if rec.no_restart:
             how = "it was killed with kill()"
-        elif graceful:
-            how = "it exited (exit_actor() or __taskgraph_terminate__)"
-        self._lost_process(rec, how, restart=not graceful)
+        elif intended:
+            how = f"it ended on purpose: {msg.ending}"
+        self._lost_process(rec, how, restart=not intended)
 
     def worker_left(self, worker: WorkerRec) -> None:
         """Before the worker's own tasks are dealt with: its actors lost their processes."""

@@ -41,7 +41,7 @@ def rows(state: SchedulerState, kind: str, detail: bool) -> Iterator[dict[str, A
     elif kind == "actors":
         for rec in state.actors.actors.values():
             row = state.actors.describe(rec)
-            row["job_id"] = rec.actor_id[:8].hex()
+            row["job_id"] = (rec.spec.job or rec.actor_id[:8]).hex()  # (made in a task: its job's)
             if not detail:
                 del row["methods"]
             yield row

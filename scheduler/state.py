@@ -506,7 +506,10 @@ class SchedulerState:
                 self.send_worker(lease.worker, w.CancelRunning(lease_id))
 
     def _queue_depth(self, task: Task) -> float:
-        if self.queue_depth <= 0:
+        if self.queue_depth <= 0 or task.spec.actor is not None:
+            # An actor's creation starts a process of its own at once wherever it
+            # goes: queued on a busy worker, it would run beside the tasks that
+            # hold those CPUs. It waits here, as in Ray, until a CPU is free.
             return 0.0
         mean = self.durations.get(task.spec.function_id)
         return placement.queue_depth_for(mean, self.queue_depth)

@@ -68,15 +68,17 @@ ACTOR_TRANSITIONS: dict[tuple[str, str], str] = {
     ),
     (ActorState.PENDING, ActorState.DEAD): (
         "the constructor raised (every call gets that `ActorError`, traceback included); "
-        "`kill()`; its process died with no restarts left"
+        "it called `sys.exit(0)`; `kill()`; its process died with no restarts left"
     ),
     (ActorState.ALIVE, ActorState.RESTARTING): (
-        "its process died (a crash, a signal, `kill(no_restart=False)`, its node left) and "
+        "its process died (a crash, a signal, `os._exit()` whatever the code, `sys.exit()` "
+        "with a code other than 0, `kill(no_restart=False)`, its node left) and "
         "`max_restarts` allows a restart"
     ),
     (ActorState.ALIVE, ActorState.DEAD): (
-        "`kill()`; `exit_actor()` or `__taskgraph_terminate__` (exit code 0: never "
-        "restarted); its process died with no restarts left; its last handle was dropped"
+        "`kill()`; `exit_actor()`, `__taskgraph_terminate__` or `sys.exit(0)` (an end on "
+        "purpose, announced with `ActorEnding`: never restarted); its process died with no "
+        "restarts left; its last handle was dropped"
     ),
     (ActorState.RESTARTING, ActorState.ALIVE): "the constructor returned again",
     (ActorState.RESTARTING, ActorState.DEAD): (

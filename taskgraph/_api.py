@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -38,17 +38,34 @@ REPR_TIMEOUT = 2.0  # seconds a notebook repr may wait for the scheduler's answe
 _runtime: Runtime | None = None
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class TaskContext:
+    """What runs now in an executor: a task, or an actor's constructor or call."""
+
     task_id: bytes
     node_id: str
     worker_id: str
     resources: dict[str, float]
     gpu_ids: list[int] = field(default_factory=list)
     actor_id: bytes = b""
+    job_id: bytes = b""  # the driver whose job it is (its client id)
+    cancelled: Callable[[], bool] = _never  # tg.cancel() was asked for it
+    in_async_actor: bool = False  # its calls are coroutines: no context of their own
 
 
+# The executor's task: set on the thread that runs it (an actor's calls may run
+# side by side on threads), and for any other thread the latest one set.
 _task_context: TaskContext | None = None
+_thread_task = threading.local()
+
+
+def _current_task() -> TaskContext | None:
+    context: TaskContext | None = getattr(_thread_task, "context", None)
+    return context if context is not None else _task_context
 
 
 @dataclass
@@ -447,7 +464,7 @@ def set_namespace(namespace: str) -> None:
 
 def set_task_context(context: TaskContext | None) -> None:
     global _task_context
-    _task_context = context
+    _task_context = _thread_task.context = context
 
 
 # -- get / put / wait ----------------------------------------------------------
@@ -595,16 +612,44 @@ def object_store_stats(top: int = 10) -> dict[str, Any]:
 
 
 def get_gpu_ids() -> list[int]:
-    context = _task_context
+    context = _current_task()
     return list(context.gpu_ids) if context is not None else []
 
 
+class _Id(str):
+    """An id as hex text that also answers ``.hex()``, as Ray's id objects do
+    (what ``RuntimeContext``'s older properties return in Ray)."""
+
+    __slots__ = ()
+
+    def hex(self) -> str:
+        return str(self)
+
+
+def _id(text: str | None) -> _Id | None:
+    return None if text is None else _Id(text)
+
+
 class RuntimeContext:
-    """Where the calling code runs: ``tg.get_runtime_context()``."""
+    """Where the calling code runs: ``tg.get_runtime_context()``.
+
+    Ids are hex text. The properties ``job_id``, ``node_id``, ``task_id`` and
+    ``actor_id`` are Ray's older names for the getters; what they return also
+    answers ``.hex()``, as Ray's id objects do.
+    """
 
     def __init__(self, runtime: Runtime | None, task: TaskContext | None) -> None:
         self._runtime = runtime
         self._task = task
+
+    def get_job_id(self) -> str:
+        """The job: the driver that submitted the work (a task's, its driver's; an
+        actor's, the driver that created it), as in Ray. The state API's ``job_id``."""
+        if self._task is not None and self._task.job_id:
+            return self._task.job_id.hex()
+        if self._runtime is None:
+            raise RuntimeError("get_job_id() needs a connection: call tg.init() first")
+        return self._runtime.client.client_id.hex()
 
     def get_task_id(self) -> str | None:
         return self._task.task_id.hex() if self._task is not None else None
@@ -628,7 +673,46 @@ class RuntimeContext:
         return None
 
     def get_assigned_resources(self) -> dict[str, float]:
+        """What the task holds while it runs; in an actor, what the actor holds
+        for life (Ray's answer in its methods)."""
         return dict(self._task.resources) if self._task is not None else {}
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators this task or actor may use, by resource name, as Ray
+        gives them: ``{"GPU": ["0", "1"]}`` (the ids in ``CUDA_VISIBLE_DEVICES``)."""
+        gpu_ids = self._task.gpu_ids if self._task is not None else []
+        return {"GPU": [str(i) for i in gpu_ids]}
+
+    def is_canceled(self) -> bool:
+        """Whether ``tg.cancel()`` was called on the running task or actor call.
+
+        A running actor method is not interrupted by a cancel: it may poll this
+        and stop early, as in Ray. (A plain task is interrupted; this is True in
+        its ``finally`` or ``except BaseException`` blocks.)
+        """
+        if self._task is None:
+            raise RuntimeError("is_canceled() is for a task or an actor's method, not a driver")
+        if self._task.in_async_actor:
+            raise RuntimeError(
+                "is_canceled() is not available in an async actor's methods (as in Ray)"
+            )
+        return self._task.cancelled()
+
+    @property
+    def job_id(self) -> str:
+        return _Id(self.get_job_id())
+
+    @property
+    def node_id(self) -> str | None:
+        return _id(self.get_node_id())
+
+    @property
+    def task_id(self) -> str | None:
+        return _id(self.get_task_id())
+
+    @property
+    def actor_id(self) -> str | None:
+        return _id(self.get_actor_id())
 
     @property
     def namespace(self) -> str | None:
@@ -642,4 +726,4 @@ class RuntimeContext:
 
 
 def get_runtime_context() -> RuntimeContext:
-    return RuntimeContext(_runtime, _task_context)
+    return RuntimeContext(_runtime, _current_task())

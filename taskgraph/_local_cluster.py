@@ -5,6 +5,12 @@ socket, which this process and its worker use) and one
 ``taskgraph-worker`` side by side as child processes with a fresh token, and stops them
 on ``close()``. Both children watch this process and stop if it dies without
 closing them.
+
+The children live in a session of their own, as ``taskgraph start``'s do: a
+terminal's Ctrl-C (SIGINT to its foreground process group) is for the driver,
+which then stops its cluster. Had it reached them too, the worker would stop
+first and the scheduler would warn the driver, as it went down, that its
+tasks have no worker to run on.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class LocalCluster:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                start_new_session=True,  # (see above: Ctrl-C is for the driver)
                 pass_fds=tuple(s.fileno() for s in (listener, local, http) if s is not None),
             )
         except BaseException:
@@ -100,6 +107,7 @@ class LocalCluster:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                start_new_session=True,  # (see above: Ctrl-C is for the driver)
             )
         except BaseException:
             self.close()

@@ -5,13 +5,21 @@ the live refs per id and tells the scheduler when the last one is gone.
 Pickling a ref (into a task's arguments, a ``put`` value, a return value)
 records its id so the container keeps the object alive; unpickling one in
 another process makes that process a holder too.
+
+A ref the user makes from an id (``ObjectRef(ref.binary())``,
+``ObjectRef.from_hex(ref.hex())``: the id crossed out of band, as text or
+bytes) is a holder like an unpickled one, from when the scheduler hears of
+it. Ids as text or bytes hold nothing, so, as in Ray, whoever hands one over
+keeps the original ref alive until the receiver has made its own; an id whose
+object was freed meanwhile gives ``ObjectLostError``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import enum
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from taskgraph import serialization
 
@@ -19,14 +27,51 @@ if TYPE_CHECKING:
     from taskgraph._client import Client
 
 
+class _Made(enum.Enum):
+    BY_USER = "by the user, from an id"
+
+
+ID_BYTES = 16
+
+
 class ObjectRef:
+    """A future for a value somewhere in the cluster.
+
+    ``ObjectRef(binary)`` and ``ObjectRef.from_hex(text)`` make a ref from the
+    id another ref gave (``ref.binary()``, ``ref.hex()``), as in Ray; see the
+    module's docstring for what it holds."""
+
     __slots__ = ("__weakref__", "_client", "_id")
 
-    def __init__(self, object_id: bytes, client: Client | None, *, borrowed: bool = False) -> None:
+    def __init__(
+        self,
+        object_id: bytes,
+        client: Client | Literal[_Made.BY_USER] | None = _Made.BY_USER,
+        *,
+        borrowed: bool = False,
+    ) -> None:
+        if client is _Made.BY_USER:
+            from taskgraph import _api
+
+            self._client = None  # (__del__ runs even when the id is refused)
+            object_id = _checked_id(object_id)
+            client, borrowed = _api.current_client(), True
         self._id = object_id
         self._client = client
         if client is not None:
             client.incref(object_id, acquire=borrowed)
+
+    @classmethod
+    def from_hex(cls, hex_id: str) -> ObjectRef:
+        """The ref whose ``hex()`` is ``hex_id`` (Ray's ``ObjectRef.from_hex``)."""
+        try:
+            object_id = bytes.fromhex(hex_id)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{hex_id!r} is not an object id: expected {2 * ID_BYTES} hex digits, "
+                "as ref.hex() gives them"
+            ) from None
+        return cls(object_id)
 
     def __del__(self) -> None:
         client = self._client
@@ -106,6 +151,19 @@ class ObjectRef:
 
 
 serialization.register_plain_type(ObjectRef)
+
+
+def _checked_id(object_id: Any) -> bytes:
+    if isinstance(object_id, bytearray | memoryview):
+        object_id = bytes(object_id)
+    if not isinstance(object_id, bytes) or len(object_id) != ID_BYTES:
+        size = (
+            f"{len(object_id)} bytes" if isinstance(object_id, bytes) else type(object_id).__name__
+        )
+        raise ValueError(
+            f"an object id is {ID_BYTES} bytes, as ref.binary() gives them; got {size}"
+        )
+    return object_id
 
 
 def _rebuild_ref(object_id: bytes) -> ObjectRef:

@@ -390,7 +390,8 @@ class _ActorExit(BaseException):
 
 def exit_actor() -> None:
     """End the current actor from inside a method: atexit handlers run, later calls fail."""
-    if _api._task_context is None or not getattr(_api._task_context, "actor_id", b""):
+    context = _api._current_task()
+    if context is None or not context.actor_id:
         raise TypeError("exit_actor() can only be called inside an actor method")
     raise _ActorExit()
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
+import select
 import signal
 import sys
 import time
@@ -64,10 +66,8 @@ DASHBOARD_PORT = config.DASHBOARD_PORT
 def cmd_start(args: argparse.Namespace) -> None:
     started: list[processes.Started] = []
     try:
-        if args.head:
-            _start_head(args, started)
-        else:
-            _start_worker_only(args, started)
+        start = _start_head if args.head else _start_worker_only
+        text = start(args, started)
     except BaseException:
         # Ctrl-C included: the children live in their own session and would not get it.
         processes.stop_processes(
@@ -79,9 +79,12 @@ def cmd_start(args: argparse.Namespace) -> None:
                 store.remove_all(s.worker_id)
         raise
     _release(started)
+    # Only now: the cluster is up and outlives what becomes of our output
+    # (`taskgraph start --head | head -2` closes the pipe early).
+    print(text)
 
 
-def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> None:
+def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> str:
     running = config.recorded("scheduler")
     if running:
         raise CliError(
@@ -108,12 +111,12 @@ def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> N
     with _connected(address, token) as client:
         node = _wait_for_worker(client, worker, worker_id, deadline)
         dashboard_url = client.dashboard_url
-    print(
-        say.head_started_text(address, token, args.host, scheduler, node, worker.log, dashboard_url)
+    return say.head_started_text(
+        address, token, args.host, scheduler, node, worker.log, dashboard_url
     )
 
 
-def _start_worker_only(args: argparse.Namespace, started: list[processes.Started]) -> None:
+def _start_worker_only(args: argparse.Namespace, started: list[processes.Started]) -> str:
     address = _normalize_address(args.address)
     token = args.token or config.token_for(address)
     if token is None:
@@ -126,7 +129,7 @@ def _start_worker_only(args: argparse.Namespace, started: list[processes.Started
         worker_id, worker = _launch_worker(address, token, args)
         started.append(worker)
         node = _wait_for_worker(client, worker, worker_id, time.monotonic() + args.timeout)
-    print(
+    return (
         f"Started worker {node['node_id']} (pid {worker.pid}) with "
         f"{say.resources_line(node['resources'])}\n"
         f"It joined the cluster at {address}. Log: {worker.log}\n"
@@ -589,12 +592,30 @@ def _exit_on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe whose reading end was closed."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     try:
         args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can be told apart
+    except BrokenPipeError:
+        if not _reader_gone(sys.stdout):
+            raise  # a socket's, say: not ours to hide
+        # Whoever read our output stopped (`... | head`): the command did its
+        # work; what it had left to say goes nowhere, and no traceback either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CliError as exc:
         print(f"taskgraph {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import traceback
+import types
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -122,6 +124,31 @@ def _class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# Our packages: taskgraph.worker and taskgraph.scheduler may live beside
+# taskgraph, not inside it (pyproject.toml's package-dir).
+_OWN_PACKAGES = ("taskgraph", "taskgraph.worker", "taskgraph.scheduler")
+
+
+def _own_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in _OWN_PACKAGES:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            dirs.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+    return tuple(dirs)
+
+
+def _from_users_frame(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback from its first frame outside taskgraph (an executor's call
+    of the task, its generator loop): a user's traceback starts at their code.
+    All of it, when no frame is the user's (the error is taskgraph's own)."""
+    own = _own_dirs()
+    start = tb
+    while start is not None and os.path.abspath(start.tb_frame.f_code.co_filename).startswith(own):
+        start = start.tb_next
+    return tb if start is None else start
+
+
 class TaskError(TaskgraphError):
     """A task raised an exception; ``cause`` is that exception if it could be pickled.
 
@@ -173,7 +200,9 @@ class TaskError(TaskgraphError):
             cause=exc,
             cause_class_name=_class_name(type(exc)),
             cause_message=str(exc),
-            remote_traceback="".join(traceback.format_exception(exc)),
+            remote_traceback="".join(
+                traceback.format_exception(type(exc), exc, _from_users_frame(exc.__traceback__))
+            ),
             pid=os.getpid(),
         )
 

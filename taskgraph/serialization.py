@@ -31,7 +31,8 @@ import sys
 import sysconfig
 import threading
 import types
-from collections.abc import Sequence
+from collections import ChainMap
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -202,13 +203,37 @@ def _pickle(
 # -- arrow tables ----------------------------------------------------------------
 
 
+_CLOUDPICKLE_CODE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    """cloudpickle's reduction of code pickled by value, keeping its file name.
+
+    cloudpickle writes ``<dynamic-code>`` instead (so that a payload does not
+    depend on where the code was defined); a worker's tracebacks would then
+    name no file and show no source line for any function that travelled by
+    value, helpers included. The file name costs a few bytes per payload.
+    """
+    rebuild, args = _CLOUDPICKLE_CODE(code)
+    return _code_in_file, (rebuild, args, code.co_filename)
+
+
+def _code_in_file(
+    rebuild: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
+) -> types.CodeType:
+    return rebuild(*args).replace(co_filename=filename)
+
+
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle's pickler, plus Arrow tables and record batches as one IPC buffer.
+    """cloudpickle's pickler, plus Arrow tables and record batches as one IPC buffer,
+    and code that keeps the name of its file (``_reduce_code``).
 
     pyarrow's own pickling yields a buffer per column buffer and rebuilds
     every array in Python; one IPC stream is a single out-of-band buffer that
     Arrow reads back with its columns as views of it.
     """
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -275,26 +300,12 @@ def dumps_function(func: Any, what: str | None = None) -> bytes:
     """Pickle a function or class so that a worker can run it without importing its module."""
     if what is None:
         what = f"the function {getattr(func, '__qualname__', type(func).__name__)!r}"
-    # cloudpickle blanks file names of code pickled by value; carry the real
-    # one so remote tracebacks point at the user's file.
-    code = getattr(func, "__code__", None)
-    filename = code.co_filename if isinstance(code, types.CodeType) else ""
-    return _pickle((func, filename), what)[0]
+    # (Code pickled by value keeps its file name: tracebacks name the user's lines.)
+    return _pickle(func, what, plain=False)[0]
 
 
 def loads_function(payload: Buffer, what: str = "a function") -> Any:
-    func, filename = loads(payload, what=what)
-    code = getattr(func, "__code__", None)
-    if filename and isinstance(code, types.CodeType) and code.co_filename == "<dynamic-code>":
-        func.__code__ = _with_filename(code, filename)
-    return func
-
-
-def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
-    consts = tuple(
-        _with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
-    )
-    return code.replace(co_filename=filename, co_consts=consts)
+    return loads(payload, what=what)
 
 
 def function_id(payload: Buffer) -> bytes:

@@ -11,6 +11,14 @@ Three ways to run calls, chosen once at creation:
 A graceful end (``__taskgraph_terminate__`` or ``exit_actor()``) lets running
 calls finish, runs ``atexit`` handlers and exits with code 0; the daemon reports
 the exit, and the scheduler fails later calls with ``ActorDiedError``.
+
+``sys.exit()`` in a method (or the constructor) ends the process at once, as in
+Ray, and the call gets no result: its callers get ``ActorDiedError`` (or it is
+retried, ``max_task_retries``). Only ``sys.exit(0)`` is an end on purpose, like
+``exit_actor()``; any other code, ``sys.exit()`` with none included, is a crash
+that ``max_restarts`` restarts (Ray's ``_raylet.pyx`` draws the same line).
+Every end on purpose is announced to the daemon (``ActorEnding``) before the
+process exits: an exit that was not announced is a crash, whatever its code.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ import asyncio
 import atexit
 import os
 import pickle
+import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskgraph import _wire as w
 from taskgraph.actor import TERMINATE
@@ -61,7 +70,7 @@ class ActorRuntime:
                 self._ending = True  # this thread ends it: the calls' threads do not
             self._drain()
             self.executor.report(self.executor.returns_none(a))
-            self.exit_now()
+            self.exit_now("__taskgraph_terminate__ was called")
         if self._pool is not None:
             try:
                 if not self.exiting:
@@ -107,19 +116,46 @@ class ActorRuntime:
                 return
             self._ending = True
         if threading.current_thread() is threading.main_thread():
-            self.exit_now()
+            self.exit_now(EXIT_ACTOR)
         threading.Thread(target=self._drain_and_exit, daemon=True).start()
 
     def _drain_and_exit(self) -> None:
         self._drain()
-        self.exit_now()
+        self.exit_now(EXIT_ACTOR)
 
-    def exit_now(self) -> None:
-        self.executor.client.flush()
-        try:
-            atexit._run_exitfuncs()
-        finally:
-            os._exit(0)
+    def exit_now(self, reason: str) -> NoReturn:
+        end_process(self.executor, 0, reason)
+
+
+EXIT_ACTOR = "it called exit_actor()"
+
+
+def exit_for(executor: Executor, exc: SystemExit, where: str) -> NoReturn:
+    """``sys.exit()`` in the actor's code: the process ends now, as in Ray. Code 0
+    is an end on purpose; anything else a crash (exit status as Python gives it)."""
+    code = exc.code
+    if code is not None and code == 0:
+        end_process(executor, 0, f"it called sys.exit(0) in its {where}")
+    if code is None or isinstance(code, int):
+        status = code or 0
+    else:
+        print(code, file=sys.stderr)  # as the interpreter does with sys.exit("message")
+        status = 1
+    end_process(executor, status)
+
+
+def end_process(executor: Executor, status: int, ending: str = "") -> NoReturn:
+    """Leave the process once what it sent is out. ``ending``: the actor ends on
+    purpose, and why (the daemon hears it before the exit: never a restart)."""
+    if ending:
+        executor.client.send_soon(w.ActorEnding(ending))
+    executor.client.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        os._exit(status)
 
 
 def creation_error(class_name: str, exc: BaseException) -> bytes:

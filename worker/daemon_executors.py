@@ -41,6 +41,7 @@ from taskgraph.exceptions import AuthenticationError, ProtocolError
 from . import store_server
 from .reports import READ_DELAY, ReportReader
 from .state import (
+    ActorEnds,
     ExecutorDied,
     ExecutorFinished,
     ExecutorReady,
@@ -214,6 +215,8 @@ def _executor_frame(
                 events.append(ExecutorFinished(executor_id, msg.result))
             else:
                 events.append(TasksReturned(executor_id, msg.task_ids))
+        elif isinstance(msg, w.ActorEnding):
+            events.append(ActorEnds(executor_id, msg.reason))
         elif isinstance(msg, w.Fetch):
             daemon.loop.add_callback(_fetch, daemon, executor_id, msg)
         elif isinstance(msg, w.CLIENT_MESSAGES):

@@ -45,7 +45,7 @@ from taskgraph.exceptions import TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
 
 from . import output
-from .actor_runtime import ActorRuntime, creation_error
+from .actor_runtime import ActorRuntime, creation_error, exit_for
 from .channel import Caller, Callers, Lease
 from .executor_client import ExecutorClient
 from .reports import ReportWriter
@@ -78,6 +78,10 @@ class Executor:
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
         self.reports = ReportWriter(-1)  # the daemon's report pipe, set by main()
         self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
+        # Tasks tg.cancel() was asked for and not reported yet: what
+        # get_runtime_context().is_canceled() reads (the reader thread adds).
+        self.cancels: set[bytes] = set()
+        self.actor_job = b""  # an actor's job: its creator's (Ray's get_job_id())
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -106,6 +110,7 @@ class Executor:
                         self.leases.add(msg.assignment.spec.task_id)
                     self.tasks.put(msg.assignment)
                 elif isinstance(msg, w.CancelTask):
+                    self.cancels.add(msg.task_id)
                     lease = self.lease
                     if msg.task_id in self.leases and not msg.force:
                         self.revoke(msg.task_id)
@@ -113,8 +118,8 @@ class Executor:
                         lease.cancel(msg.task_id, msg.force)  # a task sent down it
                     elif self.actor_id:
                         self.tasks.cancel_call(msg.task_id)
-                    else:
-                        self.tasks.cancel(msg.task_id, msg.force)
+                    elif not self.tasks.cancel(msg.task_id, msg.force):
+                        self.cancels.discard(msg.task_id)  # not running here: no report comes
                 elif isinstance(msg, w.Shutdown):
                     self.tasks.put(None)
                     return
@@ -235,6 +240,7 @@ class Executor:
         process cannot take a finished one's report with it.
         """
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
+        self.cancels.discard(result.task_id)
         result.pid = self.pid
         caller = self.callers.caller_of(result.task_id) if self.callers is not None else None
         if caller is not None:
@@ -286,6 +292,8 @@ class Executor:
                 instance = cls(*args, **kwargs)
             finally:
                 self._leave(a, keep_gpus=True)
+        except SystemExit as exc:  # as in Ray: the process ends (a restart, unless code 0)
+            exit_for(self, exc, "constructor")
         except BaseException as exc:  # the constructor's failure is the actor's
             return w.TaskResult(
                 spec.task_id,
@@ -302,8 +310,13 @@ class Executor:
         return self.returns_none(a)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if self.actor is not None:
-            self.actor.exit_now()
+        # Not here: the handler interrupts the main thread wherever it is, maybe
+        # holding the client's locks, which ending (a last message, a flush) takes.
+        actor = self.actor
+        if actor is not None:
+            threading.Thread(
+                target=actor.exit_now, args=("its last handle was dropped",), daemon=True
+            ).start()
 
     def returns_none(self, a: w.Assignment) -> w.TaskResult:
         none = serialization.dumps(None)[0]
@@ -323,14 +336,21 @@ class Executor:
 
     def _enter(self, a: w.Assignment) -> None:
         spec = a.spec
+        call = self.actor is not None and spec.actor is None
+        if spec.actor is not None:
+            self.actor_job = spec.job or spec.task_id[:8]
         _api.set_task_context(
             _api.TaskContext(
                 task_id=spec.task_id,
                 node_id=self.worker_id,
                 worker_id=self.executor_id,
-                resources=dict(spec.resources),
+                # A call holds nothing of its own: its actor's are what it has.
+                resources=dict(self.actor.spec.hold if call and self.actor else spec.resources),
                 gpu_ids=list(a.gpu_ids) or self.gpu_ids,
                 actor_id=self.actor_id,
+                job_id=self.actor_job if self.actor_id else spec.job or spec.task_id[:8],
+                cancelled=partial(self.cancels.__contains__, spec.task_id),
+                in_async_actor=spec.actor is not None and spec.actor.is_async,
             )
         )
         if a.gpu_ids:
@@ -408,6 +428,10 @@ class Executor:
         if isinstance(exc, _ActorExit) and self.actor is not None:
             self.actor.exiting = True
             return self.returns_none(a)
+        if isinstance(exc, SystemExit) and self.actor is not None:
+            # sys.exit() in a method ends the actor's process, as in Ray: the
+            # call has no result (its callers get ActorDiedError, or a retry).
+            exit_for(self, exc, f"method {spec.method!r}")
         return w.TaskResult(
             spec.task_id,
             error=serialization.dumps_error(exc, spec.name),

@@ -245,7 +245,8 @@ class Inbox:
                 return True
             return False
 
-    def cancel(self, task_id: bytes, force: bool) -> None:
+    def cancel(self, task_id: bytes, force: bool) -> bool:
+        """Drop the task if it waits here, interrupt it if it runs; whether it runs."""
         with self._lock:
             name = self._waiting.pop(task_id, None)
             if name is not None:
@@ -255,3 +256,5 @@ class Inbox:
             elif self.current == task_id:
                 self.cancelling = task_id
                 os.kill(os.getpid(), signal.SIGKILL if force else signal.SIGINT)
+                return True
+            return False

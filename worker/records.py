@@ -71,6 +71,14 @@ class TaskUnblocked:
 
 
 @dataclass(frozen=True, slots=True)
+class ActorEnds:
+    """An actor's executor said it ends on purpose (``w.ActorEnding``): its exit is no crash."""
+
+    executor_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class KillActorRequested:
     actor_id: bytes
     graceful: bool
@@ -83,6 +91,7 @@ Event = (
     | ExecutorDied
     | CancelRequested
     | KillActorRequested
+    | ActorEnds
     | TaskBlocked
     | TaskUnblocked
     | TasksReturned
@@ -161,6 +170,7 @@ class Executor:
     actor_id: bytes = b""  # a dedicated actor process: never idle, never in the pool
     backlog: list[w.Assignment] = field(default_factory=list)  # calls before it started
     hold_cpus: float = 0.0  # an actor's CPUs once its constructor returned
+    ending: str = ""  # the actor said it ends on purpose, and why (ActorEnds)
 
     @property
     def task(self) -> bytes | None:

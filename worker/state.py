@@ -39,6 +39,7 @@ from taskgraph.exceptions import TaskCancelledError, WorkerCrashedError
 
 from .records import (  # (the events and instructions are also taken from here: __all__)
     STORY_LENGTH,
+    ActorEnds,
     CancelRequested,
     Event,
     Executor,
@@ -60,6 +61,7 @@ from .records import (  # (the events and instructions are also taken from here:
 )
 
 __all__ = [
+    "ActorEnds",
     "CancelRequested",
     "Event",
     "ExecutorDied",
@@ -174,6 +176,10 @@ class WorkerState:
                 self.cpus_used += self.task_cpus[event.task_id]
         elif isinstance(event, TasksReturned):
             out.extend(self._returned(self.executors[event.executor_id], event.task_ids))
+        elif isinstance(event, ActorEnds):
+            actor_ex = self.executors.get(event.executor_id)
+            if actor_ex is not None and actor_ex.actor_id:
+                actor_ex.ending = event.reason
         elif isinstance(event, KillActorRequested):
             executor_id = self.actors.get(event.actor_id)
             if executor_id is not None:
@@ -297,7 +303,8 @@ class WorkerState:
         if ex.actor_id:
             self.actors.pop(ex.actor_id, None)
             self.cpus_used -= self.actor_cpus.pop(ex.actor_id, 0.0)
-            out.append(ToScheduler(w.ActorDied(ex.actor_id, event.exit_code, ex.pid)))
+            died = w.ActorDied(ex.actor_id, event.exit_code, ex.pid, ending=ex.ending)
+            out.append(ToScheduler(died))
             return out
         if ex.tasks:
             out.extend(self._lost_with(ex, event.exit_code))

@@ -94,6 +94,7 @@ from .common import (
     is_lease,
 )
 from .executor import (
+    ActorEnding,
     AfterFrames,
     CancelTask,
     ChannelReady,
@@ -144,6 +145,7 @@ __all__ = [
     "TO_CLIENT",
     "AcquireRefs",
     "ActorDied",
+    "ActorEnding",
     "ActorSpec",
     "ActorStarted",
     "AfterFrames",
@@ -283,7 +285,7 @@ SCHEDULER_TO_WORKER = Link(
     ReadLogs,
 )
 EXECUTOR_TO_DAEMON = Link(
-    "executor to daemon", Executed, Returned, Fetch, *CLIENT_MESSAGES, MetricsUpdate
+    "executor to daemon", Executed, Returned, Fetch, ActorEnding, *CLIENT_MESSAGES, MetricsUpdate
 )
 DAEMON_TO_EXECUTOR = Link("daemon to executor", Execute, CancelTask, Fetched, Shutdown, *TO_CLIENT)
 REPORT_PIPE = Link("report pipe", AfterFrames, Executed)

@@ -44,6 +44,15 @@ class Returned(Msg):
     task_ids: list[bytes]
 
 
+class ActorEnding(Msg):
+    """Executor to its daemon, last on its stream: the actor ends on purpose
+    (``exit_actor()``, ``__taskgraph_terminate__``, ``sys.exit(0)``, its last
+    handle gone), so the exit that follows is not a crash and never restarts it.
+    An exit without it is a crash, even with exit code 0."""
+
+    reason: str
+
+
 class CancelTask(Msg):
     """Daemon to executor: cancel this task, whether it waits there or runs."""
 

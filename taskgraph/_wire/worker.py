@@ -77,9 +77,14 @@ class ObjectCopied(Msg):
 
 
 class ActorDied(Msg):
+    """An actor's process exited. ``ending``: why, when the actor ended on purpose
+    (its executor said so first, ``ActorEnding``); empty for a crash, whatever
+    the exit code, which restarts it while ``max_restarts`` allows."""
+
     actor_id: bytes
     exit_code: int
     pid: int = 0
+    ending: str = ""
 
 
 class ActorStarted(Msg):

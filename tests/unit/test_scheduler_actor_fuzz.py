@@ -447,19 +447,24 @@ class ActorMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def actor_process_exits(self, data: st.DataObject) -> None:
         actor_id = data.draw(st.sampled_from(sorted(self.processes)), label="process")
-        self.process_exits(actor_id, data.draw(exit_codes, label="exit code"))
+        exit_code = data.draw(exit_codes, label="exit code")
+        # An actor that ends on purpose says so before it exits (exit code 0);
+        # os._exit(0) does not, and is a crash like any other.
+        ending = data.draw(st.sampled_from(["", "it called exit_actor()"]), label="ending")
+        self.process_exits(actor_id, 0 if ending else exit_code, ending)
 
-    def process_exits(self, actor_id: bytes, exit_code: int) -> None:
+    def process_exits(self, actor_id: bytes, exit_code: int, ending: str = "") -> None:
         process = self.forget_process(actor_id)
         if process.kill:
             exit_code = 0 if process.kill == "graceful" else -9
+            ending = "its last handle was dropped" if process.kill == "graceful" else ""
         rec = self.state.actors.actors.get(actor_id)
         restarts = -1 if rec is None else rec.restarts_left
-        died = w.ActorDied(actor_id, exit_code, pid=4242)
+        died = w.ActorDied(actor_id, exit_code, pid=4242, ending=ending)
         self.handle(WorkerSent(process.worker, [died]))
         rec = self.state.actors.actors.get(actor_id)
-        if rec is not None and exit_code == 0:
-            assert rec.state == "dead", "a graceful exit is not restarted"
+        if rec is not None and ending:
+            assert rec.state == "dead", "an end on purpose is not restarted"
         if rec is not None and rec.state == "restarting":
             assert rec.restarts_left == restarts - 1
 

@@ -545,7 +545,8 @@ def test_a_graceful_exit_is_not_restarted() -> None:
     h.client()
     h.worker("w1")
     spec, _ = alive_actor(h, max_restarts=2)
-    sends = h.died("w1", spec, exit_code=0)
+    ended = w.ActorDied(spec.actor_id, 0, pid=4242, ending="it called exit_actor()")
+    sends = h.from_worker("w1", ended)
     assert assigned(sends, "w1") == []
     assert h.actor_state(spec) == "dead"
     later = h.call(spec)
