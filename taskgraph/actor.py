@@ -128,6 +128,12 @@ class ActorClass:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._remote(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A graph node that creates this actor each time its graph is executed."""
+        from taskgraph.dag import ClassNode
+
+        return ClassNode(self, args, kwargs, self._options)
+
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
     ) -> ActorHandle:
@@ -212,6 +218,11 @@ class _BoundActorOptions:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._remote(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from taskgraph.dag import ClassNode
+
+        return ClassNode(self._actor_class, args, kwargs, self._options)
+
     def get_or_create(self, *args: Any, **kwargs: Any) -> ActorHandle:
         """The named actor if it exists, else a new one from these arguments: the older
         spelling of ``.options(name=..., get_if_exists=True).remote(...)``."""
@@ -290,14 +301,16 @@ class ActorMethod:
         )
 
     def options(self, **options: Any) -> _BoundMethodOptions:
-        unknown = sorted(set(options) - {"num_returns", "name"})
-        if unknown:
-            raise ValueError(f"unknown actor method option(s) {unknown}; valid: num_returns, name")
-        _options.validate(options)
-        return _BoundMethodOptions(self, options)
+        return _BoundMethodOptions(self, validate_method_options(options))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._remote(args, kwargs, {})
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A graph node that calls this actor each time its graph is executed."""
+        from taskgraph.dag import ClassMethodNode
+
+        return ClassMethodNode(self._handle, self._name, args, kwargs, {})
 
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
@@ -347,6 +360,20 @@ class _BoundMethodOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._method._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from taskgraph.dag import ClassMethodNode
+
+        method = self._method
+        return ClassMethodNode(method._handle, method._name, args, kwargs, self._options)
+
+
+def validate_method_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Check an actor method call's ``.options(...)``."""
+    unknown = sorted(set(options) - {"num_returns", "name"})
+    if unknown:
+        raise ValueError(f"unknown actor method option(s) {unknown}; valid: num_returns, name")
+    return _options.validate(options)
 
 
 class _ActorExit(BaseException):
