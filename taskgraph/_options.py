@@ -19,6 +19,9 @@ TASK_OPTIONS = {
     "name",
 }
 DEFAULT_MAX_RETRIES = 3  # as in Ray: a crashed worker process is retried
+# Ray's num_returns for generators: "streaming" returns an ObjectRefGenerator
+# (a generator function's default), "dynamic" one ref to a DynamicObjectRefGenerator.
+GENERATOR_RETURNS = ("streaming", "dynamic")
 
 
 def _non_negative(name: str, value: Any) -> float:
@@ -54,8 +57,10 @@ def validate(options: dict[str, Any], allowed: set[str] = TASK_OPTIONS) -> dict[
             _non_negative(f"resources[{name!r}]", amount)
     if "num_returns" in options:
         n = options["num_returns"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_returns must be an integer >= 0, got {n!r}")
+        if n not in GENERATOR_RETURNS and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(
+                f"num_returns must be an integer >= 0, 'streaming' or 'dynamic', got {n!r}"
+            )
     if "max_retries" in options:
         n = options["max_retries"]
         if isinstance(n, bool) or not isinstance(n, int) or n < -1:

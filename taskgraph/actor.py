@@ -19,7 +19,7 @@ from typing import Any
 from taskgraph import _api, _options
 from taskgraph import _wire as w
 from taskgraph._ids import first_return, task_id
-from taskgraph._object_ref import ObjectRef
+from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 from taskgraph._remote_function import (
     FOREVER,
     RemoteFunction,
@@ -42,17 +42,33 @@ ACTOR_OPTIONS = {
     "scheduling_strategy",
 }
 TERMINATE = "__taskgraph_terminate__"
+# A method's num_returns in the actor's method table when its calls stream
+# (a generator method, or num_returns="streaming"): each call returns an
+# ObjectRefGenerator.
+STREAMING = -1
 
 
-def method(*, num_returns: int = 1) -> Any:
-    """Declare a method's number of returns: ``@tg.method(num_returns=2)``."""
-    _options.validate({"num_returns": num_returns})
+def method(*, num_returns: int | str = 1) -> Any:
+    """Declare a method's number of returns: ``@tg.method(num_returns=2)``, or
+    ``"streaming"`` (a generator method's default: its calls return an ObjectRefGenerator)."""
+    _method_returns(num_returns)
 
     def decorate(function: Any) -> Any:
         function.__taskgraph_num_returns__ = num_returns
         return function
 
     return decorate
+
+
+def _method_returns(num_returns: Any) -> int:
+    """An actor method's num_returns as its table holds it (STREAMING for "streaming")."""
+    if num_returns == "dynamic":
+        raise ValueError(
+            "num_returns='dynamic' is for remote functions; an actor's generator method "
+            "streams its items: its calls return an ObjectRefGenerator"
+        )
+    _options.validate({"num_returns": num_returns})
+    return STREAMING if num_returns == "streaming" else int(num_returns)
 
 
 def _validate_actor_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +110,11 @@ class ActorClass:
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
-            self._methods[name] = getattr(member, "__taskgraph_num_returns__", 1)
+            generator = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
+            returns = getattr(member, "__taskgraph_num_returns__", None)
+            if returns is None:
+                returns = "streaming" if generator else 1
+            self._methods[name] = _method_returns(returns)
             try:
                 self._signatures[name] = inspect.signature(member)
             except (TypeError, ValueError):
@@ -330,6 +350,7 @@ class ActorMethod:
         name = options.get("name") or f"{handle._class_name}.{self._name}"
         data, nested, deps, held = encode_arguments(client, args, kwargs, name)
         num_returns = options.get("num_returns", self._num_returns)
+        streaming = num_returns == STREAMING
         base = client.new_id()
         spec = w.TaskSpec(
             task_id=task_id(base),
@@ -338,11 +359,12 @@ class ActorMethod:
             args=data,
             deps=deps,
             nested=[*nested, handle._anchor.id],
-            num_returns=num_returns,
+            num_returns=1 if streaming else num_returns,
             resources={},
             parent=client.parent_task or b"",
             job=client.job,
             site=client.sites.here(),
+            generator=streaming,
             actor_id=handle._actor_id,
             method=self._name,
         )
@@ -350,6 +372,8 @@ class ActorMethod:
         del held  # the call holds them now
         if num_returns == 1:
             return refs[0]
+        if streaming:
+            return ObjectRefGenerator(spec.task_id, refs[0], client)
         return refs or None
 
 
@@ -369,11 +393,14 @@ class _BoundMethodOptions:
 
 
 def validate_method_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Check an actor method call's ``.options(...)``."""
+    """Check an actor method call's ``.options(...)`` (num_returns as the method table's)."""
     unknown = sorted(set(options) - {"num_returns", "name"})
     if unknown:
         raise ValueError(f"unknown actor method option(s) {unknown}; valid: num_returns, name")
-    return _options.validate(options)
+    _options.validate({k: v for k, v in options.items() if k != "num_returns"})
+    if "num_returns" in options:
+        options["num_returns"] = _method_returns(options["num_returns"])
+    return options
 
 
 class _ActorExit(BaseException):

@@ -276,17 +276,19 @@ def dumps_function(func: Any, what: str | None = None) -> bytes:
     if what is None:
         what = f"the function {getattr(func, '__qualname__', type(func).__name__)!r}"
     # cloudpickle blanks file names of code pickled by value; carry the real
-    # one so remote tracebacks point at the user's file.
-    code = getattr(func, "__code__", None)
+    # one so remote tracebacks point at the user's file (a wrapper names the
+    # function it runs in __taskgraph_code__).
+    code = getattr(getattr(func, "__taskgraph_code__", func), "__code__", None)
     filename = code.co_filename if isinstance(code, types.CodeType) else ""
     return _pickle((func, filename), what)[0]
 
 
 def loads_function(payload: Buffer, what: str = "a function") -> Any:
     func, filename = loads(payload, what=what)
-    code = getattr(func, "__code__", None)
+    target = getattr(func, "__taskgraph_code__", func)
+    code = getattr(target, "__code__", None)
     if filename and isinstance(code, types.CodeType) and code.co_filename == "<dynamic-code>":
-        func.__code__ = _with_filename(code, filename)
+        target.__code__ = _with_filename(code, filename)
     return func
 
 

@@ -391,6 +391,8 @@ class Executor:
             out = method(*args, **kwargs)
             if inspect.isawaitable(out):
                 out = await out
+            if spec.generator:
+                out = await self._stream_async(spec, out)
             clock.lap()
             result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
@@ -419,6 +421,18 @@ class Executor:
         """Send each item of a generator task as it is produced; return the count."""
         count = 0
         for item in items:
+            oid = generator_item_id(spec.task_id, count)
+            value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
+            self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
+            count += 1
+        return count
+
+    async def _stream_async(self, spec: w.TaskSpec, items: Any) -> int:
+        """``_stream`` for an async actor's generator method (async or not)."""
+        if not inspect.isasyncgen(items):
+            return self._stream(spec, items)
+        count = 0
+        async for item in items:
             oid = generator_item_id(spec.task_id, count)
             value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
             self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
