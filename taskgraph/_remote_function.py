@@ -35,6 +35,8 @@ class _Prepared:
     resources: dict[str, float]
     max_retries: int
     retry_exceptions: bool
+    retry_on: bytes  # retry_exceptions as a list: its classes, pickled
+    max_calls: int
     strategy: str
 
 
@@ -119,6 +121,10 @@ class RemoteFunction:
         returns = options.get("num_returns", "streaming" if self._is_generator else 1)
         streaming = returns == "streaming"
         retries = options.get("max_retries", _options.DEFAULT_MAX_RETRIES)
+        retry = options.get("retry_exceptions", False)
+        retry_on = b""
+        if isinstance(retry, list | tuple) and retry:
+            retry_on = serialization.dumps_function(tuple(retry), "retry_exceptions")
         prepared = _Prepared(
             name=options.get("name") or self._name,
             num_returns=1 if isinstance(returns, str) else returns,
@@ -126,7 +132,9 @@ class RemoteFunction:
             dynamic=returns == "dynamic",
             resources=_options.task_resources(options),
             max_retries=FOREVER if retries == -1 else retries,
-            retry_exceptions=bool(options.get("retry_exceptions", False)),
+            retry_exceptions=bool(retry),
+            retry_on=retry_on,
+            max_calls=_options.default_max_calls(options),
             strategy=_options.strategy_string(options.get("scheduling_strategy")),
         )
         self._prepared[id(options)] = (options, prepared)
@@ -165,6 +173,8 @@ class RemoteFunction:
             resources=p.resources,
             max_retries=p.max_retries,
             retry_exceptions=p.retry_exceptions,
+            retry_on=p.retry_on,
+            max_calls=p.max_calls,
             strategy=p.strategy,
             parent=client.parent_task or b"",
             job=client.job,

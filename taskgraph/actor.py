@@ -40,6 +40,7 @@ ACTOR_OPTIONS = {
     "lifetime",
     "get_if_exists",
     "scheduling_strategy",
+    "accelerator_type",
 }
 TERMINATE = "__taskgraph_terminate__"
 # A method's num_returns in the actor's method table when its calls stream

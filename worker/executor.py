@@ -65,6 +65,7 @@ class Executor:
         self.executor_id = executor_id
         self.pid = os.getpid()
         self.functions: dict[bytes, Any] = {}
+        self.retry_classes: dict[bytes, tuple[type[BaseException], ...]] = {}
         self.tasks = client.inbox
         self.running = False
         self.actor: ActorRuntime | None = None
@@ -415,7 +416,15 @@ class Executor:
             error=serialization.dumps_error(exc, spec.name),
             failure="task",
             error_type=type(exc).__name__,
+            no_retry=bool(spec.retry_on) and not self._retried_on(spec.retry_on, exc),
         )
+
+    def _retried_on(self, retry_on: bytes, exc: BaseException) -> bool:
+        """Whether ``exc`` is among a task's ``retry_exceptions`` (a list, pickled)."""
+        classes = self.retry_classes.get(retry_on)
+        if classes is None:
+            classes = self.retry_classes[retry_on] = serialization.loads_function(retry_on)
+        return isinstance(exc, classes)
 
     def _stream(self, spec: w.TaskSpec, items: Any) -> int:
         """Send each item of a generator task as it is produced; return the count."""
