@@ -125,6 +125,12 @@ def _on_kill_actor(state: SchedulerState, client: ClientRec, msg: w.KillActor) -
 def _on_put(state: SchedulerState, client: ClientRec, msg: w.PutObject) -> None:
     if msg.object_id in state.objects:
         return  # ids are fresh: a second put of one is a client's bug, and ignored
+    if msg.error is not None:
+        obj = objects.new(state, msg.object_id, None)
+        obj.refs = 1
+        client.held.add(msg.object_id)
+        objects.failed(state, obj, msg.error)
+        return
     obj = objects.new(state, msg.object_id, None, "ready")
     obj.data, obj.location, obj.refs = msg.data, msg.location, 1
     if msg.site:

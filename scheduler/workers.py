@@ -136,7 +136,8 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
         err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
         state.transition(task, "cancelled", err)
     elif task.retries_left > 0 and (
-        result.failure == "crashed" or (task.spec.retry_exceptions and not task.spec.channel)
+        result.failure == "crashed"
+        or (task.spec.retry_exceptions and not result.no_retry and not task.spec.channel)
     ):
         task.retries_left -= 1
         state.transition(task, "ready")

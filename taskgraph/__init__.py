@@ -34,7 +34,7 @@ from taskgraph._api import (
     wait,
 )
 from taskgraph._executor import Executor
-from taskgraph._object_ref import ObjectRef
+from taskgraph._object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from taskgraph._remote_function import RemoteFunction
 from taskgraph._task_stream import task_stream
 from taskgraph._timeline import timeline
@@ -69,8 +69,10 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ClusterContext",
+    "DynamicObjectRefGenerator",
     "Executor",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "actor",

@@ -488,6 +488,14 @@ class Client(Waiting):
             self._queue(w.PutObject(oid, msg.data, msg.location, msg.contains, site))
         return ref
 
+    def put_error(self, error: bytes) -> ObjectRef:
+        """An object whose value is an error (pickled): getting it raises it."""
+        oid = first_return(self.new_id())
+        ref = ObjectRef(oid, self)
+        with self._lock:
+            self._queue(w.PutObject(oid, error=error))
+        return ref
+
     def _copy_here(self, object_id: bytes, location: w.Location) -> w.Location | None:
         """A copy on this host of an object on another; None: a driver has no worker
         daemon of its own to hold one, so it reads the object into its own memory."""

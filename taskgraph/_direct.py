@@ -100,7 +100,9 @@ class ActorCalls:
         refs = [ObjectRef(oid, client) for oid in return_ids(spec.task_id, spec.num_returns)]
         channel = route.channel
         if channel is not None and channel.broken is None and route.go_direct():
-            barrier = bool(spec.deps) or len(spec.nested) > 1
+            # (A generator's items reach the scheduler from the actor's side: it
+            # must have the call's record first, or it would drop them.)
+            barrier = bool(spec.deps) or len(spec.nested) > 1 or spec.generator
             if barrier:
                 # The actor will ask the scheduler for these: it must have heard of
                 # every object we made first. The call (and those after it) waits

@@ -64,6 +64,7 @@ def lease_shape(spec: w.TaskSpec) -> Shape | None:
         or spec.generator
         or spec.actor_id
         or spec.retry_exceptions
+        or spec.max_calls
         or spec.strategy != "DEFAULT"
         or spec.num_returns < 1
         or spec.resources.get("GPU", 0.0) > 0

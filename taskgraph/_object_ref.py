@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import enum
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskgraph import serialization
@@ -173,11 +173,13 @@ def _rebuild_ref(object_id: bytes) -> ObjectRef:
 
 
 class ObjectRefGenerator:
-    """What ``.remote()`` of a generator function returns: refs to items as they are yielded.
+    """What ``.remote()`` of a generator function (or an actor's generator method)
+    returns: refs to items as they are yielded (Ray's ``num_returns="streaming"``).
 
     Iterating blocks until the task yields the next item (or ends); each item
     is its own object, readable before the task finishes. An error raised by
-    the generator surfaces when iteration reaches it.
+    the generator surfaces when iteration reaches it. ``async for`` waits on a
+    thread instead, leaving the event loop free.
     """
 
     def __init__(self, task_id: bytes, end: ObjectRef, client: Client) -> None:
@@ -206,9 +208,46 @@ class ObjectRefGenerator:
         self._next += 1
         return item
 
+    def __aiter__(self) -> ObjectRefGenerator:
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        import asyncio
+
+        item = await asyncio.to_thread(self._next_or_none)
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    def _next_or_none(self) -> ObjectRef | None:
+        try:
+            return self.__next__()
+        except StopIteration:
+            return None
+
     def completed(self) -> ObjectRef:
         """A ref that is ready when the generator has finished (its value: the item count)."""
         return self._end
 
     def __reduce__(self) -> Any:
         raise TypeError("an ObjectRefGenerator cannot leave the process that submitted its task")
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task: the refs of what it yielded, in order.
+
+    An ordinary value: ``get`` it, or pass its ref (or it) to other tasks.
+    If the generator raised, the last ref holds the error (``get`` raises it).
+    """
+
+    def __init__(self, refs: list[ObjectRef]) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"

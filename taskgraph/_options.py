@@ -17,8 +17,17 @@ TASK_OPTIONS = {
     "retry_exceptions",
     "scheduling_strategy",
     "name",
+    "max_calls",
+    "accelerator_type",
 }
 DEFAULT_MAX_RETRIES = 3  # as in Ray: a crashed worker process is retried
+# Ray's num_returns for generators: "streaming" returns an ObjectRefGenerator
+# (a generator function's default), "dynamic" one ref to a DynamicObjectRefGenerator.
+GENERATOR_RETURNS = ("streaming", "dynamic")
+# accelerator_type="A100" asks for this much of the resource "accelerator_type:A100",
+# which a worker with such a GPU offers (1), as in Ray.
+ACCELERATOR_PREFIX = "accelerator_type:"
+ACCELERATOR_SHARE = 0.001
 
 
 def _non_negative(name: str, value: Any) -> float:
@@ -54,16 +63,35 @@ def validate(options: dict[str, Any], allowed: set[str] = TASK_OPTIONS) -> dict[
             _non_negative(f"resources[{name!r}]", amount)
     if "num_returns" in options:
         n = options["num_returns"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_returns must be an integer >= 0, got {n!r}")
+        if n not in GENERATOR_RETURNS and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(
+                f"num_returns must be an integer >= 0, 'streaming' or 'dynamic', got {n!r}"
+            )
     if "max_retries" in options:
         n = options["max_retries"]
         if isinstance(n, bool) or not isinstance(n, int) or n < -1:
             raise ValueError(f"max_retries must be an integer >= -1 (-1: forever), got {n!r}")
-    if "retry_exceptions" in options and not isinstance(options["retry_exceptions"], bool):
-        raise TypeError(
-            f"retry_exceptions must be True or False, got {options['retry_exceptions']!r}"
-        )
+    if "retry_exceptions" in options:
+        retry = options["retry_exceptions"]
+        if not isinstance(retry, bool) and not (
+            isinstance(retry, list | tuple)
+            and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry)
+        ):
+            raise TypeError(
+                "retry_exceptions must be True, False or a list of exception classes, "
+                f"got {retry!r}"
+            )
+    if options.get("max_calls") is not None:
+        n = options["max_calls"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"max_calls must be an integer >= 0 (0: no limit), got {n!r}")
+    if options.get("accelerator_type") is not None:
+        kind = options["accelerator_type"]
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(
+                "accelerator_type must be a name such as "
+                f"taskgraph.util.accelerators.NVIDIA_A100 ('A100'), got {kind!r}"
+            )
     if "scheduling_strategy" in options:
         strategy_string(options["scheduling_strategy"])
     if "name" in options and options["name"] is not None and not isinstance(options["name"], str):
@@ -93,4 +121,22 @@ def task_resources(options: dict[str, Any], default_cpus: float = 1.0) -> dict[s
         resources["memory"] = float(options["memory"])
     for name, amount in (options.get("resources") or {}).items():
         resources[name] = float(amount)
+    if options.get("accelerator_type"):
+        # As in Ray: a sliver of the resource a worker with that accelerator
+        # offers (1 of it), so any number of such tasks fit there.
+        resources[ACCELERATOR_PREFIX + options["accelerator_type"]] = ACCELERATOR_SHARE
     return {k: v for k, v in resources.items() if v > 0}
+
+
+def default_max_calls(options: dict[str, Any]) -> int:
+    """How many tasks of a function one executor runs before it exits (0: no limit).
+
+    As in Ray: unlimited, but 1 for a task that uses GPUs, so that what a
+    library holds on the GPU until its process ends (TensorFlow's memory, a
+    CUDA context) is given back after each task. ``max_calls=0`` keeps the
+    process, and its GPU state, for the next task.
+    """
+    given = options.get("max_calls")
+    if given is not None:
+        return int(given)
+    return 1 if options.get("num_gpus") else 0

@@ -19,7 +19,7 @@ from taskgraph._client import Client
 from taskgraph._ids import return_ids
 from taskgraph._ids import task_id as make_task_id
 from taskgraph._object_io import INLINE_LIMIT
-from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
+from taskgraph._object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 
 FOREVER = 2**31 - 1
 
@@ -31,9 +31,12 @@ class _Prepared:
     name: str | None
     num_returns: int
     streaming: bool
+    dynamic: bool  # num_returns="dynamic": runs as DynamicGenerator(function)
     resources: dict[str, float]
     max_retries: int
     retry_exceptions: bool
+    retry_on: bytes  # retry_exceptions as a list: its classes, pickled
+    max_calls: int
     strategy: str
 
 
@@ -67,6 +70,7 @@ class RemoteFunction:
         self._is_generator = inspect.isgeneratorfunction(function)
         self._payload: bytes | None = None
         self._function_id = b""
+        self._dynamic: tuple[bytes, bytes] | None = None  # (id, payload) of its dynamic form
         self.__doc__ = function.__doc__
         self.__name__ = getattr(function, "__name__", "task")
         self.__wrapped__ = function
@@ -99,19 +103,38 @@ class RemoteFunction:
         client.export(self._function_id, self._payload)
         return self._function_id
 
+    def _export_dynamic(self, client: Client) -> bytes:
+        """The function id of ``DynamicGenerator(function)``, what a dynamic call runs."""
+        if self._dynamic is None:
+            what = f"the function {self._name!r}"
+            payload = serialization.dumps_function(
+                DynamicGenerator(self._function, self._name), what
+            )
+            self._dynamic = (serialization.function_id(payload), payload)
+        client.export(*self._dynamic)
+        return self._dynamic[0]
+
     def _prepare(self, options: dict[str, Any]) -> _Prepared:
         cached = self._prepared.get(id(options))
         if cached is not None and cached[0] is options:
             return cached[1]
-        streaming = self._is_generator and "num_returns" not in options
+        returns = options.get("num_returns", "streaming" if self._is_generator else 1)
+        streaming = returns == "streaming"
         retries = options.get("max_retries", _options.DEFAULT_MAX_RETRIES)
+        retry = options.get("retry_exceptions", False)
+        retry_on = b""
+        if isinstance(retry, list | tuple) and retry:
+            retry_on = serialization.dumps_function(tuple(retry), "retry_exceptions")
         prepared = _Prepared(
             name=options.get("name") or self._name,
-            num_returns=1 if streaming else options.get("num_returns", 1),
+            num_returns=1 if isinstance(returns, str) else returns,
             streaming=streaming,
+            dynamic=returns == "dynamic",
             resources=_options.task_resources(options),
             max_retries=FOREVER if retries == -1 else retries,
-            retry_exceptions=bool(options.get("retry_exceptions", False)),
+            retry_exceptions=bool(retry),
+            retry_on=retry_on,
+            max_calls=_options.default_max_calls(options),
             strategy=_options.strategy_string(options.get("scheduling_strategy")),
         )
         self._prepared[id(options)] = (options, prepared)
@@ -133,7 +156,7 @@ class RemoteFunction:
         self._check_arguments(args, kwargs)
         p = self._prepare(options)
         client = _api.client()
-        function_id = self._export(client)
+        function_id = self._export_dynamic(client) if p.dynamic else self._export(client)
         name = p.name or self._name
         data, nested, deps, held = encode_arguments(client, args, kwargs, name)
         base = client.new_id()
@@ -150,6 +173,8 @@ class RemoteFunction:
             resources=p.resources,
             max_retries=p.max_retries,
             retry_exceptions=p.retry_exceptions,
+            retry_on=p.retry_on,
+            max_calls=p.max_calls,
             strategy=p.strategy,
             parent=client.parent_task or b"",
             job=client.job,
@@ -162,6 +187,25 @@ class RemoteFunction:
         if streaming:
             return ObjectRefGenerator(task_id, refs, client)
         return refs
+
+
+class DynamicGenerator:
+    """What a ``num_returns="dynamic"`` task runs: the generator to its end, each item
+    put as it comes; it returns their refs (the last holds the error, if one was raised)."""
+
+    def __init__(self, function: Any, name: str) -> None:
+        self.function = function
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DynamicObjectRefGenerator:
+        client = _api.client()
+        refs: list[ObjectRef] = []
+        try:
+            for item in self.function(*args, **kwargs):
+                refs.append(client.put(item))
+        except Exception as exc:
+            refs.append(client.put_error(serialization.dumps_error(exc, self.name)))
+        return DynamicObjectRefGenerator(refs)
 
 
 def submit(client: Client, spec: w.TaskSpec) -> Any:

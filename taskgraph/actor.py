@@ -19,7 +19,7 @@ from typing import Any
 from taskgraph import _api, _options
 from taskgraph import _wire as w
 from taskgraph._ids import first_return, task_id
-from taskgraph._object_ref import ObjectRef
+from taskgraph._object_ref import ObjectRef, ObjectRefGenerator
 from taskgraph._remote_function import (
     FOREVER,
     RemoteFunction,
@@ -40,19 +40,36 @@ ACTOR_OPTIONS = {
     "lifetime",
     "get_if_exists",
     "scheduling_strategy",
+    "accelerator_type",
 }
 TERMINATE = "__taskgraph_terminate__"
+# A method's num_returns in the actor's method table when its calls stream
+# (a generator method, or num_returns="streaming"): each call returns an
+# ObjectRefGenerator.
+STREAMING = -1
 
 
-def method(*, num_returns: int = 1) -> Any:
-    """Declare a method's number of returns: ``@tg.method(num_returns=2)``."""
-    _options.validate({"num_returns": num_returns})
+def method(*, num_returns: int | str = 1) -> Any:
+    """Declare a method's number of returns: ``@tg.method(num_returns=2)``, or
+    ``"streaming"`` (a generator method's default: its calls return an ObjectRefGenerator)."""
+    _method_returns(num_returns)
 
     def decorate(function: Any) -> Any:
         function.__taskgraph_num_returns__ = num_returns
         return function
 
     return decorate
+
+
+def _method_returns(num_returns: Any) -> int:
+    """An actor method's num_returns as its table holds it (STREAMING for "streaming")."""
+    if num_returns == "dynamic":
+        raise ValueError(
+            "num_returns='dynamic' is for remote functions; an actor's generator method "
+            "streams its items: its calls return an ObjectRefGenerator"
+        )
+    _options.validate({"num_returns": num_returns})
+    return STREAMING if num_returns == "streaming" else int(num_returns)
 
 
 def _validate_actor_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +111,11 @@ class ActorClass:
         for name, member in inspect.getmembers(cls, predicate=callable):
             if name.startswith("__") and name != "__call__":
                 continue
-            self._methods[name] = getattr(member, "__taskgraph_num_returns__", 1)
+            generator = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
+            returns = getattr(member, "__taskgraph_num_returns__", None)
+            if returns is None:
+                returns = "streaming" if generator else 1
+            self._methods[name] = _method_returns(returns)
             try:
                 self._signatures[name] = inspect.signature(member)
             except (TypeError, ValueError):
@@ -127,6 +148,12 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A graph node that creates this actor each time its graph is executed."""
+        from taskgraph.dag import ClassNode
+
+        return ClassNode(self, args, kwargs, self._options)
 
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
@@ -227,6 +254,11 @@ class _BoundActorOptions:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._remote(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from taskgraph.dag import ClassNode
+
+        return ClassNode(self._actor_class, args, kwargs, self._options)
+
     def get_or_create(self, *args: Any, **kwargs: Any) -> ActorHandle:
         """The named actor if it exists, else a new one from these arguments: the older
         spelling of ``.options(name=..., get_if_exists=True).remote(...)``."""
@@ -325,14 +357,16 @@ class ActorMethod:
         )
 
     def options(self, **options: Any) -> _BoundMethodOptions:
-        unknown = sorted(set(options) - {"num_returns", "name"})
-        if unknown:
-            raise ValueError(f"unknown actor method option(s) {unknown}; valid: num_returns, name")
-        _options.validate(options)
-        return _BoundMethodOptions(self, options)
+        return _BoundMethodOptions(self, validate_method_options(options))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._remote(args, kwargs, {})
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A graph node that calls this actor each time its graph is executed."""
+        from taskgraph.dag import ClassMethodNode
+
+        return ClassMethodNode(self._handle, self._name, args, kwargs, {})
 
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
@@ -352,6 +386,7 @@ class ActorMethod:
         name = options.get("name") or f"{handle._class_name}.{self._name}"
         data, nested, deps, held = encode_arguments(client, args, kwargs, name)
         num_returns = options.get("num_returns", self._num_returns)
+        streaming = num_returns == STREAMING
         base = client.new_id()
         spec = w.TaskSpec(
             task_id=task_id(base),
@@ -360,11 +395,12 @@ class ActorMethod:
             args=data,
             deps=deps,
             nested=[*nested, handle._anchor.id],
-            num_returns=num_returns,
+            num_returns=1 if streaming else num_returns,
             resources={},
             parent=client.parent_task or b"",
             job=client.job,
             site=client.sites.here(),
+            generator=streaming,
             actor_id=handle._actor_id,
             method=self._name,
         )
@@ -372,6 +408,8 @@ class ActorMethod:
         del held  # the call holds them now
         if num_returns == 1:
             return refs[0]
+        if streaming:
+            return ObjectRefGenerator(spec.task_id, refs[0], client)
         return refs or None
 
 
@@ -382,6 +420,23 @@ class _BoundMethodOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._method._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from taskgraph.dag import ClassMethodNode
+
+        method = self._method
+        return ClassMethodNode(method._handle, method._name, args, kwargs, self._options)
+
+
+def validate_method_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Check an actor method call's ``.options(...)`` (num_returns as the method table's)."""
+    unknown = sorted(set(options) - {"num_returns", "name"})
+    if unknown:
+        raise ValueError(f"unknown actor method option(s) {unknown}; valid: num_returns, name")
+    _options.validate({k: v for k, v in options.items() if k != "num_returns"})
+    if "num_returns" in options:
+        options["num_returns"] = _method_returns(options["num_returns"])
+    return options
 
 
 class _ActorExit(BaseException):

@@ -65,6 +65,7 @@ class Executor:
         self.executor_id = executor_id
         self.pid = os.getpid()
         self.functions: dict[bytes, Any] = {}
+        self.retry_classes: dict[bytes, tuple[type[BaseException], ...]] = {}
         self.tasks = client.inbox
         self.running = False
         self.actor: ActorRuntime | None = None
@@ -411,6 +412,8 @@ class Executor:
             out = method(*args, **kwargs)
             if inspect.isawaitable(out):
                 out = await out
+            if spec.generator:
+                out = await self._stream_async(spec, out)
             clock.lap()
             result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
         except BaseException as exc:
@@ -437,12 +440,32 @@ class Executor:
             error=serialization.dumps_error(exc, spec.name),
             failure="task",
             error_type=type(exc).__name__,
+            no_retry=bool(spec.retry_on) and not self._retried_on(spec.retry_on, exc),
         )
+
+    def _retried_on(self, retry_on: bytes, exc: BaseException) -> bool:
+        """Whether ``exc`` is among a task's ``retry_exceptions`` (a list, pickled)."""
+        classes = self.retry_classes.get(retry_on)
+        if classes is None:
+            classes = self.retry_classes[retry_on] = serialization.loads_function(retry_on)
+        return isinstance(exc, classes)
 
     def _stream(self, spec: w.TaskSpec, items: Any) -> int:
         """Send each item of a generator task as it is produced; return the count."""
         count = 0
         for item in items:
+            oid = generator_item_id(spec.task_id, count)
+            value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
+            self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
+            count += 1
+        return count
+
+    async def _stream_async(self, spec: w.TaskSpec, items: Any) -> int:
+        """``_stream`` for an async actor's generator method (async or not)."""
+        if not inspect.isasyncgen(items):
+            return self._stream(spec, items)
+        count = 0
+        async for item in items:
             oid = generator_item_id(spec.task_id, count)
             value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
             self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))

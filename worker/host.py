@@ -3,10 +3,18 @@ CPU and memory use its heartbeats carry (the scheduler's /metrics)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 
 import psutil
+
+from taskgraph._options import ACCELERATOR_PREFIX
+
+# Ray's reading of an NVIDIA GPU's name: the first all-capitals word after the
+# maker ("Tesla V100-SXM2-16GB" -> "V100", "NVIDIA H100 80GB HBM3" -> "H100").
+_GPU_MODEL = re.compile(r"\w+\s+([A-Z0-9]+)")
 
 
 def default_resources(
@@ -22,6 +30,10 @@ def default_resources(
     gpus = num_gpus if num_gpus is not None else detect_gpus()
     if gpus:
         resources["GPU"] = float(gpus)
+        names = _gpu_names()
+        kind = accelerator_type_of(names[0]) if names else None
+        if kind:  # as Ray's workers do: accelerator_type="A100" runs here
+            resources[ACCELERATOR_PREFIX + kind] = 1.0
     for name, amount in (custom or {}).items():
         if name in ("CPU", "GPU"):
             raise ValueError(f"set {name} with --num-{name.lower()}s, not in custom resources")
@@ -33,17 +45,33 @@ def detect_gpus() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
+    return len(_gpu_names())
+
+
+@functools.cache
+def _gpu_names() -> list[str]:
+    """The names of this host's NVIDIA GPUs (one nvidia-smi run); [] without any."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
-        return 0
-    return len([line for line in out.stdout.splitlines() if line.strip()])
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def accelerator_type_of(gpu_name: str) -> str | None:
+    """The accelerator type a GPU's name says, as Ray reads it (``NVIDIA_A100``'s "A100");
+    a name without such a word (a GeForce card) gives its words joined by hyphens."""
+    match = _GPU_MODEL.match(gpu_name)
+    if match and len(match.group(1)) > 1:
+        return match.group(1)
+    cleaned = re.sub(r"^NVIDIA\s+", "", gpu_name).strip()
+    return cleaned.replace(" ", "-") or None
 
 
 def system_stats() -> dict[str, float]:

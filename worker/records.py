@@ -133,6 +133,7 @@ class ExecutorState(StrEnum):
     IDLE = "idle"  # in the pool, running nothing
     BUSY = "busy"  # running a task (and maybe holding a few more behind it)
     ACTOR = "actor"  # a dedicated actor process: never idle, never in the pool
+    RETIRING = "retiring"  # ran a function max_calls times: asked to exit, runs nothing more
     DEAD = "dead"  # exited (then forgotten)
 
 
@@ -142,10 +143,14 @@ EXECUTOR_TRANSITIONS: dict[tuple[str, str], str] = {
     (ExecutorState.STARTING, ExecutorState.ACTOR): "an actor's process connected",
     (ExecutorState.IDLE, ExecutorState.BUSY): "it was handed a task",
     (ExecutorState.BUSY, ExecutorState.IDLE): "its last task reported, or came back unstarted",
+    (ExecutorState.IDLE, ExecutorState.RETIRING): (
+        "it reported its function's `max_calls`-th task: it is asked to exit (`Shutdown`)"
+    ),
     (ExecutorState.STARTING, ExecutorState.DEAD): "it exited before it connected",
     (ExecutorState.IDLE, ExecutorState.DEAD): "it exited (or was stopped)",
     (ExecutorState.BUSY, ExecutorState.DEAD): "it crashed or was killed while running",
     (ExecutorState.ACTOR, ExecutorState.DEAD): "its actor ended or died",
+    (ExecutorState.RETIRING, ExecutorState.DEAD): "it exited (a new one takes its place)",
 }
 STORY_LENGTH = 10_000  # executor state changes kept
 
@@ -171,6 +176,7 @@ class Executor:
     backlog: list[w.Assignment] = field(default_factory=list)  # calls before it started
     hold_cpus: float = 0.0  # an actor's CPUs once its constructor returned
     ending: str = ""  # the actor said it ends on purpose, and why (ActorEnds)
+    calls: dict[bytes, int] = field(default_factory=dict)  # runs of max_calls functions here
 
     @property
     def task(self) -> bytes | None:

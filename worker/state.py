@@ -14,6 +14,7 @@ from it raises, and each is logged with the event that caused it:
 ``WorkerState.story``)::
 
     starting ──▶ idle ◀──▶ busy
+        │          └──▶ retiring   (ran a function max_calls times)
         └──▶ actor
     (any) ──▶ dead
 
@@ -219,8 +220,22 @@ class WorkerState:
             self.durations[fid] = (
                 result.duration if mean is None else 0.8 * mean + 0.2 * result.duration
             )
+        spec = ex.tasks[0].spec
         self._finish(ex)
-        return [ToScheduler(w.TasksDone([result]))]
+        out: list[Instruction] = [ToScheduler(w.TasksDone([result]))]
+        if spec.max_calls:
+            out.extend(self._count_call(ex, spec))
+        return out
+
+    def _count_call(self, ex: Executor, spec: w.TaskSpec) -> list[Instruction]:
+        """A task of a function with ``max_calls`` ran here: at the last allowed, the
+        process exits (Ray's max_calls). Nothing waits behind such a task (_short),
+        so the executor is idle now."""
+        calls = ex.calls[spec.function_id] = ex.calls.get(spec.function_id, 0) + 1
+        if calls < spec.max_calls:
+            return []
+        self._set_state(ex, ExecutorState.RETIRING, "max_calls")
+        return [ToExecutor(ex.executor_id, w.Shutdown())]
 
     def _finish(self, ex: Executor) -> None:
         """The running task is over; the next one waiting in the executor starts."""
@@ -443,7 +458,13 @@ class WorkerState:
     def _short(self, a: w.Assignment) -> bool:
         """May wait in an executor behind another (and another behind it)."""
         mean = self.durations.get(a.spec.function_id)
-        return mean is not None and mean < SHORT_TASK and not a.gpu_ids and not a.spec.generator
+        return (
+            mean is not None
+            and mean < SHORT_TASK
+            and not a.gpu_ids
+            and not a.spec.generator
+            and not a.spec.max_calls
+        )
 
     def _fits(self, a: w.Assignment, used: float) -> bool:
         cpus = a.spec.resources.get("CPU", 0.0)
@@ -518,6 +539,8 @@ class WorkerState:
             if ex.state == "busy":
                 assert ex.task is not None and self.running.get(ex.task) == ex.executor_id
                 assert len(ex.tasks) <= self.prefetch
+                # A task of a max_calls function runs alone (its executor may exit after it).
+                assert len(ex.tasks) == 1 or not any(a.spec.max_calls for a in ex.tasks)
             else:
                 assert ex.task is None
         if self.queue and self._fits(self.queue[0], self.cpus_used):

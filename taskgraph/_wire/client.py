@@ -32,6 +32,9 @@ class PutObject(Msg):
     location: Location | None = None
     contains: list[bytes] = []
     site: int = 0  # where the user's code put it (CallSite)
+    # An object that holds an error (a num_returns="dynamic" generator's last
+    # item, when it raised): no data, and getting it raises.
+    error: bytes | None = None
 
 
 class CallSite(Msg):

@@ -120,6 +120,12 @@ class TaskSpec(Msg):
     # is not that driver: a task's tasks. Empty: the submitter's own.
     job: bytes = b""
     site: int = 0  # where the user's code submitted it (CallSite; 0: not known)
+    # retry_exceptions given as a list: those exception classes, pickled; the
+    # executor says when what the task raised is none of them (no_retry).
+    retry_on: bytes = b""
+    # An executor runs this function at most max_calls times, then exits and is
+    # replaced (worker/state.py). 0: no limit.
+    max_calls: int = 0
 
 
 def is_lease(spec: TaskSpec) -> bool:
@@ -158,3 +164,4 @@ class TaskResult(Msg):
     # returns stored). Fewer when it failed before the end.
     phases: list[float] = []
     error_type: str = ""  # the class name of the exception the task raised
+    no_retry: bool = False  # what it raised is not among its retry_exceptions (TaskSpec.retry_on)
