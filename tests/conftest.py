@@ -53,6 +53,7 @@ __all__ = [  # what test modules take from here besides fixtures
     "descendants",
     "direct_children",
     "get_json",
+    "processes_with_state_dir",
     "running_processes",
     "screenshot_on_failure",
     "segments",
@@ -169,6 +170,22 @@ def screenshot_on_failure(page: Any, folder: Path) -> Iterator[None]:
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot of the page: {path}")
         raise
+
+
+def processes_with_state_dir(state_dir: Path) -> list[psutil.Process]:
+    """Every live process whose environment names ``state_dir`` as its
+    ``TASKGRAPH_STATE_DIR``: all that a CLI started for it, children included."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if (
+                proc.environ().get("TASKGRAPH_STATE_DIR") == str(state_dir)
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
 
 
 def running_processes(procs: list[psutil.Process]) -> list[psutil.Process]:

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import processes_with_state_dir, wait_for
 from taskgraph.worker import store
 
 pytestmark = pytest.mark.cluster
@@ -87,17 +87,7 @@ class Cli:
 
     def processes(self) -> list[psutil.Process]:
         """Every live process started for this state directory (children included)."""
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if (
-                    proc.environ().get("TASKGRAPH_STATE_DIR") == str(self.state_dir)
-                    and proc.status() != psutil.STATUS_ZOMBIE
-                ):
-                    found.append(proc)
-            except psutil.Error:
-                pass
-        return found
+        return processes_with_state_dir(self.state_dir)
 
     def records(self, kind: str = "*") -> list[dict[str, Any]]:
         if not self.state_dir.exists():

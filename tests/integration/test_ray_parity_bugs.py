@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import taskgraph as tg
-from conftest import _checked_cluster, alive, wait_for
+from conftest import _checked_cluster, alive, processes_with_state_dir, wait_for
 from taskgraph.exceptions import ActorDiedError, ObjectLostError, TaskError
 from taskgraph.util.state import list_actors, list_objects, list_tasks
 
@@ -321,17 +321,8 @@ class Shell:
         )
 
     def processes(self) -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if (
-                    proc.environ().get("TASKGRAPH_STATE_DIR") == str(self.state_dir)
-                    and proc.status() != psutil.STATUS_ZOMBIE
-                ):
-                    found.append(proc)
-            except psutil.Error:
-                pass
-        return found
+        """Every live process started for this state directory (children included)."""
+        return processes_with_state_dir(self.state_dir)
 
 
 @pytest.fixture
