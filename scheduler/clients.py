@@ -23,7 +23,7 @@ from taskgraph import _wire as w
 from taskgraph._ids import client_of, generator_item_id, return_ids, task_of
 from taskgraph.exceptions import ObjectLostError, TaskCancelledError
 
-from . import channels, objects
+from . import channels, lineage, objects
 from .actors import is_call
 from .records import ClientRec, Obj, Task, error_bytes
 
@@ -176,6 +176,12 @@ def _on_want(state: SchedulerState, client: ClientRec, msg: w.WantObjects) -> No
         state.send_client(client.client_id, w.ObjectsReady(values))
 
 
+def _on_unreadable(state: SchedulerState, client: ClientRec, msg: w.ObjectUnreadable) -> None:
+    obj = state.objects.get(msg.object_id)
+    if obj is not None:
+        lineage.copy_unreadable(state, obj, msg.worker_id)
+
+
 def _on_generator_item(state: SchedulerState, client: ClientRec, msg: w.GeneratorItem) -> None:
     task = state.tasks.get(msg.task_id)
     if task is None or task.state != "processing" or not task.spec.generator:
@@ -293,6 +299,7 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     w.AcquireRefs: _on_acquire,
     w.ReleaseRefs: _on_release,
     w.WantObjects: _on_want,
+    w.ObjectUnreadable: _on_unreadable,
     w.CancelTasks: _on_cancel,
     w.GeneratorItem: _on_generator_item,
     w.TaskBlocked: _on_blocked,

@@ -8,7 +8,8 @@ that wait for it and moves on the tasks that take it as an argument.
 Each object counts its holders (``refs``): clients holding a ref, unfinished
 tasks that take it as an argument, and stored objects that contain it. At
 zero holders a finished object is freed, its bytes in workers' stores with
-it, and what it contains loses a holder in turn.
+it, and what it contains loses a holder in turn (its record may stay a
+while, to make again what was made from it: ``lineage.py``).
 
 Plain functions over ``SchedulerState``, pure like it: they read and change
 its records and speak only through its outbox (``send_client``,
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from taskgraph import _wire as w
 from taskgraph._ids import is_first_return, task_of
 
+from . import lineage
 from .records import Obj
 from .story import OBJECT_TRANSITIONS, check
 
@@ -150,3 +152,4 @@ def free(state: SchedulerState, obj: Obj) -> None:
             freed = _drop_ref(state, inner)
             if freed is not None:
                 doomed.append(freed)
+        lineage.released(state, obj)

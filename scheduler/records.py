@@ -119,6 +119,14 @@ class Obj:
     dependents: list[Task] = field(default_factory=list)
     copies: dict[str, w.Location] = field(default_factory=dict)  # pulled by other workers
     site: str = ""  # where the user's code made it (file.py:function:line; "": not known)
+    # How to make it again if its every copy is lost (scheduler/lineage.py): the
+    # task that made it (None: a put, or a task that may not run again, and why
+    # in ``no_rebuild``), how many more times it may, and how many objects' such
+    # tasks take it as an argument (while any does, its record outlives its value).
+    lineage: w.TaskSpec | None = None
+    rebuilds_left: int = 0
+    no_rebuild: str = ""
+    lineage_refs: int = 0
 
     def as_value(self) -> w.Value:
         return w.Value(self.id, data=self.data, location=self.location, error=self.error)

@@ -45,7 +45,7 @@ from taskgraph import _wire as w
 from taskgraph._ids import return_ids
 from taskgraph.exceptions import ObjectLostError
 
-from . import clients, objects, placement, views, workers
+from . import clients, lineage, objects, placement, views, workers
 from .actors import Actors, is_call
 from .history import KEEP, TaskHistory
 from .records import (  # (the events and records are also taken from here: __all__)
@@ -105,6 +105,9 @@ class SchedulerState:
         ("waiting", "erred"): "_to_erred",
         ("waiting", "cancelled"): "_to_cancelled",
         ("ready", "processing"): "_to_processing",
+        # An argument became pending again (lost, and being made again: lineage.py).
+        ("ready", "waiting"): "_to_waiting_again",
+        ("processing", "waiting"): "_to_waiting_again",
         ("ready", "erred"): "_to_erred",
         ("ready", "cancelled"): "_to_cancelled",
         ("processing", "memory"): "_to_memory",
@@ -134,6 +137,9 @@ class SchedulerState:
         self.clock_offset = clock_offset
         self.tasks: dict[bytes, Task] = {}
         self.objects: dict[bytes, Obj] = {}
+        # Objects no one holds, their values freed, whose records are kept to
+        # make again what was made from them (scheduler/lineage.py).
+        self.released: dict[bytes, Obj] = {}
         self.workers: dict[str, WorkerRec] = {}
         self.clients: dict[bytes, ClientRec] = {}
         self.functions: dict[bytes, bytes] = {}
@@ -158,6 +164,7 @@ class SchedulerState:
         self._methods = {pair: getattr(self, name) for pair, name in self.TRANSITIONS.items()}
         self.reports_asked_for = 0  # ReadReports sent (a waiter on a channel task)
         self.tasks_finished = 0
+        self.tasks_rebuilt = 0  # run again to make objects lost with their node
         self._out: dict[tuple[str, Any], list[Any]] = {}
         self._assignments: dict[str, list[w.Assignment]] = {}
         self._dirty = False  # capacity or ready tasks changed: try to place
@@ -171,13 +178,17 @@ class SchedulerState:
     def handle(self, *events: Event) -> list[Send]:
         for event in events:
             self._dispatch_event(event)
-            while self.failing:
-                task, error = self.failing.popleft()
-                if task.state in ("waiting", "ready"):
-                    self.transition(task, "erred", error)
+            self._fail_dependents()
         if self._dirty:
             self._schedule()
+            self._fail_dependents()  # (placement fails a task whose argument was lost)
         return self._drain()
+
+    def _fail_dependents(self) -> None:
+        while self.failing:
+            task, error = self.failing.popleft()
+            if task.state in ("waiting", "ready"):
+                self.transition(task, "erred", error)
 
     def _dispatch_event(self, event: Event) -> None:
         self.stimulus = (type(event).__name__,)
@@ -277,6 +288,16 @@ class SchedulerState:
     def _to_waiting(self, task: Task) -> None:
         task.state = "waiting"
 
+    def _to_waiting_again(self, task: Task) -> None:
+        """Its arguments that are pending again (lost, being made again) hold it back."""
+        task.state = "waiting"
+        task.worker = None
+        for oid in task.spec.deps:
+            obj = self.objects[oid]
+            if obj.state == "pending" and oid not in task.waiting_on:
+                task.waiting_on.add(oid)
+                obj.dependents.append(task)
+
     def _to_ready(self, task: Task) -> None:
         task.state = "ready"
         if is_call(task.spec):
@@ -357,7 +378,13 @@ class SchedulerState:
         worker = self.workers.get(task.worker or "")
         for ret in result.returns:
             obj = self.objects.get(ret.object_id)
-            if obj is None:
+            if obj is None or obj.state != "pending":
+                # Freed meanwhile, or a task run again for another of its returns
+                # (lineage.py) while this one lives on: the new copy has no holder.
+                if ret.location is not None and worker is not None:
+                    kept = obj.location if obj is not None else None
+                    if kept is None or kept.worker_id != worker.worker_id:
+                        self.send_worker(worker.worker_id, w.FreeObjects([ret.object_id]))
                 continue
             if result.delivered:
                 obj.waiters.discard(task.owner)  # the executor handed it over already
@@ -366,7 +393,9 @@ class SchedulerState:
             obj.location = ret.location
             if ret.location is not None and worker is not None:
                 worker.segments[ret.object_id] = ret.location.store
-            objects.hold_contained(self, obj, ret.contains)
+            if not obj.contains:  # (made again, it still holds what it held)
+                objects.hold_contained(self, obj, ret.contains)
+            lineage.remember(self, task, obj)
             objects.done(self, obj)
         self._forget(task)
 
@@ -474,6 +503,10 @@ class SchedulerState:
                     queue.popleft()  # cancelled or failed while queued
                     continue
                 local = self._local_bytes(task)
+                if local is None:  # an argument was lost since it became ready
+                    queue.popleft()
+                    self._argument_lost(task)
+                    continue
                 worker = placement.choose_worker(
                     task.need, task.spec.strategy, workers, local, self._queue_depth(task)
                 )
@@ -485,6 +518,16 @@ class SchedulerState:
                 gpu_ids = placement.pick_gpus(task.need.get("GPU", 0.0), worker.gpu_free) or []
                 self.transition(task, "processing", worker, gpu_ids)
         self._dirty = False
+
+    def _argument_lost(self, task: Task) -> None:
+        """A ready task's argument was lost: it waits while the argument is made
+        again (lineage.py), or fails with the argument's error."""
+        args = [self.objects[oid] for oid in task.spec.deps]
+        if any(obj.state == "pending" for obj in args):
+            self.transition(task, "waiting")
+            return
+        failed = next(obj for obj in args if obj.state == "error")
+        self.transition(task, "erred", failed.error)
 
     def _revoke_leases(self, waiting: Task) -> None:
         """A task waits for resources: leases held on workers that could run it end.
@@ -514,10 +557,14 @@ class SchedulerState:
         mean = self.durations.get(task.spec.function_id)
         return placement.queue_depth_for(mean, self.queue_depth)
 
-    def _local_bytes(self, task: Task) -> dict[str, int]:
+    def _local_bytes(self, task: Task) -> dict[str, int] | None:
+        """Bytes of the task's arguments on each worker; None if one is not ready
+        (lost since the task became ready: being made again, or failed)."""
         local: dict[str, int] = {}
         for oid in task.spec.deps:
             obj = self.objects[oid]
+            if obj.state != "ready":
+                return None
             if obj.location is not None:
                 for loc in (obj.location, *obj.copies.values()):
                     local[loc.worker_id] = local.get(loc.worker_id, 0) + loc.size

@@ -37,6 +37,7 @@ class ObjectState(StrEnum):
     PENDING = "pending"  # its task has not made it yet
     READY = "ready"  # a value (inline, or in a store)
     ERROR = "error"  # its task failed, or it was lost: the error is its value
+    RELEASED = "released"  # no holder left, its value freed; kept to rebuild what was made from it
 
 
 class ActorState(StrEnum):
@@ -53,7 +54,22 @@ OBJECT_TRANSITIONS: dict[tuple[str, str], str] = {
     (ObjectState.PENDING, ObjectState.READY): "its task finished",
     (ObjectState.PENDING, ObjectState.ERROR): "its task failed or was cancelled",
     (ObjectState.READY, ObjectState.ERROR): (
-        "its every copy was lost (its worker left): the error is `ObjectLostError`"
+        "its every copy was lost (its worker left) and it cannot be made again: "
+        "`ObjectLostError` for a `put()`, `ObjectReconstructionFailedError` with the reason "
+        "for a task's result"
+    ),
+    (ObjectState.READY, ObjectState.PENDING): (
+        "its every copy was lost and something holds it: its task runs again (lineage)"
+    ),
+    (ObjectState.READY, ObjectState.RELEASED): (
+        "no holder is left, but an object made from it still may need rebuilding: its value "
+        "is freed, its record (the task that made it) kept"
+    ),
+    (ObjectState.ERROR, ObjectState.RELEASED): (
+        "no holder is left, and an object made from it still names it (its record stays)"
+    ),
+    (ObjectState.RELEASED, ObjectState.PENDING): (
+        "an object made from it was lost and its task needs it: its task runs again"
     ),
 }
 ACTOR_TRANSITIONS: dict[tuple[str, str], str] = {

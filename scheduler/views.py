@@ -118,6 +118,10 @@ def statistics(state: SchedulerState) -> dict[str, Any]:
         "reports_asked_for": state.reports_asked_for,
         "reports_through_pipes": sum(rec.piped_reports for rec in state.workers.values()),
         "objects": len(state.objects),
+        # Lineage (scheduler/lineage.py): tasks run again to make lost objects, and
+        # records of freed objects kept to make again what was made from them.
+        "tasks_rebuilt": state.tasks_rebuilt,
+        "objects_released": len(state.released),
         "workers": len(state.workers),
         "clients": len(state.clients),
         "transitions": state.transition_count,
@@ -197,6 +201,7 @@ def validate(state: SchedulerState) -> None:
         else:
             assert obj.refs > 0, "finished object with no holder was not freed"
             assert not obj.waiters and not obj.dependents
+    _validate_lineage(state)
     state.actors.holds(refs)
     for oid, count in refs.items():
         assert state.objects[oid].refs == count, (
@@ -232,6 +237,25 @@ def validate(state: SchedulerState) -> None:
                     )
                     assert chosen is None, "a ready task fits a worker but was not placed"
                     break
+
+
+def _validate_lineage(state: SchedulerState) -> None:
+    """Released records are held by lineage alone; each counts the remembered
+    tasks that name it (scheduler/lineage.py)."""
+    named: dict[bytes, int] = {}
+    for obj in (*state.objects.values(), *state.released.values()):
+        if obj.lineage is not None:
+            for oid in obj.lineage.deps:
+                named[oid] = named.get(oid, 0) + 1
+    for obj in state.released.values():
+        assert obj.id not in state.objects, "an object both live and released"
+        assert obj.state == "released" and obj.refs == 0, "a released object is held"
+        assert obj.location is None and obj.data is None, "a released object has a value"
+    for obj in (*state.objects.values(), *state.released.values()):
+        assert obj.lineage_refs == named.get(obj.id, 0), (
+            f"object {obj.id.hex()} counts {obj.lineage_refs} tasks naming it, has "
+            f"{named.get(obj.id, 0)}"
+        )
 
 
 def _sum_resources(parts: Iterable[dict[str, float]]) -> dict[str, float]:

@@ -3,8 +3,9 @@
 A worker joins with its resources and leaves when its connection drops or
 its heartbeats stop (``check_heartbeats`` on each ``Tick``). What ran there
 is lost with it: a running task is retried while it may be (``lost``), an
-object whose only copy was there fails with ``ObjectLostError``, and the
-clients it relayed (its executors) leave with it.
+object whose only copy was there is made again by running its task again
+(``lineage.py``) or fails, and the clients it relayed (its executors) leave
+with it.
 
 What a worker sends: task reports (``task_done``: a result, a failure or a
 crash, decided here), copies of objects it pulled, its actors' starts and
@@ -24,13 +25,13 @@ import msgspec
 from taskgraph import _wire as w
 from taskgraph.exceptions import (
     NodeDiedError,
-    ObjectLostError,
     TaskCancelledError,
     TaskgraphError,
     WorkerCrashedError,
 )
 
-from . import channels, clients, objects
+from . import channels, clients, lineage
+from .actors import is_call
 from .records import ClientRec, Task, WorkerRec, error_bytes
 
 if TYPE_CHECKING:
@@ -132,6 +133,9 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
             )
         state.transition(task, "memory", result)
         return
+    if result.failure == "input" and not task.cancel_requested:
+        _input_lost(state, task, result)
+        return
     if result.failure == "cancelled" or task.cancel_requested:
         err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
         state.transition(task, "cancelled", err)
@@ -148,6 +152,32 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
                 WorkerCrashedError(f"task '{task.spec.name}' failed without an error")
             )
         state.transition(task, "erred", error)
+
+
+def _input_lost(state: SchedulerState, task: Task, result: w.TaskResult) -> None:
+    """The task could not read an argument: its copy is gone (its holder left,
+    maybe before we heard). The task waits while it is made again, runs again
+    where another copy is, or fails as the argument did. Not a retry of its own."""
+    obj = state.objects.get(result.lost)
+    if obj is None or result.lost not in task.spec.deps or is_call(task.spec):
+        # (an actor's call fails: its place in the actor's order cannot wait)
+        state.transition(task, "erred", result.error)
+        return
+    task.worker = None
+    if task.spec.channel:  # it came down a lease: from now on it is placed as any task
+        running = state.lease_tasks.get(task.spec.channel)
+        if running is not None:
+            running.discard(task.id)
+        task.spec = msgspec.structs.replace(task.spec, channel=b"")
+        task.need = dict(task.spec.resources)
+    if obj.state == "ready" and obj.location is not None:
+        lineage.copy_unreadable(state, obj, obj.location.worker_id)
+    if obj.state == "pending":
+        state.transition(task, "waiting")
+    elif obj.state == "ready":
+        state.transition(task, "ready")
+    else:
+        state.transition(task, "erred", obj.error)
 
 
 def left(state: SchedulerState, worker_id: str, reason: str) -> None:
@@ -168,6 +198,7 @@ def left(state: SchedulerState, worker_id: str, reason: str) -> None:
             f"the worker {worker_id} running task '{task.spec.name}' left the cluster ({reason})"
         )
         lost(state, task, why)
+    gone = []
     for oid in list(worker.segments):
         obj = state.objects.get(oid)
         if obj is None:
@@ -178,9 +209,9 @@ def left(state: SchedulerState, worker_id: str, reason: str) -> None:
         if obj.copies:  # another worker pulled a copy: it becomes the original
             obj.location = obj.copies.pop(next(iter(obj.copies)))
             continue
-        error = ObjectLostError(oid.hex(), f"the worker {worker_id} that held it left")
         obj.location = None
-        objects.failed(state, obj, error_bytes(error))
+        gone.append(obj)
+    lineage.lost(state, gone, worker_id)  # made again, or failed
     state.wake_placement()
 
 

@@ -71,6 +71,7 @@ class ClientStatistics:
     direct_actor_calls: int  # actor calls sent straight to the actor's process
     results_direct: int  # values handed over by an executor on this host
     results_via_scheduler: int  # values the scheduler sent
+    values_read_again: int  # values whose copy was gone when read, then read again (lineage)
     awaiting_channels: int  # returns whose values are awaited from a channel now
     open_leases: int  # leased executors serving this client now
     direct_actors: int  # actors this client calls directly now
@@ -83,6 +84,7 @@ class _Counts:
     direct_actor_calls: int = 0
     results_direct: int = 0
     results_via_scheduler: int = 0
+    values_read_again: int = 0
 
 
 class Client(Waiting):

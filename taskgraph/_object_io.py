@@ -26,6 +26,16 @@ from taskgraph.settings import settings
 INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 
 
+class Unreadable(ObjectLostError):
+    """An object's copy could not be read where the scheduler said it was: its
+    holder is gone. Readers tell the scheduler (``ObjectUnreadable``), which
+    counts that copy lost and has the object made again (scheduler/lineage.py)."""
+
+    def __init__(self, object_id: bytes, worker_id: str, reason: str) -> None:
+        super().__init__(object_id.hex(), reason)
+        self.worker_id = worker_id
+
+
 def host_id() -> str:
     """Processes with the same host id share /dev/shm.
 
@@ -83,27 +93,32 @@ class ObjectIO:
         return w.ReturnValue(oid, location=location, contains=contains)
 
     def decode(self, value: w.Value) -> Any:
-        """The value itself (its error raised)."""
+        """The value itself (its error raised; ``Unreadable`` if its copy is gone)."""
         if value.error is not None:
             raise serialization.loads_error(value.error)
         if value.location is not None:
-            from taskgraph.worker import transfer
-
-            location = value.location
-            if location.host != self.host:
-                here = self._copy_here(value.object_id, location)
-                if here is None:
-                    return transfer.pull_into_memory(location, self.token, value.object_id)
-                location = here
             try:
-                return self.store_for(location.worker_id, location.store).read(value.object_id)
-            except (OSError, ConnectionError) as exc:
-                self._forget_store(location.store)
-                raise ObjectLostError(
-                    value.object_id.hex(), f"the worker daemon holding it is gone ({exc})"
-                ) from exc
+                return self._read(value.object_id, value.location)
+            except ObjectLostError as exc:
+                raise Unreadable(value.object_id, value.location.worker_id, exc.reason) from exc
         assert value.data is not None
         return serialization.loads(value.data)
+
+    def _read(self, object_id: bytes, location: w.Location) -> Any:
+        from taskgraph.worker import transfer
+
+        if location.host != self.host:
+            here = self._copy_here(object_id, location)
+            if here is None:
+                return transfer.pull_into_memory(location, self.token, object_id)
+            location = here
+        try:
+            return self.store_for(location.worker_id, location.store).read(object_id)
+        except (OSError, ConnectionError) as exc:
+            self._forget_store(location.store)
+            raise ObjectLostError(
+                object_id.hex(), f"the worker daemon holding it is gone ({exc})"
+            ) from exc
 
     def local_worker(self) -> w.WorkerInfo | None:
         for info in self.workers:

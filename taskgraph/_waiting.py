@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
+from taskgraph._object_io import Unreadable
 from taskgraph._object_ref import ObjectRef
 from taskgraph.exceptions import ClusterConnectionError, GetTimeoutError
 
 if TYPE_CHECKING:
+    from taskgraph._client import _Counts
     from taskgraph._leases import Leases
     from taskgraph._object_io import ObjectIO
+
+# Times get() reads an object again after its copy was found gone (each time the
+# scheduler counts that copy lost, and has it made again at most max_retries times).
+REREADS = 20
 
 
 class Waiter:
@@ -50,6 +57,7 @@ class Waiting:
     _urgent: bool
     broken: str | None
     leases: Leases | None
+    _stats: _Counts
     objects: ObjectIO
 
     def _queue(self, msg: Any, wake: bool = True, urgent: bool = True) -> None:
@@ -157,8 +165,28 @@ class Waiting:
             self.leases.got(unique)
         with self._lock:
             values = [self._values[o] for o in oids]
-        decode = self.objects.decode
-        return [decode(v) for v in values]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [self._decode(v, deadline) for v in values]
+
+    def _decode(self, value: w.Value, deadline: float | None) -> Any:
+        """A value, read again (from another copy, or once the scheduler has made
+        it again) if the copy we were told of is gone."""
+        for _ in range(REREADS):
+            try:
+                return self.objects.decode(value)
+            except Unreadable as exc:
+                oid = value.object_id
+                with self._lock:
+                    if self._values.get(oid) is value:
+                        del self._values[oid]
+                    self._queue(w.ObjectUnreadable(oid, exc.worker_id), wake=False)
+                    self._stats.values_read_again += 1
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self.wait_values([oid], 1, timeout) is None:
+                    raise GetTimeoutError(timeout, 1) from exc
+                with self._lock:
+                    value = self._values[oid]
+        return self.objects.decode(value)
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()

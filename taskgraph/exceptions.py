@@ -12,6 +12,7 @@ This module knows nothing of sockets, the scheduler or serialization formats.
      ├── WorkerCrashedError         the worker process running a task died
      ├── NodeDiedError              a node (or the worker on it) left the cluster
      ├── ObjectLostError            an object's every copy is gone
+     │    └── ObjectReconstructionFailedError   ... and running its task again could not make it
      ├── ObjectStoreFullError       an object does not fit in a node's object store
      ├── OutOfMemoryError           a task was killed because its node ran out of memory
      ├── ActorError                 an actor could not run a call
@@ -47,6 +48,7 @@ __all__ = [
     "GetTimeoutError",
     "NodeDiedError",
     "ObjectLostError",
+    "ObjectReconstructionFailedError",
     "ObjectStoreFullError",
     "OutOfMemoryError",
     "ProtocolError",
@@ -428,11 +430,20 @@ class ObjectLostError(TaskgraphError):
         self.object_id = object_id
         self.reason = reason
         which = f"Object {object_id}" if object_id else "An object"
-        why = f" ({reason})" if reason else ""
-        super().__init__(
-            f"{which} is lost{why} and cannot be fetched. "
-            "Keep a reference to objects you still need, or compute the value again."
-        )
+        why = f": {reason}" if reason else ""
+        super().__init__(f"{which} is lost{why}.")
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """An object's every copy is gone and running its task again could not make
+    it: the reason says why (the task may not run again, or has no retries left,
+    or an argument it needs is gone for good)."""
+
+    def __init__(self, object_id: str = "", reason: str = "") -> None:
+        super().__init__(object_id, reason)
+        which = f"Object {object_id}" if object_id else "An object"
+        why = f": {reason}" if reason else ""
+        self.args = (f"{which} is lost and could not be made again{why}.",)
 
 
 class ObjectStoreFullError(TaskgraphError):

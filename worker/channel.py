@@ -361,8 +361,10 @@ class Caller(Channel):
 
 def direct_answer(result: w.TaskResult) -> w.DirectResult:
     """What a channel task's caller gets straight from its executor: the values,
-    unless they hold refs (the caller then asks the scheduler, which holds those)."""
-    if any(r.contains for r in result.returns):
+    unless they hold refs (the caller then asks the scheduler, which holds those)
+    or an argument could not be read (the scheduler runs it again once the
+    argument is made again)."""
+    if result.failure == "input" or any(r.contains for r in result.returns):
         return w.DirectResult(w.TaskResult(result.task_id), via_scheduler=True)
     return w.DirectResult(result)
 

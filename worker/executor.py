@@ -41,7 +41,7 @@ from taskgraph._ids import generator_item_id, return_ids
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
 from taskgraph.actor import _ActorExit
-from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
 
 from . import output
@@ -56,6 +56,15 @@ class _Cancelled(BaseException):
 
 
 ORPHAN_GRACE = 1.0  # seconds a running task outlives its daemon before the process ends
+
+
+class _InputLost(Exception):
+    """A task's argument could not be read: its copy is gone with its holder."""
+
+    def __init__(self, object_id: bytes, error: ObjectLostError) -> None:
+        super().__init__(object_id.hex())
+        self.object_id = object_id
+        self.error = error
 
 
 class Executor:
@@ -425,6 +434,14 @@ class Executor:
 
     def _failed(self, a: w.Assignment, exc: BaseException) -> w.TaskResult:
         spec = a.spec
+        if isinstance(exc, _InputLost):  # (the scheduler has it made again: lineage)
+            return w.TaskResult(
+                spec.task_id,
+                error=pickle.dumps(exc.error),
+                failure="input",
+                error_type=type(exc.error).__name__,
+                lost=exc.object_id,
+            )
         if isinstance(exc, _Cancelled):
             err = TaskCancelledError(spec.name, spec.task_id.hex())
             return w.TaskResult(spec.task_id, error=pickle.dumps(err), failure="cancelled")
@@ -474,7 +491,13 @@ class Executor:
 
     def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
         if isinstance(value, ObjectRef):
-            return self.client.objects.decode(inputs[value.id])
+            given = inputs[value.id]
+            try:
+                return self.client.objects.decode(given)
+            except ObjectLostError as exc:
+                if given.error is not None:
+                    raise  # the argument failed: that is its value
+                raise _InputLost(value.id, exc) from exc
         return value
 
     def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:

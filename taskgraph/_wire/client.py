@@ -57,6 +57,14 @@ class WantObjects(Msg):
     object_ids: list[bytes]
 
 
+class ObjectUnreadable(Msg):
+    """A reader could not read the object's copy on this worker: its holder is
+    gone (the scheduler may not have heard yet). The copy counts as lost."""
+
+    object_id: bytes
+    worker_id: str
+
+
 class CancelTasks(Msg):
     object_ids: list[bytes]
     force: bool = False
@@ -239,6 +247,7 @@ ClientMessage = (
     | AcquireRefs
     | ReleaseRefs
     | WantObjects
+    | ObjectUnreadable
     | CancelTasks
     | GeneratorItem
     | TaskBlocked

@@ -152,7 +152,7 @@ class TaskResult(Msg):
     task_id: bytes
     returns: list[ReturnValue] = []
     error: bytes | None = None  # pickled exception (TaskError or a system error)
-    failure: str = ""  # "" | "task" | "crashed" | "cancelled"
+    failure: str = ""  # "" | "task" | "crashed" | "cancelled" | "input" (see ``lost``)
     exit_code: int = 0
     duration: float = 0.0  # seconds the executor spent on it (0: not measured)
     started: float = 0.0  # wall-clock time it started (time.time(); 0: it never ran)
@@ -165,3 +165,4 @@ class TaskResult(Msg):
     phases: list[float] = []
     error_type: str = ""  # the class name of the exception the task raised
     no_retry: bool = False  # what it raised is not among its retry_exceptions (TaskSpec.retry_on)
+    lost: bytes = b""  # failure "input": the argument it could not read (its copy is gone)

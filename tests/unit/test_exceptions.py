@@ -23,6 +23,7 @@ from taskgraph.exceptions import (
     GetTimeoutError,
     NodeDiedError,
     ObjectLostError,
+    ObjectReconstructionFailedError,
     ObjectStoreFullError,
     OutOfMemoryError,
     ProtocolError,
@@ -74,6 +75,10 @@ def examples() -> list[Any]:
         pytest.param(TaskCancelledError("f", "ab12"), id="TaskCancelledError"),
         pytest.param(WorkerCrashedError(task_name="f", exit_code=-9), id="WorkerCrashedError"),
         pytest.param(ObjectLostError("ab12", "its worker left"), id="ObjectLostError"),
+        pytest.param(
+            ObjectReconstructionFailedError("ab12", "max_retries=0"),
+            id="ObjectReconstructionFailedError",
+        ),
         pytest.param(NodeDiedError("heartbeat lost", node="n1"), id="NodeDiedError"),
         pytest.param(ActorError("a1", "bad call"), id="ActorError"),
         pytest.param(ActorDiedError("a1", "killed"), id="ActorDiedError"),
@@ -243,6 +248,7 @@ text = st.text(max_size=30)
 makers: list[Callable[[str, str], TaskgraphError]] = [
     lambda a, b: TaskCancelledError(a, b),
     lambda a, b: ObjectLostError(a, b),
+    lambda a, b: ObjectReconstructionFailedError(a, b),
     lambda a, b: ProtocolError(a, peer=b),
     lambda a, b: SerializationError(a, b, deserializing=True),
     lambda a, b: ActorDiedError(a, b),

@@ -44,6 +44,7 @@ from taskgraph.scheduler.state import (
 FUNCTIONS = [b"f" * 16, b"g" * 16]
 TASK_ERROR = pickle.dumps(TaskError.from_exception(ValueError("fuzz"), "fuzzed"))
 CRASH = pickle.dumps(WorkerCrashedError("fuzzed executor", exit_code=-9))
+LOST = pickle.dumps(ObjectLostError("ab12", "its holder is gone"))
 ITEMS = 3  # generator items the machine knows of per generator task
 QUEUE_DEPTH = 2.0  # CPU-only tasks a worker may queue, as a share of its CPUs, at most
 DURATIONS = (0.0, 1e-5, 0.004, 5.0)  # seconds a finished task took, as workers report it
@@ -81,6 +82,7 @@ acts = st.sampled_from(
         "unblocked",
         "yield",
         "stale",
+        "input",
     ]
 )
 
@@ -128,7 +130,12 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert len(a.inputs) == len(a.spec.deps)
                 self.assigned[a.spec.task_id] = (send.id, a.spec)
         elif isinstance(msg, w.FreeObjects):
-            assert not set(msg.object_ids) & set(self.state.objects)
+            # Freed, or a copy there that no longer counts (lost, or a surplus one).
+            for oid in msg.object_ids:
+                obj = self.state.objects.get(oid)
+                if obj is not None:
+                    holders = {loc.worker_id for loc in (obj.location, *obj.copies.values()) if loc}
+                    assert send.id not in holders, "a live copy freed"
         elif isinstance(msg, w.ToClient):
             assert self.state.clients[msg.client_id].via_worker == send.id
             for inner in msg.messages:
@@ -178,6 +185,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             # Durations from none reported to seconds: how deep workers queue follows them.
             duration = DURATIONS[task_id[11] % len(DURATIONS)]
             result = w.TaskResult(task_id, returns=returns, duration=duration)
+        elif outcome == "input":  # it could not read an argument (lineage.py)
+            lost = spec.deps[task_id[11] % len(spec.deps)] if spec.deps else b"not an argument"
+            result = w.TaskResult(task_id, error=LOST, failure="input", lost=lost)
         else:
             error = {"task": TASK_ERROR, "crashed": CRASH, "cancelled": None}[outcome]
             result = w.TaskResult(task_id, error=error, failure=outcome)
@@ -414,6 +424,18 @@ class SchedulerMachine(RuleBasedStateMachine):
             error = answered[oid].error
             assert error is not None and isinstance(pickle.loads(error), ObjectLostError)
 
+    @precondition(lambda self: self.state.clients and self.objects and self.state.workers)
+    @rule(data=st.data())
+    def reader_finds_a_copy_gone(self, data: st.DataObject) -> None:
+        """A reader says a copy could not be read (true or not): the object is
+        read elsewhere, made again, or failed; never left without a way."""
+        client_id = self.pick_client(data)
+        [oid] = self.some_objects(data, "unreadable", 1) or [b"never made"]
+        self.send(client_id, w.ObjectUnreadable(oid, self.pick_worker(data)))
+        obj = self.state.objects.get(oid)
+        if obj is not None and obj.state == "ready" and obj.data is None:
+            assert obj.location is not None, "a ready object with no value"
+
     @precondition(lambda self: self.state.clients and self.objects)
     @rule(data=st.data(), force=st.booleans(), recursive=st.booleans())
     def cancel(self, data: st.DataObject, force: bool, recursive: bool) -> None:
@@ -481,6 +503,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         task = self.state.tasks.get(task_id)
         if act in ("ok", "located"):
             assert task is None
+        elif act == "input":
+            assert task is None or task.state in ("waiting", "ready", "processing")
         else:
             assert task is None or task.state in ("ready", "processing"), "retried"
 

@@ -672,6 +672,8 @@ def test_a_leaving_worker_takes_its_relayed_clients_with_it() -> None:
         "reports_asked_for": 0,
         "reports_through_pipes": 0,
         "objects": 0,
+        "tasks_rebuilt": 0,
+        "objects_released": 0,
         "workers": 0,
         "clients": 1,
         "transitions": 0,
