@@ -202,6 +202,10 @@ def _run_again(state: SchedulerState, obj: Obj, failures: dict[bytes, bytes]) ->
     assert spec is not None
     if spec.channel:  # (it came down a lease: now it is placed as any task)
         spec = msgspec.structs.replace(spec, channel=b"")
+    node = spec.strategy.removeprefix("node:")
+    if node != spec.strategy and node not in state.workers:
+        # Its node is gone (with the object, likely): made again anywhere else.
+        spec = msgspec.structs.replace(spec, strategy=f"node?:{node}")
     retries = obj.rebuilds_left - 1
     for oid in return_ids(spec.task_id, spec.num_returns):
         sibling = state.objects.get(oid) or state.released.get(oid)

@@ -299,14 +299,21 @@ class SchedulerState:
                 obj.dependents.append(task)
 
     def _to_ready(self, task: Task) -> None:
-        task.state = "ready"
         if is_call(task.spec):
+            task.state = "ready"
             self.actors.call_ready(task)  # an actor's queue, not the placement queues
             return
         queue = self.queues.get(task.shape)
         if queue is None:
             queue = self.queues[task.shape] = deque()
-        queue.append(task)
+        if task.state == "waiting":
+            # Its arguments just came: it goes before the tasks that were ready
+            # from the start, so that a subtree begun is finished (and its
+            # intermediates freed) before new ones begin, as dask's ordering does.
+            queue.appendleft(task)
+        else:
+            queue.append(task)
+        task.state = "ready"
         self._dirty = True
         feasible = self._feasible.get(task.shape)
         if feasible is None:

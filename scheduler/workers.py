@@ -170,8 +170,8 @@ def _input_lost(state: SchedulerState, task: Task, result: w.TaskResult) -> None
             running.discard(task.id)
         task.spec = msgspec.structs.replace(task.spec, channel=b"")
         task.need = dict(task.spec.resources)
-    if obj.state == "ready" and obj.location is not None:
-        lineage.copy_unreadable(state, obj, obj.location.worker_id)
+    # (a late report may name a copy that is gone already, the object made again since)
+    lineage.copy_unreadable(state, obj, result.lost_from)
     if obj.state == "pending":
         state.transition(task, "waiting")
     elif obj.state == "ready":

@@ -61,9 +61,10 @@ ORPHAN_GRACE = 1.0  # seconds a running task outlives its daemon before the proc
 class _InputLost(Exception):
     """A task's argument could not be read: its copy is gone with its holder."""
 
-    def __init__(self, object_id: bytes, error: ObjectLostError) -> None:
+    def __init__(self, object_id: bytes, worker_id: str, error: ObjectLostError) -> None:
         super().__init__(object_id.hex())
         self.object_id = object_id
+        self.worker_id = worker_id  # whose copy it was
         self.error = error
 
 
@@ -441,6 +442,7 @@ class Executor:
                 failure="input",
                 error_type=type(exc.error).__name__,
                 lost=exc.object_id,
+                lost_from=exc.worker_id,
             )
         if isinstance(exc, _Cancelled):
             err = TaskCancelledError(spec.name, spec.task_id.hex())
@@ -497,7 +499,8 @@ class Executor:
             except ObjectLostError as exc:
                 if given.error is not None:
                     raise  # the argument failed: that is its value
-                raise _InputLost(value.id, exc) from exc
+                assert given.location is not None  # (only a stored value can be unreadable)
+                raise _InputLost(value.id, given.location.worker_id, exc) from exc
         return value
 
     def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import itertools
 import mmap
 import os
 import shutil
@@ -175,6 +176,10 @@ class ObjectStore:
         self.spill_dir = spill_dir or default_spill_dir(worker_id)
         self.entries: collections.OrderedDict[bytes, Entry] = collections.OrderedDict()
         self.holders: dict[Hashable, collections.Counter[bytes]] = {}
+        # Freed copies of objects made again since, still pinned: object id -> keys.
+        self.retired: dict[bytes, list[bytes]] = {}
+        self._retired_of: dict[bytes, bytes] = {}
+        self._retired_count = itertools.count()
         self.spilled_bytes = 0
         self.spilled_total = 0  # objects ever spilled
         self.restored_total = 0
@@ -197,8 +202,11 @@ class ObjectStore:
 
     def create(self, object_id: bytes, size: int, holder: Hashable) -> int:
         """Room for a new object, pinned by its writer until sealed; its offset."""
-        if object_id in self.entries:
-            raise ValueError(f"object {object_id.hex()} is already in the store")
+        old = self.entries.get(object_id)
+        if old is not None:
+            if not old.freed:
+                raise ValueError(f"object {object_id.hex()} is already in the store")
+            self._retire(object_id)
         offset = self._allocate(size)
         self.entries[object_id] = Entry(size, offset, pins=1)
         self.holders.setdefault(holder, collections.Counter())[object_id] += 1
@@ -227,8 +235,14 @@ class ObjectStore:
 
     def unpin(self, object_id: bytes, holder: Hashable) -> None:
         pins = self.holders.get(holder)
-        if pins is None or pins[object_id] <= 0:
+        if pins is None:
             return  # already dropped with its holder
+        for key in self.retired.get(object_id, ()):
+            if pins[key] > 0:  # (an older copy's pin goes first)
+                object_id = key
+                break
+        if pins[object_id] <= 0:
+            return
         pins[object_id] -= 1
         if pins[object_id] == 0:
             del pins[object_id]
@@ -246,6 +260,17 @@ class ObjectStore:
                 self._release(object_id)
 
     # -- the cluster -------------------------------------------------------
+
+    def _retire(self, object_id: bytes) -> None:
+        """An object is made again (lineage) while readers still map its freed
+        copy: that copy moves to a key of its own, kept until their pins go."""
+        key = object_id + b"~" + next(self._retired_count).to_bytes(8, "big")
+        self.entries[key] = self.entries.pop(object_id)
+        self.retired.setdefault(object_id, []).append(key)
+        self._retired_of[key] = object_id
+        for pins in self.holders.values():
+            if object_id in pins:
+                pins[key] = pins.pop(object_id)
 
     def free(self, object_id: bytes) -> None:
         entry = self.entries.get(object_id)
@@ -352,6 +377,12 @@ class ObjectStore:
 
     def _release(self, object_id: bytes) -> None:
         entry = self.entries.pop(object_id)
+        original = self._retired_of.pop(object_id, None)
+        if original is not None:  # a retired copy (see _retire)
+            keys = self.retired[original]
+            keys.remove(object_id)
+            if not keys:
+                del self.retired[original]
         if entry.offset is not None:
             self.arena.free(entry.offset)
         if entry.spill_path is not None:

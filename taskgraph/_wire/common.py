@@ -166,3 +166,4 @@ class TaskResult(Msg):
     error_type: str = ""  # the class name of the exception the task raised
     no_retry: bool = False  # what it raised is not among its retry_exceptions (TaskSpec.retry_on)
     lost: bytes = b""  # failure "input": the argument it could not read (its copy is gone)
+    lost_from: str = ""  # ... and the worker whose copy that was

@@ -9,6 +9,7 @@ again fails with an error that says why.
 from __future__ import annotations
 
 import signal
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,7 +19,7 @@ import taskgraph as tg
 from conftest import start_worker, stop_process, wait_for
 from taskgraph.exceptions import ObjectLostError, ObjectReconstructionFailedError
 from taskgraph.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from taskgraph.util.state import cluster_statistics
+from taskgraph.util.state import cluster_statistics, list_objects
 
 MB = 1 << 20
 
@@ -109,3 +110,65 @@ def test_a_result_that_may_not_run_again_fails_saying_why(doomed) -> None:
     kill(proc)
     with pytest.raises(ObjectReconstructionFailedError, match="max_retries=0"):
         tg.get(ref, timeout=60)
+
+
+# -- chaos: a map -> reduce graph while daemons are killed under it -------------------------
+
+
+@tg.remote(max_retries=5)
+def block_of(i: int) -> np.ndarray:
+    return np.full(MB // 32, i, dtype=np.int64)
+
+
+@tg.remote(max_retries=5)
+def sum_block(*blocks: np.ndarray) -> np.ndarray:
+    return np.full(MB // 32, sum(int(b[0]) for b in blocks), dtype=np.int64)
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"num_cpus": 1}], indirect=True)
+def test_a_map_reduce_graph_survives_daemons_killed_under_it(fresh_cluster) -> None:
+    """600 maps (256 KiB each, spread over three daemons) -> 30 reduces (256 KiB
+    each, kept by the driver, made on the two extra daemons in turn). One extra
+    daemon is SIGKILLed after 5 reduces are done and a new one started, then the
+    other after 15: the reduces done there are made again from their maps, which
+    are made again first (their values were freed). Every result is right."""
+    daemons = [start_worker("--num-cpus", "1") for _ in range(2)]
+    try:
+        wait_for(lambda: len(tg.nodes()) == 3, what="three daemons")
+        by_pid = {n["pid"]: n["node_id"] for n in tg.nodes()}
+        extra = [by_pid[proc.pid] for proc in daemons]
+        spread = [*extra, next(n for n in by_pid.values() if n not in extra)]
+        rebuilt_before = cluster_statistics()["tasks_rebuilt"]
+        refs, expected = [], []
+        for r in range(30):
+            seeds = range(r * 20, (r + 1) * 20)
+            maps = [
+                block_of.options(scheduling_strategy=on(spread[i % 3])).remote(i) for i in seeds
+            ]
+            there = on(extra[r % 2])
+            refs.append(sum_block.options(scheduling_strategy=there).remote(*maps))
+            expected.append(sum(seeds))
+        for done in (5, 15):
+            tg.wait(refs, num_returns=done, timeout=120)
+            # The extra daemon holding the most finished reduces dies.
+            reduces = {ref.hex() for ref in refs}
+            held = Counter(
+                o["node_id"]
+                for o in list_objects(limit=0)
+                if o["object_id"] in reduces and o["node_id"] in extra
+            )
+            [(victim, count)] = held.most_common(1)
+            assert count >= 1
+            slot = extra.index(victim)
+            daemons[slot].send_signal(signal.SIGKILL)
+            daemons[slot].wait(timeout=10)
+            daemons[slot] = start_worker("--num-cpus", "1")
+            wait_for(lambda: len(tg.nodes()) == 3, what="the new daemon to join")
+            extra[slot] = next(n["node_id"] for n in tg.nodes() if n["pid"] == daemons[slot].pid)
+        assert [int(b[0]) for b in tg.get(refs, timeout=120)] == expected
+        # The reduces lost were made again, and so were their maps (freed by then).
+        assert cluster_statistics()["tasks_rebuilt"] - rebuilt_before >= 2 * 21
+    finally:
+        for proc in daemons:
+            stop_process(proc)
+    wait_for(lambda: len(tg.nodes()) == 1, what="the extra daemons to leave")

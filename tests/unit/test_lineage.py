@@ -43,7 +43,7 @@ def run_on(h: Harness, worker_id: str, spec: w.TaskSpec) -> None:
 
 
 def placed(sends: list) -> list[tuple[str, bytes]]:
-    return [(wid, tid) for wid in ("w1", "w2") for tid in assigned_ids(sends, wid)]
+    return [(wid, tid) for wid in ("w1", "w2", "w3") for tid in assigned_ids(sends, wid)]
 
 
 def test_a_lost_result_is_made_again_where_a_worker_is_left() -> None:
@@ -153,7 +153,9 @@ def test_a_task_that_could_not_read_its_argument_waits_for_it_to_be_made_again()
     lost = ObjectLostError(ret(a).hex(), "its holder says: connection refused")
     sends = h.done(
         "w2",
-        w.TaskResult(b.task_id, error=pickle.dumps(lost), failure="input", lost=ret(a)),
+        w.TaskResult(
+            b.task_id, error=pickle.dumps(lost), failure="input", lost=ret(a), lost_from="w1"
+        ),
     )
     assert h.task_state(b) == "waiting", "not failed, and no retry of its own spent"
     # a's only copy counts as lost (its holder may live on: a runs again wherever)
@@ -191,3 +193,23 @@ def test_a_ready_task_whose_argument_is_lost_waits_for_it() -> None:
     assert h.task_state(b) == "waiting"
     sends = h.done("w2", ok(a, location=at("w2")))
     assert assigned_ids(sends, "w2") == [b.task_id]
+
+
+def test_a_late_report_of_an_unreadable_copy_spares_the_copy_made_since() -> None:
+    """b could not read a's copy on w1; by the time its report comes, w1 left and a
+    was made again on w2. The report does not condemn w2's copy: b runs again."""
+    h = two_workers()
+    h.worker("w3", {"CPU": 1.0})
+    a = h.spec("a", strategy="node?:w1", max_retries=1)
+    run_on(h, "w1", a)
+    b = h.spec("b", deps=[ret(a)], strategy="node:w3", max_retries=0)
+    h.submit(b"c1", b)
+    [(where, again)] = placed(h.handle(WorkerLeft("w1")))
+    assert again == a.task_id
+    h.done(where, ok(a, location=at(where)))
+    lost = pickle.dumps(ObjectLostError(ret(a).hex(), "connection refused"))
+    sends = h.done(
+        "w3", w.TaskResult(b.task_id, error=lost, failure="input", lost=ret(a), lost_from="w1")
+    )
+    assert assigned_ids(sends, "w3") == [b.task_id]
+    assert h.state.objects[ret(a)].location == at(where)

@@ -110,6 +110,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now += 0.25
         sends = self.state.handle(Tick(self.now), *events)
         check_sends(self.state, sends)
+        # A worker dropped as silent (no heartbeat for worker_timeout) took its tasks.
+        self.assigned = {t: a for t, a in self.assigned.items() if a[0] in self.state.workers}
         # A channel task whose lease or worker went is retried the usual way or failed.
         tasks = self.state.tasks
         self.channel = {

@@ -121,3 +121,34 @@ def test_full_when_everything_is_pinned(objects) -> None:
 def test_an_object_larger_than_the_store_is_refused_at_once(objects) -> None:
     with pytest.raises(store.StoreFull, match="larger than the whole object store"):
         objects.create(b"huge", 10 * MB + PAGE, "w")
+
+
+def test_an_object_made_again_while_readers_map_its_freed_copy_gets_a_place_of_its_own(
+    objects,
+) -> None:
+    """Lineage: a lost object's task runs again on a worker whose store still keeps
+    an earlier copy of it, freed but pinned by readers. The new copy is written;
+    the old stays where its readers map it until their pins go, then is freed."""
+    put(objects, b"a", MB, 1)
+    objects.pin(b"a", "old reader")
+    objects.free(b"a")
+    put(objects, b"a", MB, 2)  # made again
+    assert content(objects, b"a") == {2}
+    assert objects.stats()["objects"] == 2 and objects.arena.used == 2 * MB
+    objects.pin(b"a", "new reader")
+    objects.unpin(b"a", "old reader")  # its pin is on the old copy, which goes
+    assert objects.stats()["objects"] == 1 and objects.arena.used == MB
+    assert content(objects, b"a") == {2} and objects.retired == {}
+    objects.unpin(b"a", "new reader")
+    objects.free(b"a")
+    assert objects.stats()["objects"] == 0 and objects.arena.used == 0
+
+
+def test_a_retired_copy_goes_with_its_readers_process(objects) -> None:
+    put(objects, b"a", MB, 1)
+    objects.pin(b"a", "proc")
+    objects.free(b"a")
+    put(objects, b"a", MB, 2)
+    objects.drop_holder("proc")
+    assert objects.stats()["objects"] == 1 and objects.retired == {}
+    assert content(objects, b"a") == {2}
