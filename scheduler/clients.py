@@ -8,7 +8,8 @@ held by it, and the task waits for its arguments, or is recorded at once when
 sent down a channel, ``channels.py``), puts, holds, releases and waits for
 objects, cancels tasks, says when a task blocks in ``get``, asks questions
 (``views.py``) and creates and kills actors (``actors.py``). When it leaves
-(``left``) what it held is released and what it sealed unheard of is freed.
+(``left``) what it held is released and what it sealed unheard of is freed;
+when a driver leaves, its job's tasks are dropped or cancelled (``_end_job``).
 
 Plain functions over ``SchedulerState``, pure like it; task state changes go
 through ``state.transition``, objects' through ``objects.py``.
@@ -334,6 +335,22 @@ def left(state: SchedulerState, client_id: bytes) -> None:
         channels.never_sent(state, client_id, actor_id, in_flight)
     for obj in state.objects.values():
         obj.waiters.discard(client_id)
+    if client.via_worker is None:
+        _end_job(state, client_id)
+
+
+def _end_job(state: SchedulerState, job: bytes) -> None:
+    """A driver left (said goodbye, was killed, or its connection was lost): as in
+    Ray, its job's tasks, its tasks' tasks included, go with it. Those not
+    started are dropped, running ones cancelled. Actors are not tasks here: an
+    actor lives while a handle to it does (a detached one, for good), and so do
+    the calls it was sent; leases end as their driver goes (channels.py)."""
+    for task in list(state.tasks.values()):
+        spec = task.spec
+        if spec.actor_id or spec.actor is not None or w.is_lease(spec):
+            continue
+        if (spec.job or client_of(spec.task_id)) == job:
+            _cancel(state, task.id, force=False, recursive=False)
 
 
 def free_unheard_of(state: SchedulerState, worker_id: str, sealed: list[bytes]) -> None:
