@@ -104,6 +104,14 @@ class _Cause:
         return (_rebuild, (cls, self.exc.args, dict(getattr(self.exc, "__dict__", {}))))
 
 
+def _message_of(exc: BaseException) -> str:
+    """``str(exc)``, or what went wrong making it: a user's ``__str__`` may raise."""
+    try:
+        return str(exc)
+    except Exception as failed:
+        return f"<its __str__ raised {type(failed).__name__}: {failed}>"
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -182,7 +190,7 @@ class TaskError(TaskgraphError):
         self.cause_class_name = cause_class_name or (
             _class_name(type(cause)) if cause is not None else "Exception"
         )
-        self.cause_message = cause_message or (str(cause) if cause is not None else "")
+        self.cause_message = cause_message or (_message_of(cause) if cause is not None else "")
         self.remote_traceback = remote_traceback
         self.pid = os.getpid() if pid is None else pid
         self.args = cause.args if cause is not None else (self.cause_message,)
@@ -201,12 +209,16 @@ class TaskError(TaskgraphError):
             task_name=task_name,
             cause=exc,
             cause_class_name=_class_name(type(exc)),
-            cause_message=str(exc),
+            cause_message=_message_of(exc),
             remote_traceback="".join(
                 traceback.format_exception(type(exc), exc, _from_users_frame(exc.__traceback__))
             ),
             pid=os.getpid(),
         )
+
+    def __repr__(self) -> str:
+        # Not the cause's own: a user's __repr__ may raise.
+        return f"{type(self).__name__}({self.task_name!r}, {self.cause_message!r})"
 
     def __str__(self) -> str:
         head = f"Task {self.task_name!r} raised {self.cause_class_name} in process {self.pid}"
@@ -431,7 +443,10 @@ class ObjectLostError(TaskgraphError):
         self.reason = reason
         which = f"Object {object_id}" if object_id else "An object"
         why = f": {reason}" if reason else ""
-        super().__init__(f"{which} is lost{why}.")
+        super().__init__(
+            f"{which} is lost{why}. Make or put the value again (a task's result lost "
+            "with its worker is made again on its own, when its task may run again)."
+        )
 
 
 class ObjectReconstructionFailedError(ObjectLostError):
@@ -443,7 +458,10 @@ class ObjectReconstructionFailedError(ObjectLostError):
         super().__init__(object_id, reason)
         which = f"Object {object_id}" if object_id else "An object"
         why = f": {reason}" if reason else ""
-        self.args = (f"{which} is lost and could not be made again{why}.",)
+        self.args = (
+            f"{which} is lost and could not be made again{why}. Submit the work that "
+            "made it again.",
+        )
 
 
 class ObjectStoreFullError(TaskgraphError):
