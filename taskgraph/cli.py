@@ -344,16 +344,6 @@ def _resources_arg(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative number")
-    return value
-
-
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
@@ -449,21 +439,21 @@ def _add_start(commands: Any) -> None:
     )
     p.add_argument(
         "--num-cpus",
-        type=_non_negative,
+        type=config.amount_argument,
         metavar="N",
         default=None,
         help="CPUs the worker offers (default: all)",
     )
     p.add_argument(
         "--num-gpus",
-        type=_non_negative,
+        type=config.amount_argument,
         metavar="N",
         default=None,
         help="GPUs the worker offers (default: detected)",
     )
     p.add_argument(
         "--memory",
-        type=_non_negative,
+        type=config.amount_argument,
         metavar="BYTES",
         default=None,
         help="bytes of memory the worker offers to tasks (default: 70%% of available)",
@@ -485,7 +475,7 @@ def _add_start(commands: Any) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=_non_negative,
+        type=config.amount_argument,
         metavar="SECONDS",
         default=START_TIMEOUT,
         help=f"seconds to wait for the processes to come up (default {START_TIMEOUT:g})",
@@ -506,7 +496,7 @@ def _add_stop(commands: Any) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=_non_negative,
+        type=config.amount_argument,
         metavar="SECONDS",
         default=STOP_TIMEOUT,
         help=f"seconds to wait after SIGTERM before SIGKILL (default {STOP_TIMEOUT:g})",

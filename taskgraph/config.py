@@ -193,3 +193,16 @@ def _same_address(a: str, b: str) -> bool:
         return f"{host}:{port}"
 
     return norm(a) == norm(b)
+
+
+def amount_argument(text: str) -> float:
+    """A command line's resource amount (argparse ``type=``): finite, not negative."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative number")
+    return value

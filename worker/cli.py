@@ -34,12 +34,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="scheduler address, tcp://HOST:PORT (default: the scheduler started on this host)",
     )
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs to offer (default: all)")
-    p.add_argument("--num-gpus", type=float, default=None, help="GPUs to offer (default: detected)")
+    p.add_argument(
+        "--num-cpus", type=config.amount_argument, default=None, help="CPUs to offer (default: all)"
+    )
+    p.add_argument(
+        "--num-gpus",
+        type=config.amount_argument,
+        default=None,
+        help="GPUs to offer (default: detected)",
+    )
     p.add_argument(
         "--resources", default="{}", help="custom resources as JSON, e.g. '{\"disk\": 1}'"
     )
-    p.add_argument("--memory-limit", type=float, default=None, help="bytes of task memory to offer")
+    p.add_argument(
+        "--memory-limit",
+        type=config.amount_argument,
+        default=None,
+        help="bytes of task memory to offer",
+    )
     p.add_argument(
         "--object-store-memory",
         type=config.store_size_arg,

@@ -9,6 +9,8 @@ value, where an object lives, a worker) travel only inside other messages.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 PROTOCOL_VERSION = 1
@@ -64,11 +66,16 @@ class Location(Msg):
     peer: str = ""  # the holding worker's peer server, for readers on other hosts
 
 
+# A resource amount as it crosses the wire: finite and not negative, or the frame
+# is refused where it enters (one `CPU: nan` would stop placement everywhere).
+Amount = Annotated[float, msgspec.Meta(ge=0.0, le=1e18)]
+
+
 class WorkerInfo(Msg):
     worker_id: str
     host: str
     address: str
-    resources: dict[str, float]
+    resources: dict[str, Amount]
     pid: int = 0
     peer: str = ""  # tcp://ip:port where other hosts pull this worker's objects
 
@@ -99,7 +106,7 @@ class TaskSpec(Msg):
     deps: list[bytes]  # object ids whose values the task needs before it runs
     nested: list[bytes] = []  # object ids inside the arguments: kept alive, not awaited
     num_returns: int = 1
-    resources: dict[str, float] = {}
+    resources: dict[str, Amount] = {}
     max_retries: int = 0
     retry_exceptions: bool = False
     strategy: str = "DEFAULT"  # "DEFAULT" | "SPREAD" | "node:<id>" | "node?:<id>" (soft)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import pytest
 
 import taskgraph as tg
@@ -46,3 +47,33 @@ def test_a_client_sending_a_worker_message_is_cut_off_and_its_frame_not_applied(
     tasks = tg._api.client().query("tasks")
     assert not [t for t in tasks if t["name"] == "intruder"], "half a frame was applied"
     assert tg.get(double.remote(21)) == 42
+
+
+@pytest.mark.parametrize("amount", [float("nan"), float("inf"), -5.0])
+def test_a_resource_amount_not_finite_or_negative_is_refused_where_it_enters(amount):
+    """One task asking for CPU nan would poison placement for everyone: the frame
+    is refused as it is decoded, the sender cut off, nothing of it applied."""
+    runtime = tg._api._runtime
+    assert runtime is not None and runtime.cluster is not None
+    client_id = os.urandom(8)
+    hello = w.Hello("client", b"", client_id, pid=os.getpid())
+    conn, _ = connect_blocking(
+        runtime.address, runtime.cluster.token.encode(), hello, w.SCHEDULER_TO_CLIENT
+    )
+    poisoned = msgspec.structs.replace(intruder_task(client_id), resources={"CPU": amount})
+    try:
+        conn.send([w.SubmitTasks([poisoned])])
+        with pytest.raises(ConnectionError):
+            conn.recv()
+    finally:
+        conn.close()
+    tasks = tg._api.client().query("tasks")
+    assert not [t for t in tasks if t["name"] == "intruder"]
+    assert tg.get([double.remote(i) for i in range(8)], timeout=30) == [2 * i for i in range(8)]
+
+
+@pytest.mark.parametrize("option", ["num_cpus", "num_gpus", "memory"])
+@pytest.mark.parametrize("amount", [float("nan"), float("inf")])
+def test_an_amount_not_finite_is_refused_at_once_by_options(option, amount):
+    with pytest.raises(ValueError, match="must be a non-negative number"):
+        double.options(**{option: amount})
