@@ -56,6 +56,29 @@ class _Cancelled(BaseException):
 
 
 ORPHAN_GRACE = 1.0  # seconds a running task outlives its daemon before the process ends
+LINK_CHECK = 1.0  # seconds between looks at our link's descriptor (watch_link)
+
+
+def watch_link(fd: int) -> None:
+    """End the process if its link to the daemon is closed under it. A task may
+    close the process's descriptors (``os.closerange``): the link is gone, but
+    the thread reading it, blocked in ``recv``, is not woken, and the task would
+    run on unheard, holding its CPU. A look once a second finds the descriptor
+    closed (or reused for something else); the process then ends as an orphan
+    does, and its daemon reports the crash (``WorkerCrashedError``)."""
+    inode = os.fstat(fd).st_ino
+
+    def watch() -> None:
+        while True:
+            time.sleep(LINK_CHECK)
+            try:
+                same = os.fstat(fd).st_ino == inode
+            except OSError:
+                same = False
+            if not same:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="taskgraph-link-watch", daemon=True).start()
 
 
 class _InputLost(Exception):
@@ -579,6 +602,7 @@ def main() -> None:
     executor.reports = reports
     signal.signal(signal.SIGINT, executor.on_sigint)
     threading.Thread(target=executor.read_loop, name="taskgraph-executor-read", daemon=True).start()
+    watch_link(executor.client.conn.sock.fileno())
     code = 0
     try:
         executor.serve()  # returns when the daemon is gone or asked us to stop
