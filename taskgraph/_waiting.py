@@ -160,7 +160,9 @@ class Waiting:
         oids = [r.id for r in refs]
         unique = list(dict.fromkeys(oids))
         if self.wait_values(unique, len(unique), timeout) is None:
-            raise GetTimeoutError(timeout, len(unique))
+            with self._lock:
+                not_ready = sum(o not in self._values for o in unique)
+            raise GetTimeoutError(timeout, not_ready)
         if self.leases is not None:
             self.leases.got(unique)
         with self._lock:

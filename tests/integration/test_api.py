@@ -173,6 +173,15 @@ def test_get_timeout():
     assert isinstance(tg.get(ref, timeout=30), int)
 
 
+def test_get_timeout_counts_only_the_objects_not_ready():
+    ready = [tg.put(i) for i in range(3)]
+    slow = sleep_for.remote(1.0)
+    with pytest.raises(GetTimeoutError, match="with 1 object") as info:
+        tg.get([*ready, slow], timeout=0.05)
+    assert info.value.pending == 1
+    tg.get(slow, timeout=30)
+
+
 def test_put_semantics():
     ref = tg.put({"a": [1, 2]})
     assert tg.get(ref) == {"a": [1, 2]}
