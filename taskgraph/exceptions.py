@@ -392,20 +392,33 @@ class WorkerCrashedError(TaskgraphError):
     """The worker process running a task died before reporting a result."""
 
     def __init__(
-        self, reason: str = "", *, task_name: str = "", exit_code: int | None = None
+        self,
+        reason: str = "",
+        *,
+        task_name: str = "",
+        exit_code: int | None = None,
+        attempts: int = 1,
     ) -> None:
         self.reason = reason
         self.task_name = task_name
         self.exit_code = exit_code
+        self.attempts = attempts
         which = f"running task {task_name!r} " if task_name else ""
         message = f"The worker process {which}died"
+        if attempts > 1:
+            message = f"{message} on each of its {attempts} tries (max_retries={attempts - 1})"
         if exit_code is not None:
             message += f" ({_describe_exit(exit_code)})"
         if reason:
             message += f": {reason}"
+        advice = (
+            "look for what the task does that kills its process: retrying more will not help"
+            if attempts > 1
+            else "give the task max_retries to run it again on a fresh worker"
+        )
         super().__init__(
             f"{message}. The worker's log tells whether the OS killed it (e.g. for memory) "
-            "or native code crashed; give the task max_retries to run it again on a fresh worker."
+            f"or native code crashed; {advice}."
         )
 
 
