@@ -561,9 +561,11 @@ def test_a_crashed_task_is_retried_max_retries_times_then_errs() -> None:
         sends = h.done("w1", failed(spec, "crashed", crash))
         assert assigned_ids(sends, "w1") == [spec.task_id], "retried at once"
         assert values(sends, b"c1") == {}
-    sends = h.done("w1", failed(spec, "crashed", crash))
+    last = w.TaskResult(spec.task_id, error=crash, failure="crashed", exit_code=-9)
+    sends = h.done("w1", last)
     err = error_of(values(sends, b"c1")[ret(spec)])
     assert isinstance(err, WorkerCrashedError) and "SIGKILL" in str(err)
+    assert "3 tries (max_retries=2)" in str(err)
 
 
 def test_a_crash_without_an_error_still_explains_itself() -> None:
