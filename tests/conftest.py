@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,14 @@ os.environ["TASKGRAPH_SHM_DIR"] = str(SHM_DIR)
 # A session that runs no test (collection only, all deselected) never reaches
 # the shm_dir fixture's teardown: remove the empty folder at exit all the same.
 atexit.register(lambda: SHM_DIR.exists() and not any(SHM_DIR.iterdir()) and SHM_DIR.rmdir())
+# And its own state folder (worker daemons' records, their logs). A starting
+# daemon, and a local cluster's shutdown, sweep up after every dead daemon on
+# record there: with one folder for all, a session running beside this one
+# (pytest-xdist's other worker) would sweep away what a test here killed a
+# daemon to look at.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="taskgraph-tests-state-"))
+os.environ["TASKGRAPH_STATE_DIR"] = str(STATE_DIR)
+atexit.register(shutil.rmtree, STATE_DIR, ignore_errors=True)
 
 import taskgraph as tg  # noqa: E402 - after TASKGRAPH_SHM_DIR is set
 from taskgraph.testing import (  # noqa: E402 - likewise

@@ -18,6 +18,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -57,6 +58,10 @@ class Counter:
 
     def die(self):
         os._exit(1)
+
+    def hold(self):
+        """Never returns: the calls after it wait until the actor dies."""
+        threading.Event().wait()
 
 
 @tg.remote
@@ -276,12 +281,16 @@ def test_a_burst_of_large_returns_from_an_actor_killed_mid_burst_leaves_nothing_
     counter = Counter.remote()
     switch_to_direct(counter)
     pid = tg.get(counter.pid.remote())
-    refs = [counter.big.remote(20_000) for _ in range(200)]  # 160 KB each: in the store
+    refs = [counter.big.remote(20_000) for _ in range(100)]  # 160 KB each: in the store
+    held = counter.hold.remote()  # (so that the kill lands mid-burst on any machine)
+    refs += [counter.big.remote(20_000) for _ in range(100)]
     tg.wait(refs, num_returns=3, timeout=30)  # mid-burst: some answered, most not
     if how == "kill":
         tg.kill(counter)
     else:
         os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        tg.get(held, timeout=30)
     outcomes = []
     for ref in refs:
         try:
@@ -293,7 +302,7 @@ def test_a_burst_of_large_returns_from_an_actor_killed_mid_burst_leaves_nothing_
     # Calls run in order: once one failed, none after it ran.
     assert "ok" not in outcomes[outcomes.index("died") :], outcomes
     wait_for(lambda: not _alive(pid), what="the actor's process to be gone")
-    del refs, ref
+    del refs, ref, held
     gc.collect()
     wait_for(lambda: not stored(), what="every return the actor stored to be freed")
     wait_for(lambda: tg.statistics().awaiting_channels == 0, what="no answer to be awaited")

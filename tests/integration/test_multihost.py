@@ -23,6 +23,9 @@ pytestmark = pytest.mark.skipif(
     reason="network namespaces need root and iproute2 ('ip')",
 )
 
+# The addresses exist only inside the two namespaces, so sessions running side
+# by side (pytest-xdist's workers) may share a subnet harmlessly; what must
+# differ, and does, are the namespace and veth names: this process's pid is in them.
 SUBNET = f"10.231.{os.getpid() % 250}"
 
 

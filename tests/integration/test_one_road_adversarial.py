@@ -490,8 +490,10 @@ def test_a_second_driver_leaves_with_leased_tasks_in_flight(lasting, fresh_clust
             "    (inner,) = tg.get(holding.remote(200_000))\n"
             "    assert int(tg.get(inner).sum()) == 600_000\n"
             "before = tg.statistics().tasks_leased\n"
+            # The first goes on the idle lease, the second ends it (or goes on it
+            # too, if the first was done by then, as on a busy machine).
             "last = [big.remote(200_000), holding.remote(200_000)][0]\n"
-            "assert tg.statistics().tasks_leased == before + 1\n"
+            "assert tg.statistics().tasks_leased in (before + 1, before + 2)\n"
         )
         + leave
     )

@@ -253,8 +253,13 @@ def test_a_traceback_shows_the_users_files_and_lines_from_the_users_frame(
 # -- Ctrl-C in a terminal -------------------------------------------------------------
 
 BLOCKED_IN_GET = """
-import sys, time
+import signal, sys, time
 import taskgraph as tg
+
+# Ctrl-C as at a terminal: Python leaves SIGINT ignored when it starts with it
+# ignored, as everything a non-interactive shell runs in the background does
+# (this suite too, then, and the driver it starts).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @tg.remote
 def slow(path):

@@ -716,9 +716,10 @@ def test_a_driver_killed_mid_burst_of_direct_calls_with_large_arguments(fresh_cl
 
 def test_tasks_on_direct_call_returns_while_the_actor_is_killed(fresh_cluster):
     """Tasks take direct calls' returns as arguments (the scheduler asks the actor's
-    worker for those reports at once: ReadReports); the actor is SIGKILLed midway.
-    For every pair, the call's value and the task's result agree: both a value, or
-    both ActorDiedError. None hangs."""
+    worker for those reports at once: ReadReports); the actor is SIGKILLed midway,
+    once the first call's value is back (so that at least one ran), with later
+    calls still on their way. For every pair, the call's value and the task's
+    result agree: both a value, or both ActorDiedError. None hangs."""
     actor = Sequential.remote()
     switch_to_direct(actor)
     victim = tg.get(actor.pid.remote(), timeout=30)
@@ -727,6 +728,8 @@ def test_tasks_on_direct_call_returns_while_the_actor_is_killed(fresh_cluster):
         r = actor.echo.remote(i)
         pairs.append((i, r, double.remote(r)))
         if i == 80:
+            first = pairs[0][1]
+            assert tg.wait([first], timeout=30) == ([first], []), "the first call never ran"
             os.kill(victim, signal.SIGKILL)
     outcomes = Counter()
     for i, r, d in pairs:
@@ -741,7 +744,7 @@ def test_tasks_on_direct_call_returns_while_the_actor_is_killed(fresh_cluster):
             assert tg.get(d, timeout=30) == 2 * i
             outcomes["ran"] += 1
     assert outcomes["ran"] >= 1 and outcomes["died"] >= 1, outcomes
-    del pairs, r, d
+    del pairs, r, d, first
     wait_settled()
 
 

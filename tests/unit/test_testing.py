@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -40,6 +41,27 @@ def test_no_leaks_catches_a_child_process_left_running() -> None:
         assert child is not None
         child.kill()
         child.wait()
+
+
+def test_no_leaks_collects_garbage_before_blaming_what_it_holds() -> None:
+    """A reference cycle left behind is not a leak: what it holds goes with it."""
+    stop = threading.Event()
+
+    class Holder:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            stop.set()
+
+    gc.disable()  # (so that only no_leaks collects the cycle)
+    try:
+        with no_leaks(timeout=5):
+            threading.Thread(target=stop.wait, name="held-by-garbage").start()
+            Holder()
+    finally:
+        gc.enable()
+        stop.set()
 
 
 def test_no_leaks_passes_a_block_that_cleans_up() -> None:
