@@ -412,8 +412,9 @@ class SchedulerState:
             task.error_type = error_type_of(error)
         for oid in return_ids(task.id, task.spec.num_returns):
             obj = self.objects.get(oid)
-            if obj is not None:
-                objects.failed(self, obj, error)
+            if obj is None or (obj.state != "pending" and obj.lineage is not None):
+                continue  # (a sibling return of one it ran again for lives on: lineage.py)
+            objects.failed(self, obj, error)
         self._forget(task)
         if task.spec.actor is not None:
             self.actors.creation_erred(task.id, error)
