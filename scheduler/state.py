@@ -389,8 +389,8 @@ class SchedulerState:
                 # Freed meanwhile, or a task run again for another of its returns
                 # (lineage.py) while this one lives on: the new copy has no holder.
                 if ret.location is not None and worker is not None:
-                    kept = obj.location if obj is not None else None
-                    if kept is None or kept.worker_id != worker.worker_id:
+                    kept = () if obj is None else (obj.location, *obj.copies.values())
+                    if all(loc is None or loc.worker_id != worker.worker_id for loc in kept):
                         self.send_worker(worker.worker_id, w.FreeObjects([ret.object_id]))
                 continue
             if result.delivered:
