@@ -400,8 +400,12 @@ class SchedulerState:
             obj.location = ret.location
             if ret.location is not None and worker is not None:
                 worker.segments[ret.object_id] = ret.location.store
-            if not obj.contains:  # (made again, it still holds what it held)
-                objects.hold_contained(self, obj, ret.contains)
+            # Made again, it holds what its new value names (a task that puts
+            # makes new objects each run), and lets go of what the old one did.
+            held, obj.contains = obj.contains, []
+            objects.hold_contained(self, obj, ret.contains)
+            for inner in held:
+                objects.decref(self, inner)
             lineage.remember(self, task, obj)
             objects.done(self, obj)
         self._forget(task)
