@@ -292,9 +292,9 @@ class SchedulerState:
         """Its arguments that are pending again (lost, being made again) hold it back."""
         task.state = "waiting"
         task.worker = None
-        for oid in task.spec.deps:
+        for oid in task.spec.deps:  # (once per mention, as at submit: _forget undoes each)
             obj = self.objects[oid]
-            if obj.state == "pending" and oid not in task.waiting_on:
+            if obj.state == "pending":
                 task.waiting_on.add(oid)
                 obj.dependents.append(task)
 
