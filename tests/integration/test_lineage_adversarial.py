@@ -9,6 +9,7 @@ read its objects pull copies into this host's store.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -105,6 +106,24 @@ def test_a_lost_return_is_made_again_beside_its_sibling_s_live_copy(cluster) -> 
         assert int(tg.get(b, timeout=60)[0]) == 41
         assert rebuilt() == before + 1
     del a, b
+    wait_for(lambda: released_records() == 0, what="lineage records to go")
+
+
+def test_futures_and_await_of_objects_whose_copy_died_read_them_again(cluster) -> None:
+    """The driver knows where x and y are (it waited for them), then their daemon
+    dies. Like get(), a ref's future and ``await ref`` read them again once they
+    are made again, instead of failing with the copy they were told of."""
+    with extra_daemon(2) as (node, proc):
+        x, y = (make.options(scheduling_strategy=on(node)).remote(i) for i in (6, 7))
+        tg.wait([x, y], num_returns=2, timeout=60, fetch_local=False)
+        kill(proc)
+        assert (x.future().result(timeout=60) == 6).all()
+
+        async def read(ref: tg.ObjectRef) -> np.ndarray:
+            return await ref
+
+        assert (asyncio.run(asyncio.wait_for(read(y), 60)) == 7).all()
+    del x, y
     wait_for(lambda: released_records() == 0, what="lineage records to go")
 
 
