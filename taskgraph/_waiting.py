@@ -159,16 +159,17 @@ class Waiting:
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         oids = [r.id for r in refs]
         unique = list(dict.fromkeys(oids))
+        # (one deadline for the wait and any reads again: get(timeout=t) returns by t)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self.wait_values(unique, len(unique), timeout) is None:
             raise GetTimeoutError(timeout, len(unique))
         if self.leases is not None:
             self.leases.got(unique)
         with self._lock:
             values = [self._values[o] for o in oids]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return [self._decode(v, deadline) for v in values]
+        return [self._decode(v, deadline, timeout) for v in values]
 
-    def _decode(self, value: w.Value, deadline: float | None) -> Any:
+    def _decode(self, value: w.Value, deadline: float | None, timeout: float | None) -> Any:
         """A value, read again (from another copy, or once the scheduler has made
         it again) if the copy we were told of is gone."""
         for _ in range(REREADS):
@@ -177,16 +178,22 @@ class Waiting:
             except Unreadable as exc:
                 oid = value.object_id
                 with self._lock:
-                    if self._values.get(oid) is value:
-                        del self._values[oid]
-                    self._queue(w.ObjectUnreadable(oid, exc.worker_id), wake=False)
-                    self._stats.values_read_again += 1
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if self.wait_values([oid], 1, timeout) is None:
+                    self._copy_gone(value, exc, wake=False)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self.wait_values([oid], 1, left) is None:
                     raise GetTimeoutError(timeout, 1) from exc
                 with self._lock:
                     value = self._values[oid]
         return self.objects.decode(value)
+
+    def _copy_gone(self, value: w.Value, exc: Unreadable, wake: bool) -> None:
+        """The copy ``value`` names could not be read: forget it, and tell the
+        scheduler, which counts that copy lost (lock held)."""
+        oid = value.object_id
+        if self._values.get(oid) is value:
+            del self._values[oid]
+        self._queue(w.ObjectUnreadable(oid, exc.worker_id), wake=wake)
+        self._stats.values_read_again += 1
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
