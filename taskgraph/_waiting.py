@@ -201,13 +201,30 @@ class Waiting:
         keep = ref
 
         def done(value: w.Value) -> None:
-            del keep_alive[:]
             try:
-                fut.set_result(self.objects.decode(value))
-            except BaseException as exc:
+                result = self.objects.decode(value)
+            except Unreadable as exc:
+                # Read again, as get() does, once another copy is known or the
+                # object is made again (this may run on the thread that delivers
+                # values: no waiting here, and the flusher thread sends).
+                with self._lock:
+                    if rereads[0] > 0 and self.broken is None:
+                        rereads[0] -= 1
+                        self._copy_gone(value, exc, wake=True)
+                        self._callbacks.setdefault(ref.id, []).append(done)
+                        self._want([ref.id])
+                        return
+                del keep_alive[:]
                 fut.set_exception(exc)
+            except BaseException as exc:
+                del keep_alive[:]
+                fut.set_exception(exc)
+            else:
+                del keep_alive[:]
+                fut.set_result(result)
 
         keep_alive = [keep]
+        rereads = [REREADS]
         with self._lock:
             value = self._values.get(ref.id)
             if value is None:
