@@ -251,13 +251,15 @@ def copy_unreadable(state: SchedulerState, obj: Obj, worker_id: str) -> None:
     copy takes its place, or the object is made again."""
     if obj.state != "ready" or obj.location is None:
         return
-    if obj.location.worker_id != worker_id:
-        obj.copies.pop(worker_id, None)
-        return
+    if worker_id != obj.location.worker_id and worker_id not in obj.copies:
+        return  # (no copy we know of: a late word, or a wrong one)
     worker = state.workers.get(worker_id)
-    if worker is not None:
+    if worker is not None:  # (it may live on: what it keeps of the object is nobody's)
         worker.segments.pop(obj.id, None)
         state.send_worker(worker_id, w.FreeObjects([obj.id]))
+    if obj.location.worker_id != worker_id:
+        del obj.copies[worker_id]
+        return
     if obj.copies:
         obj.location = obj.copies.pop(next(iter(obj.copies)))
         return

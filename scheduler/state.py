@@ -292,9 +292,9 @@ class SchedulerState:
         """Its arguments that are pending again (lost, being made again) hold it back."""
         task.state = "waiting"
         task.worker = None
-        for oid in task.spec.deps:
+        for oid in task.spec.deps:  # (once per mention, as at submit: _forget undoes each)
             obj = self.objects[oid]
-            if obj.state == "pending" and oid not in task.waiting_on:
+            if obj.state == "pending":
                 task.waiting_on.add(oid)
                 obj.dependents.append(task)
 
@@ -389,8 +389,8 @@ class SchedulerState:
                 # Freed meanwhile, or a task run again for another of its returns
                 # (lineage.py) while this one lives on: the new copy has no holder.
                 if ret.location is not None and worker is not None:
-                    kept = obj.location if obj is not None else None
-                    if kept is None or kept.worker_id != worker.worker_id:
+                    kept = () if obj is None else (obj.location, *obj.copies.values())
+                    if all(loc is None or loc.worker_id != worker.worker_id for loc in kept):
                         self.send_worker(worker.worker_id, w.FreeObjects([ret.object_id]))
                 continue
             if result.delivered:
@@ -400,8 +400,12 @@ class SchedulerState:
             obj.location = ret.location
             if ret.location is not None and worker is not None:
                 worker.segments[ret.object_id] = ret.location.store
-            if not obj.contains:  # (made again, it still holds what it held)
-                objects.hold_contained(self, obj, ret.contains)
+            # Made again, it holds what its new value names (a task that puts
+            # makes new objects each run), and lets go of what the old one did.
+            held, obj.contains = obj.contains, []
+            objects.hold_contained(self, obj, ret.contains)
+            for inner in held:
+                objects.decref(self, inner)
             lineage.remember(self, task, obj)
             objects.done(self, obj)
         self._forget(task)
@@ -412,8 +416,9 @@ class SchedulerState:
             task.error_type = error_type_of(error)
         for oid in return_ids(task.id, task.spec.num_returns):
             obj = self.objects.get(oid)
-            if obj is not None:
-                objects.failed(self, obj, error)
+            if obj is None or (obj.state != "pending" and obj.lineage is not None):
+                continue  # (a sibling return of one it ran again for lives on: lineage.py)
+            objects.failed(self, obj, error)
         self._forget(task)
         if task.spec.actor is not None:
             self.actors.creation_erred(task.id, error)

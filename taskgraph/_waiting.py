@@ -159,6 +159,8 @@ class Waiting:
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         oids = [r.id for r in refs]
         unique = list(dict.fromkeys(oids))
+        # (one deadline for the wait and any reads again: get(timeout=t) returns by t)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self.wait_values(unique, len(unique), timeout) is None:
             with self._lock:
                 not_ready = sum(o not in self._values for o in unique)
@@ -167,10 +169,9 @@ class Waiting:
             self.leases.got(unique)
         with self._lock:
             values = [self._values[o] for o in oids]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return [self._decode(v, deadline) for v in values]
+        return [self._decode(v, deadline, timeout) for v in values]
 
-    def _decode(self, value: w.Value, deadline: float | None) -> Any:
+    def _decode(self, value: w.Value, deadline: float | None, timeout: float | None) -> Any:
         """A value, read again (from another copy, or once the scheduler has made
         it again) if the copy we were told of is gone."""
         for _ in range(REREADS):
@@ -179,16 +180,22 @@ class Waiting:
             except Unreadable as exc:
                 oid = value.object_id
                 with self._lock:
-                    if self._values.get(oid) is value:
-                        del self._values[oid]
-                    self._queue(w.ObjectUnreadable(oid, exc.worker_id), wake=False)
-                    self._stats.values_read_again += 1
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if self.wait_values([oid], 1, timeout) is None:
+                    self._copy_gone(value, exc, wake=False)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self.wait_values([oid], 1, left) is None:
                     raise GetTimeoutError(timeout, 1) from exc
                 with self._lock:
                     value = self._values[oid]
         return self.objects.decode(value)
+
+    def _copy_gone(self, value: w.Value, exc: Unreadable, wake: bool) -> None:
+        """The copy ``value`` names could not be read: forget it, and tell the
+        scheduler, which counts that copy lost (lock held)."""
+        oid = value.object_id
+        if self._values.get(oid) is value:
+            del self._values[oid]
+        self._queue(w.ObjectUnreadable(oid, exc.worker_id), wake=wake)
+        self._stats.values_read_again += 1
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -196,13 +203,30 @@ class Waiting:
         keep = ref
 
         def done(value: w.Value) -> None:
-            del keep_alive[:]
             try:
-                fut.set_result(self.objects.decode(value))
-            except BaseException as exc:
+                result = self.objects.decode(value)
+            except Unreadable as exc:
+                # Read again, as get() does, once another copy is known or the
+                # object is made again (this may run on the thread that delivers
+                # values: no waiting here, and the flusher thread sends).
+                with self._lock:
+                    if rereads[0] > 0 and self.broken is None:
+                        rereads[0] -= 1
+                        self._copy_gone(value, exc, wake=True)
+                        self._callbacks.setdefault(ref.id, []).append(done)
+                        self._want([ref.id])
+                        return
+                del keep_alive[:]
                 fut.set_exception(exc)
+            except BaseException as exc:
+                del keep_alive[:]
+                fut.set_exception(exc)
+            else:
+                del keep_alive[:]
+                fut.set_result(result)
 
         keep_alive = [keep]
+        rereads = [REREADS]
         with self._lock:
             value = self._values.get(ref.id)
             if value is None:

@@ -203,9 +203,18 @@ class ObjectStore:
     def create(self, object_id: bytes, size: int, holder: Hashable) -> int:
         """Room for a new object, pinned by its writer until sealed; its offset."""
         old = self.entries.get(object_id)
+        if old is not None and not old.freed and not old.sealed:
+            raise ValueError(f"object {object_id.hex()} is already in the store")
+        if old is not None and not old.freed:
+            # A task run again (lineage) for a lost sibling return of this one,
+            # whose copy here lives on: the new bytes go to a place of their own,
+            # freed as their writer seals them. Readers keep the copy they know.
+            offset = self._allocate(size)
+            key = self._retired_key(object_id)
+            self.entries[key] = Entry(size, offset, pins=1, freed=True)
+            self.holders.setdefault(holder, collections.Counter())[key] += 1
+            return offset
         if old is not None:
-            if not old.freed:
-                raise ValueError(f"object {object_id.hex()} is already in the store")
             self._retire(object_id)
         offset = self._allocate(size)
         self.entries[object_id] = Entry(size, offset, pins=1)
@@ -264,13 +273,17 @@ class ObjectStore:
     def _retire(self, object_id: bytes) -> None:
         """An object is made again (lineage) while readers still map its freed
         copy: that copy moves to a key of its own, kept until their pins go."""
-        key = object_id + b"~" + next(self._retired_count).to_bytes(8, "big")
+        key = self._retired_key(object_id)
         self.entries[key] = self.entries.pop(object_id)
-        self.retired.setdefault(object_id, []).append(key)
-        self._retired_of[key] = object_id
         for pins in self.holders.values():
             if object_id in pins:
                 pins[key] = pins.pop(object_id)
+
+    def _retired_key(self, object_id: bytes) -> bytes:
+        key = object_id + b"~" + next(self._retired_count).to_bytes(8, "big")
+        self.retired.setdefault(object_id, []).append(key)
+        self._retired_of[key] = object_id
+        return key
 
     def free(self, object_id: bytes) -> None:
         entry = self.entries.get(object_id)

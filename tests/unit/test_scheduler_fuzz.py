@@ -130,6 +130,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 task = self.state.tasks[a.spec.task_id]
                 assert task.state == "processing" and task.worker == send.id
                 assert len(a.inputs) == len(a.spec.deps)
+                for value in a.inputs:  # (not an argument pending again: lineage.py)
+                    assert value.error is not None or value.data is not None or value.location
                 self.assigned[a.spec.task_id] = (send.id, a.spec)
         elif isinstance(msg, w.FreeObjects):
             # Freed, or a copy there that no longer counts (lost, or a surplus one).
@@ -189,7 +191,13 @@ class SchedulerMachine(RuleBasedStateMachine):
             result = w.TaskResult(task_id, returns=returns, duration=duration)
         elif outcome == "input":  # it could not read an argument (lineage.py)
             lost = spec.deps[task_id[11] % len(spec.deps)] if spec.deps else b"not an argument"
-            result = w.TaskResult(task_id, error=LOST, failure="input", lost=lost)
+            # ... its copy where the scheduler said it was (or, now and then, nowhere known)
+            obj = self.state.objects.get(lost)
+            where = obj.location if obj is not None else None
+            lost_from = where.worker_id if where is not None and task_id[11] % 3 else "w-gone"
+            result = w.TaskResult(
+                task_id, error=LOST, failure="input", lost=lost, lost_from=lost_from
+            )
         else:
             error = {"task": TASK_ERROR, "crashed": CRASH, "cancelled": None}[outcome]
             result = w.TaskResult(task_id, error=error, failure=outcome)
