@@ -107,8 +107,11 @@ def released(state: SchedulerState, obj: Obj) -> None:
                 doomed.append(dep)
 
 
-def lost(state: SchedulerState, lost_objects: list[Obj], node: str) -> None:
-    """These objects' every copy was on ``node``, gone: make them again, or fail them."""
+def lost(
+    state: SchedulerState, lost_objects: list[Obj], node: str, unreadable: bool = False
+) -> None:
+    """These objects' every copy was on ``node``, gone (or, ``unreadable``, a
+    reader could not read it there): make them again, or fail them."""
     if not lost_objects:
         return
     failures: dict[bytes, bytes] = {}
@@ -123,7 +126,7 @@ def lost(state: SchedulerState, lost_objects: list[Obj], node: str) -> None:
         if obj.id in seen:
             continue
         seen.add(obj.id)
-        error = _cannot(state, obj, node)
+        error = _cannot(state, obj, node, unreadable)
         if error is not None:
             if obj.id in state.released:
                 failures[obj.id] = error  # (nothing holds it: its rebuilders fail)
@@ -158,7 +161,7 @@ def _gone(state: SchedulerState, obj: Obj) -> bool:
     return obj.state == "ready" and obj.data is None and obj.location is None
 
 
-def _cannot(state: SchedulerState, obj: Obj, node: str) -> bytes | None:
+def _cannot(state: SchedulerState, obj: Obj, node: str, unreadable: bool) -> bytes | None:
     """Why ``obj`` cannot be made again (a pickled error), or None."""
     oid = obj.id.hex()
     if obj.task is None:
@@ -171,11 +174,12 @@ def _cannot(state: SchedulerState, obj: Obj, node: str) -> bytes | None:
                     f"what is made from it rebuilt",
                 )
             )
-        return error_bytes(
-            ObjectLostError(
-                oid, f"it was put() and its only copy was on node {node}, which is gone"
-            )
+        where = (
+            f"its only copy, on node {node}, could not be read (a reader said so)"
+            if unreadable  # (the node may well live on)
+            else f"its only copy was on node {node}, which is gone"
         )
+        return error_bytes(ObjectLostError(oid, f"it was put() and {where}"))
     if obj.lineage is None:
         return error_bytes(
             ObjectReconstructionFailedError(
@@ -264,4 +268,4 @@ def copy_unreadable(state: SchedulerState, obj: Obj, worker_id: str) -> None:
         obj.location = obj.copies.pop(next(iter(obj.copies)))
         return
     obj.location = None
-    lost(state, [obj], worker_id)
+    lost(state, [obj], worker_id, unreadable=True)

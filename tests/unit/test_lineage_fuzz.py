@@ -304,6 +304,19 @@ def test_readers_naming_unknown_or_wrong_workers_change_nothing() -> None:
     assert h.state.tasks_rebuilt == 0
 
 
+def test_a_put_a_reader_could_not_read_on_a_live_node_fails_without_calling_it_gone() -> None:
+    """One reader's word condemns the only copy of a put (it cannot be made
+    again); its node lives on, so the error must not say the node is gone."""
+    h = two_workers()
+    put_id = h.new_id()
+    h.send(b"c1", w.PutObject(put_id, location=at("w2")))
+    sends = h.send(b"c1", w.ObjectUnreadable(put_id, "w2"))
+    assert freed_on(sends, "w2") == {put_id}
+    err = error_of(values(h.want(b"c1", put_id), b"c1")[put_id])
+    assert type(err) is ObjectLostError
+    assert "w2" in str(err) and "could not be read" in str(err) and "gone" not in str(err)
+
+
 def test_a_flood_of_true_holder_claims_rebuilds_at_most_max_retries_times() -> None:
     """A reader that keeps saying the holder's copy is unreadable (true or not)
     costs one rebuild each time the object is ready again, up to max_retries;
