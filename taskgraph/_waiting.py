@@ -199,8 +199,12 @@ class Waiting:
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        # The future keeps the ref alive until it completes.
+        # The future keeps the ref alive until it completes (``keep_alive``, emptied
+        # then). ``done`` reaches itself through ``again`` (to wait once more),
+        # emptied then too: a cycle would keep the future, and so its value and
+        # the stored object under it, until the garbage collector ran.
         keep = ref
+        oid = ref.id
 
         def done(value: w.Value) -> None:
             try:
@@ -213,24 +217,26 @@ class Waiting:
                     if rereads[0] > 0 and self.broken is None:
                         rereads[0] -= 1
                         self._copy_gone(value, exc, wake=True)
-                        self._callbacks.setdefault(ref.id, []).append(done)
-                        self._want([ref.id])
+                        self._callbacks.setdefault(oid, []).extend(again)
+                        self._want([oid])
                         return
-                del keep_alive[:]
+                del keep_alive[:], again[:]
                 fut.set_exception(exc)
             except BaseException as exc:
-                del keep_alive[:]
+                del keep_alive[:], again[:]
                 fut.set_exception(exc)
             else:
-                del keep_alive[:]
+                del keep_alive[:], again[:]
                 fut.set_result(result)
 
         keep_alive = [keep]
+        again = [done]
         rereads = [REREADS]
         with self._lock:
             value = self._values.get(ref.id)
             if value is None:
                 if self.broken is not None:
+                    del keep_alive[:], again[:]
                     fut.set_exception(ConnectionError(self.broken))
                     return fut
                 self._callbacks.setdefault(ref.id, []).append(done)
