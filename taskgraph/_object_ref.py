@@ -200,6 +200,13 @@ class ObjectRefGenerator:
         item = ObjectRef(generator_item_id(self._task_id, self._next), self._client)
         self._client.wait_values([item.id, self._end.id], 1, None)
         value = self._client.peek(item.id)
+        if value is None and self._end_failed():
+            # A failed end may overtake the items before it (an actor's direct
+            # call answers down its channel; its items come by the scheduler),
+            # and tells no count: wait for the item, which the scheduler settles
+            # (an error if it was never yielded).
+            self._client.wait_values([item.id], 1, None)
+            value = self._client.peek(item.id)
         if value is None or value.error is not None:
             # Not yielded (yet): the task ended. Its count, or its error, says why.
             count = self._end.result()
@@ -207,6 +214,10 @@ class ObjectRefGenerator:
                 raise StopIteration
         self._next += 1
         return item
+
+    def _end_failed(self) -> bool:
+        end = self._client.peek(self._end.id)
+        return end is not None and end.error is not None
 
     def __aiter__(self) -> ObjectRefGenerator:
         return self
