@@ -4,6 +4,8 @@ anything of that frame is applied; the cluster goes on."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -30,7 +32,8 @@ def intruder_task(client_id: bytes) -> w.TaskSpec:
     )
 
 
-def test_a_client_sending_a_worker_message_is_cut_off_and_its_frame_not_applied():
+def send_and_be_cut_off(messages_for: Callable[[bytes], list[Any]]) -> None:
+    """Connect as an authenticated client, send one frame, and be cut off for it."""
     runtime = tg._api._runtime
     assert runtime is not None and runtime.cluster is not None
     client_id = os.urandom(8)
@@ -39,11 +42,15 @@ def test_a_client_sending_a_worker_message_is_cut_off_and_its_frame_not_applied(
         runtime.address, runtime.cluster.token.encode(), hello, w.SCHEDULER_TO_CLIENT
     )
     try:
-        conn.send([w.SubmitTasks([intruder_task(client_id)]), w.RunTasks([])])
+        conn.send(messages_for(client_id))
         with pytest.raises(ConnectionError):
             conn.recv()  # the scheduler closed the connection
     finally:
         conn.close()
+
+
+def test_a_client_sending_a_worker_message_is_cut_off_and_its_frame_not_applied():
+    send_and_be_cut_off(lambda me: [w.SubmitTasks([intruder_task(me)]), w.RunTasks([])])
     tasks = tg._api.client().query("tasks")
     assert not [t for t in tasks if t["name"] == "intruder"], "half a frame was applied"
     assert tg.get(double.remote(21)) == 42
@@ -53,20 +60,11 @@ def test_a_client_sending_a_worker_message_is_cut_off_and_its_frame_not_applied(
 def test_a_resource_amount_not_finite_or_negative_is_refused_where_it_enters(amount):
     """One task asking for CPU nan would poison placement for everyone: the frame
     is refused as it is decoded, the sender cut off, nothing of it applied."""
-    runtime = tg._api._runtime
-    assert runtime is not None and runtime.cluster is not None
-    client_id = os.urandom(8)
-    hello = w.Hello("client", b"", client_id, pid=os.getpid())
-    conn, _ = connect_blocking(
-        runtime.address, runtime.cluster.token.encode(), hello, w.SCHEDULER_TO_CLIENT
+    send_and_be_cut_off(
+        lambda me: [
+            w.SubmitTasks([msgspec.structs.replace(intruder_task(me), resources={"CPU": amount})])
+        ]
     )
-    poisoned = msgspec.structs.replace(intruder_task(client_id), resources={"CPU": amount})
-    try:
-        conn.send([w.SubmitTasks([poisoned])])
-        with pytest.raises(ConnectionError):
-            conn.recv()
-    finally:
-        conn.close()
     tasks = tg._api.client().query("tasks")
     assert not [t for t in tasks if t["name"] == "intruder"]
     assert tg.get([double.remote(i) for i in range(8)], timeout=30) == [2 * i for i in range(8)]
