@@ -525,9 +525,12 @@ class Gate:
     """A sequential actor whose first call waits for a file, so calls queue behind it."""
 
     def wait_for(self, path):
+        # Looks every 0.1 s: a cancel sent before the file appears has that long
+        # to reach this process (scheduler -> daemon -> executor) on a loaded
+        # machine before the call behind this one is dequeued.
         deadline = time.monotonic() + 30
         while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.1)
         return "opened"
 
     def value(self, x):
