@@ -37,10 +37,7 @@ from .records import ClientRec, Task, WorkerRec, error_bytes
 if TYPE_CHECKING:
     from .state import SchedulerState
 
-LEASES_ENDED = 10_000
-FOREVER = (
-    2**31 - 1
-)  # max_retries=-1 (taskgraph/_remote_function.py)  # ended leases remembered (a late record of their tasks)
+LEASES_ENDED = 10_000  # ended leases remembered (a late record of their tasks)
 
 
 def joined(state: SchedulerState, info: w.WorkerInfo) -> None:
@@ -154,7 +151,7 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
             error = error_bytes(
                 WorkerCrashedError(f"task '{task.spec.name}' failed without an error")
             )
-        elif result.failure == "crashed" and 0 < task.spec.max_retries < FOREVER:
+        elif result.failure == "crashed" and 0 < task.spec.max_retries < w.FOREVER:
             # The daemon's error tells of this try alone: say that all were used.
             error = error_bytes(
                 WorkerCrashedError(

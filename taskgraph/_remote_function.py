@@ -21,7 +21,7 @@ from taskgraph._ids import task_id as make_task_id
 from taskgraph._object_io import INLINE_LIMIT
 from taskgraph._object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 
-FOREVER = 2**31 - 1
+FOREVER = w.FOREVER  # (actor.py takes it from here)
 
 
 @dataclass(frozen=True, slots=True)

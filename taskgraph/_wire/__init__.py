@@ -79,6 +79,7 @@ from .client import (
     query_for,
 )
 from .common import (
+    FOREVER,
     PROTOCOL_VERSION,
     ActorSpec,
     Challenge,
@@ -141,6 +142,7 @@ from .worker import (
 # Every message, record and helper beside this module, as w.Name.
 __all__ = [
     "CLIENT_MESSAGES",
+    "FOREVER",
     "PROTOCOL_VERSION",
     "QUERIES",
     "TO_CLIENT",

@@ -96,6 +96,9 @@ class ActorSpec(Msg):
     get_if_exists: bool = False
 
 
+FOREVER = 2**31 - 1  # max_retries / max_restarts of -1 (the user's "forever"), on the wire
+
+
 class TaskSpec(Msg):
     """One node of the task graph, as the client records it."""
 
