@@ -213,3 +213,22 @@ def test_a_late_report_of_an_unreadable_copy_spares_the_copy_made_since() -> Non
     )
     assert assigned_ids(sends, "w3") == [b.task_id]
     assert h.state.objects[ret(a)].location == at(where)
+
+
+def test_a_task_whose_arguments_just_came_goes_before_tasks_ready_from_the_start() -> None:
+    """Depth first: a reduce whose maps are done runs before maps not started, so
+    intermediates are freed early (benchmarks/chaos.py measures the peak)."""
+    h = Harness()
+    h.client()
+    h.worker("w1", {"CPU": 1.0})
+    first = h.spec("map")
+    h.submit(b"c1", first)
+    later = [h.spec("map") for _ in range(3)]
+    h.submit(b"c1", *later)
+    reduce = h.spec("reduce", deps=[ret(first)])
+    h.submit(b"c1", reduce)
+    assert h.task_state(reduce) == "waiting"
+    sends = h.done("w1", ok(first, location=at("w1")))
+    assert assigned_ids(sends, "w1") == [reduce.task_id]
+    sends = h.done("w1", ok(reduce))
+    assert assigned_ids(sends, "w1") == [later[0].task_id], "the roots keep their order"
