@@ -22,16 +22,22 @@ Whatever the kind, the scheduler records every task sent down a channel and
 the executor reports each one on its ordered stream before it answers here,
 so an answer only brings a value sooner. When the connection closes, the
 tasks in flight are the scheduler's to settle (their reports, a retry, or
-their failure): the client asks it for their values. A thread per channel
-reads it (the listener hands it over after ``ChannelReady``); submitting
-threads send.
+their failure): the client asks it for their values. Submitting threads
+send. A thread per channel reads it (the listener hands it over after
+``ChannelReady``), except while a thread waiting in get() for its answers
+reads it itself (``wait_for``): then no thread stands between the answer and
+the thread that waits for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
 import threading
+import time
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -39,9 +45,16 @@ import msgspec
 from taskgraph import _wire as w
 from taskgraph._transport import BlockingConnection
 from taskgraph.exceptions import ClusterConnectionError, TaskgraphError
+from taskgraph.settings import settings
 
 if TYPE_CHECKING:
     from taskgraph._client import Client
+    from taskgraph._waiting import Waiter
+
+# Seconds the reading thread leaves the socket alone after a thread in get()
+# read it (``wait_for``): a caller in a loop of synchronous calls reads every
+# answer itself, with no thread between the socket and it.
+STICKY = 0.005
 
 
 class Owner(Protocol):
@@ -71,6 +84,19 @@ class Channel:
         self._lost = False
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()  # batches leave in the order they were taken
+        # Who reads the socket (see wait_for): the channel's own thread, or a
+        # thread waiting in get() for answers from here. ``_role`` is held by
+        # whichever reads; ``_turns`` (and its fields) decides whose turn it is.
+        self._buffer = bytearray()  # read, not yet a whole frame (the reader's)
+        self._role = threading.Lock()
+        self._turns = threading.Condition()
+        self._started = False
+        self._getter = False  # a thread in get() reads, or is taking the socket
+        self._getter_left = 0.0  # when the last one gave it back (monotonic)
+        self._bystanders = 0  # threads waiting for answers while another reads
+        self._wake_r, self._wake_w = os.pipe()  # pulls the reading thread out of poll
+        self._read_in_get = settings().read_in_get
+        self._getter_thread = 0  # the thread in get() that reads (its ident), if any
 
     @property
     def backlogged(self) -> bool:
@@ -97,7 +123,7 @@ class Channel:
                 raise ClusterConnectionError(self.broken or "the channel is ending")
             # Recorded before it can be sent (another thread may flush us): an
             # answer must never find its ids unexpected.
-            oids = self.in_flight[spec.task_id] = client.record_channel_task(spec)
+            oids = self.in_flight[spec.task_id] = client.record_channel_task(spec, self)
             self._outbox.append(w.ChannelTask(spec, function))
             if function:
                 self._functions.add(fid)
@@ -162,32 +188,137 @@ class Channel:
             self._outbox = []
         with contextlib.suppress(OSError):
             self.conn.sock.shutdown(socket.SHUT_RDWR)  # the reading thread sees the end
+        with self._turns:
+            self._getter_left = 0.0  # (and reads again now, if parked)
+            self._turns.notify_all()
 
     # -- the reading thread ------------------------------------------------------
 
     def start(self, buffer: bytearray) -> None:
         """Read the channel on a thread of its own, from what the listener read
         after ``ChannelReady`` (``buffer``)."""
-        threading.Thread(
-            target=self._read, args=(buffer,), name="taskgraph-channel", daemon=True
-        ).start()
+        with self._turns:
+            if self._lost:
+                return  # (lost before it began: nothing to read)
+            self._buffer = buffer
+            self._started = True
+        threading.Thread(target=self._read, name="taskgraph-channel", daemon=True).start()
 
-    def _read(self, buffer: bytearray) -> None:
-        sock = self.conn.sock
+    def _read(self) -> None:
+        poller = select.poll()
+        poller.register(self.conn.sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         try:
-            while True:
-                for msgs in w.take_frames(buffer, w.EXECUTOR_TO_CLIENT):
-                    for msg in msgs:
-                        if not self.received(msg):
-                            return
-                data = sock.recv(1 << 16)
-                if not data:
-                    return
-                buffer += data
-        except (OSError, TaskgraphError):
-            pass
+            while self._take_turn():
+                try:
+                    if not self._read_once(poller):
+                        self.lost()  # (the role held: no thread in get() reads meanwhile)
+                finally:
+                    self._role.release()
         finally:
-            self.lost()
+            with self._role, self._turns:  # (after any thread in get() is done with it)
+                self._close_pipe()
+
+    def _read_once(self, poller: select.poll) -> bool:
+        """The reading thread's turn (the role held); False at the channel's end."""
+        try:
+            if not self._take_frames():
+                return False
+            if any(fd == self._wake_r for fd, _ in poller.poll()):
+                os.read(self._wake_r, 4096)  # a thread in get() wants the socket
+                return True
+            return self._receive()
+        except (OSError, TaskgraphError):
+            return False
+
+    def _close_pipe(self) -> None:
+        """(``_turns`` held: a thread in get() writes to it under it.)"""
+        if self._wake_w >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+    def _take_turn(self) -> bool:
+        """The reading thread: wait while a thread in get() reads (and ``STICKY``
+        after), then take the socket. False once the channel is lost."""
+        while True:
+            with self._turns:
+                while not self._lost:
+                    if self._getter:
+                        self._turns.wait(STICKY)  # (not told when it is done: see wait_for)
+                        continue
+                    idle = time.monotonic() - self._getter_left
+                    if idle >= STICKY:
+                        break
+                    self._turns.wait(STICKY - idle)
+                if self._lost:
+                    return False
+            self._role.acquire()
+            with self._turns:
+                if not self._getter and not self._lost:
+                    return True  # (else one came meanwhile: let it read)
+            self._role.release()
+
+    def _receive(self) -> bool:
+        """Read once (the role held) and act on whole frames; False at the end."""
+        data = self.conn.sock.recv(1 << 16)
+        if not data:
+            return False
+        self._buffer += data
+        return self._take_frames()
+
+    def _take_frames(self) -> bool:
+        for msgs in w.take_frames(self._buffer, w.EXECUTOR_TO_CLIENT):
+            for msg in msgs:
+                if not self.received(msg):
+                    return False
+        return True
+
+    def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
+        """Wait until ``waiter``'s values (answers of tasks sent down here) came,
+        reading the socket on this thread while no other thread in get() does:
+        the answer then wakes this thread itself, not a reading thread that
+        would wake it (each thread woken costs tens of microseconds, the most
+        of a synchronous call). True if they came within ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._turns:
+            reads = self._read_in_get and self._started and not self._getter and not self._lost
+            if reads:
+                self._getter = True
+            else:
+                self._bystanders += 1
+        if not reads:
+            try:
+                return waiter.wait(timeout)
+            finally:
+                with self._turns:
+                    self._bystanders -= 1
+        try:
+            if not self._role.acquire(blocking=False):
+                with self._turns:
+                    if self._wake_w >= 0:
+                        os.write(self._wake_w, b"x")
+                self._role.acquire()
+            self._getter_thread = threading.get_ident()
+            waiter.on_wake = partial(self._poke, self._getter_thread)
+            try:
+                self._read_until(waiter, deadline)
+            finally:
+                waiter.on_wake = None
+                self._getter_thread = 0
+                self._role.release()
+        finally:
+            with self._turns:
+                self._getter = False
+                self._getter_left = time.monotonic()
+                if self._bystanders or self._lost:
+                    # Others still wait for answers from here: the channel's
+                    # thread reads for them now, not after STICKY.
+                    self._getter_left = 0.0
+                    self._turns.notify()
+        # Lost: the scheduler answers (the client asked it); or it came meanwhile.
+        left = None if deadline is None else deadline - time.monotonic()
+        return waiter.woken or waiter.wait(left if left is None else max(left, 0.0))
 
     def received(self, msg: w.Msg) -> bool:
         """Act on what the executor sent; False if the connection should close."""
@@ -195,7 +326,9 @@ class Channel:
             with self._lock:
                 oids = self.in_flight.pop(msg.result.task_id, None)
             if oids is not None:
-                self.client.channel_answered(oids, msg)
+                # (read by the thread that waits: counted, so a test sees the path)
+                by_waiter = self._getter_thread == threading.get_ident()
+                self.client.channel_answered(oids, msg, by_waiter)
             self._shut_when_done()
             return True
         if isinstance(msg, w.LeaseEnding):
@@ -218,6 +351,41 @@ class Channel:
         with contextlib.suppress(OSError):
             self.conn.sock.shutdown(socket.SHUT_WR)
 
+    def _read_until(self, waiter: Waiter, deadline: float | None) -> None:
+        """Read (the role held) until ``waiter`` is woken (here, or by another
+        thread: it pokes us), the deadline passes or the channel is lost."""
+        poller = select.poll()
+        poller.register(self.conn.sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while not waiter.woken and not self._lost:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                ready = poller.poll(None if left is None else int(left * 1000) + 1)
+                try:
+                    if any(fd == self._wake_r for fd, _ in ready):
+                        os.read(self._wake_r, 4096)
+                        continue
+                    ok = not ready or self._receive()
+                except (OSError, TaskgraphError):
+                    ok = False
+                if not ok:
+                    self.lost()
+        except BaseException:
+            # Interrupted (Ctrl-C) while taking in answers: one may be half
+            # handled. Let the channel go: the scheduler answers for all it had.
+            self.close()
+            raise
+
+    def _poke(self, reader: int) -> None:
+        """A waiter that thread ``reader`` reads for was woken elsewhere (its values
+        came through the scheduler, or the client broke): stop its reading."""
+        if threading.get_ident() != reader:
+            with self._turns:
+                if self._wake_w >= 0:
+                    os.write(self._wake_w, b"x")
+
     def lost(self) -> None:
         """The connection closed: after the channel's end, or because the executor
         died or the client broke it. What was in flight is the scheduler's to
@@ -233,5 +401,10 @@ class Channel:
             self._outbox = []
         for oids in lost.values():
             self.client.channel_lost(oids)
+        self.client.channel_gone(self)
         self.owner.channel_lost(self)
         self.conn.close()
+        with self._turns:
+            self._turns.notify_all()  # (the reading thread ends)
+            if not self._started:
+                self._close_pipe()

@@ -70,6 +70,7 @@ class ClientStatistics:
     tasks_leased: int  # of those, sent down a lease to an executor (_leases.py)
     direct_actor_calls: int  # actor calls sent straight to the actor's process
     results_direct: int  # values handed over by an executor on this host
+    results_read_in_get: int  # of those, read off their channel by the thread waiting for them
     results_via_scheduler: int  # values the scheduler sent
     values_read_again: int  # values whose copy was gone when read, then read again (lineage)
     awaiting_channels: int  # returns whose values are awaited from a channel now
@@ -83,6 +84,7 @@ class _Counts:
     tasks_leased: int = 0
     direct_actor_calls: int = 0
     results_direct: int = 0
+    results_read_in_get: int = 0
     results_via_scheduler: int = 0
     values_read_again: int = 0
 
@@ -160,7 +162,7 @@ class Client(Waiting):
         self._slow_calls = self.actors.slow_calls
         # Returns of tasks sent down a channel (a lease, an actor called directly)
         # whose values come from that channel, not from the scheduler.
-        self._direct: set[bytes] = set()
+        self._direct: dict[bytes, Channel] = {}
         self._stats = _Counts()
         self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
         self._flusher = threading.Thread(
@@ -345,7 +347,7 @@ class Client(Waiting):
                     for waiter in self._waiters.pop(oid, ()):
                         waiter.remaining -= 1
                         if waiter.remaining <= 0:
-                            waiter.event.set()
+                            waiter.wake()
                     fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
             elif isinstance(msg, w.QueryReply):
                 fut = self._queries.pop(msg.request_id, None)
@@ -381,7 +383,7 @@ class Client(Waiting):
             self.broken = reason
             for waiters in self._waiters.values():
                 for waiter in waiters:
-                    waiter.event.set()
+                    waiter.wake()
             self._waiters.clear()
             callbacks, self._callbacks = self._callbacks, {}
             queries, self._queries = self._queries, {}
@@ -411,8 +413,8 @@ class Client(Waiting):
             return
         self.submit_later(spec)
 
-    def record_channel_task(self, spec: w.TaskSpec) -> list[bytes]:
-        """A task about to go down a channel: the scheduler records it (in our next
+    def record_channel_task(self, spec: w.TaskSpec, channel: Channel) -> list[bytes]:
+        """A task about to go down ``channel``: the scheduler records it (in our next
         batch; no placement), and its values are awaited from the channel."""
         oids = return_ids(spec.task_id, spec.num_returns)
         with self._lock:
@@ -420,7 +422,7 @@ class Client(Waiting):
                 self._stats.direct_actor_calls += 1
             else:
                 self._stats.tasks_leased += 1
-            self._direct.update(oids)
+            self._direct.update(dict.fromkeys(oids, channel))
             self._queue_lazily(w.SubmitTasks([spec]))
         return oids
 
@@ -432,8 +434,11 @@ class Client(Waiting):
             self._lazy_waiting = True
             self._flush_cond.notify()
 
-    def channel_answered(self, oids: Sequence[bytes], answer: w.DirectResult) -> None:
-        """A channel task's result came from its executor (reported already)."""
+    def channel_answered(
+        self, oids: Sequence[bytes], answer: w.DirectResult, by_waiter: bool = False
+    ) -> None:
+        """A channel task's result came from its executor (reported already);
+        ``by_waiter``: read by a thread waiting for it in get() (``Channel.wait_for``)."""
         result = answer.result
         if answer.via_scheduler:
             self.channel_lost(oids)
@@ -443,7 +448,10 @@ class Client(Waiting):
         else:
             values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
         with self._lock:
-            self._direct.difference_update(oids)
+            for oid in oids:
+                self._direct.pop(oid, None)
+            if by_waiter:
+                self._stats.results_read_in_get += len(values)
             fire = self._arrived([w.ObjectsReady(values)], direct=True)
         self._fire(fire)
 
@@ -451,9 +459,18 @@ class Client(Waiting):
         """No answer will come down the channel: ask the scheduler, which decides
         (the task's report, a retry, or its failure)."""
         with self._lock:
-            self._direct.difference_update(oids)
+            for oid in oids:
+                self._direct.pop(oid, None)
             self._want([o for o in oids if o in self._counts])
         self.flush()
+
+    def channel_gone(self, channel: Channel) -> None:
+        """A channel is lost: any value still awaited from it (its answer was
+        half taken in when the reading was interrupted) is asked of the scheduler."""
+        with self._lock:
+            left = [oid for oid, c in self._direct.items() if c is channel]
+        if left:
+            self.channel_lost(left)
 
     def statistics(self) -> ClientStatistics:
         """How this client's tasks and their results travelled (counts since it began)."""

@@ -24,6 +24,7 @@ from taskgraph._object_ref import ObjectRef
 from taskgraph.exceptions import ClusterConnectionError, GetTimeoutError
 
 if TYPE_CHECKING:
+    from taskgraph._channels import Channel
     from taskgraph._client import _Counts
     from taskgraph._leases import Leases
     from taskgraph._object_io import ObjectIO
@@ -34,13 +35,32 @@ REREADS = 20
 
 
 class Waiter:
-    """A caller blocked in get/wait: how many more of its objects must arrive."""
+    """A caller blocked in get/wait: how many more of its objects must arrive.
 
-    __slots__ = ("event", "remaining")
+    A bare lock, held until ``wake``: a ``threading.Event`` costs a condition
+    and a lock made per wait, which showed in every synchronous call.
+    """
+
+    __slots__ = ("_gate", "on_wake", "remaining", "woken")
 
     def __init__(self, remaining: int) -> None:
         self.remaining = remaining
-        self.event = threading.Event()
+        self.woken = False
+        self.on_wake: Callable[[], None] | None = None  # set while it reads a channel
+        self._gate = threading.Lock()
+        self._gate.acquire()
+
+    def wake(self) -> None:
+        """Let the waiting thread go (lock held by the caller: the client's)."""
+        if not self.woken:
+            self.woken = True
+            self._gate.release()
+            if self.on_wake is not None:
+                self.on_wake()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until woken or ``timeout`` passed; True if woken."""
+        return self._gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
 class Waiting:
@@ -50,7 +70,7 @@ class Waiting:
     _lock: threading.RLock
     _values: dict[bytes, w.Value]  # arrived, for refs still counted here
     _wanted: set[bytes]  # asked of the scheduler, not arrived
-    _direct: set[bytes]  # awaited from a channel
+    _direct: dict[bytes, Channel]  # awaited from a channel: which one
     _waiters: dict[bytes, list[Waiter]]  # object id -> blocked callers
     _callbacks: dict[bytes, list[Callable[[w.Value], None]]]
     _in_callback: threading.local
@@ -110,6 +130,10 @@ class Waiting:
             self._want(unique)
             missing = [o for o in unique if o not in self._values]
             waiter = Waiter(count - (len(unique) - len(missing)))
+            # All awaited from one channel: this thread may read it itself.
+            channel = self._direct.get(missing[0]) if missing else None
+            if channel is not None and any(self._direct.get(o) is not channel for o in missing):
+                channel = None
             if waiter.remaining > 0:
                 if self.broken is not None:
                     raise self._connection_error(self.broken)
@@ -129,7 +153,12 @@ class Waiting:
         try:
             # Already here (perhaps while we flushed): no wait, but a task that
             # said it blocked still says it goes on.
-            arrived = waiter.remaining <= 0 or waiter.event.wait(timeout)
+            if waiter.remaining <= 0:
+                arrived = True
+            elif channel is not None:
+                arrived = channel.wait_for(waiter, timeout)
+            else:
+                arrived = waiter.wait(timeout)
         finally:
             with self._lock:
                 for oid in missing:

@@ -76,6 +76,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("task_leases", "1", _flag, "0: a driver never leases an executor for its tasks"),
     Variable("direct_actor_calls", "1", _flag, "0: actor calls always go through the scheduler"),
     Variable(
+        "read_in_get",
+        "1",
+        _flag,
+        "0: a thread waiting in get() for answers from a lease or an actor called "
+        "directly never reads them itself (the channel's own thread hands them over)",
+    ),
+    Variable(
         "lease_idle", "0.05", float, "seconds a leased executor waits for a task before ending"
     ),
     # -- timing and sizes -------------------------------------------------------
@@ -146,6 +153,7 @@ class Settings:
     direct_results: bool
     task_leases: bool
     direct_actor_calls: bool
+    read_in_get: bool
     lease_idle: float
     store_full_wait: float
     batch_delay: float

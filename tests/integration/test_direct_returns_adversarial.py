@@ -380,10 +380,10 @@ def test_a_large_direct_return_that_holds_refs(fresh_cluster):
 DIE_ON_ANSWER = """
 from taskgraph._client import Client
 answered = Client.channel_answered
-def dying(self, oids, answer):
+def dying(self, oids, answer, *rest):
     if any(r.location is not None for r in answer.result.returns):
         os._exit(0)
-    return answered(self, oids, answer)
+    return answered(self, oids, answer, *rest)
 Client.channel_answered = dying
 """
 
