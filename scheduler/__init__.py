@@ -1,0 +1,3 @@
+"""The scheduler, imported as ``taskgraph.scheduler``: its pure state machine
+(``state.py`` and the modules beside it), its Tornado shell (``server.py``),
+the dashboard, and the ``taskgraph-scheduler`` command (``cli.py``)."""

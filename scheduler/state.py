@@ -1,7 +1,7 @@
 """The scheduler's decisions: a pure state machine over tasks, objects, workers, clients.
 
 ``SchedulerState`` holds everything the scheduler knows; this module keeps
-the task's life (its transitions and its placement) and the outbox. What each
+the task's life (its transitions) and the outbox. What each
 event does lives beside it, in plain functions over the state (actors in a
 part the state owns)::
 
@@ -11,7 +11,7 @@ part the state owns)::
       │      both go through channels.py (tasks sent down a channel), objects.py
       │      (objects' states and holders) and actors.py, and change a task's
       │      state only through transition() (here)
-      ├─▶ placement of ready tasks (here; placement.py chooses the worker)
+      ├─▶ dispatch.py  ready tasks placed on workers (placement.py chooses which)
       └─▶ the outbox, drained: list[Send]
 
     Readers: views.py (queries, statistics, validate), story.py (the log of changes).
@@ -45,7 +45,7 @@ from taskgraph import _wire as w
 from taskgraph._ids import return_ids
 from taskgraph.exceptions import ObjectLostError
 
-from . import clients, lineage, objects, placement, views, workers
+from . import clients, dispatch, lineage, objects, placement, views, workers
 from .actors import Actors, is_call
 from .history import KEEP, TaskHistory
 from .records import (  # (the events and records are also taken from here: __all__)
@@ -167,7 +167,8 @@ class SchedulerState:
         self.tasks_rebuilt = 0  # run again to make objects lost with their node
         self._out: dict[tuple[str, Any], list[Any]] = {}
         self._assignments: dict[str, list[w.Assignment]] = {}
-        self._dirty = False  # capacity or ready tasks changed: try to place
+        # Capacity or ready tasks changed: dispatch.place runs before handle returns.
+        self.placement_due = False
         # Tasks to fail, with the error, as this event ends: an argument of theirs
         # failed (scheduler/objects.py's ``done``).
         self.failing: deque[tuple[Task, bytes | None]] = deque()
@@ -177,10 +178,10 @@ class SchedulerState:
 
     def handle(self, *events: Event) -> list[Send]:
         for event in events:
-            self._dispatch_event(event)
+            self._handle_event(event)
             self._fail_dependents()
-        if self._dirty:
-            self._schedule()
+        if self.placement_due:
+            dispatch.place(self)
             self._fail_dependents()  # (placement fails a task whose argument was lost)
         return self._drain()
 
@@ -190,7 +191,7 @@ class SchedulerState:
             if task.state in ("waiting", "ready"):
                 self.transition(task, "erred", error)
 
-    def _dispatch_event(self, event: Event) -> None:
+    def _handle_event(self, event: Event) -> None:
         self.stimulus = (type(event).__name__,)
         if isinstance(event, ClientSent):
             client = self.clients.get(event.client_id)
@@ -314,18 +315,18 @@ class SchedulerState:
         else:
             queue.append(task)
         task.state = "ready"
-        self._dirty = True
+        self.placement_due = True
         feasible = self._feasible.get(task.shape)
         if feasible is None:
             feasible = self._feasible[task.shape] = placement.feasible(
                 task.need, self.workers.values()
             )
         if not feasible:
-            self._warn_infeasible(task)
+            dispatch.warn_infeasible(self, task)
         elif task.spec.strategy.startswith("node:"):
             node = task.spec.strategy.split(":", 1)[1]
             if node not in self.workers:
-                self._warn_missing_node(task, node)
+                dispatch.warn_missing_node(self, task, node)
 
     def _to_channel(self, task: Task, worker: WorkerRec) -> None:
         task.state = "processing"
@@ -481,11 +482,11 @@ class SchedulerState:
         ``objects.decref`` as this one does)."""
         objects.decref(self, oid)
 
-    # -- placement -------------------------------------------------------
+    # -- capacity (dispatch.py places) -------------------------------------
 
     def wake_placement(self) -> None:
         """Capacity or ready tasks changed: try to place before this handle returns."""
-        self._dirty = True
+        self.placement_due = True
 
     def release_resources(self, worker: WorkerRec, task: Task) -> None:
         worker.running.discard(task.id)
@@ -495,129 +496,12 @@ class SchedulerState:
         worker.give_back(need, task.gpu_ids)
         task.blocked = False
         task.gpu_ids = []
-        self._dirty = True
+        self.placement_due = True
 
     def workers_changed(self) -> None:
         """A worker joins or leaves: which shapes of task some worker could run
         is asked anew (as they next become ready)."""
         self._feasible.clear()
-
-    def _schedule(self) -> None:
-        self._dirty = False
-        self.stimulus = ("placement",)
-        workers = list(self.workers.values())
-        if not workers:
-            return
-        for _shape, queue in self.queues.items():
-            while queue:
-                task = queue[0]
-                if task.state != "ready":
-                    queue.popleft()  # cancelled or failed while queued
-                    continue
-                local = self._local_bytes(task)
-                if local is None:  # an argument was lost since it became ready
-                    queue.popleft()
-                    self._argument_lost(task)
-                    continue
-                worker = placement.choose_worker(
-                    task.need, task.spec.strategy, workers, local, self._queue_depth(task)
-                )
-                if worker is None:
-                    if self.leases and not w.is_lease(task.spec):
-                        self._revoke_leases(task)
-                    break
-                queue.popleft()
-                gpu_ids = placement.pick_gpus(task.need.get("GPU", 0.0), worker.gpu_free) or []
-                self.transition(task, "processing", worker, gpu_ids)
-        self._dirty = False
-
-    def _argument_lost(self, task: Task) -> None:
-        """A ready task's argument was lost: it waits while the argument is made
-        again (lineage.py), or fails with the argument's error."""
-        args = [self.objects[oid] for oid in task.spec.deps]
-        if any(obj.state == "pending" for obj in args):
-            self.transition(task, "waiting")
-            return
-        failed = next(obj for obj in args if obj.state == "error")
-        self.transition(task, "erred", failed.error)
-
-    def _revoke_leases(self, waiting: Task) -> None:
-        """A task waits for resources: leases held on workers that could run it end.
-
-        A lease keeps its resources between the tasks its client sends; they
-        go back when someone else needs them (its executor ends it as if idle).
-        """
-        for lease_id in list(self.leases):
-            lease = self.tasks.get(lease_id)
-            if lease is None or lease.state not in ("waiting", "ready", "processing"):
-                self.leases.discard(lease_id)
-                continue
-            if lease.state != "processing":
-                continue
-            assert lease.worker is not None
-            worker = self.workers.get(lease.worker)
-            if worker is not None and placement.fits(waiting.need, worker.total):
-                self.leases.discard(lease_id)
-                self.send_worker(lease.worker, w.CancelRunning(lease_id))
-
-    def _queue_depth(self, task: Task) -> float:
-        if self.queue_depth <= 0 or task.spec.actor is not None:
-            # An actor's creation starts a process of its own at once wherever it
-            # goes: queued on a busy worker, it would run beside the tasks that
-            # hold those CPUs. It waits here, as in Ray, until a CPU is free.
-            return 0.0
-        mean = self.durations.get(task.spec.function_id)
-        return placement.queue_depth_for(mean, self.queue_depth)
-
-    def _local_bytes(self, task: Task) -> dict[str, int] | None:
-        """Bytes of the task's arguments on each worker; None if one is not ready
-        (lost since the task became ready: being made again, or failed)."""
-        local: dict[str, int] = {}
-        for oid in task.spec.deps:
-            obj = self.objects[oid]
-            if obj.state != "ready":
-                return None
-            if obj.location is not None:
-                for loc in (obj.location, *obj.copies.values()):
-                    local[loc.worker_id] = local.get(loc.worker_id, 0) + loc.size
-        return local
-
-    def _warn_missing_node(self, task: Task, node: str) -> None:
-        client = self.clients.get(task.owner)
-        if client is None or task.shape in client.warned_shapes:
-            return
-        client.warned_shapes.add(task.shape)
-        text = (
-            f"task '{task.spec.name}' ({task.id.hex()}) must run on node {node}, which is not "
-            f"in the cluster; it waits until that node joins. Use soft=True to run elsewhere."
-        )
-        self.send_client(client.client_id, w.Notice("warning", text))
-
-    def _warn_infeasible(self, task: Task) -> None:
-        client = self.clients.get(task.owner)
-        if client is None or task.shape in client.warned_shapes:
-            return
-        client.warned_shapes.add(task.shape)
-        need = ", ".join(f"{k}: {v:g}" for k, v in sorted(task.need.items()))
-        if self.workers:
-            best = max(
-                self.workers.values(),
-                key=lambda r: -sum(placement.shortfall(task.need, r.total).values()),
-            )
-            have = ", ".join(f"{k}: {v:g}" for k, v in sorted(best.total.items()))
-            short = ", ".join(
-                f"{k} by {v:g}"
-                for k, v in sorted(placement.shortfall(task.need, best.total).items())
-            )
-            where = f"the closest worker has {{{have}}} (short of {short})"
-        else:
-            where = "no worker has joined the cluster yet"
-        text = (
-            f"task '{task.spec.name}' ({task.id.hex()}) cannot be scheduled now: it needs "
-            f"{{{need}}} and {where}. It will run when a worker that fits joins; "
-            f"otherwise lower its resource request."
-        )
-        self.send_client(client.client_id, w.Notice("warning", text))
 
     # -- snapshots (scheduler/views.py) ------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import listing, placement
+from . import dispatch, listing, placement
 from .actors import is_call
 from .history import STATE_NAMES
 
@@ -224,7 +224,7 @@ def validate(state: SchedulerState) -> None:
         for free in worker.gpu_free:
             assert -1e-6 <= free <= 1 + 1e-6
     state.actors.validate()
-    if not state._dirty and state.workers:
+    if not state.placement_due and state.workers:
         for queue in state.queues.values():
             for task in queue:
                 if task.state == "ready":
@@ -233,7 +233,7 @@ def validate(state: SchedulerState) -> None:
                         task.spec.strategy,
                         state.workers.values(),
                         {},
-                        state._queue_depth(task),
+                        dispatch.queue_depth(state, task),
                     )
                     assert chosen is None, "a ready task fits a worker but was not placed"
                     break

@@ -1,18 +1,17 @@
 """The module-level API: ``init``, ``shutdown``, ``get``, ``put``, ``wait`` and friends.
 
 One runtime per process: a driver's (which may own a local cluster) or an
-executor's (set up by the executor before any task runs). Calls before
-``init`` initialize implicitly, as in Ray.
+executor's (set up by the executor before any task runs), kept here with the
+task that runs now. Calls before ``init`` initialize implicitly, as in Ray.
+How ``init`` connects or starts a cluster: ``_connect.py``.
 """
 
 from __future__ import annotations
 
 import atexit
-import inspect
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,17 +19,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from taskgraph import _wire as w
-from taskgraph import config
+from taskgraph import _connect, config
 from taskgraph._client import Client, ClientStatistics
-from taskgraph._deliveries import DeliveryListener
-from taskgraph._leases import Leases
 from taskgraph._local_cluster import LocalCluster
-from taskgraph._object_io import host_id
 from taskgraph._object_ref import ObjectRef
-from taskgraph._output import OutputPrinter
 from taskgraph._runtime_context import RuntimeContext
-from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, GetTimeoutError
 from taskgraph.settings import reread, settings
 
@@ -181,9 +174,9 @@ def init(
     Another Ray keyword is an error that names it.
     """
     global _runtime
-    _refuse_keywords(unsupported)
+    _connect.refuse_keywords(unsupported, init)
     if configure_logging:
-        _configure_logging(logging_level, logging_format)
+        _connect.configure_logging(logging_level, logging_format)
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
@@ -207,7 +200,7 @@ def init(
             )
         if address == "local":
             dashboard = None if include_dashboard is False else (dashboard_host, dashboard_port)
-            _runtime = _start_local(
+            client, cluster = _connect.start_local(
                 num_cpus,
                 num_gpus,
                 resources,
@@ -217,7 +210,8 @@ def init(
                 log_to_driver,
                 dashboard,
             )
-            url = _runtime.cluster.dashboard_url if _runtime.cluster is not None else None
+            _runtime = Runtime(client, cluster.address, namespace, cluster)
+            url = cluster.dashboard_url
             logging.getLogger("taskgraph").info(
                 "started a local cluster at %s%s",
                 _runtime.address,
@@ -245,7 +239,7 @@ def init(
                     f"no token for the cluster at {address}: pass init(address, token=...) "
                     f"or set {config.TOKEN_ENV}"
                 )
-            client = _connect(address, token, namespace, log_to_driver)
+            client = _connect.connect(address, token, namespace, log_to_driver)
             _runtime = Runtime(client, address, namespace)
         atexit.register(shutdown)
         return _context(_runtime)
@@ -261,155 +255,6 @@ def _context(runtime: Runtime) -> ClusterContext:
             there = runtime.address.partition("://")[2].rpartition(":")[0]
             url = f"{scheme}://{there or '127.0.0.1'}:{port}"
     return ClusterContext(runtime.address, runtime.namespace, runtime.cluster is not None, url)
-
-
-def _connect(address: str, token: str, namespace: str, output: bool = True) -> Client:
-    client_id = os.urandom(8)
-    secret = config.token_bytes(token)
-    # Executors on this host open channels to us here (leases, actors called
-    # directly) and, if the hello names it, hand us results we wait for
-    # (_deliveries.py).
-    listener = DeliveryListener(secret)
-    hello = w.Hello(
-        "client",
-        b"",
-        client_id,
-        pid=os.getpid(),
-        host=host_id(),
-        namespace=namespace,
-        deliver=listener.address if settings().direct_results else "",
-        output=output,
-    )
-    try:
-        conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT)
-    except BaseException:
-        listener.close()
-        raise
-    client = Client(conn, client_id, welcome, token=secret)
-    client.on_notice = _show_notice
-    if output:
-        client.output = OutputPrinter(settings().output_fold_window)
-    listener.client = client
-    client.deliveries = listener
-    if settings().task_leases:
-        client.leases = Leases(client)
-    return client
-
-
-# Ray's init() keywords with no equivalent here yet: an error names them, so a
-# program ported from Ray fails clearly rather than with Python's bare message.
-RAY_ONLY_KEYWORDS = frozenset(
-    {
-        "runtime_env",
-        "job_config",
-        "local_mode",
-        "labels",
-        "storage",
-        "object_spilling_directory",
-        "enable_resource_isolation",
-        "_system_config",
-        "_temp_dir",
-        "_node_ip_address",
-        "_plasma_directory",
-        "_redis_password",
-        "_metrics_export_port",
-        "_enable_object_reconstruction",
-        "_tracing_startup_hook",
-    }
-)
-LOG_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)d -- %(message)s"
-
-
-def _refuse_keywords(given: dict[str, Any]) -> None:
-    if not given:
-        return
-    name = sorted(given)[0]
-    if name in RAY_ONLY_KEYWORDS:
-        raise TypeError(
-            f"init() does not take Ray's {name}= yet: taskgraph has no equivalent. "
-            "Remove it (docs/guide.md, 'Porting from Ray', lists what differs)."
-        )
-    known = [p for p in inspect.signature(init).parameters if p != "unsupported"]
-    raise TypeError(f"init() has no keyword {name}=; it takes: {', '.join(known)}.")
-
-
-def _configure_logging(level: int | str, fmt: str | None) -> None:
-    """Ray's way: the package's logger gets a level and a stderr handler (one,
-    however often init() runs); records still reach the root's handlers."""
-    logger = logging.getLogger("taskgraph")
-    logger.setLevel(level.upper() if isinstance(level, str) else level)
-    handler = next((h for h in logger.handlers if isinstance(h, _Stderr)), None)
-    if handler is None:
-        handler = _Stderr()
-        logger.addHandler(handler)
-    handler.setFormatter(logging.Formatter(fmt or LOG_FORMAT))
-
-
-class _Stderr(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is when a record comes: notebooks and test
-    runners swap it, and a stream taken at init() could be closed by then."""
-
-    taskgraph = True  # (how tests tell it apart)
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass  # (StreamHandler.__init__ sets it)
-
-
-def _show_notice(level: str, text: str) -> None:
-    # Logged, not warnings.warn: this runs on the client's reader thread.
-    logging.getLogger("taskgraph").log(logging.getLevelName(level.upper()), text)
-
-
-def _start_local(
-    num_cpus: float | None,
-    num_gpus: float | None,
-    resources: dict[str, float] | None,
-    object_store_memory: int | None,
-    memory: int | None,
-    namespace: str,
-    output: bool,
-    dashboard: tuple[str, int | None] | None,
-) -> Runtime:
-    import json
-
-    args: list[str] = []
-    if num_cpus is not None:
-        args += ["--num-cpus", str(num_cpus)]
-    if num_gpus is not None:
-        args += ["--num-gpus", str(num_gpus)]
-    if resources:
-        args += ["--resources", json.dumps(resources)]
-    if memory is not None:
-        args += ["--memory-limit", str(memory)]
-    if object_store_memory is not None:
-        args += ["--object-store-memory", str(object_store_memory)]
-    cluster = LocalCluster(args, dashboard)
-    try:
-        client = _connect(cluster.local_address, cluster.token, namespace, output)
-        deadline = time.monotonic() + 60
-        while True:
-            nodes = client.query("nodes")
-            if nodes:
-                client.workers = [
-                    w.WorkerInfo(
-                        n["node_id"], n["host"], n["address"], n["resources"], n["pid"], n["peer"]
-                    )
-                    for n in nodes
-                ]
-                break
-            cluster.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError("the local worker did not join the scheduler within 60 s")
-            time.sleep(0.01)
-    except BaseException:
-        cluster.close()
-        raise
-    return Runtime(client, cluster.address, namespace, cluster)
 
 
 def shutdown() -> None:

@@ -17,10 +17,11 @@ reach the scheduler in one order (``worker/executor_client.py``: what only a
 task's client does).
 
 Here: refs, the outbox and its flusher, the reader, and the API's verbs.
-Elsewhere: get(), wait() and futures (``_waiting.py``, the other half of this
-class), values in and out of this host's stores (``_object_io.py``), actor
-calls direct or through the scheduler (``_direct.py``), leases
-(``_leases.py``) and channels (``_channels.py``).
+Elsewhere: get(), wait() and futures (``_waiting.py``: ``Results``, which the
+client holds and whose verbs are the client's), values in and out of this
+host's stores (``_object_io.py``), actor calls direct or through the
+scheduler (``_direct.py``), leases (``_leases.py``) and channels
+(``_channels.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
-import logging
 import pickle
 import socket
 import threading
@@ -50,7 +50,7 @@ from taskgraph._object_io import ObjectIO
 from taskgraph._object_ref import ObjectRef
 from taskgraph._output import OutputPrinter
 from taskgraph._transport import BlockingConnection
-from taskgraph._waiting import Waiter, Waiting
+from taskgraph._waiting import Results
 from taskgraph.exceptions import (
     ClusterConnectionError,
     TaskgraphError,
@@ -86,10 +86,9 @@ class _Counts:
     results_direct: int = 0
     results_read_in_get: int = 0
     results_via_scheduler: int = 0
-    values_read_again: int = 0
 
 
-class Client(Waiting):
+class Client:
     """A driver's client, and the base of an executor's (worker/executor_client.py)."""
 
     def __init__(
@@ -111,21 +110,18 @@ class Client(Waiting):
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._flush_cond = threading.Condition(self._lock)
-        self._waiters: dict[bytes, list[Waiter]] = {}  # object id -> blocked callers
         self._pending: list[Any] = []
         self._flush_requested = False
-        # Pending holds something a blocking call must send before it waits; or
-        # only messages that may gather a while (see _queue_lazily).
-        self._urgent = False
+        # Pending holds something a blocking call must send before it waits
+        # (Results reads it before each wait); or only messages that may gather
+        # a while (see _queue_lazily).
+        self.urgent = False
         self._lazy_waiting = False
         self._counts: dict[bytes, int] = {}
         self.released: collections.deque[bytes] = collections.deque()
         # Refs counted here that the scheduler has not heard of: an executor's,
         # made by its task's arguments (worker/executor_client.py). Empty in a driver.
         self._borrowed: set[bytes] = set()
-        self._values: dict[bytes, w.Value] = {}
-        self._wanted: set[bytes] = set()
-        self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
         self._exported: set[bytes] = set()
         self._queries: dict[int, concurrent.futures.Future[Any]] = {}
         self._query_ids = itertools.count(1)
@@ -160,11 +156,15 @@ class Client(Waiting):
         self.actors = ActorCalls(self, self._lock)
         self._channels = self.actors.channels
         self._slow_calls = self.actors.slow_calls
-        # Returns of tasks sent down a channel (a lease, an actor called directly)
-        # whose values come from that channel, not from the scheduler.
-        self._direct: dict[bytes, Channel] = {}
         self._stats = _Counts()
-        self._in_callback = threading.local()  # set on a thread while it runs ref callbacks
+        # Values here and awaited, and who waits for them (_waiting.py). Its verbs
+        # are the client's too: callers say client.get(...), at no extra call.
+        self.results = Results(self, self._lock, self._queue)
+        self.get = self.results.get
+        self.wait_values = self.results.wait_values
+        self.peek = self.results.peek
+        self.is_ready = self.results.is_ready
+        self.future = self.results.future
         self._flusher = threading.Thread(
             target=self._flush_loop, name="taskgraph-flush", daemon=True
         )
@@ -202,6 +202,7 @@ class Client(Waiting):
         """Apply the decrements that ``ObjectRef.__del__`` queued (lock held)."""
         released = self.released
         gone: list[bytes] = []
+        dropped: list[bytes] = []
         counts = self._counts
         while released:
             oid = released.popleft()
@@ -210,14 +211,15 @@ class Client(Waiting):
                 counts[oid] = count
             else:
                 counts.pop(oid, None)
-                self._values.pop(oid, None)
-                self._wanted.discard(oid)
+                dropped.append(oid)
                 if self._borrowed and oid in self._borrowed:
                     self._borrowed.discard(oid)
                     continue  # never acquired: nothing to give back
                 if oid in self._slow_calls:
                     self.actors.slow_call_forgotten(oid)
                 gone.append(oid)
+        if dropped:
+            self.results.forget(dropped)
         if gone:
             self._queue(w.ReleaseRefs(gone))
 
@@ -230,7 +232,7 @@ class Client(Waiting):
         flusher thread for nothing costs a context switch on the hot path.
         ``urgent=False``: nothing waits on it (a channel task's record).
         """
-        self._urgent = self._urgent or urgent
+        self.urgent = self.urgent or urgent
         pending = self._pending
         if pending:
             last = pending[-1]
@@ -259,7 +261,7 @@ class Client(Waiting):
     def flush_urgent(self) -> None:
         """Flush if anything but lazy messages waits: before a task goes down a
         channel, what its code may name (a put, its function) goes first."""
-        if self._urgent:
+        if self.urgent:
             self.flush()
 
     def sent(self) -> None:
@@ -274,7 +276,7 @@ class Client(Waiting):
             with self._lock:
                 self._drain_released()
                 batch, self._pending = self._pending, []
-                self._flush_requested = self._urgent = self._lazy_waiting = False
+                self._flush_requested = self.urgent = self._lazy_waiting = False
             if batch and self.broken is None:
                 try:
                     self._send(batch)
@@ -326,7 +328,7 @@ class Client(Waiting):
         """What the scheduler sent, or (``direct``) an executor on this host."""
         with self._lock:
             fire = self._arrived(msgs, direct)
-        self._fire(fire)
+        self.results.fire(fire)
 
     def _arrived(self, msgs: list[Any], direct: bool = False) -> list[Callable[[], None]]:
         """Take in what a peer sent (lock held); return the callbacks to run after."""
@@ -337,18 +339,11 @@ class Client(Waiting):
                     self._stats.results_direct += len(msg.values)
                 else:
                     self._stats.results_via_scheduler += len(msg.values)
-                for value in msg.values:
-                    oid = value.object_id
-                    if oid in self._slow_calls:
-                        self.actors.slow_call_ended(oid, value.error is None)
-                    self._wanted.discard(oid)
-                    if oid in self._counts:
-                        self._values[oid] = value
-                    for waiter in self._waiters.pop(oid, ()):
-                        waiter.remaining -= 1
-                        if waiter.remaining <= 0:
-                            waiter.wake()
-                    fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
+                if self._slow_calls:
+                    for value in msg.values:
+                        if value.object_id in self._slow_calls:
+                            self.actors.slow_call_ended(value.object_id, value.error is None)
+                self.results.arrived(msg.values, self._counts, fire)
             elif isinstance(msg, w.QueryReply):
                 fut = self._queries.pop(msg.request_id, None)
                 if fut is not None:
@@ -362,32 +357,24 @@ class Client(Waiting):
                     fire.append(partial(self.on_notice, msg.level, msg.text))
         return fire
 
-    def _fire(self, fire: list[Callable[[], None]]) -> None:
-        """Run callbacks (outside the lock: they may call back into the client)."""
-        if fire:
-            outer = getattr(self._in_callback, "active", False)
-            self._in_callback.active = True
-            try:
-                for callback in fire:
-                    try:
-                        callback()
-                    except Exception:
-                        logging.getLogger("taskgraph").exception("a ref callback failed")
-            finally:
-                self._in_callback.active = outer
+    def wait_begins(self) -> bool:
+        """A caller is about to wait for values (``Results`` asks; no lock held).
+        True: call ``wait_ended`` after. A driver's waits are nobody else's
+        business; an executor's task lends its CPUs meanwhile
+        (worker/executor_client.py)."""
+        return False
+
+    def wait_ended(self) -> None:
+        """The wait that ``wait_begins`` said True for is over."""
 
     def _break(self, reason: str) -> None:
         with self._lock:
             if self.broken is not None:
                 return
             self.broken = reason
-            for waiters in self._waiters.values():
-                for waiter in waiters:
-                    waiter.wake()
-            self._waiters.clear()
-            callbacks, self._callbacks = self._callbacks, {}
+            callbacks = self.results.broke()
             queries, self._queries = self._queries, {}
-        err = self._connection_error(reason)
+        err = self.connection_error(reason)
         for fut in queries.values():
             fut.set_exception(err)
         for oid, cbs in callbacks.items():
@@ -422,7 +409,7 @@ class Client(Waiting):
                 self._stats.direct_actor_calls += 1
             else:
                 self._stats.tasks_leased += 1
-            self._direct.update(dict.fromkeys(oids, channel))
+            self.results.direct.update(dict.fromkeys(oids, channel))
             self._queue_lazily(w.SubmitTasks([spec]))
         return oids
 
@@ -447,38 +434,43 @@ class Client(Waiting):
             values = [w.Value(oid, error=result.error) for oid in oids]
         else:
             values = [w.Value(r.object_id, r.data, r.location) for r in result.returns]
+        fire: list[Callable[[], None]] = []
+        direct = self.results.direct
         with self._lock:
             for oid in oids:
-                self._direct.pop(oid, None)
+                direct.pop(oid, None)
+            self._stats.results_direct += len(values)
             if by_waiter:
                 self._stats.results_read_in_get += len(values)
-            fire = self._arrived([w.ObjectsReady(values)], direct=True)
-        self._fire(fire)
+            self.results.arrived(values, self._counts, fire)
+        self.results.fire(fire)
 
     def channel_lost(self, oids: Sequence[bytes]) -> None:
         """No answer will come down the channel: ask the scheduler, which decides
         (the task's report, a retry, or its failure)."""
+        direct = self.results.direct
         with self._lock:
             for oid in oids:
-                self._direct.pop(oid, None)
-            self._want([o for o in oids if o in self._counts])
+                direct.pop(oid, None)
+            self.results.want([o for o in oids if o in self._counts])
         self.flush()
 
     def channel_gone(self, channel: Channel) -> None:
-        """A channel is lost: any value still awaited from it (its answer was
-        half taken in when the reading was interrupted) is asked of the scheduler."""
+        """A channel is lost: what is still awaited from it is asked of the scheduler."""
         with self._lock:
-            left = [oid for oid, c in self._direct.items() if c is channel]
+            left = [oid for oid, c in self.results.direct.items() if c is channel]
         if left:
             self.channel_lost(left)
 
     def statistics(self) -> ClientStatistics:
         """How this client's tasks and their results travelled (counts since it began)."""
         with self._lock:
-            awaiting = len(self._direct)
+            awaiting = len(self.results.direct)
+            read_again = self.results.read_again
         leases = self.leases.open() if self.leases is not None else 0
         return ClientStatistics(
             **dataclasses.asdict(self._stats),
+            values_read_again=read_again,
             awaiting_channels=awaiting,
             open_leases=leases,
             direct_actors=self.actors.direct(),
@@ -536,7 +528,7 @@ class Client(Waiting):
                 self.deliveries.client = self
             return self.deliveries
 
-    def _connection_error(self, reason: str) -> ClusterConnectionError:
+    def connection_error(self, reason: str) -> ClusterConnectionError:
         """Why calls fail now: the connection broke, or this client was shut down."""
         return ClusterConnectionError(reason, advice="" if self.closed else None)
 
@@ -572,7 +564,7 @@ class Client(Waiting):
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self.broken is not None:
-                raise self._connection_error(self.broken)
+                raise self.connection_error(self.broken)
             msg.request_id = next(self._query_ids)
             self._queries[msg.request_id] = fut
             self._queue(msg, wake=wake)

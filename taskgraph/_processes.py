@@ -1,9 +1,11 @@
 """Processes the ``taskgraph`` command starts and stops: detached, logged, and
 stopped as a tree (a worker with its executors). ``_local_cluster.py`` starts
-its children with the same environment (``child_env``)."""
+its children with the same environment (``child_env``) and a worker with the
+same arguments (``worker_arguments``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -26,6 +28,28 @@ def child_env(token: str) -> dict[str, str]:
     env[config.TOKEN_ENV] = token
     env.pop(config.ADDRESS_ENV, None)
     return env
+
+
+def worker_arguments(
+    num_cpus: float | None,
+    num_gpus: float | None,
+    memory: int | float | None,
+    object_store_memory: int | float | None,
+    resources: dict[str, float] | None,
+) -> list[str]:
+    """``taskgraph-worker``'s options for what the worker offers (None, empty: its default)."""
+    args: list[str] = []
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    if memory is not None:
+        args += ["--memory-limit", str(memory)]
+    if object_store_memory is not None:
+        args += ["--object-store-memory", str(object_store_memory)]
+    if resources:
+        args += ["--resources", json.dumps(resources)]
+    return args
 
 
 @dataclass

@@ -1,22 +1,28 @@
-"""Results and waiting: what a client does to have values here and wait for them.
+"""Results and waiting: the values a client has and awaits, and who waits for them.
 
-``Client`` (``_client.py``) is one class read in two modules: this half asks
-the scheduler for values (``WantObjects``; a channel task's come down its
+``Results`` is an object the client holds (``Client.results``): it asks the
+scheduler for values (``WantObjects``; a channel task's come down its
 channel instead), blocks callers in get() and wait() until enough have
-arrived, and hands values to futures. The reader thread, in the other half,
-stores what arrives and wakes them (``Client._arrived``): each waiter counts
-down its missing values and is woken once. Both halves share the client's
-state and its lock, declared below; this one sends nothing itself but queues
-through the client's outbox.
+arrived, and hands values to futures. The client's reader thread passes on
+what arrives (``arrived``), which wakes them: each waiter counts down its
+missing values and is woken once.
+
+It shares the client's lock (a value arrives, a ref is dropped, a call
+waits: one order) and speaks to the rest of the client only through
+``ResultsClient``: its outbox (the ``queue`` it is given) and flushing,
+whether the connection broke, decoding a value (``objects``), its leases (a
+get counts toward one), and a task's process's notice that a caller blocks.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskgraph import _wire as w
 from taskgraph._object_io import Unreadable
@@ -25,7 +31,6 @@ from taskgraph.exceptions import ClusterConnectionError, GetTimeoutError
 
 if TYPE_CHECKING:
     from taskgraph._channels import Channel
-    from taskgraph._client import _Counts
     from taskgraph._leases import Leases
     from taskgraph._object_io import ObjectIO
 
@@ -63,33 +68,106 @@ class Waiter:
         return self._gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
-class Waiting:
-    """The client's get(), wait() and futures (see the module's docstring)."""
+class ResultsClient(Protocol):
+    """What ``Results`` uses of the client that holds it. ``Client`` is the one
+    implementation (``ExecutorClient`` changes what a blocked wait does)."""
 
-    # The client's, set in Client.__init__.
-    _lock: threading.RLock
-    _values: dict[bytes, w.Value]  # arrived, for refs still counted here
-    _wanted: set[bytes]  # asked of the scheduler, not arrived
-    _direct: dict[bytes, Channel]  # awaited from a channel: which one
-    _waiters: dict[bytes, list[Waiter]]  # object id -> blocked callers
-    _callbacks: dict[bytes, list[Callable[[w.Value], None]]]
-    _in_callback: threading.local
-    _urgent: bool
-    broken: str | None
+    broken: str | None  # why the connection is gone; None while it lasts
+    urgent: bool  # something queued that a caller must send before it waits
     leases: Leases | None
-    _stats: _Counts
     objects: ObjectIO
 
-    def _queue(self, msg: Any, wake: bool = True, urgent: bool = True) -> None:
-        raise NotImplementedError
+    def flush(self) -> None: ...
 
-    def flush(self) -> None:
-        raise NotImplementedError
+    def connection_error(self, reason: str) -> ClusterConnectionError: ...
 
-    def _connection_error(self, reason: str) -> ClusterConnectionError:
-        raise NotImplementedError
+    def wait_begins(self) -> bool:
+        """A caller is about to wait for values (no lock held). True: call
+        ``wait_ended`` after."""
+        ...
 
-    def _want(self, oids: Sequence[bytes]) -> None:
+    def wait_ended(self) -> None: ...
+
+
+class Results:
+    """The values here and awaited, and the callers and futures waiting for them
+    (see the module's docstring). Methods that say "lock held" expect the
+    caller to hold the client's lock; the others take it."""
+
+    def __init__(
+        self,
+        client: ResultsClient,
+        lock: threading.RLock,
+        queue: Callable[..., None],
+    ) -> None:
+        self.client = client
+        self._lock = lock
+        self._queue = queue  # the client's outbox: queue(msg, wake=...) (lock held)
+        self._values: dict[bytes, w.Value] = {}  # arrived, for refs still counted here
+        self._wanted: set[bytes] = set()  # asked of the scheduler, not arrived
+        # Returns of tasks sent down a channel (a lease, an actor called directly)
+        # whose values come from that channel, not from the scheduler: which one.
+        self.direct: dict[bytes, Channel] = {}
+        self._waiters: dict[bytes, list[Waiter]] = {}  # object id -> blocked callers
+        self._callbacks: dict[bytes, list[Callable[[w.Value], None]]] = {}
+        self._in_callback = threading.local()  # set on a thread while it runs callbacks
+        self.read_again = 0  # values whose copy was gone when read, then read again
+
+    # -- what arrives (the client's reader) --------------------------------
+
+    def arrived(
+        self,
+        values: list[w.Value],
+        counted: dict[bytes, int],
+        fire: list[Callable[[], None]],
+    ) -> None:
+        """Values came (lock held): keep those whose refs are ``counted`` here, wake
+        who waits, and add the futures' callbacks to ``fire`` (run after, unlocked)."""
+        for value in values:
+            oid = value.object_id
+            self._wanted.discard(oid)
+            if oid in counted:
+                self._values[oid] = value
+            for waiter in self._waiters.pop(oid, ()):
+                waiter.remaining -= 1
+                if waiter.remaining <= 0:
+                    waiter.wake()
+            fire.extend(partial(cb, value) for cb in self._callbacks.pop(oid, ()))
+
+    def fire(self, callbacks: list[Callable[[], None]]) -> None:
+        """Run callbacks (outside the lock: they may call back into the client),
+        marking this thread as the one that delivers values."""
+        if callbacks:
+            outer = getattr(self._in_callback, "active", False)
+            self._in_callback.active = True
+            try:
+                for callback in callbacks:
+                    try:
+                        callback()
+                    except Exception:
+                        logging.getLogger("taskgraph").exception("a ref callback failed")
+            finally:
+                self._in_callback.active = outer
+
+    def forget(self, oids: list[bytes]) -> None:
+        """Refs no longer counted here (lock held): their values go."""
+        for oid in oids:
+            self._values.pop(oid, None)
+            self._wanted.discard(oid)
+
+    def broke(self) -> dict[bytes, list[Callable[[w.Value], None]]]:
+        """The connection is gone (lock held): wake every waiter; return the
+        futures' callbacks, for the client to fail outside the lock."""
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.wake()
+        self._waiters.clear()
+        callbacks, self._callbacks = self._callbacks, {}
+        return callbacks
+
+    # -- asking and waiting ------------------------------------------------
+
+    def want(self, oids: Sequence[bytes]) -> None:
         """Ask for values not yet here (lock held; the caller flushes).
 
         Returns of tasks sent down a channel come from the channel.
@@ -97,7 +175,7 @@ class Waiting:
         missing = [
             o
             for o in oids
-            if o not in self._values and o not in self._wanted and o not in self._direct
+            if o not in self._values and o not in self._wanted and o not in self.direct
         ]
         if missing:
             self._wanted.update(missing)
@@ -111,8 +189,8 @@ class Waiting:
         with self._lock:
             if oid in self._values:
                 return True
-            self._want([oid])
-        self.flush()
+            self.want([oid])
+        self.client.flush()
         return False
 
     def wait_values(
@@ -127,16 +205,16 @@ class Waiting:
         unique = list(dict.fromkeys(oids))
         waits = False
         with self._lock:
-            self._want(unique)
+            self.want(unique)
             missing = [o for o in unique if o not in self._values]
             waiter = Waiter(count - (len(unique) - len(missing)))
             # All awaited from one channel: this thread may read it itself.
-            channel = self._direct.get(missing[0]) if missing else None
-            if channel is not None and any(self._direct.get(o) is not channel for o in missing):
+            channel = self.direct.get(missing[0]) if missing else None
+            if channel is not None and any(self.direct.get(o) is not channel for o in missing):
                 channel = None
             if waiter.remaining > 0:
-                if self.broken is not None:
-                    raise self._connection_error(self.broken)
+                if self.client.broken is not None:
+                    raise self.client.connection_error(self.client.broken)
                 if getattr(self._in_callback, "active", False):
                     # This thread delivers results: waiting here, it would wait for itself.
                     raise RuntimeError(
@@ -147,9 +225,9 @@ class Waiting:
                 for oid in missing:
                     self._waiters.setdefault(oid, []).append(waiter)
                 waits = True
-        blocked = waits and self._wait_begins()
-        if self._urgent:  # (values of channel tasks come from their channel)
-            self.flush()
+        blocked = waits and self.client.wait_begins()
+        if self.client.urgent:  # (values of channel tasks come from their channel)
+            self.client.flush()
         try:
             # Already here (perhaps while we flushed): no wait, but a task that
             # said it blocked still says it goes on.
@@ -168,22 +246,13 @@ class Waiting:
                         if not waiting:
                             del self._waiters[oid]
             if blocked:
-                self._wait_ended()
-        if self.broken is not None:
-            raise self._connection_error(self.broken)
+                self.client.wait_ended()
+        if self.client.broken is not None:
+            raise self.client.connection_error(self.client.broken)
         if not arrived:
             return None
         with self._lock:
             return [o for o in unique if o in self._values]
-
-    def _wait_begins(self) -> bool:
-        """A caller is about to wait for values (no lock held). True: call
-        ``_wait_ended`` after. A driver's waits are nobody else's business; an
-        executor's task lends its CPUs meanwhile (worker/executor_client.py)."""
-        return False
-
-    def _wait_ended(self) -> None:
-        """The wait that ``_wait_begins`` said True for is over."""
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         oids = [r.id for r in refs]
@@ -194,8 +263,8 @@ class Waiting:
             with self._lock:
                 not_ready = sum(o not in self._values for o in unique)
             raise GetTimeoutError(timeout, not_ready)
-        if self.leases is not None:
-            self.leases.got(unique)
+        if self.client.leases is not None:
+            self.client.leases.got(unique)
         with self._lock:
             values = [self._values[o] for o in oids]
         return [self._decode(v, deadline, timeout) for v in values]
@@ -205,7 +274,7 @@ class Waiting:
         it again) if the copy we were told of is gone."""
         for _ in range(REREADS):
             try:
-                return self.objects.decode(value)
+                return self.client.objects.decode(value)
             except Unreadable as exc:
                 oid = value.object_id
                 with self._lock:
@@ -215,7 +284,7 @@ class Waiting:
                     raise GetTimeoutError(timeout, 1) from exc
                 with self._lock:
                     value = self._values[oid]
-        return self.objects.decode(value)
+        return self.client.objects.decode(value)
 
     def _copy_gone(self, value: w.Value, exc: Unreadable, wake: bool) -> None:
         """The copy ``value`` names could not be read: forget it, and tell the
@@ -224,7 +293,7 @@ class Waiting:
         if self._values.get(oid) is value:
             del self._values[oid]
         self._queue(w.ObjectUnreadable(oid, exc.worker_id), wake=wake)
-        self._stats.values_read_again += 1
+        self.read_again += 1
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -237,17 +306,17 @@ class Waiting:
 
         def done(value: w.Value) -> None:
             try:
-                result = self.objects.decode(value)
+                result = self.client.objects.decode(value)
             except Unreadable as exc:
                 # Read again, as get() does, once another copy is known or the
                 # object is made again (this may run on the thread that delivers
                 # values: no waiting here, and the flusher thread sends).
                 with self._lock:
-                    if rereads[0] > 0 and self.broken is None:
+                    if rereads[0] > 0 and self.client.broken is None:
                         rereads[0] -= 1
                         self._copy_gone(value, exc, wake=True)
                         self._callbacks.setdefault(oid, []).extend(again)
-                        self._want([oid])
+                        self.want([oid])
                         return
                 del keep_alive[:], again[:]
                 fut.set_exception(exc)
@@ -264,14 +333,14 @@ class Waiting:
         with self._lock:
             value = self._values.get(ref.id)
             if value is None:
-                if self.broken is not None:
+                if self.client.broken is not None:
                     del keep_alive[:], again[:]
-                    fut.set_exception(ConnectionError(self.broken))
+                    fut.set_exception(self.client.connection_error(self.client.broken))
                     return fut
                 self._callbacks.setdefault(ref.id, []).append(done)
-                self._want([ref.id])
+                self.want([ref.id])
         if value is not None:
             done(value)
         else:
-            self.flush()
+            self.client.flush()
         return fut

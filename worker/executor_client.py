@@ -116,7 +116,7 @@ class ExecutorClient(Client):
 
     # -- waiting in get() ----------------------------------------------------
 
-    def _wait_begins(self) -> bool:
+    def wait_begins(self) -> bool:
         task = self.current_task
         if task is None:
             return False
@@ -131,7 +131,7 @@ class ExecutorClient(Client):
             self.inbox.block()
         return True
 
-    def _wait_ended(self) -> None:
+    def wait_ended(self) -> None:
         with self._lock:
             self._blocked_waits = max(0, self._blocked_waits - 1)
             last = self._blocked_waits == 0

@@ -13,6 +13,7 @@ import pytest
 
 import taskgraph as tg
 from conftest import alive, descendants, segments, stored, taskgraph_threads, wait_for
+from taskgraph import _connect
 from taskgraph import _wire as w
 from taskgraph.exceptions import AuthenticationError, NodeDiedError
 
@@ -124,7 +125,7 @@ def test_connect_to_an_existing_cluster_by_address(fresh_cluster):
 
 def test_wrong_token_is_refused_and_the_cluster_keeps_working(fresh_cluster):
     with pytest.raises(AuthenticationError, match="token"):
-        tg._api._connect(fresh_cluster.address, "not-the-token", "ns")
+        _connect.connect(fresh_cluster.address, "not-the-token", "ns")
     assert tg.get(square.remote(4)) == 16
 
 

@@ -66,8 +66,10 @@ def test_a_batch_waited_for_at_once_is_read_by_the_waiting_thread():
     a = Echo.remote()
     switch_to_direct(a)
     before = read_in_get()
-    assert tg.get([a.echo.remote(i) for i in range(200)], timeout=30) == list(range(200))
-    assert read_in_get() > before
+    # (the first answer comes late: this thread waits, and reads, before any came)
+    refs = [a.slow.remote(-1, 0.5)] + [a.echo.remote(i) for i in range(200)]
+    assert tg.get(refs, timeout=30) == [-1, *range(200)]
+    assert read_in_get() - before > 150
     tg.kill(a)
 
 

@@ -6,6 +6,8 @@ import errno
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +115,33 @@ def test_every_error_survives_pickling(pickler: Any, err: BaseException) -> None
     back = pickler.loads(pickler.dumps(err))
     assert type(back) is type(err)
     assert comparable(back) == comparable(err)
+
+
+def test_errors_pickled_here_unpickle_in_a_fresh_process() -> None:
+    """A process that has imported nothing of taskgraph rebuilds each error from
+    what its pickle names alone (the errors live in two modules; every class is
+    named as ``taskgraph.exceptions`` has it)."""
+    errs = [
+        p.values[0]
+        for p in examples()
+        if not isinstance(getattr(p.values[0], "cause", None), TwoArgError | NoSubclassesError)
+    ]
+    child = (
+        "import pickle, sys\n"
+        "assert not any(m.startswith('taskgraph') for m in sys.modules)\n"
+        "for err in pickle.loads(sys.stdin.buffer.read()):\n"
+        "    print(type(err).__module__, type(err).__qualname__, repr(str(err)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child],
+        input=pickle.dumps(errs),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    expected = [f"taskgraph.exceptions {type(e).__qualname__} {str(e)!r}" for e in errs]
+    assert done.stdout.decode().splitlines() == expected
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from send_checks import check_sends
 from test_lineage_state import at, placed, run_on, two_workers
+from test_results import Side
 from test_scheduler_state import (
     Harness,
     assigned,
@@ -36,11 +37,10 @@ from test_store_state import content, put
 
 from taskgraph import _waiting
 from taskgraph import _wire as w
-from taskgraph._client import _Counts
 from taskgraph._ids import generator_item_id, return_ids
 from taskgraph._object_io import Unreadable
 from taskgraph._object_ref import ObjectRef
-from taskgraph._waiting import Waiting
+from taskgraph._waiting import Results
 from taskgraph.exceptions import (
     GetTimeoutError,
     NodeDiedError,
@@ -418,27 +418,15 @@ class GoneCopies:
         raise Unreadable(value.object_id, "w1", "its daemon is gone")
 
 
-class StaleReader(Waiting):
-    """A client whose first value of an object names a copy that is gone, on a
+class StaleReader(Results):
+    """Results whose first value of an object names a copy that is gone, on a
     clock that moves only as its waits say (wait_values is played here)."""
 
     def __init__(self, clock: list[float]) -> None:
-        self._lock = threading.RLock()
-        self._values, self._waiters, self._callbacks = {}, {}, {}
-        self._wanted, self._direct = set(), set()
-        self._in_callback = threading.local()
-        self._urgent, self.broken, self.leases = False, None, None
-        self._stats = _Counts()
-        self.sent: list[Any] = []
+        self.side = Side(GoneCopies())
+        super().__init__(self.side, threading.RLock(), self.side.queue)
         self.waits: list[float | None] = []
         self.clock = clock
-        self.objects = GoneCopies()  # type: ignore[assignment]
-
-    def _queue(self, msg: Any, wake: bool = True, urgent: bool = True) -> None:
-        self.sent.append(msg)
-
-    def flush(self) -> None:
-        pass
 
     def wait_values(
         self, oids: Sequence[bytes], count: int, timeout: float | None
@@ -446,7 +434,7 @@ class StaleReader(Waiting):
         self.waits.append(timeout)
         if len(self.waits) == 1:  # the value comes 0.8 s in, naming a copy on w1
             self.clock[0] += 0.8
-            self._values[oids[0]] = w.Value(oids[0], location=at("w1"))
+            self.arrived([w.Value(oids[0], location=at("w1"))], {oids[0]: 1}, [])
             return list(oids)
         self.clock[0] += timeout or 0.0  # ... and is not made again in time
         return None
@@ -459,7 +447,7 @@ def test_get_reads_a_gone_copy_again_within_its_timeout_not_a_second_one(monkeyp
     ref = ObjectRef(b"x" * 16, None, borrowed=True)
     with pytest.raises(GetTimeoutError) as caught:
         reader.get([ref], timeout=1.0)
-    assert any(isinstance(m, w.ObjectUnreadable) for m in reader.sent)
+    assert any(isinstance(m, w.ObjectUnreadable) for m in reader.side.sent)
     assert reader.waits[0] == 1.0 and reader.waits[1] == pytest.approx(0.2)
     assert clock[0] == pytest.approx(101.0), "get(timeout=1.0) returned 1 s in"
     assert caught.value.timeout == 1.0, "the error names the caller's timeout"
