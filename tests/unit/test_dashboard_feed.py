@@ -89,7 +89,7 @@ def test_the_window_of_rows_rolls_over_and_numbers_stay_right() -> None:
     for i in range(6):
         history.finished(finished(f"f{i}"))
     snap = feed.current()
-    assert [n for n, _ in snap.rows] == [3, 4, 5, 6]  # keep=4
+    assert [n for n, _, _ in snap.events] == [3, 4, 5, 6]  # keep=4
     assert snap.rows_since(0)[1]["name"] == ["f2", "f3", "f4", "f5"]
     assert snap.rows_since(5)[1]["name"] == ["f5"]
     assert [t["name"] for t in snap.tasks(2)] == ["f4", "f5"]

@@ -250,7 +250,7 @@ def test_phases_are_drawn_over_their_task_one_after_another_and_run_is_left_bare
 
 
 def test_the_store_bars_have_a_row_per_node() -> None:
-    snap = Snapshot(rows=deque())
+    snap = Snapshot(events=deque())
     snap.nodes = [
         {"node_id": "a", "store_bytes": 10, "spilled_bytes": 5, "store_capacity": 100},
         {"node_id": "b", "store_bytes": 0, "spilled_bytes": 0, "store_capacity": 50},
