@@ -167,6 +167,31 @@ def see_the_pages(url: str, browser: Any) -> None:
     wait_for(lambda: browser.evaluate(SOURCE_LENGTH, "workers") == 1, what="one node's row")
 
 
+def test_a_burst_of_tasks_reaches_an_open_page_a_rectangle_each(
+    fresh_cluster: tg.ClusterContext, browser: Any, tmp_path: Path
+) -> None:
+    """Rows pouring in reach the page in fewer, larger updates, none lost."""
+    url = fresh_cluster.dashboard_url
+    burst = 1_500  # (a page holds the newest 2,000)
+    with screenshot_on_failure(browser, tmp_path):
+        browser.goto(f"{url}/status")
+        wait_for(
+            lambda: browser.evaluate(SOURCE_LENGTH, "task-stream") == 0, what="an empty stream"
+        )
+        refs = [square.remote(i) for i in range(burst)]
+        tg.get(refs, timeout=60)
+        wait_for(
+            lambda: browser.evaluate(SOURCE_LENGTH, "task-stream") == burst,
+            timeout=30,
+            what=f"{burst} rectangles in the page's task stream",
+        )
+        shown = browser.evaluate(
+            "() => Array.from(Bokeh.documents[0].get_model_by_name('task-stream')"
+            ".get_column('task_id'))"
+        )
+    assert sorted(shown) == sorted(ref.hex()[:24] + "00000000" for ref in refs)  # (a task's id)
+
+
 def test_a_request_naming_another_host_is_refused(cluster: tg.ClusterContext) -> None:
     """A page that rebinds its own name to 127.0.0.1 sends that name as the Host: it
     cannot read the JSON, the metrics or the graph, though the port is on loopback."""
