@@ -65,6 +65,21 @@ def cpu_by_kind() -> dict[str, float]:
     return totals
 
 
+def settle(idle: float = 0.1, timeout: float = 20.0) -> None:
+    """Wait until the browser has done with opening the page (loading BokehJS, the
+    first drawings): less than ``idle`` of a core for two tenths of a second in a
+    row (the cluster being idle, an open page then gets no updates). What is timed
+    is a page kept open while tasks run, not one being opened."""
+    deadline = time.monotonic() + timeout
+    calm = 0
+    last = cpu_by_kind().get("browser", 0.0)
+    while calm < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # (a CPU reading needs time to pass)
+        now = cpu_by_kind().get("browser", 0.0)
+        calm = calm + 1 if now - last < idle * 0.1 else 0
+        last = now
+
+
 @contextmanager
 def page_open(url: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
@@ -106,6 +121,7 @@ def main() -> None:
             closed.append(rate(args.tasks, cpu_closed))
             with page_open(url):
                 rate(args.tasks // 5)  # the page's first updates, untimed
+                settle()
                 opened.append(rate(args.tasks, cpu_opened))
         without, with_page = statistics.median(closed), statistics.median(opened)
         print(f"tasks async, no browser        : {without:8,.0f} tasks/s  {fmt(closed)}")
