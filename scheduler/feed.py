@@ -265,6 +265,8 @@ class Feed:
         self.snapshot = Snapshot(events=deque(maxlen=keep))
         self._lanes: dict[tuple[str | None, int], int] = {}
         self._snapshot = Section(self._published, period, clock)
+        # Progress walks every live task: a table of its own, at most once a second.
+        self._progress = Section(self._count_progress, table_period, clock)
         self._actors = Section(lambda: actor_table(state, wall()), table_period, clock)
         self._objects = Stepped(
             lambda: object_steps(state, wall()), ObjectTable(), table_period, clock
@@ -276,7 +278,11 @@ class Feed:
         return self._snapshot.made
 
     def current(self) -> Snapshot:
-        return self._snapshot.current()
+        snap = self._snapshot.current()
+        # (made on its own budget: a slow pass over the live tasks makes the
+        # counts come less often, not the task stream)
+        snap.progress = self._progress.current()
+        return snap
 
     def actors(self) -> ActorTable:
         return self._actors.current()
@@ -312,16 +318,6 @@ class Feed:
             lane = lanes.setdefault((event.node, event.pid), len(lanes))
             snap.events.append((n, lane, event))
         snap.seq = history.kept
-        progress: dict[str, dict[str, int]] = {}
-        for (name, final), n in history.finished_by_name.items():
-            counts = progress.setdefault(name, dict.fromkeys(PROGRESS_STATES, 0))
-            counts["done" if final == "FINISHED" else "failed"] += n
-        for task in state.tasks.values():
-            live = LIVE_STATES.get(task.state)
-            if live is not None:
-                counts = progress.setdefault(task.spec.name, dict.fromkeys(PROGRESS_STATES, 0))
-                counts[live] += 1
-        snap.progress = progress
         snap.nodes = [
             {
                 "node_id": r.worker_id,
@@ -341,3 +337,18 @@ class Feed:
         ]
         snap.lanes = [f"{node}/{pid}" for node, pid in self._lanes]
         snap.taken = self.wall()
+
+    def _count_progress(self) -> dict[str, dict[str, int]]:
+        """Tasks by function and by done, running, waiting or failed: the finished
+        counted as they finish, the live by one pass over them."""
+        progress: dict[str, dict[str, int]] = {}
+        state = self.state
+        for (name, final), n in state.history.finished_by_name.items():
+            counts = progress.setdefault(name, dict.fromkeys(PROGRESS_STATES, 0))
+            counts["done" if final == "FINISHED" else "failed"] += n
+        for task in state.tasks.values():
+            live = LIVE_STATES.get(task.state)
+            if live is not None:
+                counts = progress.setdefault(task.spec.name, dict.fromkeys(PROGRESS_STATES, 0))
+                counts[live] += 1
+        return progress
