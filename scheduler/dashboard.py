@@ -11,15 +11,21 @@
     /api/tasks?limit=  the last task events (100 unless told)
     /api/actors        a row per actor (alive ones first), counts by state
     /api/objects       the largest objects, with who holds them and their call sites
-    /api/graph         the task graph's nodes (places, states) and edges (scheduler/graph_page.py)
+    /api/graph         the task graph's nodes (places, states) and edges (scheduler/graph_feed.py)
     /api/logs?node=    the last lines of each of a node's log files
     /api/timeline      the finished tasks as a Chrome trace (as tg.timeline() writes)
     /metrics           Prometheus text (scheduler/metrics.py)
 
-One Tornado application, a ``BokehTornado`` with our handlers as its extra
-patterns (as dask.distributed mounts its dashboard), in the scheduler's
-process and event loop beside its TCP server. Pages and JSON read the
-``Feed``'s snapshots (scheduler/feed.py); ``/metrics`` its collectors' own.
+One HTTP server in the scheduler's process and event loop, beside its TCP
+server, with two Tornado applications behind a ``Routes``: our own handlers
+(``/``, ``/api/*``, ``/metrics``) and the pages, a ``BokehTornado`` (as
+dask.distributed mounts its dashboard). Bokeh costs about half a second of
+CPU to import, which every cluster would pay at its start and most never
+use, so the port serves the JSON and ``/metrics`` from the start and the
+pages are made when the first page is asked for (``LazyPages``: Bokeh is
+imported in a thread, the loop serving meanwhile; that request waits for
+it). Pages and JSON read the ``Feed``'s snapshots (scheduler/feed.py);
+``/metrics`` its collectors' own.
 What takes time is not done on the loop: a node's log lines are awaited (its
 daemon reads them), the largest objects are found a step at a time, and the
 timeline's trace is made and encoded in a thread from a copy of the finished
@@ -36,27 +42,34 @@ import asyncio
 import errno
 import json
 import logging
+import re
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from bokeh.server.tornado import BokehTornado
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from tornado import web
+from tornado import httputil, web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
+from tornado.routing import Router
 
 from taskgraph import config
 from taskgraph._timeline import trace_events
 
-from . import graph_page, pages
+from . import pages
 from .feed import Feed
 from .history import TaskEvent
 from .http_guard import Guarded, allowed_hosts
 
+if TYPE_CHECKING:
+    from bokeh.application import Application
+    from bokeh.server.tornado import BokehTornado
+
 log = logging.getLogger("taskgraph.scheduler")
 # A tab closed between two updates makes Bokeh warn that it could not send the
 # second; that is how tabs end, not a fault, and it reached the driver's terminal.
+# (Set before Bokeh is imported: a logger's level outlives its import.)
 logging.getLogger("bokeh.server.views.ws").setLevel(logging.ERROR)
 
 DEFAULT_PORT = config.DASHBOARD_PORT
@@ -121,6 +134,10 @@ class ApiHandler(Guarded):
             self.write(self.feed.actors().json())
         elif what == "objects":
             self.write((await self.feed.objects_made()).json())
+        elif what == "graph":
+            from .graph_feed import graph_feed  # (networkx: when the graph is first asked for)
+
+            self.write(graph_feed(self.feed).current().to_json())
         elif what == "logs":
             await self._logs()
         elif what == "timeline":
@@ -152,38 +169,160 @@ def trace_json(events: list[TaskEvent]) -> bytes:
 
 
 class Dashboard:
-    """The HTTP port's server and application; ``stop()`` ends both."""
+    """The HTTP port's server and its applications; ``stop()`` ends them.
+    ``pages``: the Bokeh pages, made when the first is asked for."""
 
     def __init__(self, registry: CollectorRegistry, feed: Feed, socks: list[socket.socket]):
         self.feed = feed
-        port = socks[0].getsockname()[1]
-        hosts = allowed_hosts(socks[0].getsockname()[0], port)
-        self.app = BokehTornado(
-            pages.applications(feed),
-            extra_patterns=[
+        host, port = socks[0].getsockname()[:2]
+        hosts = allowed_hosts(host, port)
+        self.own = web.Application(
+            [
                 (r"/", web.RedirectHandler, {"url": "/status"}),
                 (r"/metrics", MetricsHandler, {"registry": registry, "hosts": hosts}),
-                (r"/api/graph", graph_page.GraphApi, {"feed": feed, "hosts": hosts}),
                 (
                     r"/api/(\w+)",
                     ApiHandler,
                     {"feed": feed, "timeline": Timeline(feed), "hosts": hosts},
                 ),
-            ],
-            extra_websocket_origins=origins(socks[0].getsockname()[0], port),
-            use_index=False,
-            redirect_root=False,
+            ]
         )
-        self.app.initialize(IOLoop.current())
-        self.app.start()
-        self.server = HTTPServer(self.app)
+        self.pages = LazyPages(lambda: pages.applications(feed), origins(host, port))
+        self.server = HTTPServer(Routes(self.own, self.pages))
         for sock in socks:
             sock.setblocking(False)
         self.server.add_sockets(socks)
 
     def stop(self) -> None:
         self.server.stop()
-        self.app.stop()
+        self.pages.stop()
+
+
+# The paths the Bokeh application answers: each page's (its document, websocket,
+# autoload.js, metadata and static files under it) and Bokeh's static files.
+PAGE_PATHS = re.compile(
+    "/(?:{})(?:/.*)?".format(
+        "|".join(re.escape(p[1:]) for p in (*pages.PAGES, *pages.FRAMES, "/static"))
+    )
+)
+
+
+class Routes(Router):
+    """Sends a page's request to the Bokeh application (made on the first) and the
+    rest to our own. The favicon is Bokeh's once there are pages; before, none."""
+
+    def __init__(self, own: web.Application, pages: LazyPages) -> None:
+        self.own = own
+        self.pages = pages
+
+    def find_handler(
+        self, request: httputil.HTTPServerRequest, **kwargs: Any
+    ) -> httputil.HTTPMessageDelegate:
+        path = request.path
+        if PAGE_PATHS.fullmatch(path) or (path == "/favicon.ico" and self.pages.app is not None):
+            return self.pages.delegate(request, self.own)
+        return self.own.find_handler(request)
+
+
+class LazyPages:
+    """The ``BokehTornado`` serving the pages, made by the first request for one:
+    Bokeh and the pages' modules are imported in a thread (the loop serves the
+    cluster meanwhile), then the application is made on the loop. Requests that
+    come meanwhile wait for it. ``app``: None until made."""
+
+    def __init__(
+        self, applications: Callable[[], dict[str, Application]], websocket_origins: list[str]
+    ) -> None:
+        self.applications = applications
+        self.websocket_origins = websocket_origins
+        self.app: BokehTornado | None = None
+        self._making: asyncio.Future[BokehTornado] | None = None
+
+    def delegate(
+        self, request: httputil.HTTPServerRequest, own: web.Application
+    ) -> httputil.HTTPMessageDelegate:
+        if self.app is not None:
+            return self.app.find_handler(request)
+        return _WhenMade(self, request, own)
+
+    def made(self) -> Awaitable[BokehTornado]:
+        """The application, once made (the first call starts making it)."""
+        if self._making is None:
+            self._making = asyncio.ensure_future(self._make())
+        return asyncio.shield(self._making)
+
+    async def _make(self) -> BokehTornado:
+        try:
+            tornado_app = await asyncio.get_running_loop().run_in_executor(None, _import_bokeh)
+            app = tornado_app(
+                self.applications(),
+                extra_websocket_origins=self.websocket_origins,
+                use_index=False,
+                redirect_root=False,
+            )
+            app.initialize(IOLoop.current())
+            app.start()
+        except BaseException:
+            self._making = None  # (the next request tries again)
+            raise
+        self.app = app
+        return app
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.app.stop()
+
+
+def _import_bokeh() -> type[BokehTornado]:
+    """Imports Bokeh's server and the pages' modules (run in a thread)."""
+    from bokeh.server.tornado import BokehTornado
+
+    pages.builders()
+    return BokehTornado
+
+
+class _WhenMade(httputil.HTTPMessageDelegate):
+    """A page's request that came before the pages were made: its headers wait until
+    they are (Tornado reads nothing more of the request meanwhile), then it goes
+    to the Bokeh application, as later requests do at once. Had making them
+    failed, it gets a 503 from our own application."""
+
+    def __init__(
+        self, pages: LazyPages, request: httputil.HTTPServerRequest, own: web.Application
+    ) -> None:
+        self.pages = pages
+        self.request = request
+        self.own = own
+        self.delegate: httputil.HTTPMessageDelegate | None = None
+
+    async def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        try:
+            app = await self.pages.made()
+            self.delegate = app.find_handler(self.request)
+        except Exception:
+            log.exception("the dashboard could not make its pages")
+            self.delegate = self.own.get_handler_delegate(
+                self.request, web.ErrorHandler, {"status_code": 503}
+            )
+        received = self.delegate.headers_received(start_line, headers)
+        if received is not None:
+            await received
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        assert self.delegate is not None
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self.delegate is not None
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
 
 
 def origins(host: str, port: int) -> list[str]:

@@ -12,11 +12,13 @@ Every page and JSON handler reads the same ``Snapshot``; none reads the
 state. A snapshot is made on demand, by the first reader after ``period``
 has passed, so a cluster nobody watches pays nothing, and ten browsers cost
 what one does. Making one costs the tasks finished since the last (taken
-from ``TaskHistory.since``, never the whole window) plus one pass over the
-live tasks for the counts; when that pass grows slow, snapshots come less
-often (at most ``BUDGET`` of the loop's time), so the scheduler never stalls
-for its dashboard. Task rows are kept in a window of the last ``keep``,
-numbered, so each page streams only the rows it has not seen. The actors and
+from ``TaskHistory.since``, never the whole window; a tuple each) plus one
+pass over the live tasks for the counts; when that pass grows slow,
+snapshots come less often (at most ``BUDGET`` of the loop's time), so the
+scheduler never stalls for its dashboard. The finished tasks are kept in a
+window of the last ``keep``, numbered, so each page streams only the rows
+it has not seen; a task's row (``task_columns``) is made only when a reader
+asks for it, so tasks no page shows cost no row. The actors and
 the largest objects (scheduler/feed_tables.py) are sections of their own,
 made when a reader asks for them, under the same rules; the objects, which
 may be millions, a step at a time (``Stepped``), the loop running between.
@@ -25,12 +27,14 @@ may be millions, a step at a time (``Stepped``), the loop running between.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .feed_tables import ActorTable, ObjectTable, actor_table, object_steps
@@ -45,7 +49,7 @@ log = logging.getLogger("taskgraph.scheduler")
 PERIOD = 0.2  # seconds between snapshots, at most as often
 TABLE_PERIOD = 1.0  # seconds between tables of actors or objects, at most as often
 BUDGET = 0.1  # of the loop's time, at most, spent making snapshots
-KEEP = 10_000  # task rows a page holds (its ColumnDataSource's rollover)
+KEEP = 10_000  # finished tasks a snapshot keeps (for /api/tasks and pages)
 
 # Category20, by hand: the dashboard's colours without importing bokeh here.
 PALETTE = (
@@ -55,12 +59,9 @@ PALETTE = (
 )  # fmt: skip
 PROGRESS_STATES = ("done", "running", "waiting", "failed")
 LIVE_STATES = {"new": "waiting", "waiting": "waiting", "ready": "waiting", "processing": "running"}
-TASK_COLUMNS = (
-    "left", "right", "lane", "name", "color", "duration", "node", "pid", "state",
-    "fetch", "deserialize", "run", "store", "task_id",
-)  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1024)  # (a row per task asks; functions are few)
 def color_of(name: str) -> str:
     """A function's colour, the same in every page and every run."""
     return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
@@ -68,26 +69,25 @@ def color_of(name: str) -> str:
 
 @dataclass(slots=True)
 class Snapshot:
-    seq: int = 0  # the newest task row's number (TaskHistory.kept when it was taken)
-    rows: deque[tuple[int, tuple[Any, ...]]] = field(default_factory=deque)  # (seq, row)
+    seq: int = 0  # the newest task's number (TaskHistory.kept when it was taken)
+    # The last finished tasks, numbered, each with its lane: (seq, lane, event).
+    # Events, not rows: a row is made only for what a reader asks (a page, the
+    # newest few hundred a second; /api/tasks, its limit), not for every task.
+    events: deque[tuple[int, int, TaskEvent]] = field(default_factory=deque)
     lanes: list[str] = field(default_factory=list)  # "node/pid", by lane number
     progress: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> state -> count
     nodes: list[dict[str, Any]] = field(default_factory=list)
     taken: float = 0.0  # wall-clock seconds
 
-    def rows_since(self, seq: int) -> tuple[int, dict[str, list[Any]]]:
-        """The task rows after ``seq``, as columns, and the newest row's number."""
-        columns: dict[str, list[Any]] = {c: [] for c in TASK_COLUMNS}
-        if seq >= self.seq:
-            return self.seq, columns
-        for n, row in reversed(self.rows):
-            if n <= seq:
-                break
-            for column, value in zip(TASK_COLUMNS, row, strict=True):
-                columns[column].append(value)
-        for values in columns.values():
-            values.reverse()
-        return self.seq, columns
+    def rows_since(self, seq: int, limit: int | None = None) -> tuple[int, dict[str, list[Any]]]:
+        """The task rows after ``seq`` as columns (``task_columns``; the newest
+        ``limit`` of them, if given), and the newest row's number."""
+        n = min(self.seq - seq, len(self.events))
+        if limit is not None:
+            n = min(n, limit)
+        newest = list(islice(reversed(self.events), max(n, 0)))
+        newest.reverse()
+        return self.seq, task_columns(newest)
 
     def status(self) -> dict[str, Any]:
         totals = dict.fromkeys(PROGRESS_STATES, 0)
@@ -115,24 +115,49 @@ class Snapshot:
 
     def tasks(self, limit: int) -> list[dict[str, Any]]:
         """The last ``limit`` task rows, oldest first, in the state API's names."""
-        recent = list(self.rows)[-limit:] if limit > 0 else []
-        out = []
-        for _, row in recent:
-            r = dict(zip(TASK_COLUMNS, row, strict=True))
-            out.append(
-                {
-                    "task_id": r["task_id"],
-                    "name": r["name"],
-                    "state": r["state"],
-                    "node_id": r["node"] or None,
-                    "worker_pid": r["pid"] or None,
-                    "start_time_ms": r["left"],
-                    "end_time_ms": r["right"],
-                    "duration_ms": r["duration"],
-                    "phases_ms": {p: r[p] for p in ("fetch", "deserialize", "run", "store")},
-                }
-            )
-        return out
+        _, c = self.rows_since(0, max(limit, 0))
+        return [
+            {
+                "task_id": c["task_id"][i],
+                "name": c["name"][i],
+                "state": c["state"][i],
+                "node_id": c["node"][i] or None,
+                "worker_pid": c["pid"][i] or None,
+                "start_time_ms": c["left"][i],
+                "end_time_ms": c["right"][i],
+                "duration_ms": round(c["duration"][i], 3),
+                "phases_ms": {
+                    p: round(c[p][i], 3) for p in ("fetch", "deserialize", "run", "store")
+                },
+            }
+            for i in range(len(c["task_id"]))
+        ]
+
+
+def task_columns(entries: list[tuple[int, int, TaskEvent]]) -> dict[str, list[Any]]:
+    """Task-stream rows of ``Snapshot.events`` entries, as columns: times in
+    milliseconds (a rectangle from its start to its end), the lane, the
+    function's colour (black: failed) and the time of each phase."""
+    events = [event for _, _, event in entries]
+    starts = [e.started or e.placed or e.submitted for e in events]
+    ends = [max(e.ended, start) for e, start in zip(events, starts, strict=True)]
+    phases = [(*e.phases, 0.0, 0.0, 0.0, 0.0) for e in events]  # (some report fewer)
+    return {
+        "left": [start * 1000 for start in starts],
+        "right": [end * 1000 for end in ends],
+        "lane": [lane for _, lane, _ in entries],
+        "name": [e.name for e in events],
+        "color": [color_of(e.name) if e.state == "memory" else "#000000" for e in events],
+        "duration": [(end - start) * 1000 for start, end in zip(starts, ends, strict=True)],
+        "node": [e.node or "" for e in events],
+        "pid": [e.pid for e in events],
+        "state": [STATE_NAMES[e.state] for e in events],
+        "fetch": [p[0] * 1000 for p in phases],
+        "deserialize": [p[1] * 1000 for p in phases],
+        "run": [p[2] * 1000 for p in phases],
+        "store": [p[3] * 1000 for p in phases],
+        "task_id": [e.task_id.hex() for e in events],
+    }
 
 
 T = TypeVar("T")
@@ -237,9 +262,11 @@ class Feed:
         self.clock = clock
         self.wall = wall
         self.logs = logs
-        self.snapshot = Snapshot(rows=deque(maxlen=keep))
+        self.snapshot = Snapshot(events=deque(maxlen=keep))
         self._lanes: dict[tuple[str | None, int], int] = {}
         self._snapshot = Section(self._published, period, clock)
+        # Progress walks every live task: a table of its own, at most once a second.
+        self._progress = Section(self._count_progress, table_period, clock)
         self._actors = Section(lambda: actor_table(state, wall()), table_period, clock)
         self._objects = Stepped(
             lambda: object_steps(state, wall()), ObjectTable(), table_period, clock
@@ -251,7 +278,11 @@ class Feed:
         return self._snapshot.made
 
     def current(self) -> Snapshot:
-        return self._snapshot.current()
+        snap = self._snapshot.current()
+        # (made on its own budget: a slow pass over the live tasks makes the
+        # counts come less often, not the task stream)
+        snap.progress = self._progress.current()
+        return snap
 
     def actors(self) -> ActorTable:
         return self._actors.current()
@@ -282,19 +313,11 @@ class Feed:
         snap = self.snapshot
         events = history.since(snap.seq)
         first = history.kept - len(events) + 1  # the oldest one's number
+        lanes = self._lanes
         for n, event in enumerate(events, first):
-            snap.rows.append((n, self._row(event)))
+            lane = lanes.setdefault((event.node, event.pid), len(lanes))
+            snap.events.append((n, lane, event))
         snap.seq = history.kept
-        progress: dict[str, dict[str, int]] = {}
-        for (name, final), n in history.finished_by_name.items():
-            counts = progress.setdefault(name, dict.fromkeys(PROGRESS_STATES, 0))
-            counts["done" if final == "FINISHED" else "failed"] += n
-        for task in state.tasks.values():
-            live = LIVE_STATES.get(task.state)
-            if live is not None:
-                counts = progress.setdefault(task.spec.name, dict.fromkeys(PROGRESS_STATES, 0))
-                counts[live] += 1
-        snap.progress = progress
         snap.nodes = [
             {
                 "node_id": r.worker_id,
@@ -315,21 +338,17 @@ class Feed:
         snap.lanes = [f"{node}/{pid}" for node, pid in self._lanes]
         snap.taken = self.wall()
 
-    def _row(self, event: TaskEvent) -> tuple[Any, ...]:
-        lane = self._lanes.setdefault((event.node, event.pid), len(self._lanes))
-        started = event.started or event.placed or event.submitted
-        ended = max(event.ended, started)
-        phases = [round(p * 1000, 3) for p in event.phases] + [0.0] * (4 - len(event.phases))
-        return (
-            started * 1000,
-            ended * 1000,
-            lane,
-            event.name,
-            color_of(event.name) if event.state == "memory" else "#000000",
-            round((ended - started) * 1000, 3),
-            event.node or "",
-            event.pid,
-            STATE_NAMES[event.state],
-            *phases[:4],
-            event.task_id.hex(),
-        )
+    def _count_progress(self) -> dict[str, dict[str, int]]:
+        """Tasks by function and by done, running, waiting or failed: the finished
+        counted as they finish, the live by one pass over them."""
+        progress: dict[str, dict[str, int]] = {}
+        state = self.state
+        for (name, final), n in state.history.finished_by_name.items():
+            counts = progress.setdefault(name, dict.fromkeys(PROGRESS_STATES, 0))
+            counts["done" if final == "FINISHED" else "failed"] += n
+        for task in state.tasks.values():
+            live = LIVE_STATES.get(task.state)
+            if live is not None:
+                counts = progress.setdefault(task.spec.name, dict.fromkeys(PROGRESS_STATES, 0))
+                counts[live] += 1
+        return progress

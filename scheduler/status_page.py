@@ -16,11 +16,24 @@ and each node's object store.
 The page reads the ``Feed``'s snapshot (scheduler/feed.py), never the state,
 in a callback every ``UPDATE_MS``: the stream gets only the rows it has not
 seen (``ColumnDataSource.stream`` with a rollover), the small tables are
-replaced whole.
+replaced whole when they changed.
+
+What an open page costs while tasks pour in is mostly per update (Bokeh's
+message, the browser redrawing and indexing every rectangle it holds), so
+the stream coalesces: after streaming ``n`` rows it streams again no sooner
+than ``n / STREAMED_PER_SECOND`` seconds later (rows wait in the snapshot
+meanwhile), and never more than the ``SHOWN`` newest (older ones would roll
+over at once). At a few hundred tasks a second it updates every
+``UPDATE_MS``; at thousands, once a second. A phase is shaded only when it
+is at least a pixel wide on a stream ``PIXELS`` wide showing the page's
+rows (its time is in the task's tooltip either way): tasks of a
+millisecond add no shades, which would triple what the browser draws.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,6 +55,8 @@ UPDATE_MS = 200  # how often a page asks for the snapshot
 # browser redraws them all, and indexes them for hovering, on every update,
 # which costs it more than the scheduler spends on the tasks themselves.
 SHOWN = 2_000
+STREAMED_PER_SECOND = SHOWN  # rows a page streams a second, at most (in fewer, larger updates)
+PIXELS = 2_000  # a stream this wide at most: a phase narrower than one of its pixels is not shaded
 NUMBERS = frozenset(
     ("left", "right", "lane", "top", "duration", "fetch", "deserialize", "run", "store",
      "alpha"),
@@ -60,16 +75,18 @@ PHASE_COLUMNS = ("left", "right", "lane", "top", "phase", "color", "alpha", "nam
 STORE_COLUMNS = ("node_id", "in_memory", "spilled", "spilled_end", "capacity")
 
 
-def phase_columns(tasks: dict[str, list[Any]]) -> dict[str, list[Any]]:
+def phase_columns(tasks: dict[str, list[Any]], narrowest: float = 0.0) -> dict[str, list[Any]]:
     """The phase segments of task rows (``Snapshot.rows_since``'s columns): each
-    phase that took any time and is drawn, from where the one before it ended,
-    cut at the task's end."""
+    phase drawn that took more than ``narrowest`` (ms), from where the one before
+    it ended, cut at the task's end."""
     out: dict[str, list[Any]] = {c: [] for c in PHASE_COLUMNS}
     for i, start in enumerate(tasks["left"]):
+        if tasks["right"][i] - start <= narrowest:
+            continue  # (its phases are narrower still)
         end, lane, at = tasks["right"][i], tasks["lane"][i], start
         for key, style in PHASES:
             spent = tasks[key][i]
-            if spent > 0 and style is not None and at < end:
+            if spent > narrowest and style is not None and at < end:
                 phase, color, alpha = style
                 right = min(at + spent, end)
                 for name, value in zip(
@@ -97,26 +114,49 @@ def store_columns(snap: Snapshot) -> dict[str, list[Any]]:
 class TaskStreamPart:
     """The task stream as a part of a page (``/status``, and the one in a notebook
     cell's frame): its figure (``plot``) over the ``task-stream`` and
-    ``task-phases`` sources; ``update(snap)`` adds the rows it has not shown."""
+    ``task-phases`` sources; ``update(snap)`` adds the rows it has not shown,
+    unless it streamed so many so lately that they should wait (``streams``:
+    how many times it streamed)."""
 
-    def __init__(self, snap: Snapshot, **figure_options: Any) -> None:
-        self.seq, columns = snap.rows_since(0)
-        columns = {name: values[-SHOWN:] for name, values in columns.items()}
+    def __init__(
+        self, snap: Snapshot, clock: Callable[[], float] = time.monotonic, **figure_options: Any
+    ) -> None:
+        self.clock = clock
+        self.seq, columns = snap.rows_since(0, SHOWN)
         self.lanes = len(snap.lanes)
         self.tasks = ColumnDataSource(_as_arrays(_with_tops(columns)), name="task-stream")
-        self.phases = ColumnDataSource(_as_arrays(phase_columns(columns)), name="task-phases")
+        shades = phase_columns(columns, self._narrowest())
+        self.phases = ColumnDataSource(_as_arrays(shades), name="task-phases")
         self.plot = _task_stream(self.tasks, self.phases, **figure_options)
         _label_lanes(self.plot, snap.lanes)
+        self.streams = 0
+        self._next = 0.0  # no stream before (the clock's time)
 
     def update(self, snap: Snapshot) -> None:
-        self.seq, new = snap.rows_since(self.seq)
-        if new["left"]:
-            shades = _as_arrays(phase_columns(new))
+        now = self.clock()
+        if now >= self._next and snap.seq > self.seq:
+            self.seq, new = snap.rows_since(self.seq, SHOWN)
             self.tasks.stream(_as_arrays(_with_tops(new)), rollover=SHOWN)
-            self.phases.stream(shades, rollover=SHOWN * 3)
+            shades = phase_columns(new, self._narrowest())
+            if shades["left"]:
+                self.phases.stream(_as_arrays(shades), rollover=self._phases_kept(shades))
+            self.streams += 1
+            self._next = now + len(new["left"]) / STREAMED_PER_SECOND
         if len(snap.lanes) != self.lanes:
             self.lanes = len(snap.lanes)
             _label_lanes(self.plot, snap.lanes)
+
+    def _phases_kept(self, shades: dict[str, list[Any]]) -> int:
+        """The held phases still over a held task (those left of them all go first:
+        the source is in the order tasks finished), and the new ones."""
+        oldest = np.min(self.tasks.data["left"])
+        stale = int(np.count_nonzero(np.asarray(self.phases.data["right"]) <= oldest))
+        return len(self.phases.data["left"]) - stale + len(shades["left"])
+
+    def _narrowest(self) -> float:
+        """A pixel's time (ms) on a stream ``PIXELS`` wide showing the rows held."""
+        left, right = self.tasks.data["left"], self.tasks.data["right"]
+        return float(np.max(right) - np.min(left)) / PIXELS if len(left) else 0.0
 
 
 def build(doc: Document, feed: Feed) -> None:
@@ -146,12 +186,15 @@ def build(doc: Document, feed: Feed) -> None:
         if list(functions.factors) != names:
             functions.factors = names
             progress_plot.height = _bars_height(len(names))
-        progress.data = _progress_columns(snap, names)
+        counts = _progress_columns(snap, names)
+        if counts != progress.data:  # (each change is a message, and a redraw)
+            progress.data = counts
         nodes = store_columns(snap)
         if list(node_range.factors) != nodes["node_id"]:
             node_range.factors = nodes["node_id"]
             store_plot.height = _bars_height(len(nodes["node_id"]))
-        store.data = nodes
+        if nodes != store.data:
+            store.data = nodes
 
     doc.title = "taskgraph: status"
     doc.add_root(column(stream.plot, progress_plot, store_plot, sizing_mode="stretch_width"))
@@ -201,6 +244,8 @@ def _task_stream(tasks: ColumnDataSource, phases: ColumnDataSource, **options: A
         line_alpha=0,
         source=phases,
     )
+    # The view fits the tasks (a shade is always inside its task's rectangle).
+    stream.x_range = DataRange1d(renderers=[bars])
     stream.add_tools(
         HoverTool(
             renderers=[bars],

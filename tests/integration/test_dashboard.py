@@ -9,6 +9,8 @@ screenshot in its temporary folder.
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -73,6 +75,61 @@ def test_the_api_counts_tasks_by_function_and_lists_nodes_and_events(
     assert missing.value.code == 404
 
 
+# A scheduler in a process of its own, on sockets made here (as a local cluster hands
+# them over), asked for the JSON and /metrics, then for two pages at once, each
+# time saying whether Bokeh has been imported; it stops itself with SIGTERM.
+FRESH_SCHEDULER = r"""
+import os, signal, socket, sys, threading, urllib.request
+from taskgraph.scheduler import cli
+
+tcp = socket.create_server(("127.0.0.1", 0))
+http = socket.create_server(("127.0.0.1", 0))
+url = f"http://127.0.0.1:{http.getsockname()[1]}"
+
+def read(path):
+    with urllib.request.urlopen(url + path, timeout=60) as reply:
+        return reply.read()
+
+def ask():
+    try:
+        for path in ("/api/status", "/api/workers", "/api/graph", "/api/timeline", "/metrics"):
+            read(path)
+        print("bokeh after the JSON and /metrics:", "bokeh" in sys.modules, flush=True)
+        pages = {}
+        askers = [
+            threading.Thread(target=lambda p=p: pages.update({p: read(p)}))
+            for p in ("/status", "/workers")
+        ]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join()
+        print("pages made by Bokeh:", sorted(p for p, html in pages.items() if b"Bokeh" in html))
+        print("bokeh after the pages:", "bokeh" in sys.modules, flush=True)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=ask).start()
+cli.main(["--listen-fd", str(tcp.detach()), "--dashboard-fd", str(http.detach()),
+          "--no-record", "--token", "t" * 32])
+"""
+
+
+def test_a_fresh_scheduler_imports_bokeh_only_when_a_page_is_asked_for() -> None:
+    """Bokeh costs a scheduler half a second of CPU at its start: it is imported when the
+    first page is asked for, never for the JSON or /metrics."""
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_SCHEDULER], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stdout.splitlines() if not line.startswith("taskgraph-")]
+    assert said == [
+        "bokeh after the JSON and /metrics: False",
+        "pages made by Bokeh: ['/status', '/workers']",
+        "bokeh after the pages: True",
+    ], done.stderr
+
+
 def test_the_root_redirects_to_the_status_page(fresh_cluster: tg.ClusterContext) -> None:
     with urllib.request.urlopen(f"{fresh_cluster.dashboard_url}/", timeout=10) as reply:
         assert reply.geturl().endswith("/status")
@@ -108,6 +165,31 @@ def see_the_pages(url: str, browser: Any) -> None:
 
     browser.goto(f"{url}/workers")
     wait_for(lambda: browser.evaluate(SOURCE_LENGTH, "workers") == 1, what="one node's row")
+
+
+def test_a_burst_of_tasks_reaches_an_open_page_a_rectangle_each(
+    fresh_cluster: tg.ClusterContext, browser: Any, tmp_path: Path
+) -> None:
+    """Rows pouring in reach the page in fewer, larger updates, none lost."""
+    url = fresh_cluster.dashboard_url
+    burst = 1_500  # (a page holds the newest 2,000)
+    with screenshot_on_failure(browser, tmp_path):
+        browser.goto(f"{url}/status")
+        wait_for(
+            lambda: browser.evaluate(SOURCE_LENGTH, "task-stream") == 0, what="an empty stream"
+        )
+        refs = [square.remote(i) for i in range(burst)]
+        tg.get(refs, timeout=60)
+        wait_for(
+            lambda: browser.evaluate(SOURCE_LENGTH, "task-stream") == burst,
+            timeout=30,
+            what=f"{burst} rectangles in the page's task stream",
+        )
+        shown = browser.evaluate(
+            "() => Array.from(Bokeh.documents[0].get_model_by_name('task-stream')"
+            ".get_column('task_id'))"
+        )
+    assert sorted(shown) == sorted(ref.hex()[:24] + "00000000" for ref in refs)  # (a task's id)
 
 
 def test_a_request_naming_another_host_is_refused(cluster: tg.ClusterContext) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -106,6 +107,20 @@ def grow(x: int) -> int:
 @tg.remote
 def gather(*xs: int) -> int:
     return sum(xs)
+
+
+class SlowToStore:
+    """A result that takes 0.2 s to pickle: its task's store phase is that long,
+    wide enough to be shaded however long the stream on the page has run."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        time.sleep(0.2)  # (the workload, not a wait)
+        return (SlowToStore, ())
+
+
+@tg.remote
+def slow_to_store() -> SlowToStore:
+    return SlowToStore()
 
 
 def test_the_actors_page_shows_each_actors_state_calls_and_restarts(
@@ -247,6 +262,7 @@ def test_the_status_page_shows_each_nodes_store_and_the_tasks_phases(
         nodes = set(node_ids(url))
         big = tg.put(np.ones(3 << 20, dtype=np.uint8))
         assert tg.get([leaf.remote(i) for i in range(20)], timeout=30) == list(range(20))
+        assert len(tg.get([slow_to_store.remote() for _ in range(2)], timeout=30)) == 2
 
         def store_shown() -> bool:
             store = columns(browser, "store-memory")
@@ -268,6 +284,7 @@ def test_the_status_page_shows_each_nodes_store_and_the_tasks_phases(
             )
             tasks, phases = rows(browser, "task-stream"), rows(browser, "task-phases")
         assert {p["phase"] for p in phases} <= {"transfer", "arguments", "store"}
+        assert sum(p["phase"] == "store" and p["duration"] >= 200 for p in phases) >= 2
         for p in phases:  # each inside a task's rectangle, on its lane
             assert any(
                 t["lane"] == p["lane"] and t["left"] <= p["left"] <= p["right"] <= t["right"]

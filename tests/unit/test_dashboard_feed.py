@@ -89,7 +89,7 @@ def test_the_window_of_rows_rolls_over_and_numbers_stay_right() -> None:
     for i in range(6):
         history.finished(finished(f"f{i}"))
     snap = feed.current()
-    assert [n for n, _ in snap.rows] == [3, 4, 5, 6]  # keep=4
+    assert [n for n, _, _ in snap.events] == [3, 4, 5, 6]  # keep=4
     assert snap.rows_since(0)[1]["name"] == ["f2", "f3", "f4", "f5"]
     assert snap.rows_since(5)[1]["name"] == ["f5"]
     assert [t["name"] for t in snap.tasks(2)] == ["f4", "f5"]
@@ -107,3 +107,32 @@ def test_progress_counts_finished_failed_and_live_tasks_by_function() -> None:
         "halve": {"done": 0, "running": 0, "waiting": 1, "failed": 0},
     }
     assert status["tasks"] == {"done": 1, "running": 1, "waiting": 1, "failed": 1}
+
+
+class SlowTasks(dict[bytes, Task]):
+    """Live tasks whose pass takes ``seconds`` of the clock's time."""
+
+    def __init__(self, clock: Clock, seconds: float, tasks: list[Task]) -> None:
+        super().__init__((t.id, t) for t in tasks)
+        self.clock, self.seconds = clock, seconds
+
+    def values(self) -> Any:
+        self.clock.now += self.seconds
+        return super().values()
+
+
+def test_progress_is_counted_on_its_own_budget_and_a_slow_count_holds_back_no_rows() -> None:
+    history = TaskHistory()
+    clock = Clock()
+    tasks = SlowTasks(clock, 0.3, [finished("square", "waiting")])
+    state: Any = SimpleNamespace(history=history, tasks=tasks, workers={})
+    feed = Feed(state, period=0.2, table_period=1.0, clock=clock, wall=clock)
+    assert feed.current().progress["square"]["waiting"] == 1  # a pass of 0.3 s: next in 3 s
+    for at in (0.6, 0.8, 1.0, 2.0):
+        history.finished(finished("square"))
+        clock.now = at
+        snap = feed.current()
+        assert snap.seq == history.kept, "the rows come every period"
+        assert snap.progress["square"]["done"] == 0, "the counts wait for their budget"
+    clock.now = 3.0
+    assert feed.current().progress["square"] == {"done": 4, "running": 0, "waiting": 1, "failed": 0}

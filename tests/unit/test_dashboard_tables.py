@@ -19,12 +19,12 @@ import pytest
 from test_scheduler_actors import Harness, alive_actor, assigned, ok, raised, ret
 
 from taskgraph import _wire as w
-from taskgraph.scheduler.dashboard import Timeline, trace_json
+from taskgraph.scheduler.dashboard import PAGE_PATHS, Timeline, trace_json
 from taskgraph.scheduler.feed import Feed, Section, Snapshot, Stepped
 from taskgraph.scheduler.feed_tables import ObjectTable, actor_table, object_steps, object_table
 from taskgraph.scheduler.log_tail import LogAnswer
 from taskgraph.scheduler.logs_page import log_columns
-from taskgraph.scheduler.pages import PAGES, nav
+from taskgraph.scheduler.pages import FRAMES, PAGES, applications, builders, nav
 from taskgraph.scheduler.status_page import phase_columns, store_columns
 
 # -- actors -----------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_phases_are_drawn_over_their_task_one_after_another_and_run_is_left_bare
 
 
 def test_the_store_bars_have_a_row_per_node() -> None:
-    snap = Snapshot(rows=deque())
+    snap = Snapshot(events=deque())
     snap.nodes = [
         {"node_id": "a", "store_bytes": 10, "spilled_bytes": 5, "store_capacity": 100},
         {"node_id": "b", "store_bytes": 0, "spilled_bytes": 0, "store_capacity": 50},
@@ -286,6 +286,21 @@ def test_the_bar_links_every_page_and_the_timeline() -> None:
         if path != "/actors":
             assert f'href="{path[1:]}"' in bar
     assert 'href="api/timeline" download=' in bar
+
+
+def test_every_page_and_what_bokeh_serves_under_it_goes_to_the_pages() -> None:
+    """The port routes by path before Bokeh is imported: every Bokeh application,
+    its websocket and scripts, and Bokeh's static files go to the pages; the JSON,
+    /metrics and unknown paths do not (they would make Bokeh be imported)."""
+    assert tuple(builders()) == PAGES
+    mounted = applications(Feed(Harness().state))
+    assert set(mounted) == {*PAGES, *FRAMES}
+    for path in mounted:
+        for under in ("", "/", "/ws", "/autoload.js", "/metadata", "/static/js/x.js"):
+            assert PAGE_PATHS.fullmatch(path + under), path + under
+    assert PAGE_PATHS.fullmatch("/static/js/bokeh.min.js")
+    for other in ("/", "/api/status", "/metrics", "/favicon.ico", "/statusx", "/nothing"):
+        assert not PAGE_PATHS.fullmatch(other), other
 
 
 def test_the_timeline_download_is_tg_timelines_trace() -> None:

@@ -1,6 +1,6 @@
-"""The ``/graph`` page's graph (scheduler/graph.py) and its shell (scheduler/graph_page.py):
-which tasks are nodes, their edges and layers, collapsing by function, when layouts
-run, and what a page is sent. Pure: no cluster, no browser, no thread."""
+"""The ``/graph`` page's graph (scheduler/graph.py) and its shell (scheduler/graph_feed.py
+and graph_page.py): which tasks are nodes, their edges and layers, collapsing by function,
+when layouts run, and what a page is sent. Pure: no cluster, no browser, no thread."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from taskgraph.scheduler.graph import (
     layout,
     positions,
 )
-from taskgraph.scheduler.graph_page import GraphFeed, graph_page
+from taskgraph.scheduler.graph_feed import GraphFeed
+from taskgraph.scheduler.graph_page import graph_page
 from taskgraph.scheduler.history import TaskHistory
 from taskgraph.scheduler.records import Task
 
