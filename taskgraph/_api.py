@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
 from taskgraph import config
@@ -33,6 +33,9 @@ from taskgraph._runtime_context import RuntimeContext
 from taskgraph._transport import connect_blocking
 from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, GetTimeoutError
 from taskgraph.settings import reread, settings
+
+if TYPE_CHECKING:
+    from taskgraph._tls import TLS
 
 _lock = threading.RLock()
 REPR_TIMEOUT = 2.0  # seconds a notebook repr may wait for the scheduler's answer
@@ -149,6 +152,9 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     token: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
     dashboard_host: str = "127.0.0.1",
@@ -164,6 +170,11 @@ def init(
     cluster; "local" always starts one; "auto" joins the cluster that
     ``taskgraph start --head`` started on this host; "tcp://host:port" joins
     that scheduler (with ``token``, ``TASKGRAPH_TOKEN`` or this host's record).
+
+    ``tls_cert``, ``tls_key``, ``tls_ca``: this driver's certificate, its key
+    and the cluster's CA certificate, for a cluster that runs on TLS (else
+    ``TASKGRAPH_TLS_*``, else this host's record of that cluster); a local
+    cluster given them runs on TLS too. See docs/security.md.
 
     Ray's logging keywords work as in Ray: ``logging_level`` and
     ``logging_format`` set up the ``taskgraph`` logger (a handler to stderr),
@@ -205,7 +216,11 @@ def init(
                 "object_store_memory must be a whole number of bytes, at least 1 MiB; "
                 f"got {object_store_memory!r}"
             )
+        from taskgraph import _tls
+
+        tls_files = (tls_cert, tls_key, tls_ca)
         if address == "local":
+            tls = _tls.resolve(*tls_files, names=_tls.KEYWORDS)
             dashboard = None if include_dashboard is False else (dashboard_host, dashboard_port)
             _runtime = _start_local(
                 num_cpus,
@@ -216,6 +231,7 @@ def init(
                 namespace,
                 log_to_driver,
                 dashboard,
+                tls,
             )
             url = _runtime.cluster.dashboard_url if _runtime.cluster is not None else None
             logging.getLogger("taskgraph").info(
@@ -245,7 +261,8 @@ def init(
                     f"no token for the cluster at {address}: pass init(address, token=...) "
                     f"or set {config.TOKEN_ENV}"
                 )
-            client = _connect(address, token, namespace, log_to_driver)
+            tls = _tls.resolve(*tls_files, names=_tls.KEYWORDS, address=address)
+            client = _connect(address, token, namespace, log_to_driver, tls)
             _runtime = Runtime(client, address, namespace)
         atexit.register(shutdown)
         return _context(_runtime)
@@ -263,7 +280,9 @@ def _context(runtime: Runtime) -> ClusterContext:
     return ClusterContext(runtime.address, runtime.namespace, runtime.cluster is not None, url)
 
 
-def _connect(address: str, token: str, namespace: str, output: bool = True) -> Client:
+def _connect(
+    address: str, token: str, namespace: str, output: bool = True, tls: TLS | None = None
+) -> Client:
     client_id = os.urandom(8)
     secret = config.token_bytes(token)
     # Executors on this host open channels to us here (leases, actors called
@@ -281,11 +300,12 @@ def _connect(address: str, token: str, namespace: str, output: bool = True) -> C
         output=output,
     )
     try:
-        conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT)
+        conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT, tls)
     except BaseException:
         listener.close()
         raise
     client = Client(conn, client_id, welcome, token=secret)
+    client.objects.tls = tls  # (to pull objects from other hosts' workers)
     client.on_notice = _show_notice
     if output:
         client.output = OutputPrinter(settings().output_fold_window)
@@ -374,6 +394,7 @@ def _start_local(
     namespace: str,
     output: bool,
     dashboard: tuple[str, int | None] | None,
+    tls: TLS | None = None,
 ) -> Runtime:
     import json
 
@@ -388,9 +409,9 @@ def _start_local(
         args += ["--memory-limit", str(memory)]
     if object_store_memory is not None:
         args += ["--object-store-memory", str(object_store_memory)]
-    cluster = LocalCluster(args, dashboard)
+    cluster = LocalCluster(args, dashboard, tls)
     try:
-        client = _connect(cluster.local_address, cluster.token, namespace, output)
+        client = _connect(cluster.local_address, cluster.token, namespace, output, tls)
         deadline = time.monotonic() + 60
         while True:
             nodes = client.query("nodes")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph import _api, config
 from taskgraph import _wire as w
@@ -19,6 +19,9 @@ from taskgraph._client import Client
 from taskgraph._transport import parse_address
 from taskgraph.exceptions import AuthenticationError
 from taskgraph.settings import settings
+
+if TYPE_CHECKING:
+    from taskgraph._tls import TLS
 
 
 class CliError(Exception):
@@ -60,10 +63,12 @@ def _status_address(given: str | None) -> str:
 
 
 @contextmanager
-def _connected(address: str, token: str) -> Iterator[Client]:
-    """A client of the cluster at ``address``; connection failures become CliErrors."""
+def _connected(address: str, token: str, tls: TLS | None = None) -> Iterator[Client]:
+    """A client of the cluster at ``address`` (``tls``: with these certificates, else
+    those of the environment or this host's record); failures become CliErrors."""
     try:
-        _api.init(address, token=token)
+        files = (tls.cert, tls.key, tls.ca) if tls else (None, None, None)
+        _api.init(address, token=token, tls_cert=files[0], tls_key=files[1], tls_ca=files[2])
     except AuthenticationError:
         raise CliError(
             f"authentication with the cluster at {address} failed: the token is wrong (or the "
