@@ -53,6 +53,17 @@ def tls_from_args(args: argparse.Namespace, address: str | None = None) -> TLS |
     return _tls.resolve(args.tls_cert, args.tls_key, args.tls_ca, address=address)
 
 
+def started_note(tls: TLS | None) -> str:
+    """What ``taskgraph start --head`` adds to its text for a cluster on TLS."""
+    if tls is None:
+        return ""
+    return (
+        f"\n\nTLS only: every other process needs a certificate of the CA in {tls.ca}, its "
+        "key and that CA\n(--tls-cert/--tls-key/--tls-ca, or tls_cert=/tls_key=/tls_ca= "
+        "in tg.init; on this host the record has them)."
+    )
+
+
 # -- taskgraph tls init -----------------------------------------------------------
 
 

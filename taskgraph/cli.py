@@ -116,7 +116,7 @@ def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> s
         dashboard_url = client.dashboard_url
     return say.head_started_text(
         address, token, args.host, scheduler, node, worker.log, dashboard_url
-    )
+    ) + _cli_tls.started_note(tls)
 
 
 def _start_worker_only(args: argparse.Namespace, started: list[processes.Started]) -> str:
