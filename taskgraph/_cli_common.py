@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskgraph import _api, config
 from taskgraph import _wire as w
+from taskgraph._cli_tls import add_tls_arguments, tls_from_args
 from taskgraph._client import Client
 from taskgraph._transport import parse_address
 from taskgraph.exceptions import AuthenticationError
@@ -43,7 +44,11 @@ def _connected_to(args: argparse.Namespace) -> Iterator[tuple[str, Client]]:
         raise CliError(
             f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
         )
-    with _connected(address, token) as client:
+    try:
+        tls = tls_from_args(args, address)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    with _connected(address, token, tls) as client:
         yield address, client
 
 
@@ -102,3 +107,4 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--token", default=None, help=f"cluster token (default: {config.TOKEN_ENV} or recorded)"
     )
+    add_tls_arguments(p)

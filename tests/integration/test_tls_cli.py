@@ -136,6 +136,14 @@ def test_start_with_certificates_makes_a_tls_only_cluster(
     refused = cli.driver(address, token.group(1), state_dir=elsewhere)
     assert refused.returncode == 1
     assert "asks for TLS" in refused.stderr
+    elsewhere_cli = Cli(elsewhere)
+    status = elsewhere_cli.run("status", "--address", address, "--token", token.group(1))
+    assert status.returncode == 1
+    assert "asks for TLS" in status.stderr
+    status = elsewhere_cli.ok(
+        "status", "--address", address, "--token", token.group(1), *flags(certs)
+    )
+    assert "2 nodes" in status
     env_certs = dict(
         cli.env,
         TASKGRAPH_STATE_DIR=str(elsewhere),
