@@ -60,6 +60,11 @@ ADVICE = (
 FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
 KEYWORDS = ("tls_cert", "tls_key", "tls_ca")
 _VARIABLES = ("TASKGRAPH_TLS_CERT", "TASKGRAPH_TLS_KEY", "TASKGRAPH_TLS_CA")
+_RECORDED = (
+    "the scheduler's record's tls_cert",
+    "the scheduler's record's tls_key",
+    "the scheduler's record's tls_ca",
+)
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ def resolve(
         record = config.scheduler_record(address) if address else None
         if record is None or not record.get("tls_cert"):
             return None
-        return TLS.load(record["tls_cert"], record["tls_key"], record["tls_ca"], _VARIABLES)
+        return TLS.load(record["tls_cert"], record["tls_key"], record["tls_ca"], _RECORDED)
     missing = [
         f"{name} (or {var})"
         for name, var, (_, path) in zip(names, _VARIABLES, chosen, strict=True)
@@ -158,8 +163,9 @@ def resolve(
 
 
 def _shown(name: str, path: str) -> str:
-    """A setting as the user gave it: ``--tls-cert F``, ``tls_cert='F'``, ``TASKGRAPH_TLS_CERT=F``."""
-    if name.startswith("--"):
+    """A setting as the user gave it: ``--tls-cert F``, ``tls_cert='F'``,
+    ``TASKGRAPH_TLS_CERT=F`` (or where it was found: ``the scheduler's record's ... F``)."""
+    if name.startswith("--") or " " in name:
         return f"{name} {path}"
     return f"{name}={path!r}" if name.islower() else f"{name}={path}"
 

@@ -118,6 +118,14 @@ def test_a_scheduler_record_gives_its_files_to_processes_on_its_host(
         assert _tls.resolve(None, None, None, address="tcp://127.0.0.1:2") is None
     finally:
         record.unlink()
+    # (One record per pid: this one replaces the first.)
+    files = {"tls_cert": "/gone.pem", "tls_key": "k", "tls_ca": "c"}
+    record = config.record_cluster("tcp://127.0.0.1:3", "t", os.getpid(), "scheduler", **files)
+    try:
+        with pytest.raises(ValueError, match=r"the scheduler's record's tls_cert /gone\.pem: no"):
+            _tls.resolve(None, None, None, address="tcp://127.0.0.1:3")
+    finally:
+        record.unlink()
 
 
 def test_a_key_that_is_not_the_certificates_is_named(certs: Path, tmp_path: Path) -> None:
