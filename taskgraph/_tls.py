@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._transport import HANDSHAKE_TIMEOUT, HELLO_LIMIT, read_batch, write_batch
-from taskgraph.exceptions import AuthenticationError, ClusterConnectionError
+from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, ProtocolError
 from taskgraph.settings import settings
 
 from ._tls_socket import TLSSocket
@@ -286,12 +286,12 @@ async def accept_tornado(stream: IOStream, tls: TLS) -> IOStream:
         await stream.write(w.encode([w.StartTLS()]))
         start = stream.start_tls(True, tls.server_context)
         return await asyncio.wait_for(start, HANDSHAKE_TIMEOUT)
-    except OSError as exc:  # (Tornado's StreamClosedError is one; so are SSL errors)
-        raise AuthenticationError(refusal(_cause(exc))) from exc
-    except TimeoutError:
+    except TimeoutError:  # (before OSError, of which it is one)
         raise AuthenticationError(
             f"it did not finish a TLS handshake within {HANDSHAKE_TIMEOUT:g} s"
         ) from None
+    except OSError as exc:  # (Tornado's StreamClosedError is one; so are SSL errors)
+        raise AuthenticationError(refusal(_cause(exc))) from exc
 
 
 async def connect_tornado(
@@ -311,12 +311,12 @@ async def connect_tornado(
     start = stream.start_tls(False, tls.client_context)
     try:
         secure = await asyncio.wait_for(start, HANDSHAKE_TIMEOUT)
-    except OSError as exc:
-        raise explain(_cause(exc) or exc, peer, tls) from exc
-    except TimeoutError:
+    except TimeoutError:  # (before OSError, of which it is one)
         raise ClusterConnectionError(
             f"the TLS handshake with {peer} took over {HANDSHAKE_TIMEOUT:g} s"
         ) from None
+    except OSError as exc:
+        raise explain(_cause(exc) or exc, peer, tls) from exc
     try:
         # The server's verdict on our certificate comes with its first frame.
         return secure, await read_batch(secure, w.HANDSHAKE, HELLO_LIMIT)
@@ -352,10 +352,19 @@ def connect_blocking(
     secure = TLSSocket(sock, tls.client_context)
     try:
         secure.handshake()
+        # The server's verdict on our certificate comes with its first frame.
         return secure, w.HANDSHAKE.decode(recv_frame(secure, HELLO_LIMIT))
     except ssl.SSLError as exc:
         secure.close()
         raise explain(exc, peer, tls) from exc
+    except TimeoutError:  # (before OSError, of which it is one)
+        secure.close()
+        raise ClusterConnectionError(
+            f"the TLS handshake with {peer} took over {HANDSHAKE_TIMEOUT:g} s"
+        ) from None
+    except (OSError, ProtocolError) as exc:  # (ClusterConnectionError is an OSError too)
+        secure.close()
+        raise ClusterConnectionError(f"{peer} closed during the TLS handshake") from exc
     except BaseException:
         secure.close()
         raise

@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import pytest
 import taskgraph as tg
 from conftest import stop_process, wait_for
 from taskgraph import _wire as w
-from taskgraph._transport import connect_blocking
+from taskgraph._transport import HANDSHAKE_TIMEOUT, HELLO_LIMIT, connect_blocking, recv_frame
 from taskgraph.exceptions import ClusterConnectionError
 from taskgraph.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -219,6 +222,47 @@ def test_a_driver_without_certificates_is_refused_and_both_sides_say_why(
         lambda: tls_cluster.log_says("it closed without starting TLS"),
         what="the scheduler to log the refusal",
     )
+
+
+def test_a_peer_that_never_starts_tls_is_dropped_at_the_handshake_deadline(
+    tls_cluster: Cluster,
+) -> None:
+    host, port = tls_cluster.address.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=HANDSHAKE_TIMEOUT + 10) as sock:
+        assert w.HANDSHAKE.decode(recv_frame(sock, HELLO_LIMIT)) == [w.StartTLS()]
+        started = time.monotonic()
+        assert sock.recv(1) == b"", "the scheduler closes the connection"
+        assert time.monotonic() - started >= HANDSHAKE_TIMEOUT - 1
+    wait_for(
+        lambda: tls_cluster.log_says("it did not finish a TLS handshake within"),
+        what="the scheduler to log why",
+    )
+
+
+def test_a_driver_gives_up_on_a_server_that_never_finishes_tls(certs: Certs) -> None:
+    """A server that says StartTLS and then nothing: the driver's handshake deadline."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        accepted: list[socket.socket] = []
+
+        def accept() -> None:
+            conn, _ = server.accept()
+            conn.sendall(w.encode([w.StartTLS()]))
+            accepted.append(conn)  # held open, silent
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(ClusterConnectionError, match=r"TLS handshake .* took over"):
+                tg.init(
+                    f"tcp://127.0.0.1:{server.getsockname()[1]}", token=TOKEN, **certs.keywords()
+                )
+            assert time.monotonic() - started >= HANDSHAKE_TIMEOUT - 1
+        finally:
+            thread.join(30)
+            for conn in accepted:
+                conn.close()
+    assert not tg.is_initialized()
 
 
 def test_a_worker_without_certificates_exits_with_the_reason(tls_cluster: Cluster) -> None:
