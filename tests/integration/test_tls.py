@@ -239,26 +239,43 @@ def test_a_peer_that_never_starts_tls_is_dropped_at_the_handshake_deadline(
     )
 
 
-def test_a_driver_gives_up_on_a_server_that_never_finishes_tls(certs: Certs) -> None:
-    """A server that says StartTLS and then nothing: the driver's handshake deadline."""
+def test_a_driver_and_a_worker_give_up_on_a_server_that_never_finishes_tls(
+    certs: Certs,
+) -> None:
+    """A server that says StartTLS and then nothing: each client's handshake deadline
+    (the driver's blocking socket, the worker's event loop), side by side."""
     with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
         accepted: list[socket.socket] = []
 
         def accept() -> None:
-            conn, _ = server.accept()
-            conn.sendall(w.encode([w.StartTLS()]))
-            accepted.append(conn)  # held open, silent
+            for _ in range(2):
+                conn, _ = server.accept()
+                conn.sendall(w.encode([w.StartTLS()]))
+                accepted.append(conn)  # held open, silent
 
         thread = threading.Thread(target=accept)
         thread.start()
         started = time.monotonic()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskgraph.worker.cli", address, *certs.flags("far")],
+            env=plain_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             with pytest.raises(ClusterConnectionError, match=r"TLS handshake .* took over"):
-                tg.init(
-                    f"tcp://127.0.0.1:{server.getsockname()[1]}", token=TOKEN, **certs.keywords()
-                )
+                tg.init(address, token=TOKEN, **certs.keywords())
             assert time.monotonic() - started >= HANDSHAKE_TIMEOUT - 1
+            _, err = worker.communicate(timeout=60)
+            assert worker.returncode == 1
+            assert "TLS handshake with" in err and "took over" in err
         finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
             thread.join(30)
             for conn in accepted:
                 conn.close()
