@@ -15,6 +15,8 @@ import sys
 from tornado.ioloop import PeriodicCallback
 
 from taskgraph import config
+from taskgraph._cli_tls import add_tls_arguments, tls_from_args
+from taskgraph._tls import TLS
 from taskgraph.settings import settings
 
 from . import dashboard
@@ -52,12 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-dashboard", action="store_true", help="serve no HTTP port")
     # The HTTP port's listening socket, made by a local cluster (like --listen-fd).
     p.add_argument("--dashboard-fd", type=int, default=None, help=argparse.SUPPRESS)
+    add_tls_arguments(p)
     return p.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, tls: TLS | None = None) -> None:
     token = args.token or settings().token or config.new_token()
-    server = SchedulerServer(config.token_bytes(token), cluster_id=os.urandom(6).hex())
+    server = SchedulerServer(config.token_bytes(token), cluster_id=os.urandom(6).hex(), tls=tls)
     unix_paths: list[str] = []
     if args.listen_fd:
         socks = [socket.socket(fileno=fd) for fd in args.listen_fd]
@@ -91,8 +94,12 @@ async def serve(args: argparse.Namespace) -> None:
         http = dashboard.serve(server.registry, server.feed, http_socks)
         server.dashboard_url = dashboard.url_of(http_socks[0])
     if not args.no_record:
-        config.record_cluster(address, token, os.getpid(), "scheduler")
+        config.record_cluster(
+            address, token, os.getpid(), "scheduler", **(tls.record() if tls else {})
+        )
     print(f"taskgraph-scheduler listening at {address}", flush=True)
+    if tls is not None:
+        print(f"taskgraph-scheduler takes TLS only, from certificates of {tls.ca}", flush=True)
     if http is not None:  # (a line of its own: the first one is read for the address)
         print(f"taskgraph-scheduler dashboard at {server.dashboard_url}/status", flush=True)
     stop = asyncio.Event()
@@ -128,7 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parse_args(argv)
     try:
-        asyncio.run(serve(args))
+        tls = tls_from_args(args)
+    except ValueError as exc:
+        print(f"taskgraph-scheduler: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        asyncio.run(serve(args, tls))
     except OSError as exc:
         print(
             f"taskgraph-scheduler: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr

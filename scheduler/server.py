@@ -17,6 +17,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
 from taskgraph import _wire as w
+from taskgraph._tls import TLS, accept_tornado
 from taskgraph._transport import FrameReader, accept_handshake, read_batch, write_batch
 from taskgraph.exceptions import AuthenticationError, ProtocolError
 from taskgraph.settings import settings
@@ -49,9 +50,18 @@ DASHBOARD = b"dashboard"  # who asks, on the dashboard's log requests (a client'
 
 
 class SchedulerServer(TCPServer):
-    def __init__(self, token: bytes, cluster_id: str, worker_timeout: float | None = None) -> None:
+    """``tls``: every peer must switch to TLS with a certificate of the cluster's CA."""
+
+    def __init__(
+        self,
+        token: bytes,
+        cluster_id: str,
+        worker_timeout: float | None = None,
+        tls: TLS | None = None,
+    ) -> None:
         super().__init__()
         self.token = token
+        self.tls = tls
         if worker_timeout is None:
             worker_timeout = settings().worker_timeout
         # Busy workers may queue up to this many short CPU-only tasks per CPU
@@ -128,10 +138,14 @@ class SchedulerServer(TCPServer):
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         stream.set_nodelay(True)
         try:
+            if self.tls is not None:
+                stream = await accept_tornado(stream, self.tls)
             hello = await accept_handshake(stream, self.token, self._welcome())
         except AuthenticationError as exc:
             self.rejected += 1
-            log.warning("rejected a connection from %s: %s", address, exc)
+            log.warning(
+                "rejected a connection from %s: %s", address or "the Unix socket", exc.reason
+            )
             return
         try:
             if hello.role == "worker":

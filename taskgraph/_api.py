@@ -142,6 +142,9 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     token: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
     dashboard_host: str = "127.0.0.1",
@@ -157,6 +160,11 @@ def init(
     cluster; "local" always starts one; "auto" joins the cluster that
     ``taskgraph start --head`` started on this host; "tcp://host:port" joins
     that scheduler (with ``token``, ``TASKGRAPH_TOKEN`` or this host's record).
+
+    ``tls_cert``, ``tls_key``, ``tls_ca``: this driver's certificate, its key
+    and the cluster's CA certificate, for a cluster that runs on TLS (else
+    ``TASKGRAPH_TLS_*``, else this host's record of that cluster); a local
+    cluster given them runs on TLS too. See docs/security.md.
 
     Ray's logging keywords work as in Ray: ``logging_level`` and
     ``logging_format`` set up the ``taskgraph`` logger (a handler to stderr),
@@ -198,7 +206,11 @@ def init(
                 "object_store_memory must be a whole number of bytes, at least 1 MiB; "
                 f"got {object_store_memory!r}"
             )
+        from taskgraph import _tls
+
+        tls_files = (tls_cert, tls_key, tls_ca)
         if address == "local":
+            tls = _tls.resolve(*tls_files, names=_tls.KEYWORDS)
             dashboard = None if include_dashboard is False else (dashboard_host, dashboard_port)
             client, cluster = _connect.start_local(
                 num_cpus,
@@ -209,6 +221,7 @@ def init(
                 namespace,
                 log_to_driver,
                 dashboard,
+                tls,
             )
             _runtime = Runtime(client, cluster.address, namespace, cluster)
             url = cluster.dashboard_url
@@ -239,7 +252,8 @@ def init(
                     f"no token for the cluster at {address}: pass init(address, token=...) "
                     f"or set {config.TOKEN_ENV}"
                 )
-            client = _connect.connect(address, token, namespace, log_to_driver)
+            tls = _tls.resolve(*tls_files, names=_tls.KEYWORDS, address=address)
+            client = _connect.connect(address, token, namespace, log_to_driver, tls)
             _runtime = Runtime(client, address, namespace)
         atexit.register(shutdown)
         return _context(_runtime)

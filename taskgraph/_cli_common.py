@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph import _api, config
 from taskgraph import _wire as w
+from taskgraph._cli_tls import add_tls_arguments, tls_from_args
 from taskgraph._client import Client
 from taskgraph._transport import parse_address
 from taskgraph.exceptions import AuthenticationError
 from taskgraph.settings import settings
+
+if TYPE_CHECKING:
+    from taskgraph._tls import TLS
 
 
 class CliError(Exception):
@@ -40,7 +44,11 @@ def _connected_to(args: argparse.Namespace) -> Iterator[tuple[str, Client]]:
         raise CliError(
             f"no token for the cluster at {address}: pass --token or set {config.TOKEN_ENV}"
         )
-    with _connected(address, token) as client:
+    try:
+        tls = tls_from_args(args, address)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    with _connected(address, token, tls) as client:
         yield address, client
 
 
@@ -60,10 +68,12 @@ def _status_address(given: str | None) -> str:
 
 
 @contextmanager
-def _connected(address: str, token: str) -> Iterator[Client]:
-    """A client of the cluster at ``address``; connection failures become CliErrors."""
+def _connected(address: str, token: str, tls: TLS | None = None) -> Iterator[Client]:
+    """A client of the cluster at ``address`` (``tls``: with these certificates, else
+    those of the environment or this host's record); failures become CliErrors."""
     try:
-        _api.init(address, token=token)
+        files = (tls.cert, tls.key, tls.ca) if tls else (None, None, None)
+        _api.init(address, token=token, tls_cert=files[0], tls_key=files[1], tls_ca=files[2])
     except AuthenticationError:
         raise CliError(
             f"authentication with the cluster at {address} failed: the token is wrong (or the "
@@ -97,3 +107,4 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--token", default=None, help=f"cluster token (default: {config.TOKEN_ENV} or recorded)"
     )
+    add_tls_arguments(p)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from taskgraph import _cli_text as say
+from taskgraph import _cli_tls, config
 from taskgraph import _processes as processes
-from taskgraph import config
 from taskgraph._cli_common import CliError, _connected, _normalize_address
 from taskgraph._client import Client
 from taskgraph.settings import settings
@@ -65,6 +65,7 @@ def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> s
             f"worker to it with 'taskgraph start --address {running[0]['address']}'"
         )
     token = args.token or settings().token or config.new_token()
+    tls = _tls_of(args)
     deadline = time.monotonic() + args.timeout
     dashboard = (
         ["--dashboard-host", args.dashboard_host, "--dashboard-port", str(args.dashboard_port)]
@@ -73,19 +74,20 @@ def _start_head(args: argparse.Namespace, started: list[processes.Started]) -> s
     )
     scheduler = processes.launch(
         "scheduler",
-        ["taskgraph.scheduler.cli", "--host", args.host, "--port", str(args.port), *dashboard],
+        ["taskgraph.scheduler.cli", "--host", args.host, "--port", str(args.port), *dashboard]
+        + (tls.args() if tls else []),
         token,
     )
     started.append(scheduler)
     address = _wait_for_scheduler(scheduler, deadline)
-    worker_id, worker = _launch_worker(address, token, args)
+    worker_id, worker = _launch_worker(address, token, args, tls)
     started.append(worker)
-    with _connected(address, token) as client:
+    with _connected(address, token, tls) as client:
         node = _wait_for_worker(client, worker, worker_id, deadline)
         dashboard_url = client.dashboard_url
     return say.head_started_text(
         address, token, args.host, scheduler, node, worker.log, dashboard_url
-    )
+    ) + _cli_tls.started_note(tls)
 
 
 def _start_worker_only(args: argparse.Namespace, started: list[processes.Started]) -> str:
@@ -96,9 +98,10 @@ def _start_worker_only(args: argparse.Namespace, started: list[processes.Started
             f"no token for the cluster at {address}: pass --token (printed by "
             f"'taskgraph start --head' on the head host) or set {config.TOKEN_ENV}"
         )
+    tls = _tls_of(args, address)
     # Connecting first turns a wrong address or token into an error before anything starts.
-    with _connected(address, token) as client:
-        worker_id, worker = _launch_worker(address, token, args)
+    with _connected(address, token, tls) as client:
+        worker_id, worker = _launch_worker(address, token, args, tls)
         started.append(worker)
         node = _wait_for_worker(client, worker, worker_id, time.monotonic() + args.timeout)
     return (
@@ -109,11 +112,19 @@ def _start_worker_only(args: argparse.Namespace, started: list[processes.Started
     )
 
 
+def _tls_of(args: argparse.Namespace, address: str | None = None) -> _cli_tls.TLS | None:
+    try:
+        return _cli_tls.tls_from_args(args, address)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _launch_worker(
-    address: str, token: str, args: argparse.Namespace
+    address: str, token: str, args: argparse.Namespace, tls: _cli_tls.TLS | None = None
 ) -> tuple[str, processes.Started]:
     worker_id = secrets.token_hex(6)
     module_args = ["taskgraph.worker.cli", address, "--worker-id", worker_id]
+    module_args += tls.args() if tls else []
     module_args += processes.worker_arguments(
         args.num_cpus, args.num_gpus, args.memory, args.object_store_memory, args.resources
     )
@@ -337,6 +348,7 @@ def _add_start(commands: Any) -> None:
         default=START_TIMEOUT,
         help=f"seconds to wait for the processes to come up (default {START_TIMEOUT:g})",
     )
+    _cli_tls.add_tls_arguments(p)
     p.set_defaults(func=cmd_start)
 
 

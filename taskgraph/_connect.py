@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
 from taskgraph import config
@@ -28,10 +28,15 @@ from taskgraph._processes import worker_arguments
 from taskgraph._transport import connect_blocking
 from taskgraph.settings import settings
 
+if TYPE_CHECKING:
+    from taskgraph._tls import TLS
+
 JOIN_TIMEOUT = 60.0  # seconds a local cluster's worker may take to join its scheduler
 
 
-def connect(address: str, token: str, namespace: str, output: bool = True) -> Client:
+def connect(
+    address: str, token: str, namespace: str, output: bool = True, tls: TLS | None = None
+) -> Client:
     """A driver's client, connected and welcomed by the scheduler at ``address``."""
     client_id = os.urandom(8)
     secret = config.token_bytes(token)
@@ -50,11 +55,12 @@ def connect(address: str, token: str, namespace: str, output: bool = True) -> Cl
         output=output,
     )
     try:
-        conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT)
+        conn, welcome = connect_blocking(address, secret, hello, w.SCHEDULER_TO_CLIENT, tls)
     except BaseException:
         listener.close()
         raise
     client = Client(conn, client_id, welcome, token=secret)
+    client.objects.tls = tls  # (to pull objects from other hosts' workers)
     client.on_notice = _show_notice
     if output:
         client.output = OutputPrinter(settings().output_fold_window)
@@ -74,13 +80,14 @@ def start_local(
     namespace: str,
     output: bool,
     dashboard: tuple[str, int | None] | None,
+    tls: TLS | None = None,
 ) -> tuple[Client, LocalCluster]:
     """A scheduler and a worker on this machine, and a client connected once the
     worker has joined (it knows the worker from the start)."""
     args = worker_arguments(num_cpus, num_gpus, memory, object_store_memory, resources)
-    cluster = LocalCluster(args, dashboard)
+    cluster = LocalCluster(args, dashboard, tls)
     try:
-        client = connect(cluster.local_address, cluster.token, namespace, output)
+        client = connect(cluster.local_address, cluster.token, namespace, output, tls)
         deadline = time.monotonic() + JOIN_TIMEOUT
         while True:
             nodes = client.query("nodes")

@@ -24,23 +24,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from taskgraph import config
 from taskgraph._processes import child_env
+
+if TYPE_CHECKING:
+    from taskgraph._tls import TLS
 
 START_TIMEOUT = 60.0
 
 
 class LocalCluster:
     """``dashboard``: where the scheduler serves HTTP (/metrics), as (host, port);
-    port None: any free port; ``dashboard=None``: no HTTP port."""
+    port None: any free port; ``dashboard=None``: no HTTP port. ``tls``: both
+    children run on TLS with these certificates."""
 
     def __init__(
-        self, worker_args: list[str], dashboard: tuple[str, int | None] | None = ("127.0.0.1", None)
+        self,
+        worker_args: list[str],
+        dashboard: tuple[str, int | None] | None = ("127.0.0.1", None),
+        tls: TLS | None = None,
     ) -> None:
         self.token = config.new_token()
         env = child_env(self.token)
-        parent = ["--parent-pid", str(os.getpid())]
+        parent = ["--parent-pid", str(os.getpid()), *(tls.args() if tls else [])]
         # The scheduler's HTTP port (a free one unless asked for one), made here
         # like its listening socket below.
         http = _http_socket(*dashboard) if dashboard is not None else None

@@ -15,13 +15,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph import _wire as w
 from taskgraph import serialization
 from taskgraph._store_client import StoreClient
 from taskgraph.exceptions import ObjectLostError
 from taskgraph.settings import settings
+
+if TYPE_CHECKING:
+    from taskgraph._tls import TLS
 
 INLINE_LIMIT = 100 * 1024  # values above this go to shared memory
 
@@ -72,6 +75,7 @@ class ObjectIO:
         self.host = host_id()
         self.workers = workers  # the cluster's, as the client last heard
         self._copy_here = copy_here
+        self.tls: TLS | None = None  # a driver's certificates, when its cluster runs on TLS
         self._stores: dict[str, StoreClient] = {}  # by store address: worker daemons here
         self._lock = threading.Lock()
 
@@ -110,7 +114,7 @@ class ObjectIO:
         if location.host != self.host:
             here = self._copy_here(object_id, location)
             if here is None:
-                return transfer.pull_into_memory(location, self.token, object_id)
+                return transfer.pull_into_memory(location, self.token, object_id, self.tls)
             location = here
         try:
             return self.store_for(location.worker_id, location.store).read(object_id)

@@ -10,7 +10,9 @@ handshake, before anything else crosses::
     server ── Welcome | Rejected ────────────────────▶ peer
 
 The token never crosses the network, and nothing from a peer is unpickled
-before its Hello checks out.
+before its Hello checks out. A cluster started with certificates puts TLS
+under all of it (``StartTLS`` first: ``_tls.py``); a process without them
+pays nothing for it but one type check per connection.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from taskgraph.exceptions import AuthenticationError, ClusterConnectionError, Pr
 
 if TYPE_CHECKING:  # Tornado is imported by the daemons' functions below, not by clients
     from tornado.iostream import IOStream
+
+    from taskgraph._tls import TLS
 
 HANDSHAKE_TIMEOUT = 10.0
 HELLO_LIMIT = 64 * 1024  # an unauthenticated peer may not make us buffer more
@@ -66,6 +70,8 @@ def digest(token: bytes, nonce: bytes) -> bytes:
 
 
 def check_hello(msgs: list[Any], token: bytes, nonce: bytes) -> w.Hello:
+    if len(msgs) == 1 and isinstance(msgs[0], w.Rejected):  # (a peer that wants TLS)
+        raise AuthenticationError(f"the peer refused: {msgs[0].reason}")
     if len(msgs) != 1 or not isinstance(msgs[0], w.Hello):
         raise AuthenticationError("the peer did not start with a Hello")
     hello: w.Hello = msgs[0]
@@ -170,11 +176,37 @@ def open_socket(address: Address, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
+def recv_frame(sock: socket.socket, limit: int) -> bytes:
+    """One frame's body, read straight from the socket (nothing read beyond it:
+    what follows may be a TLS handshake)."""
+    n = w.frame_length(_recv_exactly(sock, 4))
+    if n > limit:
+        raise ProtocolError(f"a {n}-byte frame is over the {limit}-byte limit here")
+    return _recv_exactly(sock, n)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = bytearray(n)
+    view = memoryview(data)
+    got = 0
+    while got < n:
+        more = sock.recv_into(view[got:])
+        if not more:
+            raise ClusterConnectionError("the peer closed the connection")
+        got += more
+    return bytes(data)
+
+
 def connect_blocking(
-    address: Address | str, token: bytes, hello: w.Hello, link: w.Link
+    address: Address | str,
+    token: bytes,
+    hello: w.Hello,
+    link: w.Link,
+    tls: TLS | None = None,
 ) -> tuple[BlockingConnection, w.Welcome]:
     """Connect and authenticate (then ``link`` says what may arrive); raise
-    ``ClusterConnectionError``/``AuthenticationError``."""
+    ``ClusterConnectionError``/``AuthenticationError``. ``tls``: this process's
+    certificates, for a cluster that uses TLS (``_tls.py``)."""
     if isinstance(address, str):
         address = parse_address(address)
     try:
@@ -183,10 +215,19 @@ def connect_blocking(
         raise ClusterConnectionError(
             f"could not connect to the scheduler at {address}: {exc}"
         ) from exc
-    conn = BlockingConnection(sock)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
-        challenge = conn.recv()
+        challenge = w.HANDSHAKE.decode(recv_frame(sock, HELLO_LIMIT))
+    except (OSError, ConnectionError, ProtocolError) as exc:
+        sock.close()
+        raise _handshake_failed(address, exc) from exc
+    if tls is not None or (challenge and isinstance(challenge[0], w.StartTLS)):
+        from taskgraph import _tls
+
+        # (It closes the socket and says why when the two ends do not agree.)
+        sock, challenge = _tls.connect_blocking(sock, challenge, tls, str(address))
+    conn = BlockingConnection(sock)
+    try:
         if len(challenge) != 1 or not isinstance(challenge[0], w.Challenge):
             raise ProtocolError(f"{address} is not a taskgraph scheduler")
         hello.digest = digest(token, challenge[0].nonce)
@@ -195,11 +236,7 @@ def connect_blocking(
         sock.settimeout(None)
     except (OSError, ConnectionError, ProtocolError) as exc:
         conn.close()
-        if isinstance(exc, ProtocolError):
-            raise ClusterConnectionError(f"{address} is not a taskgraph scheduler: {exc}") from exc
-        raise ClusterConnectionError(
-            f"the scheduler at {address} closed during the handshake"
-        ) from exc
+        raise _handshake_failed(address, exc) from exc
     if reply and isinstance(reply[0], w.Rejected):
         conn.close()
         raise AuthenticationError(reply[0].reason, peer=f"the scheduler at {address}")
@@ -208,6 +245,12 @@ def connect_blocking(
         raise ClusterConnectionError(f"{address} answered the handshake with {reply!r}")
     conn.link = link
     return conn, reply[0]
+
+
+def _handshake_failed(address: Address, exc: Exception) -> ClusterConnectionError:
+    if isinstance(exc, ProtocolError):
+        return ClusterConnectionError(f"{address} is not a taskgraph scheduler: {exc}")
+    return ClusterConnectionError(f"the scheduler at {address} closed during the handshake")
 
 
 # -- Tornado flavour ---------------------------------------------------------
@@ -298,8 +341,9 @@ async def accept_handshake(stream: IOStream, token: bytes, welcome: w.Welcome) -
 
 
 async def connect_tornado(
-    address: Address | str, token: bytes, hello: w.Hello
+    address: Address | str, token: bytes, hello: w.Hello, tls: TLS | None = None
 ) -> tuple[IOStream, w.Welcome]:
+    """As ``connect_blocking``, for a daemon's event loop."""
     from tornado.iostream import IOStream
     from tornado.tcpclient import TCPClient
 
@@ -312,7 +356,11 @@ async def connect_tornado(
     else:
         stream = await TCPClient().connect(address.host, address.port)
         stream.set_nodelay(True)
-    challenge = await read_batch(stream, w.HANDSHAKE)
+    challenge = await read_batch(stream, w.HANDSHAKE, HELLO_LIMIT)
+    if tls is not None or (challenge and isinstance(challenge[0], w.StartTLS)):
+        from taskgraph import _tls
+
+        stream, challenge = await _tls.connect_tornado(stream, challenge, tls, str(address))
     if len(challenge) != 1 or not isinstance(challenge[0], w.Challenge):
         stream.close()
         raise ClusterConnectionError(f"{address} is not a taskgraph scheduler")

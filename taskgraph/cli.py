@@ -12,6 +12,7 @@
     taskgraph summary KIND          tasks, actors or objects counted by name and state
     taskgraph timeline [FILE]       a Chrome/Perfetto trace of the tasks on record
     taskgraph stop                  stop every process ``start`` started on this host
+    taskgraph tls init DIR          a cluster's CA and certificates, for TLS (_cli_tls.py)
 
 Here: the parser, ``main`` (exit codes, signals, a closed pipe) and the
 commands that read a running cluster (``status``, ``memory``, ``story``,
@@ -33,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from taskgraph import _cli_start, _cli_state
+from taskgraph import _cli_start, _cli_state, _cli_tls
 from taskgraph import _cli_text as say
 from taskgraph import _wire as w
 from taskgraph._cli_common import (
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_story(commands)
     _add_logs(commands)
     _cli_state.add_commands(commands)
+    _cli_tls.add_commands(commands)
     return parser
 
 

@@ -178,9 +178,15 @@ def token_for(address: str | None) -> str | None:
     token = settings().token
     if token:
         return token
+    record = scheduler_record(address)
+    return None if record is None else str(record["token"])
+
+
+def scheduler_record(address: str | None) -> dict[str, Any] | None:
+    """This host's record of the live scheduler at ``address`` (None: any)."""
     for record in recorded("scheduler"):
         if address is None or _same_address(record["address"], address):
-            return str(record["token"])
+            return record
     return None
 
 

@@ -66,6 +66,19 @@ VARIABLES: tuple[Variable, ...] = (
         "the address other hosts' workers reach this worker's objects at "
         "(else the one it reaches the scheduler from)",
     ),
+    # -- TLS (docs/security.md): all three, or none ---------------------------------
+    Variable(
+        "tls_cert",
+        "",
+        str,
+        "this process's TLS certificate, signed by the cluster's CA (`taskgraph tls init`); "
+        "with the two below, every connection to the scheduler and between hosts is TLS, "
+        "and plain TCP is refused",
+    ),
+    Variable("tls_key", "", str, "the private key of `TASKGRAPH_TLS_CERT`"),
+    Variable(
+        "tls_ca", "", str, "the cluster's CA certificate, which every peer's must be signed by"
+    ),
     # -- fast paths -------------------------------------------------------------
     Variable(
         "direct_results",
@@ -150,6 +163,9 @@ class Settings:
     shm_dir: str
     host_id: str
     peer_host: str
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
     direct_results: bool
     task_leases: bool
     direct_actor_calls: bool

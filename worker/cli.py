@@ -10,6 +10,7 @@ import re
 import sys
 
 from taskgraph import config
+from taskgraph._cli_tls import add_tls_arguments, tls_from_args
 
 from .daemon import WorkerDaemon, run
 from .host import default_resources
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="this worker's id: letters, digits and _ (default: a random one; must be unique)",
     )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    add_tls_arguments(p)
     return p.parse_args(argv)
 
 
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             f"taskgraph-worker: no token for {address}: pass --token or set {config.TOKEN_ENV}"
         )
     try:
+        tls = tls_from_args(args, address)
+    except ValueError as exc:
+        sys.exit(f"taskgraph-worker: {exc}")
+    try:
         custom = config.parse_resources(args.resources)
         resources = default_resources(args.num_cpus, args.num_gpus, args.memory_limit, custom)
     except ValueError as exc:
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         parent_pid=args.parent_pid,
         object_store_memory=args.object_store_memory,
         spill_dir=args.spill_dir,
+        tls=tls,
     )
     print(f"taskgraph-worker {daemon.worker_id} (pid {os.getpid()}) joining {address}", flush=True)
     run(daemon)

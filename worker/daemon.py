@@ -44,6 +44,7 @@ from taskgraph import _wire as w
 from taskgraph import config
 from taskgraph._ids import client_of
 from taskgraph._object_io import host_id
+from taskgraph._tls import TLS
 from taskgraph._transport import (
     FrameReader,
     connect_tornado,
@@ -97,9 +98,11 @@ class WorkerDaemon:
         parent_pid: int | None = None,
         object_store_memory: int | None = None,
         spill_dir: str | None = None,
+        tls: TLS | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
         self.token = token
+        self.tls = tls  # to the scheduler and other hosts' daemons; executors stay plain
         self.worker_id = worker_id or secrets.token_hex(6)
         self.resources = resources
         self.parent_pid = parent_pid
@@ -176,7 +179,7 @@ class WorkerDaemon:
             spill_dir=str(self.spill_dir),
         )
         self.objects = store.ObjectStore(self.worker_id, self.object_store_memory, self.spill_dir)
-        self.puller = Puller(self.worker_id, self.token, self.objects, self.info.address)
+        self.puller = Puller(self.worker_id, self.token, self.objects, self.info.address, self.tls)
         # Executors first: their interpreters start while we join the scheduler
         # (they wait in the handshake until we have), so the first task does
         # not wait for a Python start-up after the cluster is up.
@@ -185,12 +188,14 @@ class WorkerDaemon:
         self.server.add_socket(sock)
         self.carry_out(self.state.start())
         hello = w.Hello("worker", b"", self.worker_id.encode(), pid=os.getpid(), host=self.host)
-        self.scheduler, _ = await connect_tornado(self.scheduler_address, self.token, hello)
+        self.scheduler, _ = await connect_tornado(
+            self.scheduler_address, self.token, hello, self.tls
+        )
         # Peers reach us where we reach the scheduler from (or TASKGRAPH_PEER_HOST).
         assert self.scheduler.socket is not None
         peer_host = settings().peer_host or local_ip_towards(self.scheduler.socket)
         if peer_host not in ("", "0.0.0.0", "::"):
-            self.peer_server = PeerServer(self.worker_id, self.token, self.objects)
+            self.peer_server = PeerServer(self.worker_id, self.token, self.objects, self.tls)
             (sock,) = bind_sockets(0, peer_host)
             self.peer_server.add_socket(sock)
             self.info.peer = f"tcp://{peer_host}:{sock.getsockname()[1]}"

@@ -27,6 +27,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
 from taskgraph import _wire as w
+from taskgraph._tls import TLS, accept_tornado
 from taskgraph._transport import (
     BlockingConnection,
     FrameReader,
@@ -53,12 +54,16 @@ PULLS_PER_PEER = 4  # objects in flight from one peer, each on its own connectio
 
 
 class PeerServer(TCPServer):
-    """Hands this worker's objects to other workers and remote drivers."""
+    """Hands this worker's objects to other workers and remote drivers (over TLS
+    when given ``tls``: then only to peers with a certificate of the cluster's CA)."""
 
-    def __init__(self, worker_id: str, token: bytes, objects: store.ObjectStore) -> None:
+    def __init__(
+        self, worker_id: str, token: bytes, objects: store.ObjectStore, tls: TLS | None = None
+    ) -> None:
         super().__init__()
         self.worker_id = worker_id
         self.token = token
+        self.tls = tls
         self.objects = objects
         self.served = 0
         self.served_bytes = 0
@@ -66,9 +71,11 @@ class PeerServer(TCPServer):
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         stream.set_nodelay(True)
         try:
+            if self.tls is not None:
+                stream = await accept_tornado(stream, self.tls)
             await accept_handshake(stream, self.token, w.Welcome(b"", self.worker_id))
         except AuthenticationError as exc:
-            log.warning("peer %s refused: %s", address, exc)
+            log.warning("peer %s refused: %s", address, exc.reason)
             return
         reader = FrameReader(stream, w.PEER_REQUESTS)
         try:
@@ -102,10 +109,16 @@ class Puller:
     """Pulls objects from peers into this worker's store, a few at once per peer."""
 
     def __init__(
-        self, worker_id: str, token: bytes, objects: store.ObjectStore, address: str
+        self,
+        worker_id: str,
+        token: bytes,
+        objects: store.ObjectStore,
+        address: str,
+        tls: TLS | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.token = token
+        self.tls = tls
         self.objects = objects
         self.address = address  # where readers on this host reach our store
         self._idle: dict[str, list[IOStream]] = {}  # connections to each peer, free
@@ -180,7 +193,7 @@ class Puller:
                 return stream
             self._open.discard(stream)
         hello = w.Hello("peer", b"", self.worker_id.encode(), pid=os.getpid())
-        stream, _ = await connect_tornado(peer, self.token, hello)
+        stream, _ = await connect_tornado(peer, self.token, hello, self.tls)
         self._open.add(stream)
         return stream
 
@@ -194,11 +207,13 @@ class Puller:
         self._idle.clear()
 
 
-def pull_into_memory(location: w.Location, token: bytes, object_id: bytes) -> Any:
+def pull_into_memory(
+    location: w.Location, token: bytes, object_id: bytes, tls: TLS | None = None
+) -> Any:
     """For a process with no worker on its host: read a remote object into private memory."""
     hello = w.Hello("peer", b"", os.urandom(8), pid=os.getpid())
     conn: BlockingConnection
-    conn, _ = connect_blocking(location.peer, token, hello, w.PEER_REPLIES)
+    conn, _ = connect_blocking(location.peer, token, hello, w.PEER_REPLIES, tls)
     try:
         conn.send([w.FetchObject(object_id)])
         (reply,) = conn.recv()

@@ -88,6 +88,7 @@ from .common import (
     Msg,
     Rejected,
     ReturnValue,
+    StartTLS,
     TaskResult,
     TaskSpec,
     Value,
@@ -204,6 +205,7 @@ __all__ = [
     "Returned",
     "RunTasks",
     "Shutdown",
+    "StartTLS",
     "StoreClientGone",
     "StoreCreate",
     "StorePin",
@@ -259,7 +261,7 @@ class Link:
         return f"Link({self.name!r})"
 
 
-HANDSHAKE = Link("handshake", Challenge, Hello, Welcome, Rejected)
+HANDSHAKE = Link("handshake", Challenge, Hello, Welcome, Rejected, StartTLS)
 CLIENT_TO_SCHEDULER = Link("client to scheduler", *CLIENT_MESSAGES, ReadLogs, MetricsUpdate)
 SCHEDULER_TO_CLIENT = Link("scheduler to client", *TO_CLIENT)
 WORKER_TO_SCHEDULER = Link(

@@ -53,6 +53,12 @@ class Rejected(Msg):
     reason: str
 
 
+class StartTLS(Msg):
+    """A server with certificates says so first, in plain text; then both ends
+    run a TLS handshake and the handshake above goes on inside it
+    (``taskgraph/_tls.py``)."""
+
+
 # -- shared records ----------------------------------------------------------
 
 
