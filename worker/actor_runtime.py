@@ -39,6 +39,7 @@ from taskgraph.exceptions import ActorDiedError, ActorError
 
 if TYPE_CHECKING:
     from .executor import Executor
+    from .task_call import TaskCalls
 
 
 class ActorRuntime:
@@ -130,7 +131,7 @@ class ActorRuntime:
 EXIT_ACTOR = "it called exit_actor()"
 
 
-def exit_for(executor: Executor, exc: SystemExit, where: str) -> NoReturn:
+def exit_for(executor: TaskCalls, exc: SystemExit, where: str) -> NoReturn:
     """``sys.exit()`` in the actor's code: the process ends now, as in Ray. Code 0
     is an end on purpose; anything else a crash (exit status as Python gives it)."""
     code = exc.code
@@ -144,7 +145,7 @@ def exit_for(executor: Executor, exc: SystemExit, where: str) -> NoReturn:
     end_process(executor, status)
 
 
-def end_process(executor: Executor, status: int, ending: str = "") -> NoReturn:
+def end_process(executor: TaskCalls, status: int, ending: str = "") -> NoReturn:
     """Leave the process once what it sent is out. ``ending``: the actor ends on
     purpose, and why (the daemon hears it before the exit: never a restart)."""
     if ending:

@@ -14,13 +14,15 @@ it. A lease (worker/channel.py) is a task that runs, instead of a function of
 its own, the tasks its client sends straight here, until it ends; an actor's
 direct callers send calls straight here too. The process is also a full
 client: a task may submit tasks, put, get and wait, all relayed by the
-daemon. Functions arrive once per process and stay cached by content hash.
+daemon.
+
+Here: the process's loops, what kind of task each assignment is, leases, an
+actor's creation, and reports. How one call runs (its arguments, its context,
+its returns, its failure as data) is ``worker/task_call.py``'s.
 """
 
 from __future__ import annotations
 
-import inspect
-import itertools
 import os
 import pickle
 import signal
@@ -34,14 +36,11 @@ from typing import Any
 
 import msgspec
 
-from taskgraph import _api, serialization
+from taskgraph import _api
 from taskgraph import _wire as w
 from taskgraph._deliveries import Deliverer, deliverable
-from taskgraph._ids import generator_item_id, return_ids
-from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
-from taskgraph.actor import _ActorExit
-from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
+from taskgraph.exceptions import TaskCancelledError, TaskgraphError
 from taskgraph.settings import settings
 
 from . import output
@@ -49,11 +48,7 @@ from .actor_runtime import ActorRuntime, creation_error, exit_for
 from .channel import Caller, Callers, Lease
 from .executor_client import ExecutorClient
 from .reports import ReportWriter
-
-
-class _Cancelled(BaseException):
-    """Raised into a running task by SIGINT when the user cancelled it."""
-
+from .task_call import Cancelled, TaskCalls
 
 ORPHAN_GRACE = 1.0  # seconds a running task outlives its daemon before the process ends
 LINK_CHECK = 1.0  # seconds between looks at our link's descriptor (watch_link)
@@ -81,41 +76,25 @@ def watch_link(fd: int) -> None:
     threading.Thread(target=watch, name="taskgraph-link-watch", daemon=True).start()
 
 
-class _InputLost(Exception):
-    """A task's argument could not be read: its copy is gone with its holder."""
+class Executor(TaskCalls):
+    """The process's loops: what the daemon says (``read_loop``, its own thread)
+    and the tasks it hands over, run in turn on the main thread (``serve``)."""
 
-    def __init__(self, object_id: bytes, worker_id: str, error: ObjectLostError) -> None:
-        super().__init__(object_id.hex())
-        self.object_id = object_id
-        self.worker_id = worker_id  # whose copy it was
-        self.error = error
-
-
-class Executor:
     def __init__(self, client: ExecutorClient, worker_id: str, executor_id: str) -> None:
-        self.client = client
-        self.worker_id = worker_id
-        self.executor_id = executor_id
+        super().__init__(client, worker_id, executor_id)
         self.pid = os.getpid()
-        self.functions: dict[bytes, Any] = {}
-        self.retry_classes: dict[bytes, tuple[type[BaseException], ...]] = {}
         self.tasks = client.inbox
-        self.running = False
         self.actor: ActorRuntime | None = None
         self.actor_id = b""
-        self.gpu_ids: list[int] = []  # an actor's, for its whole life
-        self.saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.callers: Callers | None = None  # an actor's direct callers (worker/channel.py)
         self.lease: Lease | None = None  # the lease this process serves (worker/channel.py)
         self.leases: set[bytes] = set()  # leases handed to us and not over
         self.revoked: set[bytes] = set()  # of those, the ones the scheduler wants back
         self.deliverer: Deliverer | None = None  # results straight to waiting owners
         self.reports = ReportWriter(-1)  # the daemon's report pipe, set by main()
-        self._until_reported: dict[bytes, list[ObjectRef]] = {}  # refs inside returns
         # Tasks tg.cancel() was asked for and not reported yet: what
         # get_runtime_context().is_canceled() reads (the reader thread adds).
         self.cancels: set[bytes] = set()
-        self.actor_job = b""  # an actor's job: its creator's (Ray's get_job_id())
 
     def read_loop(self) -> None:
         conn = self.client.conn
@@ -167,7 +146,7 @@ class Executor:
         # Ctrl-C meant for the driver, or one that lands as the task ends, is ignored.
         running = self.lease.running if self.lease is not None else self.tasks.current
         if self.running and self.tasks.cancelling == running:
-            raise _Cancelled()
+            raise Cancelled()
 
     def revoke(self, lease_id: bytes) -> None:
         """The scheduler wants a lease's resources back: end it as if idle."""
@@ -205,7 +184,7 @@ class Executor:
                 self.client.task_ended()
                 self.report(result)
             else:
-                result = self.call(assignment, self._function(assignment))
+                result = self.call(assignment, self.function(assignment))
                 self.tasks.done()
                 self.client.task_ended()
                 if assignment.deliver:
@@ -236,9 +215,9 @@ class Executor:
         try:
             while (task := lease.next()) is not None:
                 try:
-                    fn = self._function(task)
+                    fn = self.function(task)
                 except BaseException as exc:
-                    result = self._failed(task, exc)
+                    result = self.failed(task, exc)
                 else:
                     result = self.call(task, fn)
                 self.client.task_ended()
@@ -301,12 +280,6 @@ class Executor:
         self.callers.reported(result.task_id)
         caller.answer(result)
 
-    def _function(self, a: w.Assignment) -> Any:
-        fn = self.functions.get(a.spec.function_id)
-        if fn is None:
-            fn = self.functions[a.spec.function_id] = serialization.loads_function(a.function)
-        return fn
-
     def create_actor(self, a: w.Assignment) -> w.TaskResult:
         """Run the constructor; the result is timed as a task's is (its events)."""
         started, began = time.time(), time.perf_counter()
@@ -318,14 +291,14 @@ class Executor:
         spec = a.spec
         assert spec.actor is not None
         try:
-            cls = self._function(a)
-            args, kwargs = self._arguments(a)
+            cls = self.function(a)
+            args, kwargs = self.arguments(a)
             self.actor_id = spec.actor_id
-            self._enter(a)
+            self.enter(a)
             try:
                 instance = cls(*args, **kwargs)
             finally:
-                self._leave(a, keep_gpus=True)
+                self.leave(a, keep_gpus=True)
         except SystemExit as exc:  # as in Ray: the process ends (a restart, unless code 0)
             exit_for(self, exc, "constructor")
         except BaseException as exc:  # the constructor's failure is the actor's
@@ -351,238 +324,6 @@ class Executor:
             threading.Thread(
                 target=actor.exit_now, args=("its last handle was dropped",), daemon=True
             ).start()
-
-    def returns_none(self, a: w.Assignment) -> w.TaskResult:
-        none = serialization.dumps(None)[0]
-        oids = return_ids(a.spec.task_id, a.spec.num_returns)
-        return w.TaskResult(a.spec.task_id, returns=[w.ReturnValue(o, data=none) for o in oids])
-
-    def _arguments(self, a: w.Assignment) -> tuple[list[Any], dict[str, Any]]:
-        inputs = {v.object_id: v for v in a.inputs}
-        if a.spec.actor_id:  # calls may run side by side: acquire as usual
-            args, kwargs = serialization.loads(a.spec.args)
-        else:
-            args, kwargs = self.client.borrow_arguments(lambda: serialization.loads(a.spec.args))
-        return (
-            [self._resolve(x, inputs) for x in args],
-            {k: self._resolve(v, inputs) for k, v in kwargs.items()},
-        )
-
-    def _enter(self, a: w.Assignment) -> None:
-        spec = a.spec
-        call = self.actor is not None and spec.actor is None
-        if spec.actor is not None:
-            self.actor_job = spec.job or spec.task_id[:8]
-        _api.set_task_context(
-            _api.TaskContext(
-                task_id=spec.task_id,
-                node_id=self.worker_id,
-                worker_id=self.executor_id,
-                # A call holds nothing of its own: its actor's are what it has.
-                resources=dict(self.actor.spec.hold if call and self.actor else spec.resources),
-                gpu_ids=list(a.gpu_ids) or self.gpu_ids,
-                actor_id=self.actor_id,
-                job_id=self.actor_job if self.actor_id else spec.job or spec.task_id[:8],
-                cancelled=partial(self.cancels.__contains__, spec.task_id),
-                in_async_actor=spec.actor is not None and spec.actor.is_async,
-            )
-        )
-        if a.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpu_ids))
-        self.client.task_began(spec, self.lease.lease_id if self.lease else None)
-        if not spec.actor_id or spec.actor is not None:
-            # A task sees its job's named actors; an actor keeps its creator's.
-            _api.set_namespace(spec.namespace)
-            output.task = spec  # who prints now: an actor's lines are its own
-        if not spec.actor_id:
-            self.running = True
-
-    def _leave(self, a: w.Assignment, keep_gpus: bool = False) -> None:
-        self.running = False
-        self.client.task_left()
-        if not self.actor_id:
-            _api.set_task_context(None)
-        if keep_gpus:
-            self.gpu_ids = list(a.gpu_ids)
-        elif a.gpu_ids:
-            if self.saved_cuda is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = self.saved_cuda
-
-    def call(self, a: w.Assignment, fn: Any) -> w.TaskResult:
-        """Run a task or a sequential/threaded actor call; its failure becomes data.
-        Its report says how long each phase took (``TaskResult.phases``)."""
-        spec = a.spec
-        clock = Phases(time.perf_counter())
-        started = time.time()
-        self.client.fetch_waits.seconds = 0.0
-        try:
-            args, kwargs = self._arguments(a)
-            clock.lap()
-            self._enter(a)
-            try:
-                out = fn(*args, **kwargs)
-                if spec.generator:
-                    out = self._stream(spec, out)
-            finally:
-                self._leave(a)
-            clock.lap()
-            result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
-        except BaseException as exc:
-            result = self._failed(a, exc)
-        result.started, result.duration = started, clock.end(self.client.fetch_waits.seconds)
-        result.phases = clock.laps
-        return result
-
-    async def call_async(self, a: w.Assignment, method: Any) -> w.TaskResult:
-        spec = a.spec
-        clock = Phases(time.perf_counter())
-        started = time.time()
-        try:
-            args, kwargs = self._arguments(a)
-            clock.lap()
-            out = method(*args, **kwargs)
-            if inspect.isawaitable(out):
-                out = await out
-            if spec.generator:
-                out = await self._stream_async(spec, out)
-            clock.lap()
-            result = w.TaskResult(spec.task_id, returns=self._pack(spec, out))
-        except BaseException as exc:
-            result = self._failed(a, exc)
-        # (calls run side by side on one loop: no fetch time of their own to tell)
-        result.started, result.duration = started, clock.end(0.0)
-        result.phases = clock.laps
-        return result
-
-    def _failed(self, a: w.Assignment, exc: BaseException) -> w.TaskResult:
-        spec = a.spec
-        if isinstance(exc, _InputLost):  # (the scheduler has it made again: lineage)
-            return w.TaskResult(
-                spec.task_id,
-                error=pickle.dumps(exc.error),
-                failure="input",
-                error_type=type(exc.error).__name__,
-                lost=exc.object_id,
-                lost_from=exc.worker_id,
-            )
-        if isinstance(exc, _Cancelled):
-            err = TaskCancelledError(spec.name, spec.task_id.hex())
-            return w.TaskResult(spec.task_id, error=pickle.dumps(err), failure="cancelled")
-        if isinstance(exc, _ActorExit) and self.actor is not None:
-            self.actor.exiting = True
-            return self.returns_none(a)
-        if isinstance(exc, SystemExit) and self.actor is not None:
-            # sys.exit() in a method ends the actor's process, as in Ray: the
-            # call has no result (its callers get ActorDiedError, or a retry).
-            exit_for(self, exc, f"method {spec.method!r}")
-        return w.TaskResult(
-            spec.task_id,
-            error=serialization.dumps_error(exc, spec.name),
-            failure="task",
-            error_type=type(exc).__name__,
-            no_retry=bool(spec.retry_on) and not self._retried_on(spec.retry_on, exc),
-        )
-
-    def _retried_on(self, retry_on: bytes, exc: BaseException) -> bool:
-        """Whether ``exc`` is among a task's ``retry_exceptions`` (a list, pickled)."""
-        classes = self.retry_classes.get(retry_on)
-        if classes is None:
-            classes = self.retry_classes[retry_on] = serialization.loads_function(retry_on)
-        return isinstance(exc, classes)
-
-    def _stream(self, spec: w.TaskSpec, items: Any) -> int:
-        """Send each item of a generator task as it is produced; return the count."""
-        count = 0
-        for item in items:
-            oid = generator_item_id(spec.task_id, count)
-            value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
-            self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
-            count += 1
-        return count
-
-    async def _stream_async(self, spec: w.TaskSpec, items: Any) -> int:
-        """``_stream`` for an async actor's generator method (async or not)."""
-        if not inspect.isasyncgen(items):
-            return self._stream(spec, items)
-        count = 0
-        async for item in items:
-            oid = generator_item_id(spec.task_id, count)
-            value = self.client.objects.encode(oid, item, f"item {count} of task '{spec.name}'")
-            self.client.send_soon(w.GeneratorItem(spec.task_id, count, value))
-            count += 1
-        return count
-
-    def _resolve(self, value: Any, inputs: dict[bytes, w.Value]) -> Any:
-        if isinstance(value, ObjectRef):
-            given = inputs[value.id]
-            try:
-                return self.client.objects.decode(given)
-            except ObjectLostError as exc:
-                if given.error is not None:
-                    raise  # the argument failed: that is its value
-                assert given.location is not None  # (only a stored value can be unreadable)
-                raise _InputLost(value.id, given.location.worker_id, exc) from exc
-        return value
-
-    def _pack(self, spec: w.TaskSpec, out: Any) -> list[w.ReturnValue]:
-        n = spec.num_returns
-        if n == 0:
-            return []
-        if n == 1:
-            outs = [out]
-        else:
-            if inspect.isgenerator(out):
-                out = list(out)
-            if not isinstance(out, tuple | list) or len(out) != n:
-                raise ValueError(
-                    f"task '{spec.name}' declares num_returns={n} but returned "
-                    f"{type(out).__name__}"
-                    + (f" of length {len(out)}" if isinstance(out, tuple | list) else "")
-                )
-            outs = list(out)
-        what = f"the return value of task '{spec.name}'"
-        returns = [
-            self.client.objects.encode(oid, value, what)
-            for oid, value in zip(return_ids(spec.task_id, n), outs, strict=True)
-        ]
-        inner = [oid for r in returns for oid in r.contains]
-        if inner:
-            # Held until the report is sent: released sooner (the value that
-            # holds them dies as the task returns), the scheduler could hear
-            # of the release first and free them before it hears they are
-            # inside a return.
-            self._until_reported[spec.task_id] = [ObjectRef(oid, self.client) for oid in inner]
-        return returns
-
-
-class Phases:
-    """A task's phases, timed: arguments (fetched, then decoded), its run, and
-    storing its returns. ``laps`` is what the report carries: seconds of
-    [fetch, deserialize, run, store]; a task that failed early has fewer."""
-
-    __slots__ = ("_marks",)
-
-    def __init__(self, began: float) -> None:
-        self._marks = [began]
-
-    def lap(self) -> None:
-        self._marks.append(time.perf_counter())
-
-    def end(self, fetched: float) -> float:
-        """The last lap; returns the whole duration. ``fetched``: of the first
-        phase, the seconds spent waiting for copies from other hosts."""
-        self.lap()
-        marks = self._marks
-        steps = [b - a for a, b in itertools.pairwise(marks)]
-        fetched = min(fetched, steps[0])
-        self._marks = [fetched, steps[0] - fetched, *steps[1:]]
-        return marks[-1] - marks[0]
-
-    @property
-    def laps(self) -> list[float]:
-        return self._marks
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ what only a task's process does:
   not pulled into this process's memory;
 - the tasks it submits are the running task's children, in its job.
 
-It must not know how tasks run (``worker/executor.py``).
+It must not know how tasks run (``worker/executor.py``, ``worker/task_call.py``).
 """
 
 from __future__ import annotations
