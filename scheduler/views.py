@@ -68,6 +68,7 @@ def memory(state: SchedulerState, top: int = 10) -> dict[str, Any]:
             "objects": 0,
             "bytes": 0,
             # What the worker's store said in its last heartbeat (once a second):
+            "bytes_in_memory": r.store.get("bytes_in_memory", 0),
             "bytes_spilled": r.store.get("bytes_spilled", 0),
             "objects_spilled": r.store.get("objects_spilled", 0),
             "capacity": r.store.get("capacity", 0),

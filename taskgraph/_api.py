@@ -462,9 +462,10 @@ def object_store_stats(top: int = 10) -> dict[str, Any]:
     """Per node: objects and bytes in its object store; the largest objects and their holders.
 
     ``objects`` and ``bytes`` are what the scheduler placed on the node (copies
-    included); ``bytes_spilled``, ``objects_spilled``, ``capacity`` and
-    ``bytes_reserved`` come from the node's own store, as of its last
-    heartbeat (once a second). ``inline`` counts the small objects the
+    included); ``bytes_in_memory``, ``bytes_spilled``, ``objects_spilled``,
+    ``capacity`` and ``bytes_reserved`` come from the node's own store, as of
+    its last heartbeat (once a second): they agree with one another, not
+    always with ``bytes``, which may be newer. ``inline`` counts the small objects the
     scheduler keeps in its own memory.
     """
     result: dict[str, Any] = client().query("memory", top)

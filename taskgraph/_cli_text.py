@@ -70,10 +70,10 @@ def memory_text(address: str, report: dict[str, Any]) -> str:
     lines = [f"Object store of the taskgraph cluster at {address}", ""]
     lines.append(f"    {'node':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} {'cap':>10}")
     for node in report["nodes"]:
-        spilled = node["bytes_spilled"]
+        # In memory and spilled from one heartbeat: the store's own, of one moment.
         lines.append(
             f"    {node['node_id']:<14} {node['objects']:>8} "
-            f"{size(max(node['bytes'] - spilled, 0)):>12} {size(spilled):>10} "
+            f"{size(node['bytes_in_memory']):>12} {size(node['bytes_spilled']):>10} "
             f"{size(node.get('capacity', 0)):>10}"
         )
     inline = report["inline"]
