@@ -206,9 +206,12 @@ class Channel:
 
     def _read(self) -> None:
         poller = select.poll()
-        poller.register(self.conn.sock, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
         try:
+            with self._role:  # (a thread in get() may have read it to its end already)
+                if self._lost:
+                    return
+                poller.register(self.conn.sock, select.POLLIN)
+                poller.register(self._wake_r, select.POLLIN)
             while self._take_turn():
                 try:
                     if not self._read_once(poller):
