@@ -271,8 +271,7 @@ class Executor:
         holding refs: the caller will read or ask about those. A small plain
         value's report goes into the report pipe, then the caller is answered:
         the daemon reads a burst of them at once, and a task that kills the
-        process cannot take a finished one's report with it.
-        """
+        process cannot take a finished one's report with it."""
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
         self.cancels.discard(result.task_id)
         result.pid = self.pid
@@ -422,6 +421,8 @@ class Executor:
             clock.lap()
             self._enter(a)
             try:
+                if self.tasks.cancelling == spec.task_id and not spec.actor_id:
+                    raise _Cancelled()  # its cancel's SIGINT came during set-up (ignored then)
                 out = fn(*args, **kwargs)
                 if spec.generator:
                     out = self._stream(spec, out)
@@ -571,8 +572,7 @@ class Phases:
         self._marks.append(time.perf_counter())
 
     def end(self, fetched: float) -> float:
-        """The last lap; returns the whole duration. ``fetched``: of the first
-        phase, the seconds spent waiting for copies from other hosts."""
+        """The last lap; the whole duration. ``fetched``: the first phase's wait for other hosts."""
         self.lap()
         marks = self._marks
         steps = [b - a for a, b in itertools.pairwise(marks)]
