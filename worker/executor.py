@@ -47,7 +47,7 @@ from taskgraph.settings import settings
 from . import output
 from .actor_runtime import ActorRuntime, creation_error, exit_for
 from .channel import Caller, Callers, Lease
-from .executor_client import ExecutorClient
+from .executor_client import ExecutorClient, cancelled_result
 from .reports import ReportWriter
 
 
@@ -100,6 +100,9 @@ class Executor:
         self.functions: dict[bytes, Any] = {}
         self.retry_classes: dict[bytes, tuple[type[BaseException], ...]] = {}
         self.tasks = client.inbox
+        self.tasks.answer_cancelled = lambda name, task_id: self.report(
+            cancelled_result(name, task_id)
+        )
         self.running = False
         self.actor: ActorRuntime | None = None
         self.actor_id = b""
@@ -151,7 +154,8 @@ class Executor:
                     elif lease is not None and msg.task_id != lease.lease_id:
                         lease.cancel(msg.task_id, msg.force)  # a task sent down it
                     elif self.actor_id:
-                        self.tasks.cancel_call(msg.task_id)
+                        if (name := self.tasks.cancel_call(msg.task_id)) is not None:
+                            self.report(cancelled_result(name, msg.task_id))
                     elif not self.tasks.cancel(msg.task_id, msg.force):
                         self.cancels.discard(msg.task_id)  # not running here: no report comes
                 elif isinstance(msg, w.Shutdown):
@@ -191,14 +195,9 @@ class Executor:
                 self.report(self.create_actor(assignment))
             elif spec.actor_id:
                 assert self.actor is not None, "a method call reached a process with no actor"
-                if self.tasks.call_cancelled(spec.task_id):
-                    err = TaskCancelledError(spec.name, spec.task_id.hex())
-                    error = pickle.dumps(err)
-                    self.report(w.TaskResult(spec.task_id, error=error, failure="cancelled"))
-                else:
-                    if spec.channel_to and self.callers is not None:
-                        self.callers.offered(spec)  # before it runs: see Callers.offered
-                    self.actor.submit(assignment)
+                if spec.channel_to and self.callers is not None:
+                    self.callers.offered(spec)  # before it runs: see Callers.offered
+                self.actor.submit(assignment)
             elif w.is_lease(spec):
                 result = self.serve_lease(assignment)
                 self.tasks.done()
