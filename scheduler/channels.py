@@ -103,7 +103,7 @@ def lease_ended(state: SchedulerState, lease: Task, result: w.TaskResult) -> Non
     """Tasks still running on a lease that ended were never reported: its
     executor died (or was killed to cancel one of them)."""
     worker = state.workers[lease.worker or ""]
-    exit_code = result.exit_code if result.failure == "crashed" else None
+    exit_code = result.exit_code if result.failure in ("crashed", "oom") else None
     for task_id in state.lease_tasks.pop(lease.id, ()):
         task = state.tasks[task_id]
         worker.running.discard(task_id)
