@@ -376,15 +376,10 @@ class WorkerState:
         return out
 
     def _memory_pressure(self, event: MemoryPressure) -> list[Instruction]:
-        """Memory is over the limit: kill one running task's executor (SIGKILL).
-
-        Which: of the tasks using at least half as much as the largest, a
-        retriable one (``max_retries``) before one that is not, and of those
-        the newest: Ray's retriable-LIFO policy, among the tasks whose end
-        frees much (a small task beside the hog is spared). One at a time:
-        nothing more dies until that executor's exit is handled, and memory
-        looked at again.
-        """
+        """Memory is over the limit: SIGKILL one running task's executor. Of the
+        tasks using at least half as much as the largest, a retriable one first,
+        then the newest (Ray's retriable-LIFO, among those whose end frees much).
+        One at a time: none more until that executor's exit is handled."""
         if any(e.killed_for_memory is not None for e in self.executors.values()):
             return []
         started = {task_id: n for n, task_id in enumerate(self.task_cpus)}
