@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 
 from taskgraph import _wire as w
 from taskgraph._ids import client_of
-from taskgraph.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
+from taskgraph.exceptions import (
+    ActorDiedError,
+    OutOfMemoryError,
+    TaskCancelledError,
+    TaskgraphError,
+    WorkerCrashedError,
+)
 
 from . import objects, workers
 from .actors import is_call
@@ -107,9 +113,13 @@ def lease_ended(state: SchedulerState, lease: Task, result: w.TaskResult) -> Non
     for task_id in state.lease_tasks.pop(lease.id, ()):
         task = state.tasks[task_id]
         worker.running.discard(task_id)
-        why = WorkerCrashedError(
-            "its leased executor went away", task_name=task.spec.name, exit_code=exit_code
-        )
+        why: TaskgraphError
+        if result.failure == "oom":  # the memory monitor killed the lease's executor
+            why = OutOfMemoryError(task.spec.name, node=worker.worker_id, task_id=task.id.hex())
+        else:
+            why = WorkerCrashedError(
+                "its leased executor went away", task_name=task.spec.name, exit_code=exit_code
+            )
         workers.lost(state, task, why)
 
 

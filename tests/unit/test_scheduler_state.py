@@ -1370,6 +1370,18 @@ def test_a_lease_that_crashed_retries_or_fails_the_tasks_it_never_reported(retri
         assert isinstance(err, WorkerCrashedError) and err.exit_code == -9
 
 
+def test_a_task_on_a_lease_killed_for_memory_fails_with_out_of_memory() -> None:
+    h = Harness()
+    lease = _granted_lease(h)
+    spec = _leased(h, lease, max_retries=0)
+    h.submit(CALLER, spec)
+    h.want(CALLER, ret(spec))
+    killed = w.TaskResult(lease.task_id, failure="oom", exit_code=-9, error=b"oom")
+    err = error_of(values(h.done("w1", killed), CALLER)[ret(spec)])
+    assert isinstance(err, OutOfMemoryError) and err.node == "w1"
+    assert err.task_name == spec.name, "the task that ran on the lease, not the lease"
+
+
 def test_a_record_whose_lease_already_ended_unreported_is_retried() -> None:
     h = Harness()
     lease = _granted_lease(h)
