@@ -50,7 +50,7 @@ class MemoryMonitor:
         self.read_host = read_host
         self.read_process = read_process or self._process_memory
         self._processes: dict[int, psutil.Process] = {}
-        self.kills = 0  # MemoryPressure events handed out (each kills at most one task)
+        self.times_over = 0  # looks that found memory over a limit (each kills one task at most)
 
     def look(self, busy: Mapping[int, int]) -> MemoryPressure | None:
         """``busy``: the pid of each executor running a task, by executor id. A
@@ -69,7 +69,7 @@ class MemoryMonitor:
             return None
         if usage is None:
             usage = {e: self.read_process(pid) for e, pid in busy.items()}
-        self.kills += 1
+        self.times_over += 1
         return MemoryPressure(used, limit, usage)
 
     def _process_memory(self, pid: int) -> int:

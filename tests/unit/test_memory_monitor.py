@@ -131,7 +131,7 @@ def test_the_monitor_compares_host_memory_with_its_threshold() -> None:
     host["used"] = 96
     assert monitor.look({1: 7, 2: 8}) == MemoryPressure(96, 95, {1: 70, 2: 80})
     assert monitor.look({}) is None, "no task of ours runs: nothing to kill"
-    assert monitor.kills == 1
+    assert monitor.times_over == 1
 
 
 def test_the_monitor_holds_running_tasks_to_the_task_memory_limit() -> None:
