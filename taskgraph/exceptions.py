@@ -271,11 +271,23 @@ class ActorError(TaskgraphError):
 
 
 class ActorDiedError(ActorError):
-    """The actor's process is gone, so calls on it fail."""
+    """The actor's process is gone, so calls on it fail. ``restarting``: it died
+    while this call ran and is being restarted (later calls go to the new
+    process); the call itself was not retried."""
+
+    def __init__(self, actor: str = "", reason: str = "", *, restarting: bool = False) -> None:
+        self.restarting = restarting
+        super().__init__(actor, reason)
 
     def _describe(self) -> str:
         which = f"Actor {self.actor}" if self.actor else "The actor"
         why = f" ({self.reason})" if self.reason else ""
+        if getattr(self, "restarting", False):
+            return (
+                f"{which} died{why} while this call ran. The actor is being "
+                "restarted and takes later calls; this one was not retried (give the "
+                "actor max_task_retries to retry the calls a restart interrupts)."
+            )
         return (
             f"{which} died{why}, so calls on it fail. Create a new actor, "
             "or give it max_restarts to have it restarted."
