@@ -343,6 +343,7 @@ class Actors:
             rec.worker, rec.pid = None, 0
             retried = [call for call in in_flight if call.retries_left > 0]
             failed = [call for call in in_flight if call.retries_left <= 0]
+            death = self._died(rec, how, restarting=True)  # (not dead: say so)
             for call in retried:
                 call.retries_left -= 1
             rec.calls.extendleft(reversed(retried))
@@ -395,9 +396,9 @@ class Actors:
             self._die(rec, self._died(rec, "its last handle was dropped"))
         del self.actors[actor_id]
 
-    def _died(self, rec: ActorRec, why: str) -> bytes:
+    def _died(self, rec: ActorRec, why: str, restarting: bool = False) -> bytes:
         name = f"{rec.actor.class_name} {rec.actor_id.hex()}"
-        return pickle.dumps(ActorDiedError(name, why))
+        return pickle.dumps(ActorDiedError(name, why, restarting=restarting))
 
     # -- resources -----------------------------------------------------------
 

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 
 from taskgraph import _wire as w
 from taskgraph._ids import client_of
-from taskgraph.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
+from taskgraph.exceptions import (
+    ActorDiedError,
+    OutOfMemoryError,
+    TaskCancelledError,
+    TaskgraphError,
+    WorkerCrashedError,
+)
 
 from . import objects, workers
 from .actors import is_call
@@ -103,13 +109,17 @@ def lease_ended(state: SchedulerState, lease: Task, result: w.TaskResult) -> Non
     """Tasks still running on a lease that ended were never reported: its
     executor died (or was killed to cancel one of them)."""
     worker = state.workers[lease.worker or ""]
-    exit_code = result.exit_code if result.failure == "crashed" else None
+    exit_code = result.exit_code if result.failure in ("crashed", "oom") else None
     for task_id in state.lease_tasks.pop(lease.id, ()):
         task = state.tasks[task_id]
         worker.running.discard(task_id)
-        why = WorkerCrashedError(
-            "its leased executor went away", task_name=task.spec.name, exit_code=exit_code
-        )
+        why: TaskgraphError
+        if result.failure == "oom":  # the memory monitor killed the lease's executor
+            why = OutOfMemoryError(task.spec.name, node=worker.worker_id, task_id=task.id.hex())
+        else:
+            why = WorkerCrashedError(
+                "its leased executor went away", task_name=task.spec.name, exit_code=exit_code
+            )
         workers.lost(state, task, why)
 
 

@@ -114,7 +114,9 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
     if w.is_lease(task.spec):
         # Its tasks' records may still come (they gather in the client): they
         # are then lost with the same cause (the exit code of a crash).
-        state.leases_ended[task.id] = result.exit_code if result.failure == "crashed" else None
+        state.leases_ended[task.id] = (
+            result.exit_code if result.failure in ("crashed", "oom") else None
+        )
         if len(state.leases_ended) > LEASES_ENDED:
             del state.leases_ended[next(iter(state.leases_ended))]
     if task.id in state.lease_tasks:
@@ -140,7 +142,7 @@ def task_done(state: SchedulerState, worker: WorkerRec, result: w.TaskResult) ->
         err = result.error or error_bytes(TaskCancelledError(task.spec.name, task.id.hex()))
         state.transition(task, "cancelled", err)
     elif task.retries_left > 0 and (
-        result.failure == "crashed"
+        result.failure in ("crashed", "oom")  # (oom: the memory monitor killed it)
         or (task.spec.retry_exceptions and not result.no_retry and not task.spec.channel)
     ):
         task.retries_left -= 1

@@ -20,7 +20,8 @@ from functools import partial
 from typing import Any
 
 from taskgraph import _connect, config
-from taskgraph._client import Client, ClientStatistics
+from taskgraph._client import Client
+from taskgraph._client_statistics import ClientStatistics
 from taskgraph._local_cluster import LocalCluster
 from taskgraph._object_ref import ObjectRef
 from taskgraph._runtime_context import RuntimeContext

@@ -207,13 +207,11 @@ class Channel:
     def _read(self) -> None:
         poller = select.poll()
         try:
-            try:
+            with self._role:  # (a thread in get() may have read it to its end already)
+                if self._lost:
+                    return
                 poller.register(self.conn.sock, select.POLLIN)
-            except ValueError:
-                # Closed (-1) before this thread ran: a thread in get() read the
-                # channel's end meanwhile (lost() closes it), so nothing is left to read.
-                return
-            poller.register(self._wake_r, select.POLLIN)
+                poller.register(self._wake_r, select.POLLIN)
             while self._take_turn():
                 try:
                     if not self._read_once(poller):

@@ -34,7 +34,6 @@ import pickle
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -42,6 +41,7 @@ from taskgraph import _metrics
 from taskgraph import _wire as w
 from taskgraph._call_sites import CallSites
 from taskgraph._channels import Channel
+from taskgraph._client_statistics import ClientStatistics, Counts
 from taskgraph._deliveries import DeliveryListener
 from taskgraph._direct import ActorCalls
 from taskgraph._ids import first_return, return_ids
@@ -60,32 +60,6 @@ from taskgraph.exceptions import (
 # the flusher sends them: the scheduler wakes once per burst (10 ms, not 2: sync
 # direct calls 4.5k -> 4.8k/s). Any urgent message takes them along sooner.
 LAZY_DELAY = 0.01
-
-
-@dataclass(frozen=True, slots=True)
-class ClientStatistics:
-    """A snapshot of how this client's tasks ran and how their results came back."""
-
-    tasks_submitted: int  # plain tasks (not actor calls), whichever way they went
-    tasks_leased: int  # of those, sent down a lease to an executor (_leases.py)
-    direct_actor_calls: int  # actor calls sent straight to the actor's process
-    results_direct: int  # values handed over by an executor on this host
-    results_read_in_get: int  # of those, read off their channel by the thread waiting for them
-    results_via_scheduler: int  # values the scheduler sent
-    values_read_again: int  # values whose copy was gone when read, then read again (lineage)
-    awaiting_channels: int  # returns whose values are awaited from a channel now
-    open_leases: int  # leased executors serving this client now
-    direct_actors: int  # actors this client calls directly now
-
-
-@dataclass(slots=True)
-class _Counts:
-    tasks_submitted: int = 0
-    tasks_leased: int = 0
-    direct_actor_calls: int = 0
-    results_direct: int = 0
-    results_read_in_get: int = 0
-    results_via_scheduler: int = 0
 
 
 class Client:
@@ -156,7 +130,7 @@ class Client:
         self.actors = ActorCalls(self, self._lock)
         self._channels = self.actors.channels
         self._slow_calls = self.actors.slow_calls
-        self._stats = _Counts()
+        self._stats = Counts()
         # Values here and awaited, and who waits for them (_waiting.py). Its verbs
         # are the client's too: callers say client.get(...), at no extra call.
         self.results = Results(self, self._lock, self._queue)
@@ -320,7 +294,8 @@ class Client:
                 msgs = self.conn.recv()
             except (OSError, ConnectionError, TaskgraphError) as exc:
                 if not self.closed:
-                    self._break(f"lost the connection to the scheduler: {exc}")
+                    why = exc.reason if isinstance(exc, ClusterConnectionError) else exc
+                    self._break(f"lost the connection to the scheduler: {why}")
                 return
             self.on_messages(msgs)
 
@@ -394,7 +369,14 @@ class Client:
     def function_payload(self, function_id: bytes) -> bytes:
         return self._functions[function_id]
 
+    def usable(self) -> None:
+        """Refuse new work once the scheduler is gone: ``ClusterConnectionError`` (a
+        ``ConnectionError``), at once, rather than a ref whose value never comes."""
+        if self.broken is not None:
+            raise self.connection_error(self.broken)
+
     def submit(self, spec: w.TaskSpec) -> None:
+        self.usable()
         self._stats.tasks_submitted += 1
         if self.leases is not None and self.leases.submit(spec):
             return
@@ -491,6 +473,7 @@ class Client:
                 "Calling put() on an ObjectRef is not allowed: the value is already in the "
                 "cluster; pass the ref itself."
             )
+        self.usable()  # (before the value is stored: nothing would ever free it)
         oid = first_return(self.new_id())
         msg = self.objects.encode(oid, value, "the value passed to put()")
         ref = ObjectRef(oid, self)

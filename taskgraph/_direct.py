@@ -80,6 +80,7 @@ class ActorCalls:
 
     def call(self, spec: w.TaskSpec) -> list[ObjectRef]:
         """Send an actor method call the way its route says; return its refs."""
+        self.client.usable()
         actor_id = spec.actor_id
         with self._lock:
             route = self.routes.get(actor_id)

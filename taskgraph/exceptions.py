@@ -216,21 +216,40 @@ class ObjectStoreFullError(TaskgraphError):
 
 
 class OutOfMemoryError(TaskgraphError):
-    """A task's worker was killed because its node ran out of memory."""
+    """A task was killed by its node's memory monitor: memory in use there went
+    over the limit, and this task used the most (``worker/memory.py``).
+
+    ``used`` and ``total``: what the monitor measured and the limit it holds to
+    (the host's memory in use and its threshold, or the worker's tasks together
+    and ``TASKGRAPH_TASK_MEMORY_LIMIT``); ``memory``: what the task itself used.
+    """
 
     def __init__(
-        self, task_name: str = "", used: int = 0, total: int = 0, *, node: str = ""
+        self,
+        task_name: str = "",
+        used: int = 0,
+        total: int = 0,
+        *,
+        node: str = "",
+        memory: int = 0,
+        task_id: str = "",
     ) -> None:
         self.task_name = task_name
         self.used = used
         self.total = total
         self.node = node
-        which = f"task {task_name!r}" if task_name else "a task"
+        self.memory = memory
+        self.task_id = task_id
+        which = f"Task {task_name!r}" if task_name else "A task"
+        if task_id:
+            which += f" (id {task_id})"
         where = f"node {node}" if node else "its node"
-        usage = f" ({_size(used)} of {_size(total)} in use)" if total else ""
+        own = f", where it used {_size(memory)}" if memory else ""
+        usage = f" ({_size(used)} in use, the limit is {_size(total)})" if total else ""
         super().__init__(
-            f"The worker running {which} was killed because {where} ran out of memory{usage}. "
-            "Make the task use less memory, or declare its memory need so that fewer run at once."
+            f"{which} was killed because {where} ran out of memory{usage}{own}. "
+            "Make the task use less memory, or declare its memory need (memory=) so that "
+            "fewer run at once; give it max_retries to run it again."
         )
 
 
@@ -252,11 +271,23 @@ class ActorError(TaskgraphError):
 
 
 class ActorDiedError(ActorError):
-    """The actor's process is gone, so calls on it fail."""
+    """The actor's process is gone, so calls on it fail. ``restarting``: it died
+    while this call ran and is being restarted (later calls go to the new
+    process); the call itself was not retried."""
+
+    def __init__(self, actor: str = "", reason: str = "", *, restarting: bool = False) -> None:
+        self.restarting = restarting
+        super().__init__(actor, reason)
 
     def _describe(self) -> str:
         which = f"Actor {self.actor}" if self.actor else "The actor"
         why = f" ({self.reason})" if self.reason else ""
+        if getattr(self, "restarting", False):
+            return (
+                f"{which} died{why} while this call ran. The actor is being "
+                "restarted and takes later calls; this one was not retried (give the "
+                "actor max_task_retries to retry the calls a restart interrupts)."
+            )
         return (
             f"{which} died{why}, so calls on it fail. Create a new actor, "
             "or give it max_restarts to have it restarted."

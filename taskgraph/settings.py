@@ -144,6 +144,29 @@ VARIABLES: tuple[Variable, ...] = (
         float,
         "tasks the scheduler queues per CPU of a worker beyond those it runs",
     ),
+    # -- the memory monitor (worker/memory.py) -----------------------------------
+    Variable(
+        "memory_usage_threshold",
+        "0.95",
+        float,
+        "share of the host's memory in use (total less available) above which a worker "
+        "daemon kills a task to free memory (Ray's RAY_memory_usage_threshold)",
+    ),
+    Variable(
+        "memory_monitor_refresh_ms",
+        "250",
+        int,
+        "milliseconds between a worker daemon's looks at memory; 0: no memory monitor "
+        "(Ray's RAY_memory_monitor_refresh_ms)",
+    ),
+    Variable(
+        "task_memory_limit",
+        "0",
+        int,
+        "bytes a worker's running tasks may use together (their processes' resident "
+        "memory less what they share); above it the monitor kills as for host memory; "
+        "0: no such cap, only the host's",
+    ),
     # -- set by a worker daemon for its executors ---------------------------------
     Variable("executor_socket", "", str, "the daemon's socket", internal=True),
     Variable("token_hex", "", str, "the cluster token, hex-encoded", internal=True),
@@ -179,6 +202,9 @@ class Settings:
     heartbeat_interval: float
     worker_timeout: float
     queue_depth: float
+    memory_usage_threshold: float
+    memory_monitor_refresh_ms: int
+    task_memory_limit: int
     executor_socket: str
     token_hex: str
     worker_id: str

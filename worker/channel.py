@@ -46,8 +46,10 @@ from taskgraph import _wire as w
 from taskgraph._ids import client_of
 from taskgraph._object_ref import ObjectRef
 from taskgraph._transport import connect_blocking
-from taskgraph.exceptions import ObjectLostError, TaskCancelledError, TaskgraphError
+from taskgraph.exceptions import ObjectLostError, TaskgraphError
 from taskgraph.settings import settings
+
+from .executor_client import cancelled_result
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -230,8 +232,7 @@ class Lease(Channel):
         self._cancel_queued(queued)
 
     def _cancel_queued(self, spec: w.TaskSpec) -> None:
-        err = TaskCancelledError(spec.name, spec.task_id.hex())
-        self.finish(w.TaskResult(spec.task_id, error=pickle.dumps(err), failure="cancelled"))
+        self.finish(cancelled_result(spec.name, spec.task_id))
 
     def revoke(self) -> None:
         """End the lease as soon as nothing runs (the scheduler wants it back)."""

@@ -56,6 +56,7 @@ from taskgraph.settings import settings
 from . import daemon_executors, store
 from .host import system_stats
 from .logs import read_logs
+from .memory import MemoryMonitor
 from .output import OutputRelay
 from .reports import ReportReader
 from .state import (
@@ -157,6 +158,9 @@ class WorkerDaemon:
         self.puller: Puller | None = None
         self._record: Path | None = None
         self._heartbeat: PeriodicCallback | None = None
+        # Kills the task using the most when memory runs short (worker/memory.py).
+        self.memory = MemoryMonitor(settings().memory_usage_threshold, settings().task_memory_limit)
+        self._memory_watch: PeriodicCallback | None = None
         self.joined = asyncio.Event()  # registered with the scheduler, peer address known
 
     # -- start and stop --------------------------------------------------
@@ -209,6 +213,34 @@ class WorkerDaemon:
         interval = settings().heartbeat_interval
         self._heartbeat = PeriodicCallback(self._send_heartbeat, interval * 1000)
         self._heartbeat.start()
+        refresh_ms = settings().memory_monitor_refresh_ms
+        if refresh_ms > 0:
+            self._memory_watch = PeriodicCallback(self._check_memory, refresh_ms)
+            self._memory_watch.start()
+
+    def _check_memory(self) -> None:
+        busy = {
+            executor_id: self.processes[executor_id].pid
+            for executor_id, ex in self.state.executors.items()
+            if ex.state == "busy" and not ex.actor_id and executor_id in self.processes
+        }
+        pressure = self.memory.look(busy)
+        if pressure is None:
+            return
+        instructions = self.state.handle(pressure)
+        for ins in instructions:
+            if isinstance(ins, SignalExecutor):
+                victim = self.state.executors[ins.executor_id]
+                log.warning(
+                    "memory in use (%d MiB) is over the limit (%d MiB): killing task %s "
+                    "(executor %s, %d MiB)",
+                    pressure.used >> 20,
+                    pressure.limit >> 20,
+                    victim.tasks[0].spec.name if victim.tasks else "?",
+                    victim.pid,
+                    pressure.usage.get(ins.executor_id, 0) >> 20,
+                )
+        self.carry_out(instructions)
 
     def _send_heartbeat(self) -> None:
         stats = self.state.statistics()
@@ -246,6 +278,8 @@ class WorkerDaemon:
         self.stopping = True
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._memory_watch is not None:
+            self._memory_watch.stop()
         if self.server is not None:
             self.server.stop()
         if self.peer_server is not None:

@@ -24,7 +24,6 @@ its returns, its failure as data) is ``worker/task_call.py``'s.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -40,13 +39,13 @@ from taskgraph import _api
 from taskgraph import _wire as w
 from taskgraph._deliveries import Deliverer, deliverable
 from taskgraph._transport import connect_blocking
-from taskgraph.exceptions import TaskCancelledError, TaskgraphError
+from taskgraph.exceptions import TaskgraphError
 from taskgraph.settings import settings
 
 from . import output
 from .actor_runtime import ActorRuntime, creation_error, exit_for
 from .channel import Caller, Callers, Lease
-from .executor_client import ExecutorClient
+from .executor_client import ExecutorClient, cancelled_result
 from .reports import ReportWriter
 from .task_call import Cancelled, TaskCalls
 
@@ -84,6 +83,9 @@ class Executor(TaskCalls):
         super().__init__(client, worker_id, executor_id)
         self.pid = os.getpid()
         self.tasks = client.inbox
+        self.tasks.answer_cancelled = lambda name, task_id: self.report(
+            cancelled_result(name, task_id)
+        )
         self.actor: ActorRuntime | None = None
         self.actor_id = b""
         self.callers: Callers | None = None  # an actor's direct callers (worker/channel.py)
@@ -130,7 +132,8 @@ class Executor(TaskCalls):
                     elif lease is not None and msg.task_id != lease.lease_id:
                         lease.cancel(msg.task_id, msg.force)  # a task sent down it
                     elif self.actor_id:
-                        self.tasks.cancel_call(msg.task_id)
+                        if (name := self.tasks.cancel_call(msg.task_id)) is not None:
+                            self.report(cancelled_result(name, msg.task_id))
                     elif not self.tasks.cancel(msg.task_id, msg.force):
                         self.cancels.discard(msg.task_id)  # not running here: no report comes
                 elif isinstance(msg, w.Shutdown):
@@ -170,14 +173,9 @@ class Executor(TaskCalls):
                 self.report(self.create_actor(assignment))
             elif spec.actor_id:
                 assert self.actor is not None, "a method call reached a process with no actor"
-                if self.tasks.call_cancelled(spec.task_id):
-                    err = TaskCancelledError(spec.name, spec.task_id.hex())
-                    error = pickle.dumps(err)
-                    self.report(w.TaskResult(spec.task_id, error=error, failure="cancelled"))
-                else:
-                    if spec.channel_to and self.callers is not None:
-                        self.callers.offered(spec)  # before it runs: see Callers.offered
-                    self.actor.submit(assignment)
+                if spec.channel_to and self.callers is not None:
+                    self.callers.offered(spec)  # before it runs: see Callers.offered
+                self.actor.submit(assignment)
             elif w.is_lease(spec):
                 result = self.serve_lease(assignment)
                 self.tasks.done()
@@ -250,8 +248,7 @@ class Executor(TaskCalls):
         holding refs: the caller will read or ask about those. A small plain
         value's report goes into the report pipe, then the caller is answered:
         the daemon reads a burst of them at once, and a task that kills the
-        process cannot take a finished one's report with it.
-        """
+        process cannot take a finished one's report with it."""
         held = self._until_reported.pop(result.task_id, None)  # alive until we return
         self.cancels.discard(result.task_id)
         result.pid = self.pid

@@ -165,6 +165,12 @@ class ExecutorClient(Client):
             waiting.set_result(msg)
 
 
+def cancelled_result(name: str, task_id: bytes) -> w.TaskResult:
+    """The report of a task or call cancelled before it started."""
+    err = TaskCancelledError(name, task_id.hex())
+    return w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
+
+
 class Inbox:
     """The tasks handed to this process, in order, and what the running one is doing.
 
@@ -187,15 +193,28 @@ class Inbox:
         self.current: bytes | None = None  # the task the main thread runs
         self.cancelling: bytes | None = None  # the task the next SIGINT is for
         self.blocked = False  # the running task waits in get()
-        self._cancelled_calls: set[bytes] = set()  # actor calls cancelled before they started
+        self._cancelled_calls: set[bytes] = set()  # actor calls cancelled before they arrived
+        self._queued_calls: dict[bytes, str] = {}  # actor calls put and not yet taken -> name
+        # Reports an actor call cancelled before it started (the executor sets it).
+        self.answer_cancelled: Callable[[str, bytes], None] = lambda name, task_id: None
 
     def put(self, a: w.Assignment | None) -> None:
-        if a is not None and not a.spec.actor_id:
+        if a is not None:
             with self._lock:
-                if self.blocked:
+                if a.spec.actor_id and a.spec.task_id in self._cancelled_calls:
+                    self._cancelled_calls.discard(a.spec.task_id)
+                    cancelled = True  # (its cancel came first: answered now)
+                elif a.spec.actor_id:
+                    cancelled = False
+                    self._queued_calls[a.spec.task_id] = a.spec.name
+                elif self.blocked:
                     self.client.send_soon(w.Returned([a.spec.task_id]))
                     return
-                self._waiting[a.spec.task_id] = a.spec.name
+                else:
+                    self._waiting[a.spec.task_id] = a.spec.name
+            if a.spec.actor_id and cancelled:
+                self.answer_cancelled(a.spec.name, a.spec.task_id)
+                return
         self._queue.put(a)
 
     def done(self) -> None:
@@ -206,12 +225,13 @@ class Inbox:
     def get(self) -> w.Assignment | None:
         while True:
             a = self._queue.get()
-            if a is None or a.spec.actor_id:
-                self.current = None if a is None else a.spec.task_id
+            if a is None:
+                self.current = None
                 return a
             with self._lock:
-                if self._waiting.pop(a.spec.task_id, None) is None:
-                    continue  # cancelled or handed back while it waited
+                taken = self._queued_calls if a.spec.actor_id else self._waiting
+                if taken.pop(a.spec.task_id, None) is None:
+                    continue  # cancelled (or, a task, handed back) while it waited
                 self.current = a.spec.task_id
                 return a
 
@@ -231,28 +251,24 @@ class Inbox:
             self._waiting.clear()
             self.client.send_soon(w.Returned(back))
 
-    def cancel_call(self, task_id: bytes) -> None:
+    def cancel_call(self, task_id: bytes) -> str | None:
         """An actor call is cancelled: dropped if it has not started (a call that
-        runs goes on: an actor's state may not survive an interrupted method)."""
+        runs goes on: an actor's state may not survive an interrupted method).
+        Returns its name if it waited here: the caller answers it now, not when
+        the calls before it are done; one that has not come yet is answered as
+        it comes (``put``)."""
         with self._lock:
-            if self.current != task_id:
+            name = self._queued_calls.pop(task_id, None)
+            if name is None and self.current != task_id:
                 self._cancelled_calls.add(task_id)
-
-    def call_cancelled(self, task_id: bytes) -> bool:
-        with self._lock:
-            if task_id in self._cancelled_calls:
-                self._cancelled_calls.discard(task_id)
-                return True
-            return False
+            return name
 
     def cancel(self, task_id: bytes, force: bool) -> bool:
         """Drop the task if it waits here, interrupt it if it runs; whether it runs."""
         with self._lock:
             name = self._waiting.pop(task_id, None)
             if name is not None:
-                err = TaskCancelledError(name, task_id.hex())
-                result = w.TaskResult(task_id, error=pickle.dumps(err), failure="cancelled")
-                self.client.send_soon(w.Executed(result))
+                self.client.send_soon(w.Executed(cancelled_result(name, task_id)))
             elif self.current == task_id:
                 self.cancelling = task_id
                 os.kill(os.getpid(), signal.SIGKILL if force else signal.SIGINT)

@@ -84,6 +84,19 @@ class KillActorRequested:
     graceful: bool
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryPressure:
+    """The memory monitor (``memory.py``) found memory in use over its limit.
+
+    ``used`` and ``limit``: what it measured against what it holds to (bytes);
+    ``usage``: what each executor running a task uses (bytes, by executor id).
+    """
+
+    used: int
+    limit: int
+    usage: dict[int, int]
+
+
 Event = (
     TasksAssigned
     | ExecutorReady
@@ -95,6 +108,7 @@ Event = (
     | TaskBlocked
     | TaskUnblocked
     | TasksReturned
+    | MemoryPressure
 )
 
 # -- instructions ------------------------------------------------------------
@@ -177,6 +191,9 @@ class Executor:
     hold_cpus: float = 0.0  # an actor's CPUs once its constructor returned
     ending: str = ""  # the actor said it ends on purpose, and why (ActorEnds)
     calls: dict[bytes, int] = field(default_factory=dict)  # runs of max_calls functions here
+    # Killed by the memory monitor: (the task it ran, its memory, memory in use,
+    # the limit), in bytes.
+    killed_for_memory: tuple[bytes, int, int, int] | None = None
 
     @property
     def task(self) -> bytes | None:

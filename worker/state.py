@@ -36,7 +36,7 @@ from collections import deque
 from typing import Any
 
 from taskgraph import _wire as w
-from taskgraph.exceptions import TaskCancelledError, WorkerCrashedError
+from taskgraph.exceptions import OutOfMemoryError, TaskCancelledError, WorkerCrashedError
 
 from .records import (  # (the events and instructions are also taken from here: __all__)
     STORY_LENGTH,
@@ -50,6 +50,7 @@ from .records import (  # (the events and instructions are also taken from here:
     ExecutorState,
     Instruction,
     KillActorRequested,
+    MemoryPressure,
     SignalExecutor,
     SpawnExecutor,
     TaskBlocked,
@@ -70,6 +71,7 @@ __all__ = [
     "ExecutorReady",
     "Instruction",
     "KillActorRequested",
+    "MemoryPressure",
     "SignalExecutor",
     "SpawnExecutor",
     "TaskBlocked",
@@ -181,6 +183,8 @@ class WorkerState:
             actor_ex = self.executors.get(event.executor_id)
             if actor_ex is not None and actor_ex.actor_id:
                 actor_ex.ending = event.reason
+        elif isinstance(event, MemoryPressure):
+            out.extend(self._memory_pressure(event))
         elif isinstance(event, KillActorRequested):
             executor_id = self.actors.get(event.actor_id)
             if executor_id is not None:
@@ -341,6 +345,17 @@ class WorkerState:
         self._release_cpus(task_id)
         if task_id in ex.cancelling:
             result = _cancelled(head, code)
+        elif ex.killed_for_memory is not None and ex.killed_for_memory[0] == task_id:
+            _, memory, used, limit = ex.killed_for_memory
+            oom = OutOfMemoryError(
+                head.spec.name,
+                used,
+                limit,
+                node=self.worker_id,
+                memory=memory,
+                task_id=task_id.hex(),
+            )
+            result = w.TaskResult(task_id, error=pickle.dumps(oom), failure="oom", exit_code=code)
         else:
             err = WorkerCrashedError(
                 f"executor process {ex.pid} of worker {self.worker_id}",
@@ -359,6 +374,33 @@ class WorkerState:
                 self.queue.appendleft(a)
         ex.tasks.clear()
         return out
+
+    def _memory_pressure(self, event: MemoryPressure) -> list[Instruction]:
+        """Memory is over the limit: SIGKILL one running task's executor. Of the
+        tasks using at least half as much as the largest, a retriable one first,
+        then the newest (Ray's retriable-LIFO, among those whose end frees much).
+        One at a time: none more until that executor's exit is handled."""
+        if any(e.killed_for_memory is not None for e in self.executors.values()):
+            return []
+        started = {task_id: n for n, task_id in enumerate(self.task_cpus)}
+        running = [
+            (event.usage.get(e.executor_id, 0), e)
+            for e in self.executors.values()
+            if e.state == "busy" and e.task is not None and not e.actor_id
+        ]
+        if not running:
+            return []
+        most = max(memory for memory, _ in running)
+        heavy = [(memory, e) for memory, e in running if 2 * memory >= most]
+        memory, victim = max(
+            heavy,
+            key=lambda pair: (
+                pair[1].tasks[0].spec.max_retries > 0,
+                started.get(pair[1].task or b"", -1),
+            ),
+        )
+        victim.killed_for_memory = (victim.task or b"", memory, event.used, event.limit)
+        return [SignalExecutor(victim.executor_id, signal.SIGKILL)]
 
     def _cancel(self, event: CancelRequested) -> list[Instruction]:
         if event.channel:  # the executor serving the lease or the actor knows the task

@@ -38,7 +38,7 @@ from .actor_runtime import exit_for
 if TYPE_CHECKING:
     from .actor_runtime import ActorRuntime
     from .channel import Lease
-    from .executor_client import ExecutorClient
+    from .executor_client import ExecutorClient, Inbox
 
 
 class Cancelled(BaseException):
@@ -58,10 +58,12 @@ class _InputLost(Exception):
 class TaskCalls:
     """Runs calls for its executor (``Executor`` is one: worker/executor.py)."""
 
-    # The executor's, read here: which actor this process holds, and the lease it serves.
+    # The executor's, read here: which actor this process holds, the lease it
+    # serves, its inbox (which task is being cancelled) and the cancels asked for.
     actor: ActorRuntime | None
     actor_id: bytes
     lease: Lease | None
+    tasks: Inbox
     cancels: set[bytes]
 
     def __init__(self, client: ExecutorClient, worker_id: str, executor_id: str) -> None:
@@ -156,6 +158,8 @@ class TaskCalls:
             clock.lap()
             self.enter(a)
             try:
+                if self.tasks.cancelling == spec.task_id and not spec.actor_id:
+                    raise Cancelled()  # its cancel's SIGINT came during set-up (ignored then)
                 out = fn(*args, **kwargs)
                 if spec.generator:
                     out = self._stream(spec, out)
@@ -306,8 +310,7 @@ class Phases:
         self._marks.append(time.perf_counter())
 
     def end(self, fetched: float) -> float:
-        """The last lap; returns the whole duration. ``fetched``: of the first
-        phase, the seconds spent waiting for copies from other hosts."""
+        """The last lap; the whole duration. ``fetched``: the first phase's wait for other hosts."""
         self.lap()
         marks = self._marks
         steps = [b - a for a, b in itertools.pairwise(marks)]

@@ -168,7 +168,9 @@ class TaskResult(Msg):
     task_id: bytes
     returns: list[ReturnValue] = []
     error: bytes | None = None  # pickled exception (TaskError or a system error)
-    failure: str = ""  # "" | "task" | "crashed" | "cancelled" | "input" (see ``lost``)
+    # "" | "task" | "crashed" | "oom" (the memory monitor killed it) | "cancelled" |
+    # "input" (see ``lost``)
+    failure: str = ""
     exit_code: int = 0
     duration: float = 0.0  # seconds the executor spent on it (0: not measured)
     started: float = 0.0  # wall-clock time it started (time.time(); 0: it never ran)

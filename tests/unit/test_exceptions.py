@@ -85,7 +85,10 @@ def examples() -> list[Any]:
         pytest.param(ActorError("a1", "bad call"), id="ActorError"),
         pytest.param(ActorDiedError("a1", "killed"), id="ActorDiedError"),
         pytest.param(ObjectStoreFullError(10 << 20, 1 << 30, 2 << 30), id="ObjectStoreFullError"),
-        pytest.param(OutOfMemoryError("f", 7 << 30, 8 << 30, node="n1"), id="OutOfMemoryError"),
+        pytest.param(
+            OutOfMemoryError("f", 7 << 30, 8 << 30, node="n1", memory=5 << 30, task_id="ab"),
+            id="OutOfMemoryError",
+        ),
         pytest.param(TaskUnschedulableError("f", {"GPU": 2.0}), id="TaskUnschedulableError"),
         pytest.param(AuthenticationError("bad token", peer="10.0.0.1:9"), id="AuthenticationError"),
         pytest.param(ClusterConnectionError("the peer left"), id="ClusterConnectionError"),

@@ -83,6 +83,26 @@ def test_an_unannounced_exit_with_code_0_is_a_crash_and_restarts_the_actor() -> 
     assert assigned_ids(sends, "w1") == [spec.task_id], "its constructor runs again"
     err = h.error(ret(running))
     assert isinstance(err, ActorDiedError) and "exited with code 0" in str(err)
+    # Not reported as dead: it restarts (issue 15, "messages that tell the truth").
+    assert err.restarting and "is being restarted" in str(err)
+    assert "give it max_restarts" not in str(err)
+
+
+def test_a_call_failed_by_a_death_for_good_says_the_actor_is_dead() -> None:
+    h = queueing_harness()
+    h.worker("w1")
+    spec = h.actor(max_restarts=0)
+    h.submit(spec)
+    h.done("w1", ok(spec))
+    running = h.call(spec)
+    h.submit(running)
+
+    h.died("w1", spec, exit_code=1)
+
+    assert h.actor_state(spec) == "dead"
+    err = h.error(ret(running))
+    assert isinstance(err, ActorDiedError) and not err.restarting
+    assert "give it max_restarts" in str(err)
 
 
 def test_an_announced_end_is_never_restarted_and_says_why() -> None:

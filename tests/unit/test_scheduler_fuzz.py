@@ -2,7 +2,7 @@
 
 Clients and workers come and go, submit, put, release, want and cancel in any
 order, and workers report whatever the scheduler assigned them as done,
-failed, crashed or cancelled (or block, unblock, yield generator items, or
+failed, crashed, killed for memory or cancelled (or block, unblock, yield generator items, or
 report stale news). After every step ``validate()`` must hold, and so must
 what the scheduler told its peers: every processing task was sent to its
 worker, every send goes to a peer that is there, one send per peer.
@@ -27,7 +27,12 @@ from send_checks import check_sends
 
 from taskgraph import _wire as w
 from taskgraph._ids import generator_item_id, return_ids
-from taskgraph.exceptions import ObjectLostError, TaskError, WorkerCrashedError
+from taskgraph.exceptions import (
+    ObjectLostError,
+    OutOfMemoryError,
+    TaskError,
+    WorkerCrashedError,
+)
 from taskgraph.scheduler.state import (
     ClientJoined,
     ClientLeft,
@@ -44,6 +49,7 @@ from taskgraph.scheduler.state import (
 FUNCTIONS = [b"f" * 16, b"g" * 16]
 TASK_ERROR = pickle.dumps(TaskError.from_exception(ValueError("fuzz"), "fuzzed"))
 CRASH = pickle.dumps(WorkerCrashedError("fuzzed executor", exit_code=-9))
+OOM = pickle.dumps(OutOfMemoryError("fuzzed", 9, 8, node="w", memory=7))
 LOST = pickle.dumps(ObjectLostError("ab12", "its holder is gone"))
 ITEMS = 3  # generator items the machine knows of per generator task
 QUEUE_DEPTH = 2.0  # CPU-only tasks a worker may queue, as a share of its CPUs, at most
@@ -77,6 +83,7 @@ acts = st.sampled_from(
         "located",
         "task",
         "crashed",
+        "oom",
         "cancelled",
         "blocked",
         "unblocked",
@@ -199,7 +206,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 task_id, error=LOST, failure="input", lost=lost, lost_from=lost_from
             )
         else:
-            error = {"task": TASK_ERROR, "crashed": CRASH, "cancelled": None}[outcome]
+            error = {"task": TASK_ERROR, "crashed": CRASH, "oom": OOM, "cancelled": None}[outcome]
             result = w.TaskResult(task_id, error=error, failure=outcome)
         return self.handle(WorkerSent(worker_id, [w.TasksDone([result])]))
 

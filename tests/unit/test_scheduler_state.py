@@ -20,6 +20,7 @@ from taskgraph._ids import generator_item_id, return_ids
 from taskgraph.exceptions import (
     NodeDiedError,
     ObjectLostError,
+    OutOfMemoryError,
     TaskCancelledError,
     TaskError,
     WorkerCrashedError,
@@ -566,6 +567,22 @@ def test_a_crashed_task_is_retried_max_retries_times_then_errs() -> None:
     err = error_of(values(sends, b"c1")[ret(spec)])
     assert isinstance(err, WorkerCrashedError) and "SIGKILL" in str(err)
     assert "3 tries (max_retries=2)" in str(err)
+
+
+def test_a_task_killed_for_memory_is_retried_then_fails_with_out_of_memory() -> None:
+    h = Harness()
+    h.client()
+    h.worker("w1", {"CPU": 1.0})
+    spec = h.spec("hog", max_retries=1)
+    h.submit(b"c1", spec)
+    h.want(b"c1", ret(spec))
+    oom = pickle.dumps(OutOfMemoryError("hog", 9 << 30, 8 << 30, node="w1", memory=7 << 30))
+    killed = w.TaskResult(spec.task_id, error=oom, failure="oom", exit_code=-9)
+    sends = h.done("w1", killed)
+    assert assigned_ids(sends, "w1") == [spec.task_id], "retried as a crash is"
+    err = error_of(values(h.done("w1", killed), b"c1")[ret(spec)])
+    assert isinstance(err, OutOfMemoryError), "the monitor's error, not a crash's"
+    assert err.node == "w1" and err.memory == 7 << 30
 
 
 def test_a_crash_without_an_error_still_explains_itself() -> None:
@@ -1351,6 +1368,18 @@ def test_a_lease_that_crashed_retries_or_fails_the_tasks_it_never_reported(retri
     else:
         err = error_of(values(sends, CALLER)[ret(spec)])
         assert isinstance(err, WorkerCrashedError) and err.exit_code == -9
+
+
+def test_a_task_on_a_lease_killed_for_memory_fails_with_out_of_memory() -> None:
+    h = Harness()
+    lease = _granted_lease(h)
+    spec = _leased(h, lease, max_retries=0)
+    h.submit(CALLER, spec)
+    h.want(CALLER, ret(spec))
+    killed = w.TaskResult(lease.task_id, failure="oom", exit_code=-9, error=b"oom")
+    err = error_of(values(h.done("w1", killed), CALLER)[ret(spec)])
+    assert isinstance(err, OutOfMemoryError) and err.node == "w1"
+    assert err.task_name == spec.name, "the task that ran on the lease, not the lease"
 
 
 def test_a_record_whose_lease_already_ended_unreported_is_retried() -> None:
