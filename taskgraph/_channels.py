@@ -357,6 +357,8 @@ class Channel:
     def _read_until(self, waiter: Waiter, deadline: float | None) -> None:
         """Read (the role held) until ``waiter`` is woken (here, or by another
         thread: it pokes us), the deadline passes or the channel is lost."""
+        if self._lost:
+            return  # (the channel's thread read it to its end while we waited for the role)
         poller = select.poll()
         poller.register(self.conn.sock, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
