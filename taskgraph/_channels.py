@@ -360,18 +360,24 @@ class Channel:
         try:
             while not waiter.woken and not self._lost:
                 left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return
-                ready = poller.poll(None if left is None else int(left * 1000) + 1)
+                # Out of time, it still takes what came, once: the channel's
+                # thread leaves the socket alone after us, so a loop of
+                # get(timeout=0) would otherwise never see its answer.
+                late = left is not None and left <= 0
+                ready = poller.poll(None if left is None else 0 if late else int(left * 1000) + 1)
+                ok = True
                 try:
-                    if any(fd == self._wake_r for fd, _ in ready):
-                        os.read(self._wake_r, 4096)
-                        continue
-                    ok = not ready or self._receive()
+                    for fd, _ in ready:
+                        if fd == self._wake_r:
+                            os.read(self._wake_r, 4096)
+                        else:
+                            ok = self._receive()
                 except (OSError, TaskgraphError):
                     ok = False
                 if not ok:
                     self.lost()
+                if late:
+                    return
         except BaseException:
             # Interrupted (Ctrl-C) while taking in answers: one may be half
             # handled. Let the channel go: the scheduler answers for all it had.

@@ -1,0 +1,144 @@
+"""Who reads a channel (``taskgraph/_channels.py``): its own thread, or a thread
+waiting in get() for its answers (``Channel.wait_for``), driven here over a
+socket pair with a stand-in client and executor, no cluster.
+
+The executor's side is the other end of the pair: a test writes answers
+there when it wants them to arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from taskgraph import _wire as w
+from taskgraph._channels import Channel
+from taskgraph._waiting import Waiter
+from taskgraph.testing import wait_for
+
+
+class Side:
+    """The client a channel tells what came: wakes the waiter of each value."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiters: dict[bytes, Waiter] = {}
+        self.values: dict[bytes, bytes | None] = {}
+        self.lost: list[bytes] = []
+        self.by_waiter = 0
+
+    def channel_answered(self, oids: list[bytes], msg: w.DirectResult, by_waiter: bool) -> None:
+        with self.lock:
+            self.by_waiter += by_waiter
+            for r in msg.result.returns:
+                self.values[r.object_id] = r.data
+                waiter = self.waiters.pop(r.object_id, None)
+                if waiter is not None:
+                    waiter.wake()
+
+    def channel_lost(self, oids: list[bytes]) -> None:
+        with self.lock:
+            self.lost.extend(oids)
+
+    def channel_gone(self, channel: Channel) -> None:
+        pass
+
+
+class Owner:
+    def channel_ending(self, channel: Channel, revoked: bool) -> None:
+        pass
+
+    def channel_lost(self, channel: Channel) -> None:
+        pass
+
+
+class Pair:
+    """A started channel, and the executor's end of its socket."""
+
+    def __init__(self) -> None:
+        ours, self.executor = socket.socketpair()
+        self.side = Side()
+        self.channel = Channel(self.side, b"c", ours, Owner())  # type: ignore[arg-type]
+        self.channel.start(bytearray())
+        self.n = 0
+
+    def call(self) -> tuple[bytes, Waiter]:
+        """A task in flight, and a waiter for its one value."""
+        self.n += 1
+        task, oid = b"t%d" % self.n, b"o%d" % self.n
+        waiter = Waiter(1)
+        with self.channel._lock:
+            self.channel.in_flight[task] = [oid]
+        with self.side.lock:
+            self.side.waiters[oid] = waiter
+        return task, waiter
+
+    def answer(self, task: bytes, data: bytes = b"v") -> None:
+        oid = b"o" + task[1:]
+        result = w.TaskResult(task, returns=[w.ReturnValue(oid, data)])
+        self.executor.sendall(w.encode([w.DirectResult(result)]))
+
+    def close(self) -> None:
+        self.executor.close()
+        wait_for(lambda: self.channel._lost, timeout=10, what="the channel to end")
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    yield p
+    p.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_an_answer_is_read_by_the_thread_that_waits(pair: Pair):
+    task, waiter = pair.call()
+    threading.Timer(0.05, pair.answer, args=(task,)).start()
+    assert pair.channel.wait_for(waiter, 10)
+    assert pair.side.by_waiter == 1
+
+
+def test_an_answer_already_here_is_taken_by_a_zero_timeout(pair: Pair):
+    """get(timeout=0) in a loop: each call takes the socket from the channel's
+    thread, which then leaves it alone for STICKY, so the calls must read what
+    came themselves (else the answer waits until the loop pauses 5 ms)."""
+    task, waiter = pair.call()
+    assert not pair.channel.wait_for(waiter, 0)  # (the channel's thread parks from here)
+    pair.answer(task)
+    assert pair.channel.wait_for(waiter, 0)
+
+
+def test_a_loop_of_zero_timeouts_sees_the_answer_at_once(pair: Pair):
+    task, waiter = pair.call()
+    pair.channel.wait_for(waiter, 0)
+    pair.answer(task)
+    started = time.monotonic()
+    while not pair.channel.wait_for(waiter, 0) and time.monotonic() < started + 5:
+        pass
+    assert waiter.woken and time.monotonic() - started < 0.05
+
+
+def test_an_answer_already_here_is_taken_by_a_tiny_timeout(pair: Pair):
+    task, waiter = pair.call()
+    pair.channel.wait_for(waiter, 1e-6)
+    pair.answer(task)
+    assert pair.channel.wait_for(waiter, 1e-6)
+
+
+def test_zero_timeouts_leave_no_file_descriptors(pair: Pair):
+    task, waiter = pair.call()
+    before = open_fds()
+    for _ in range(2000):
+        pair.channel.wait_for(waiter, 0)
+    assert open_fds() == before
+    pair.answer(task)
+    assert pair.channel.wait_for(waiter, 10)
