@@ -60,8 +60,9 @@ class Waiter:
         if not self.woken:
             self.woken = True
             self._gate.release()
-            if self.on_wake is not None:
-                self.on_wake()
+            on_wake = self.on_wake  # (read once: its reader may clear it meanwhile)
+            if on_wake is not None:
+                on_wake()
 
     def wait(self, timeout: float | None) -> bool:
         """Block until woken or ``timeout`` passed; True if woken."""

@@ -9,6 +9,7 @@ there when it wants them to arrive.
 from __future__ import annotations
 
 import os
+import sys
 import socket
 import threading
 import time
@@ -142,3 +143,30 @@ def test_zero_timeouts_leave_no_file_descriptors(pair: Pair):
     assert open_fds() == before
     pair.answer(task)
     assert pair.channel.wait_for(waiter, 10)
+
+
+@pytest.mark.parametrize("at", range(8))
+def test_a_waiter_woken_as_its_reader_lets_go_does_not_fail(at: int):
+    """``wake`` runs on whatever thread delivers the value (under the client's
+    lock) while the thread that read for the waiter may clear ``on_wake`` at any
+    moment: modelled here by clearing it before the ``at``-th line of ``wake``."""
+    waiter = Waiter(1)
+    waiter.on_wake = lambda: None
+    lines = [0]
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        return clear_at if frame.f_code is Waiter.wake.__code__ else None
+
+    def clear_at(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            lines[0] += 1
+            if lines[0] == at:
+                waiter.on_wake = None  # (the reader left: wait_for's finally)
+        return clear_at
+
+    sys.settrace(tracer)
+    try:
+        waiter.wake()
+    finally:
+        sys.settrace(None)
+    assert waiter.woken and waiter.wait(0)
