@@ -293,21 +293,19 @@ class Channel:
             finally:
                 with self._turns:
                     self._bystanders -= 1
+        held = False
         try:
-            if not self._role.acquire(blocking=False):
-                with self._turns:
-                    if self._wake_w >= 0:
-                        os.write(self._wake_w, b"x")
-                self._role.acquire()
-            self._getter_thread = threading.get_ident()
-            waiter.on_wake = partial(self._poke, self._getter_thread)
-            try:
+            held = self._take_socket(deadline)
+            # (lost while it waited for the socket: closed; the scheduler answers)
+            if held and not self._lost:
+                self._getter_thread = threading.get_ident()
+                waiter.on_wake = partial(self._poke, self._getter_thread)
                 self._read_until(waiter, deadline)
-            finally:
+        finally:
+            if held:
                 waiter.on_wake = None
                 self._getter_thread = 0
                 self._role.release()
-        finally:
             with self._turns:
                 self._getter = False
                 self._getter_left = time.monotonic()
@@ -319,6 +317,19 @@ class Channel:
         # Lost: the scheduler answers (the client asked it); or it came meanwhile.
         left = None if deadline is None else deadline - time.monotonic()
         return waiter.woken or waiter.wait(left if left is None else max(left, 0.0))
+
+    def _take_socket(self, deadline: float | None) -> bool:
+        """A thread in get() takes the role from the channel's thread (out of
+        ``poll``; or once it has handed an answer over, whose futures' callbacks
+        may take long). False if the deadline passed first."""
+        if self._role.acquire(blocking=False):
+            return True
+        with self._turns:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+        if deadline is None:
+            return self._role.acquire()
+        return self._role.acquire(timeout=max(deadline - time.monotonic(), 0.0))
 
     def received(self, msg: w.Msg) -> bool:
         """Act on what the executor sent; False if the connection should close."""

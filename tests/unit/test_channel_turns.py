@@ -113,7 +113,7 @@ def test_an_answer_already_here_is_taken_by_a_zero_timeout(pair: Pair):
     thread, which then leaves it alone for STICKY, so the calls must read what
     came themselves (else the answer waits until the loop pauses 5 ms)."""
     task, waiter = pair.call()
-    assert not pair.channel.wait_for(waiter, 0)  # (the channel's thread parks from here)
+    assert not pair.channel.wait_for(waiter, 0.05)  # (the channel's thread parks from here)
     pair.answer(task)
     assert pair.channel.wait_for(waiter, 0)
 
@@ -130,7 +130,7 @@ def test_a_loop_of_zero_timeouts_sees_the_answer_at_once(pair: Pair):
 
 def test_an_answer_already_here_is_taken_by_a_tiny_timeout(pair: Pair):
     task, waiter = pair.call()
-    pair.channel.wait_for(waiter, 1e-6)
+    pair.channel.wait_for(waiter, 0.05)
     pair.answer(task)
     assert pair.channel.wait_for(waiter, 1e-6)
 
@@ -170,3 +170,64 @@ def test_a_waiter_woken_as_its_reader_lets_go_does_not_fail(at: int):
     finally:
         sys.settrace(None)
     assert waiter.woken and waiter.wait(0)
+
+
+def in_method(channel: Channel, name: str) -> bool:
+    """Some thread is inside ``channel``'s method ``name`` now."""
+    for frame in sys._current_frames().values():
+        f: Any = frame
+        while f is not None:
+            if f.f_code.co_name == name and f.f_locals.get("self") is channel:
+                return True
+            f = f.f_back
+    return False
+
+
+def test_a_thread_that_comes_to_read_as_the_channel_ends_is_told_so():
+    """The channel's thread heard the end and is settling it (``lost``) when a
+    thread comes to wait: it waits for the socket, gets it once the channel is
+    closed, and must then wait for the scheduler's answer, not raise."""
+    p = Pair()
+    task, waiter = p.call()
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            p.channel.wait_for(waiter, 5)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with p.channel._lock:  # (lost() waits for it, holding the socket)
+        p.executor.close()
+        wait_for(lambda: in_method(p.channel, "lost"), timeout=10, what="the end heard")
+        getter = threading.Thread(target=get)
+        getter.start()
+        wait_for(lambda: p.channel._getter, timeout=10, what="the getter to come")
+    wait_for(lambda: p.side.lost == [b"o1"], timeout=10, what="the task settled elsewhere")
+    p.side.channel_answered([b"o1"], w.DirectResult(w.TaskResult(task, [w.ReturnValue(b"o1")])), False)
+    getter.join(timeout=10)
+    assert not getter.is_alive() and not errors and waiter.woken
+
+
+def test_a_get_with_a_timeout_returns_in_time_while_the_channels_thread_is_busy(pair: Pair):
+    """The channel's thread holds the socket while it hands an answer over (a
+    future's callbacks run there): a get() with a timeout waits that long at most."""
+    busy, done = threading.Event(), threading.Event()
+    answered = pair.side.channel_answered
+
+    def slow_callbacks(oids: list[bytes], msg: w.DirectResult, by_waiter: bool) -> None:
+        busy.set()
+        done.wait(30)
+        answered(oids, msg, by_waiter)
+
+    pair.side.channel_answered = slow_callbacks  # type: ignore[method-assign]
+    first, _ = pair.call()
+    pair.answer(first)  # (nobody waits: the channel's thread reads it)
+    assert busy.wait(10)
+    _, waiter = pair.call()
+    started = time.monotonic()
+    try:
+        assert not pair.channel.wait_for(waiter, 0.2)
+        assert time.monotonic() - started < 2
+    finally:
+        done.set()
