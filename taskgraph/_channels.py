@@ -93,6 +93,8 @@ class Channel:
         self._started = False
         self._getter = False  # a thread in get() reads, or is taking the socket
         self._getter_left = 0.0  # when the last one gave it back (monotonic)
+        self._getters = 0  # threads in get() that took it so far (tells one from the next)
+        self._parked = False  # the channel's thread sleeps until the one reading leaves
         self._bystanders = 0  # threads waiting for answers while another reads
         self._wake_r, self._wake_w = os.pipe()  # pulls the reading thread out of poll
         self._read_in_get = settings().read_in_get
@@ -243,9 +245,19 @@ class Channel:
         after), then take the socket. False once the channel is lost."""
         while True:
             with self._turns:
+                seen = -1
                 while not self._lost:
                     if self._getter:
-                        self._turns.wait(STICKY)  # (not told when it is done: see wait_for)
+                        # Not told when a thread in get() is done (a loop of calls
+                        # would wake us at each): we look every STICKY, and sleep
+                        # until told once the same one still reads (a long wait).
+                        if seen == self._getters:
+                            self._parked = True
+                            self._turns.wait()
+                            self._parked = False
+                        else:
+                            seen = self._getters
+                            self._turns.wait(STICKY)
                         continue
                     idle = time.monotonic() - self._getter_left
                     if idle >= STICKY:
@@ -285,6 +297,7 @@ class Channel:
             reads = self._read_in_get and self._started and not self._getter and not self._lost
             if reads:
                 self._getter = True
+                self._getters += 1
             else:
                 self._bystanders += 1
         if not reads:
@@ -314,6 +327,8 @@ class Channel:
                     # thread reads for them now, not after STICKY.
                     self._getter_left = 0.0
                     self._turns.notify()
+                elif self._parked:
+                    self._turns.notify()  # (it reads after STICKY)
         # Lost: the scheduler answers (the client asked it); or it came meanwhile.
         left = None if deadline is None else deadline - time.monotonic()
         return waiter.woken or waiter.wait(left if left is None else max(left, 0.0))

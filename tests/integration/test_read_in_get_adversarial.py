@@ -10,6 +10,7 @@ path itself; tests/unit/test_channel_turns.py drives a channel with no cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -156,19 +157,31 @@ def test_tiny_timeouts_in_a_loop_leak_no_descriptors_or_threads():
     tg.kill(a)
 
 
+def thread_wakes() -> int:
+    """Times this process's threads went to sleep and woke, all together."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    total += int(line.split()[1])
+    return total
+
+
 def test_a_thread_blocked_on_a_slow_call_burns_no_cpu():
-    """Waiting 2 s for an answer, the process stays asleep (no thread polls)."""
+    """Waiting 2.5 s for an answer, the process sleeps (no thread looks every few ms)."""
     a = direct_actor()
     me = psutil.Process()
-    ref = a.slow.remote(1, 2.5)
     tg.get(a.echo.remote(0), timeout=30)
+    ref = a.slow.remote(1, 2.5)
     before = me.cpu_times()
-    wakes = me.num_ctx_switches().voluntary
+    wakes = thread_wakes()
     assert tg.get(ref, timeout=30) == 1
     after = me.cpu_times()
     used = after.user + after.system - before.user - before.system
-    woke = me.num_ctx_switches().voluntary - wakes
-    assert used < 0.25, f"{used:.3f} s of CPU while blocked 2.5 s ({woke} wakes)"
+    woke = thread_wakes() - wakes
+    # (off the fast path, ~10 here; the channel's thread looking every 5 ms: ~500)
+    assert woke < 150, f"{woke} wakes in 2.5 s blocked ({used:.3f} s of CPU)"
     tg.kill(a)
 
 
@@ -440,7 +453,7 @@ def test_ctrl_c_at_random_points_in_a_loop_of_sync_calls(tmp_path: Path):
     rng = random.Random(3)
     try:
         wait_for(started.exists, timeout=60, what="the loop to start")
-        for _ in range(150):
+        for _ in range(int(os.environ.get("RA_SIGINTS", "150"))):
             driver.send_signal(signal.SIGINT)
             time.sleep(rng.uniform(0.001, 0.02))  # (random points in the loop, not a wait)
         stop.touch()
