@@ -349,12 +349,21 @@ class Channel:
     def received(self, msg: w.Msg) -> bool:
         """Act on what the executor sent; False if the connection should close."""
         if isinstance(msg, w.DirectResult):
-            with self._lock:
-                oids = self.in_flight.pop(msg.result.task_id, None)
-            if oids is not None:
-                # (read by the thread that waits: counted, so a test sees the path)
-                by_waiter = self._getter_thread == threading.get_ident()
-                self.client.channel_answered(oids, msg, by_waiter)
+            oids = None
+            try:
+                with self._lock:
+                    oids = self.in_flight.pop(msg.result.task_id, None)
+                if oids is not None:
+                    # (read by the thread that waits: counted, so a test sees the path)
+                    by_waiter = self._getter_thread == threading.get_ident()
+                    self.client.channel_answered(oids, msg, by_waiter)
+            except BaseException:
+                # Ctrl-C on a thread in get() while it handed the answer over
+                # (futures' callbacks run there too): no longer in flight, so
+                # ``lost`` would not ask for it; the scheduler has what did not arrive.
+                if oids is not None:
+                    self.client.channel_lost(oids)
+                raise
             self._shut_when_done()
             return True
         if isinstance(msg, w.LeaseEnding):

@@ -231,3 +231,23 @@ def test_a_get_with_a_timeout_returns_in_time_while_the_channels_thread_is_busy(
         assert time.monotonic() - started < 2
     finally:
         done.set()
+
+
+def test_ctrl_c_while_an_answer_is_handed_over_asks_the_scheduler(pair: Pair):
+    """Ctrl-C on the thread in get() as the answer it read is handed over (futures'
+    callbacks run there too): the channel goes, and the answer half handed over
+    is asked of the scheduler with the rest, not lost."""
+    answered = pair.side.channel_answered
+
+    def interrupted(oids: list[bytes], msg: w.DirectResult, by_waiter: bool) -> None:
+        pair.side.channel_answered = answered  # type: ignore[method-assign]
+        raise KeyboardInterrupt
+
+    pair.side.channel_answered = interrupted  # type: ignore[method-assign]
+    task, waiter = pair.call()
+    other, _ = pair.call()
+    pair.answer(task)
+    with pytest.raises(KeyboardInterrupt):
+        pair.channel.wait_for(waiter, 10)
+    wait_for(lambda: sorted(pair.side.lost) == [b"o1", b"o2"], timeout=10, what="both asked")
+
