@@ -251,3 +251,18 @@ def test_ctrl_c_while_an_answer_is_handed_over_asks_the_scheduler(pair: Pair):
         pair.channel.wait_for(waiter, 10)
     wait_for(lambda: sorted(pair.side.lost) == [b"o1", b"o2"], timeout=10, what="both asked")
 
+
+def test_every_callback_runs_when_one_is_interrupted():
+    """A thread in get() runs futures' callbacks for what it read: Ctrl-C in one
+    must not lose the others (their futures would never complete)."""
+    from taskgraph._waiting import Results
+
+    ran: list[int] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    results = Results(None, threading.RLock(), lambda *a, **k: None)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        results.fire([lambda: ran.append(1), interrupted, lambda: ran.append(3)])
+    assert ran == [1, 3]
