@@ -414,6 +414,7 @@ while tg.statistics().direct_actor_calls == 0:
 open(sys.argv[1], "w").close()
 done = interrupted = 0
 i = 0
+futures = []
 # (the parent stops sending Ctrl-C before it makes the stop file)
 while True:
     if os.path.exists(sys.argv[2]):
@@ -421,6 +422,8 @@ while True:
     i += 1
     try:
         armed[0] = True
+        if i % 3 == 0:  # (its callbacks run in a later get(), as it reads)
+            futures.append((-i, a.echo.remote(-i).future()))
         if i % 5 == 0:
             [inner] = tg.get(a.boxed.remote(i))
             got = tg.get(inner)
@@ -434,6 +437,8 @@ while True:
         interrupted += 1
 check = [tg.get(a.echo.remote(j), timeout=30) for j in range(200)]
 assert check == list(range(200)), check
+for x, f in futures:
+    assert f.result(timeout=30) == x, x
 print(done, interrupted, flush=True)
 tg.shutdown()
 """
