@@ -9,8 +9,8 @@ there when it wants them to arrive.
 from __future__ import annotations
 
 import os
-import sys
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -204,7 +204,9 @@ def test_a_thread_that_comes_to_read_as_the_channel_ends_is_told_so():
         getter.start()
         wait_for(lambda: p.channel._getter, timeout=10, what="the getter to come")
     wait_for(lambda: p.side.lost == [b"o1"], timeout=10, what="the task settled elsewhere")
-    p.side.channel_answered([b"o1"], w.DirectResult(w.TaskResult(task, [w.ReturnValue(b"o1")])), False)
+    p.side.channel_answered(
+        [b"o1"], w.DirectResult(w.TaskResult(task, [w.ReturnValue(b"o1")])), False
+    )
     getter.join(timeout=10)
     assert not getter.is_alive() and not errors and waiter.woken
 
@@ -245,8 +247,9 @@ def test_ctrl_c_while_an_answer_is_handed_over_asks_the_scheduler(pair: Pair):
 
     pair.side.channel_answered = interrupted  # type: ignore[method-assign]
     task, waiter = pair.call()
-    other, _ = pair.call()
-    pair.answer(task)
+    pair.call()  # (a second in flight, asked of the scheduler too)
+    # (once this thread reads: Ctrl-C comes to the main thread only)
+    threading.Timer(0.2, pair.answer, args=(task,)).start()
     with pytest.raises(KeyboardInterrupt):
         pair.channel.wait_for(waiter, 10)
     wait_for(lambda: sorted(pair.side.lost) == [b"o1", b"o2"], timeout=10, what="both asked")
@@ -266,3 +269,94 @@ def test_every_callback_runs_when_one_is_interrupted():
     with pytest.raises(KeyboardInterrupt):
         results.fire([lambda: ran.append(1), interrupted, lambda: ran.append(3)])
     assert ran == [1, 3]
+
+
+# Ctrl-C comes to the main thread where CPython (3.11) checks for it: as a
+# function starts, after each call returns, at a loop's jump back.
+CHECKED_AFTER = {"CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD"}
+
+
+def interrupt_at(k: int, codes: set[Any]) -> tuple[Any, Any]:
+    """A tracer raising KeyboardInterrupt at the ``k``-th such place in ``codes``."""
+    import dis
+
+    ops = {c: {i.offset: i.opname for i in dis.get_instructions(c)} for c in codes}
+    seen = [0]
+    fired: list[str] = []
+    last: dict[int, int] = {}
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode" and not fired:
+            prev = last.get(id(frame))
+            last[id(frame)] = frame.f_lasti
+            if prev is None or ops[frame.f_code].get(prev) in CHECKED_AFTER:
+                seen[0] += 1
+                if seen[0] == k:
+                    fired.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+                    raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code in codes:
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+            return local
+        return None
+
+    return tracer, fired
+
+
+def settles(condition: Any) -> bool:
+    try:
+        wait_for(condition, timeout=5, what="it to settle")
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="where 3.11 checks for signals")
+def test_ctrl_c_anywhere_in_a_get_leaves_the_channel_working():
+    """Ctrl-C at each place a thread in get() can take it, in turn: after it the
+    first answer is here or asked of the scheduler, a later get() is answered
+    (or the channel was let go), and the channel still hears its end."""
+    codes = {
+        f.__code__
+        for f in (
+            Channel.wait_for,
+            Channel._take_socket,
+            Channel._read_until,
+            Channel.received,
+            Channel._receive,
+            Channel._take_frames,
+            Channel._poke,
+            threading.Condition.notify,
+        )
+    }
+    stuck = []
+    for k in range(1, 200):
+        p = Pair()
+        task, waiter = p.call()
+        p.answer(task)
+        tracer, fired = interrupt_at(k, codes)
+        sys.settrace(tracer)
+        try:
+            p.channel.wait_for(waiter, 2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        if not fired:
+            p.close()
+            break
+        later, w2 = p.call()
+        if p.channel.broken is None:
+            p.answer(later)
+            answered = p.channel.wait_for(w2, 5)
+        else:
+            answered = True  # (let go: the scheduler answers)
+        first = settles(lambda w=waiter, p=p: w.woken or b"o1" in p.side.lost)
+        p.executor.close()
+        ended = settles(lambda p=p: p.channel._lost)
+        if not (first and answered and ended):
+            stuck.append((fired[0], first, answered, ended))
+    assert k > 10 and stuck == []
