@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 # read it (``wait_for``): a caller in a loop of synchronous calls reads every
 # answer itself, with no thread between the socket and it.
 STICKY = 0.005
+# Longest the channel's thread sleeps while one thread in get() reads, should
+# its telling be lost (Ctrl-C in that thread as it let go).
+PARKED = 1.0
 
 
 class Owner(Protocol):
@@ -88,11 +91,17 @@ class Channel:
         # thread waiting in get() for answers from here. ``_role`` is held by
         # whichever reads; ``_turns`` (and its fields) decides whose turn it is.
         self._buffer = bytearray()  # read, not yet a whole frame (the reader's)
-        self._role = threading.Lock()
-        self._turns = threading.Condition()
+        # (an RLock: its release says whether this thread holds it, see wait_for)
+        self._role = threading.RLock()
+        # (``with self._mutex``, not ``with self._turns``: a C lock's enter and
+        # exit run no Python code, where Ctrl-C could leave it held.)
+        self._mutex = threading.Lock()
+        self._turns = threading.Condition(self._mutex)
         self._started = False
         self._getter = False  # a thread in get() reads, or is taking the socket
         self._getter_left = 0.0  # when the last one gave it back (monotonic)
+        self._getters = 0  # threads in get() that took it so far (tells one from the next)
+        self._parked = False  # the channel's thread sleeps until the one reading leaves
         self._bystanders = 0  # threads waiting for answers while another reads
         self._wake_r, self._wake_w = os.pipe()  # pulls the reading thread out of poll
         self._read_in_get = settings().read_in_get
@@ -188,7 +197,7 @@ class Channel:
             self._outbox = []
         with contextlib.suppress(OSError):
             self.conn.sock.shutdown(socket.SHUT_RDWR)  # the reading thread sees the end
-        with self._turns:
+        with self._mutex:
             self._getter_left = 0.0  # (and reads again now, if parked)
             self._turns.notify_all()
 
@@ -197,7 +206,7 @@ class Channel:
     def start(self, buffer: bytearray) -> None:
         """Read the channel on a thread of its own, from what the listener read
         after ``ChannelReady`` (``buffer``)."""
-        with self._turns:
+        with self._mutex:
             if self._lost:
                 return  # (lost before it began: nothing to read)
             self._buffer = buffer
@@ -219,7 +228,7 @@ class Channel:
                 finally:
                     self._role.release()
         finally:
-            with self._role, self._turns:  # (after any thread in get() is done with it)
+            with self._role, self._mutex:  # (after any thread in get() is done with it)
                 self._close_pipe()
 
     def _read_once(self, poller: select.poll) -> bool:
@@ -245,10 +254,20 @@ class Channel:
         """The reading thread: wait while a thread in get() reads (and ``STICKY``
         after), then take the socket. False once the channel is lost."""
         while True:
-            with self._turns:
+            with self._mutex:
+                seen = -1
                 while not self._lost:
                     if self._getter:
-                        self._turns.wait(STICKY)  # (not told when it is done: see wait_for)
+                        # Not told when a thread in get() is done (a loop of calls
+                        # would wake us at each): we look every STICKY, and sleep
+                        # until told once the same one still reads (a long wait).
+                        if seen == self._getters:
+                            self._parked = True
+                            self._turns.wait(PARKED)
+                            self._parked = False
+                        else:
+                            seen = self._getters
+                            self._turns.wait(STICKY)
                         continue
                     idle = time.monotonic() - self._getter_left
                     if idle >= STICKY:
@@ -257,7 +276,7 @@ class Channel:
                 if self._lost:
                     return False
             self._role.acquire()
-            with self._turns:
+            with self._mutex:
                 if not self._getter and not self._lost:
                     return True  # (else one came meanwhile: let it read)
             self._role.release()
@@ -284,54 +303,88 @@ class Channel:
         would wake it (each thread woken costs tens of microseconds, the most
         of a synchronous call). True if they came within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._turns:
-            reads = self._read_in_get and self._started and not self._getter and not self._lost
-            if reads:
-                self._getter = True
-            else:
-                self._bystanders += 1
-        if not reads:
-            try:
-                return waiter.wait(timeout)
-            finally:
-                with self._turns:
-                    self._bystanders -= 1
+        # Ctrl-C may come between any two calls here (in the main thread): each
+        # step is undone in ``finally`` from what it left (a role held, or this
+        # thread counted), never from what the next line would have done.
+        reads: bool | None = None
+        held = False
+        left_at = 0.0  # (interrupted: the channel's thread reads again at once)
         try:
-            if not self._role.acquire(blocking=False):
-                with self._turns:
-                    if self._wake_w >= 0:
-                        os.write(self._wake_w, b"x")
-                self._role.acquire()
-            self._getter_thread = threading.get_ident()
-            waiter.on_wake = partial(self._poke, self._getter_thread)
-            try:
+            with self._mutex:
+                reads = self._read_in_get and self._started and not self._getter and not self._lost
+                if reads:
+                    self._getter = True
+                    self._getters += 1
+                else:
+                    self._bystanders += 1
+            if not reads:
+                return waiter.wait(timeout)
+            held = self._take_socket(deadline)
+            # (lost while it waited for the socket: closed; the scheduler answers)
+            if held and not self._lost:
+                self._getter_thread = threading.get_ident()
+                waiter.on_wake = partial(self._poke, self._getter_thread)
                 self._read_until(waiter, deadline)
-            finally:
-                waiter.on_wake = None
-                self._getter_thread = 0
-                self._role.release()
+            left_at = time.monotonic()
         finally:
-            with self._turns:
-                self._getter = False
-                self._getter_left = time.monotonic()
-                if self._bystanders or self._lost:
-                    # Others still wait for answers from here: the channel's
-                    # thread reads for them now, not after STICKY.
-                    self._getter_left = 0.0
-                    self._turns.notify()
+            # (inline: entering a function is a place Ctrl-C comes)
+            waiter.on_wake = None
+            if reads is not None:
+                with self._mutex:
+                    if reads:
+                        self._getter_thread = 0
+                        self._getter = False
+                        # Others wait for answers from here: the channel's
+                        # thread reads for them now, not after STICKY.
+                        now = self._bystanders or self._lost
+                        self._getter_left = 0.0 if now else left_at
+                        tell = now or self._parked or not left_at
+                        # Released if this thread holds it, even when Ctrl-C came
+                        # as it took it (``held`` not set yet). After it, Ctrl-C
+                        # only delays the channel's thread (STICKY, PARKED).
+                        try:
+                            self._role.release()
+                        except RuntimeError:
+                            pass  # (not this thread's: the channel's thread holds it)
+                        if tell:
+                            self._turns.notify()
+                    else:
+                        self._bystanders -= 1
         # Lost: the scheduler answers (the client asked it); or it came meanwhile.
         left = None if deadline is None else deadline - time.monotonic()
         return waiter.woken or waiter.wait(left if left is None else max(left, 0.0))
 
+    def _take_socket(self, deadline: float | None) -> bool:
+        """A thread in get() takes the role from the channel's thread (out of
+        ``poll``; or once it has handed an answer over, whose futures' callbacks
+        may take long). False if the deadline passed first."""
+        if self._role.acquire(blocking=False):
+            return True
+        with self._mutex:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+        if deadline is None:
+            return self._role.acquire()
+        return self._role.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+
     def received(self, msg: w.Msg) -> bool:
         """Act on what the executor sent; False if the connection should close."""
         if isinstance(msg, w.DirectResult):
-            with self._lock:
-                oids = self.in_flight.pop(msg.result.task_id, None)
-            if oids is not None:
-                # (read by the thread that waits: counted, so a test sees the path)
-                by_waiter = self._getter_thread == threading.get_ident()
-                self.client.channel_answered(oids, msg, by_waiter)
+            oids = None
+            try:
+                with self._lock:
+                    oids = self.in_flight.pop(msg.result.task_id, None)
+                if oids is not None:
+                    # (read by the thread that waits: counted, so a test sees the path)
+                    by_waiter = self._getter_thread == threading.get_ident()
+                    self.client.channel_answered(oids, msg, by_waiter)
+            except BaseException:
+                # Ctrl-C on a thread in get() while it handed the answer over
+                # (futures' callbacks run there too): no longer in flight, so
+                # ``lost`` would not ask for it; the scheduler has what did not arrive.
+                if oids is not None:
+                    self.client.channel_lost(oids)
+                raise
             self._shut_when_done()
             return True
         if isinstance(msg, w.LeaseEnding):
@@ -365,18 +418,24 @@ class Channel:
         try:
             while not waiter.woken and not self._lost:
                 left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return
-                ready = poller.poll(None if left is None else int(left * 1000) + 1)
+                # Out of time, it still takes what came, once: the channel's
+                # thread leaves the socket alone after us, so a loop of
+                # get(timeout=0) would otherwise never see its answer.
+                late = left is not None and left <= 0
+                ready = poller.poll(None if left is None else 0 if late else int(left * 1000) + 1)
+                ok = True
                 try:
-                    if any(fd == self._wake_r for fd, _ in ready):
-                        os.read(self._wake_r, 4096)
-                        continue
-                    ok = not ready or self._receive()
+                    for fd, _ in ready:
+                        if fd == self._wake_r:
+                            os.read(self._wake_r, 4096)
+                        else:
+                            ok = self._receive()
                 except (OSError, TaskgraphError):
                     ok = False
                 if not ok:
                     self.lost()
+                if late:
+                    return
         except BaseException:
             # Interrupted (Ctrl-C) while taking in answers: one may be half
             # handled. Let the channel go: the scheduler answers for all it had.
@@ -387,7 +446,7 @@ class Channel:
         """A waiter that thread ``reader`` reads for was woken elsewhere (its values
         came through the scheduler, or the client broke): stop its reading."""
         if threading.get_ident() != reader:
-            with self._turns:
+            with self._mutex:
                 if self._wake_w >= 0:
                     os.write(self._wake_w, b"x")
 
@@ -409,7 +468,7 @@ class Channel:
         self.client.channel_gone(self)
         self.owner.channel_lost(self)
         self.conn.close()
-        with self._turns:
+        with self._mutex:
             self._turns.notify_all()  # (the reading thread ends)
             if not self._started:
                 self._close_pipe()

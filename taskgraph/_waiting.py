@@ -60,8 +60,9 @@ class Waiter:
         if not self.woken:
             self.woken = True
             self._gate.release()
-            if self.on_wake is not None:
-                self.on_wake()
+            on_wake = self.on_wake  # (read once: its reader may clear it meanwhile)
+            if on_wake is not None:
+                on_wake()
 
     def wait(self, timeout: float | None) -> bool:
         """Block until woken or ``timeout`` passed; True if woken."""
@@ -140,14 +141,21 @@ class Results:
         if callbacks:
             outer = getattr(self._in_callback, "active", False)
             self._in_callback.active = True
+            interrupted: BaseException | None = None
             try:
                 for callback in callbacks:
                     try:
                         callback()
                     except Exception:
                         logging.getLogger("taskgraph").exception("a ref callback failed")
+                    except BaseException as exc:
+                        # Ctrl-C on a thread in get() that read values (see
+                        # Channel.wait_for): the other futures still complete.
+                        interrupted = interrupted or exc
             finally:
                 self._in_callback.active = outer
+            if interrupted is not None:
+                raise interrupted
 
     def forget(self, oids: list[bytes]) -> None:
         """Refs no longer counted here (lock held): their values go."""
