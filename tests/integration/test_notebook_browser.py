@@ -1,7 +1,8 @@
-"""notebooks/task_stream.ipynb in JupyterLab, in a real browser (Debian's headless
-``chromium``, driven by Playwright): run every cell from the Run menu, and read
-the task stream's bars from the Bokeh document inside the cell's frame while
-the notebook's graph runs.
+"""notebooks/task_stream.ipynb in JupyterLab and in Notebook 7 (the classic
+notebook's successor), in a real browser (Debian's headless ``chromium``, driven
+by Playwright): run every cell from the Run menu, and read the task stream's
+bars from the Bokeh document inside the cell's frame while the notebook's
+graph runs.
 
 JupyterLab runs on loopback with a token, its root, settings, runtime files
 and kernels' IPython folder in the test's temporary folder; the kernel starts
@@ -53,6 +54,7 @@ class Lab:
         self.token = token
         self.log = log
         self.seen: dict[int, psutil.Process] = {}
+        self.opens_at = "/lab/tree/"  # where the front end opens a notebook
 
     def get(self, path: str) -> Any:
         request = urllib.request.Request(
@@ -105,9 +107,15 @@ class Lab:
             raise
 
 
-@pytest.fixture
-def jupyterlab(tmp_path: Path) -> Iterator[Lab]:
+# The front ends: the program that serves it, and where it opens a notebook.
+FRONT_ENDS = {"jupyterlab": ("lab", "/lab/tree/"), "notebook 7": ("notebook", "/notebooks/")}
+
+
+@pytest.fixture(params=sorted(FRONT_ENDS))
+def jupyterlab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
     pytest.importorskip("jupyterlab", reason="install the test extras: pip install -e '.[test]'")
+    pytest.importorskip("notebook", reason="install the test extras: pip install -e '.[test]'")
+    program, opens_at = FRONT_ENDS[request.param]
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(NOTEBOOK, root)
@@ -129,7 +137,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[Lab]:
     (tmp_path / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
     token = secrets.token_hex(16)
     argv = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser",
+        sys.executable, "-m", "jupyter", program, "--no-browser",
         "--ip=127.0.0.1", "--port=0", f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root}",
     ]  # fmt: skip
@@ -148,6 +156,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[Lab]:
         return {c.laddr.port for c in sockets("tcp") if c.status == psutil.CONN_LISTEN}
 
     lab = Lab(server, "", token, log)
+    lab.opens_at = opens_at
     try:
         wait_for(lambda: bool(listening()), timeout=60, what="JupyterLab to listen")
         (port,) = listening()
@@ -170,7 +179,7 @@ def test_the_notebook_shows_the_task_stream_growing_while_its_graph_runs(
 
 
 def run_the_notebook(lab: Lab, page: Any) -> None:
-    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
+    page.goto(f"{lab.url}{lab.opens_at}{NOTEBOOK.name}?token={lab.token}")
     wait_for(lambda: lab.kernel_states() == ["idle"], timeout=60, what="the notebook's kernel")
     lab.track()
     page.get_by_role("menuitem", name="Run", exact=True).click()
@@ -200,5 +209,7 @@ def run_the_notebook(lab: Lab, page: Any) -> None:
     svg = urllib.parse.unquote(src.partition(",")[2])
     assert svg.count('class="task"') == TASKS
     last_prompt = page.locator(".jp-Cell:last-child .jp-InputPrompt")
-    wait_for(lambda: last_prompt.inner_text().strip() == "[6]:", what="the last cell to run")
-    wait_for(lambda: lab.kernel_states() == ["idle"], what="the kernel to be idle")
+    wait_for(
+        lambda: last_prompt.inner_text().strip() == "[6]:", timeout=60, what="the last cell to run"
+    )
+    wait_for(lambda: lab.kernel_states() == ["idle"], timeout=60, what="the kernel to be idle")
