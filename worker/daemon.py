@@ -325,6 +325,10 @@ class WorkerDaemon:
         except (StreamClosedError, ProtocolError) as exc:
             if not self.stopping:
                 log.warning("lost the scheduler (%s); stopping", exc)
+        except Exception:
+            # A bug here must not leave a node that heartbeats but hears nothing:
+            # stop, and the scheduler runs this node's tasks elsewhere.
+            log.exception("failed on a message from the scheduler; stopping")
         await self.stop()
 
     def _scheduler_message(self, msg: Any) -> None:

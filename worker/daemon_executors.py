@@ -157,6 +157,12 @@ async def serve(daemon: WorkerDaemon, stream: IOStream) -> None:
                 daemon.end_frame()
     except (StreamClosedError, ProtocolError):
         stream.close()
+    except Exception:
+        # A bug in handling an executor's frame leaves this node's records in
+        # doubt: stop it (the scheduler runs its tasks elsewhere), never limp on.
+        log.exception("failed on a frame from executor %s; stopping", executor_id)
+        stream.close()
+        IOLoop.current().add_callback(daemon.stop)
     finally:
         daemon.executor_streams.pop(executor_id, None)
         code = daemon.exit_codes.pop(executor_id, None)
