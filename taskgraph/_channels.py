@@ -360,9 +360,7 @@ class Channel:
         may take long). False if the deadline passed first."""
         if self._role.acquire(blocking=False):
             return True
-        with self._mutex:
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"x")
+        self._wake_reader()
         if deadline is None:
             return self._role.acquire()
         return self._role.acquire(timeout=max(deadline - time.monotonic(), 0.0))
@@ -446,9 +444,13 @@ class Channel:
         """A waiter that thread ``reader`` reads for was woken elsewhere (its values
         came through the scheduler, or the client broke): stop its reading."""
         if threading.get_ident() != reader:
-            with self._mutex:
-                if self._wake_w >= 0:
-                    os.write(self._wake_w, b"x")
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """A byte down the pipe: whichever thread holds the role leaves ``poll``."""
+        with self._mutex:  # (the pipe closes under it)
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     def lost(self) -> None:
         """The connection closed: after the channel's end, or because the executor
